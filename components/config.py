@@ -1,0 +1,260 @@
+"""Pipeline configuration: one frozen pydantic model per stage, one YAML file per pipeline.
+
+Unknown keys are refused so that a typo in a YAML file fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticSourceConfig(StrictModel):
+    """The built-in synthetic marketplace (see components.data.synthetic).
+
+    The defaults give about 4k users, 30k listings and 450k events in a few seconds: big
+    enough for every model to find real signal, small enough for the demo run.
+    """
+
+    kind: Literal["synthetic"] = "synthetic"
+    seed: int = 7
+    n_users: int = Field(4_000, ge=10)
+    #: Sellers; listing counts per seller are long-tailed (a few power sellers).
+    n_sellers: int = Field(3_000, ge=2)
+    n_days: int = Field(60, ge=7)
+    #: Mean new listings per day (Poisson, busier at weekends).
+    listings_per_day: int = Field(450, ge=5)
+    #: Mean sessions per joined user per day (scaled by each user's activity level).
+    sessions_per_user_day: float = Field(0.35, gt=0, le=5)
+    #: Mean listings viewed per session (1 + Poisson).
+    views_per_session: float = Field(6.0, gt=0)
+    start: str = "2026-01-01"
+    #: Listings already live at `start`, created over the 14 days before it.
+    initial_listings: int = Field(3_000, ge=0)
+    #: Share of users who joined before `start`; the others join uniformly over the period.
+    initial_user_share: float = Field(0.5, ge=0, le=1)
+    #: Standard deviation of the weekly random walk of users' category log-preferences.
+    taste_drift: float = Field(0.3, ge=0)
+    #: Time constant (days) of the freshness decay of a listing's visibility.
+    freshness_days: float = Field(4.0, gt=0)
+    #: Share of sessions that browse the feed with only a weak pull of the user's taste.
+    browse_share: float = Field(0.2, ge=0, le=1)
+
+
+class MovieLens100kSourceConfig(StrictModel):
+    """The MovieLens-100K folder (u.data, u.item, u.user)."""
+
+    kind: Literal["movielens_100k"] = "movielens_100k"
+    path: Path
+
+
+class ColumnMapping(StrictModel):
+    """Source column name for each canonical column; missing optional columns become null."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    ts: str = "ts"
+    event: str | None = None
+    weight: str | None = None
+    #: "auto" detects epoch seconds / milliseconds / ISO-8601 strings.
+    ts_unit: Literal["auto", "s", "ms", "iso"] = "auto"
+    default_event: str = "interaction"
+
+
+class InteractionsFileSourceConfig(StrictModel):
+    """Generic CSV or Parquet interactions, with optional items and users files."""
+
+    kind: Literal["interactions_file"] = "interactions_file"
+    interactions: Path
+    items: Path | None = None
+    users: Path | None = None
+    columns: ColumnMapping = ColumnMapping()
+    item_columns: dict[str, str] = Field(
+        default_factory=dict, description="canonical item column -> source column"
+    )
+    user_columns: dict[str, str] = Field(
+        default_factory=dict, description="canonical user column -> source column"
+    )
+
+
+class FixedSplitSourceConfig(StrictModel):
+    """Fixed benchmark split: train/valid/test files of `user_id item_id item_id ...` lines."""
+
+    kind: Literal["fixed_split"] = "fixed_split"
+    path: Path
+    train_file: str = "train.txt"
+    valid_file: str | None = "valid.txt"
+    test_file: str = "test.txt"
+
+
+SourceConfig = Annotated[
+    SyntheticSourceConfig
+    | MovieLens100kSourceConfig
+    | InteractionsFileSourceConfig
+    | FixedSplitSourceConfig,
+    Field(discriminator="kind"),
+]
+
+
+class ValidationConfig(StrictModel):
+    """Bad rows are quarantined; above `max_bad_share` of any table the run fails."""
+
+    max_bad_share: float = Field(0.05, ge=0, le=1)
+    #: How many offending rows an error message shows.
+    examples_in_error: int = Field(5, ge=1, le=50)
+
+
+class SplitConfig(StrictModel):
+    """Temporal global cut-offs (train < valid < test) by duration or by share of the time span.
+
+    `protocol: fixed` passes through a split given by the source.
+    """
+
+    protocol: Literal["temporal", "fixed"] = "temporal"
+    valid_duration: str | None = "7D"
+    test_duration: str | None = "7D"
+    valid_fraction: float | None = Field(None, gt=0, lt=1)
+    test_fraction: float | None = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_way_to_cut(self) -> SplitConfig:
+        if self.protocol == "fixed":
+            return self
+        by_fraction = self.valid_fraction is not None or self.test_fraction is not None
+        if by_fraction and (self.valid_fraction is None or self.test_fraction is None):
+            raise ValueError("split: give both valid_fraction and test_fraction, or neither")
+        if by_fraction and self.valid_fraction + self.test_fraction >= 1:  # type: ignore[operator]
+            raise ValueError("split: valid_fraction + test_fraction must be below 1")
+        if not by_fraction and (self.valid_duration is None or self.test_duration is None):
+            raise ValueError(
+                "split: give valid_duration and test_duration (e.g. '7D'), "
+                "or valid_fraction and test_fraction"
+            )
+        return self
+
+    @property
+    def by_fraction(self) -> bool:
+        return self.valid_fraction is not None
+
+
+class PopularityConfig(StrictModel):
+    """Recent-popularity recommender: event-weighted counts over a trailing window."""
+
+    window: str = "14D"
+    #: Half-life of the exponential time decay inside the window; null disables decay.
+    half_life: str | None = "3D"
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "view": 1.0,
+            "like": 2.0,
+            "save": 3.0,
+            "add_to_bag": 4.0,
+            "purchase": 5.0,
+            "rating": 1.0,
+            "interaction": 1.0,
+        }
+    )
+
+
+class ModelConfig(StrictModel):
+    kind: Literal["recent_popularity"] = "recent_popularity"
+    popularity: PopularityConfig = PopularityConfig()
+    #: Register a model refitted on all snapshot data (evaluation always uses the held-out fit).
+    refit_on_all_data: bool = True
+
+
+class EvaluationConfig(StrictModel):
+    ks: tuple[int, ...] = (10, 20, 100)
+    #: Test events that count as positives; null = every event type.
+    positive_events: tuple[str, ...] | None = None
+    #: Items a user had these events with before the cut-off are masked from their list.
+    mask_events: tuple[str, ...] = ("purchase",)
+    #: Mask every item the user interacted with before the cut-off (fixed-split protocol).
+    mask_all_seen: bool = False
+    #: Baseline popularity window (recent popularity, no decay unless set).
+    baseline_popularity: PopularityConfig = PopularityConfig(half_life=None)
+
+    @model_validator(mode="after")
+    def _positive_ks(self) -> EvaluationConfig:
+        if not self.ks or any(k <= 0 for k in self.ks):
+            raise ValueError("evaluation.ks must be a non-empty list of positive integers")
+        return self
+
+
+class RegistryConfig(StrictModel):
+    model_name: str = "rewear"
+    experiment: str = "rewear"
+
+
+class PipelineConfig(StrictModel):
+    """Everything one `retrain` run needs."""
+
+    name: str
+    source: SourceConfig
+    validation: ValidationConfig = ValidationConfig()
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+
+class ConfigError(ValueError):
+    """A config file is missing, unreadable or invalid; the message says which and how."""
+
+
+def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read a pipeline YAML, apply dotted overrides (`{"source.n_users": 500}`), validate.
+
+    Relative paths inside the file are resolved against the file's folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass one of configs/*.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    _resolve_relative_paths(raw, path.parent)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"config file {path} is invalid:\n{error}") from error
+
+
+def config_hash(config: PipelineConfig) -> str:
+    """Stable short hash of the resolved config (recorded on runs and model versions)."""
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[leaf] = value
+
+
+def _resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
+    source = raw.get("source")
+    if not isinstance(source, dict):
+        return
+    for key in ("path", "interactions", "items", "users"):
+        value = source.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            source[key] = str((base / value).resolve())

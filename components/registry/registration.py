@@ -1,0 +1,110 @@
+"""Logging the bundle to MLflow, registering it, tagging its lineage and setting aliases."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from components.registry.pyfunc import BUNDLE_ARTIFACT, model_signature
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+COMPONENTS_DIR = Path(__file__).resolve().parents[1]
+SERVING_REQUIREMENTS = [
+    f"mlflow=={mlflow.__version__}",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "pydantic>=2.7",
+    "pydantic-settings>=2.3",
+    "pyyaml",
+]
+
+
+def model_uri(name: str, alias: str | None = None, version: int | str | None = None) -> str:
+    """`models:/name@alias` or `models:/name/version`."""
+    if alias is not None:
+        return f"models:/{name}@{alias}"
+    if version is None:
+        raise ValueError("model_uri needs an alias or a version")
+    return f"models:/{name}/{version}"
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: int
+    aliases: list[str]
+    promoted: bool
+
+
+def log_and_register(
+    client: MlflowClient,
+    run_id: str,
+    bundle_dir: Path,
+    model_name: str,
+    tags: dict[str, str],
+) -> RegisteredVersion:
+    """Log the bundle as a pyfunc under `run_id`, register a new version, tag it, and alias it.
+
+    Every version becomes `challenger`. `champion` is only set here when the model has none
+    yet; moving an existing champion is the promotion gate's job.
+    """
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+            code_paths=[str(COMPONENTS_DIR)],
+            signature=model_signature(),
+            pip_requirements=SERVING_REQUIREMENTS,
+            registered_model_name=model_name,
+            await_registration_for=60,
+        )
+    version = int(info.registered_model_version)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, str(version), key, str(value))
+    client.set_registered_model_alias(model_name, CHALLENGER, str(version))
+    promoted = current_alias_version(client, model_name, CHAMPION) is None
+    if promoted:
+        client.set_registered_model_alias(model_name, CHAMPION, str(version))
+    aliases = sorted(client.get_model_version(model_name, str(version)).aliases)
+    return RegisteredVersion(model_name, version, aliases, promoted)
+
+
+def current_alias_version(client: MlflowClient, model_name: str, alias: str) -> int | None:
+    try:
+        return int(client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """The commit of the code that trains, or 'unknown' outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd or COMPONENTS_DIR.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = result.stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=cwd or COMPONENTS_DIR.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=10,
+    ).stdout.strip()
+    return f"{commit}-dirty" if dirty else commit

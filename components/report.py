@@ -1,0 +1,45 @@
+"""The run report: `$REWEAR_HOME/runs/<run_id>/report.json`, the one file a user reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from components.store import write_json
+
+REPORT_FILE = "report.json"
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int | None = None
+    aliases: list[str] = Field(default_factory=list)
+
+
+class RunReport(BaseModel):
+    run_id: str
+    status: Literal["running", "completed", "failed"] = "running"
+    dataset: str
+    config_hash: str
+    git_commit: str
+    snapshot_id: str | None = None
+    protocol: Literal["temporal", "fixed"]
+    model_kind: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    valid_metrics: dict[str, float] = Field(default_factory=dict)
+    baselines: dict[str, dict[str, float]] = Field(default_factory=dict)
+    evaluated_users: int | None = None
+    split: dict[str, Any] = Field(default_factory=dict)
+    validation: dict[str, Any] = Field(default_factory=dict)
+    model: ModelRef | None = None
+    promoted: bool = False
+    timings_s: dict[str, float] = Field(default_factory=dict)
+    error: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    def write(self, run_dir: Path) -> Path:
+        path = Path(run_dir) / REPORT_FILE
+        write_json(path, self.model_dump(mode="json"))
+        return path

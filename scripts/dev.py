@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Set up (or reuse) the virtual environment, then run the demo or the tests.
+
+    python3 scripts/dev.py demo   # retrain on the synthetic marketplace, register a model
+    python3 scripts/dev.py test   # the whole test suite
+
+Only the Python standard library is used here, so it runs on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = Path(os.environ.get("REWEAR_VENV", ROOT / ".venv"))
+TORCH = "torch==2.13.0"  # the CPU build; a plain `torch` would pull a multi-GB CUDA build
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+
+
+def _run(*command: str | Path) -> None:
+    print("+", " ".join(str(part) for part in command), flush=True)
+    subprocess.run([str(part) for part in command], cwd=ROOT, check=True)
+
+
+def ensure_environment() -> None:
+    """Create the venv once; reinstall the project only when pyproject.toml changed."""
+    if sys.version_info < (3, 11):
+        sys.exit(f"rewear needs Python 3.11 or newer, this is {sys.version.split()[0]}")
+    python = BIN / "python"
+    if not python.exists():
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    stamp = VENV / ".rewear-installed"
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH.encode()).hexdigest()
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
+    _run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    _run(python, "-m", "pip", "install", "--quiet", TORCH)
+    _run(python, "-m", "pip", "install", "--quiet", "-e", ".[dev]")
+    stamp.write_text(wanted)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test", "setup"):
+        print(__doc__)
+        return 2
+    ensure_environment()
+    command, rest = argv[0], argv[1:]
+    if command == "setup":
+        return 0
+    if command == "demo":
+        args = rest or ["--config", "configs/synthetic.yaml"]
+        return subprocess.run([str(BIN / "rewear"), "retrain", *args], cwd=ROOT).returncode
+    return subprocess.run([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

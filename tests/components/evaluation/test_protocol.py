@@ -1,0 +1,78 @@
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from components.config import EvaluationConfig, SplitConfig
+from components.data.split import split_tables
+from components.evaluation.protocol import build_evaluation_task, evaluate_scorer, rank_items
+from tests.conftest import make_tables
+
+EVENTS = [
+    ("u1", "bought", "2026-01-02T00:00:00Z", "purchase"),
+    ("u1", "viewed", "2026-01-03T00:00:00Z", "view"),
+    ("u2", "viewed", "2026-01-04T00:00:00Z", "view"),
+    ("u1", "viewed", "2026-01-12T00:00:00Z", "like"),  # valid window
+    ("u1", "bought", "2026-01-20T00:00:00Z", "view"),  # test: bought before, masked
+    ("u1", "viewed", "2026-01-20T00:00:00Z", "view"),
+    ("u2", "fresh", "2026-01-21T00:00:00Z", "view"),  # listed after the cut-off
+    ("u3", "viewed", "2026-01-21T00:00:00Z", "save"),  # a cold user
+]
+ITEMS = {
+    "fresh": {"created_at": "2026-01-19T06:00:00Z"},
+    "sold": {"created_at": "2026-01-01T00:00:00Z", "sold_at": "2026-01-05T00:00:00Z"},
+}
+
+
+class FixedScores:
+    def __init__(self, scores: dict[str, float]):
+        self.scores = scores
+
+    def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+        row = np.array([self.scores.get(i, 0.0) for i in item_ids], dtype=np.float32)
+        return np.tile(row, (len(user_ids), 1))
+
+
+@pytest.fixture
+def split():
+    return split_tables(
+        make_tables(EVENTS, ITEMS), SplitConfig(valid_duration="7D", test_duration="7D")
+    )
+
+
+def test_task_holds_users_with_positives_masks_and_availability(split):
+    task = build_evaluation_task(split, "test", EvaluationConfig())
+    assert list(task.user_ids) == ["u1", "u2", "u3"]
+    items = list(task.item_ids)
+    assert task.relevant[0, items.index("bought")] == 1
+    assert task.excluded[0, items.index("bought")] == 1  # purchased before the cut-off
+    assert task.excluded[1].nnz == 0
+    assert not task.recommendable[items.index("fresh")]
+    assert not task.recommendable[items.index("sold")]
+
+
+def test_masked_and_unavailable_items_are_never_ranked(split):
+    task = build_evaluation_task(split, "test", EvaluationConfig())
+    scorer = FixedScores({"bought": 9, "fresh": 8, "sold": 7, "viewed": 1})
+    ranked = rank_items(scorer, task, k=3)
+    items = list(task.item_ids)
+    assert ranked[0, 0] == items.index("viewed")
+    assert items.index("bought") in ranked[1]  # u2 never bought it
+    for row in ranked:
+        assert items.index("fresh") not in row and items.index("sold") not in row
+
+
+def test_full_ranking_metrics_keep_unreachable_positives_in_the_denominator(split):
+    task = build_evaluation_task(split, "test", EvaluationConfig(ks=(1, 2)))
+    result = evaluate_scorer(FixedScores({"viewed": 2, "bought": 1}), task, ks=(1, 2))
+    # u1: positives {bought, viewed}, bought masked -> 1/2; u2: {fresh} unreachable -> 0;
+    # u3: {viewed} -> 1.
+    assert result.metrics["recall@2"] == pytest.approx((0.5 + 0 + 1) / 3)
+    assert result.n_users == 3
+
+
+def test_positive_events_filter_the_window(split):
+    task = build_evaluation_task(split, "test", EvaluationConfig(positive_events=("save",)))
+    assert list(task.user_ids) == ["u3"]
+    with pytest.raises(ValueError, match="no test interaction counts as a positive"):
+        build_evaluation_task(split, "test", EvaluationConfig(positive_events=("purchase",)))
