@@ -136,6 +136,8 @@ def canonicalise(tables: CanonicalTables) -> CanonicalTables:
 
 def _as_str(values: pd.Series) -> pd.Series:
     """Strings with real nulls (not the text 'nan'), whatever the input dtype."""
+    if isinstance(values.dtype, pd.StringDtype) and values.dtype.na_value is pd.NA:
+        return values
     result = values.astype("object")
     mask = values.isna()
     result = result.where(mask, values.astype(str))

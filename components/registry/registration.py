@@ -27,6 +27,11 @@ SERVING_REQUIREMENTS = [
 ]
 
 
+def mlflow_key(name: str) -> str:
+    """MLflow metric and tag names allow no '@': `recall@20` -> `recall_at_20`."""
+    return name.replace("@", "_at_")
+
+
 def model_uri(name: str, alias: str | None = None, version: int | str | None = None) -> str:
     """`models:/name@alias` or `models:/name/version`."""
     if alias is not None:
@@ -64,12 +69,21 @@ def log_and_register(
             code_paths=[str(COMPONENTS_DIR)],
             signature=model_signature(),
             pip_requirements=SERVING_REQUIREMENTS,
-            registered_model_name=model_name,
-            await_registration_for=60,
         )
-    version = int(info.registered_model_version)
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, str(version), key, str(value))
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    # Tags go in with the version itself, so no version ever exists without its lineage.
+    created = client.create_model_version(
+        model_name,
+        source=info.model_uri,
+        run_id=run_id,
+        tags={key: str(value) for key, value in tags.items()},
+        await_creation_for=60,
+    )
+    version = int(created.version)
     client.set_registered_model_alias(model_name, CHALLENGER, str(version))
     promoted = current_alias_version(client, model_name, CHAMPION) is None
     if promoted:

@@ -1,0 +1,235 @@
+"""The `retrain` flow: ingest -> validate -> snapshot -> split -> fit -> evaluate -> register.
+
+Tasks are thin wrappers over `components.steps`; they pass URIs and content ids, never
+DataFrames. A failed run writes its report with the error and never touches `champion`.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from components import steps
+from components.config import PipelineConfig, config_hash, load_config
+from components.registry.registration import git_commit, log_and_register, mlflow_key
+from components.registry.tracking import configure_mlflow
+from components.report import ModelRef, RunReport
+from components.settings import RewearSettings
+
+LONG_TASK_TIMEOUT_S = 3600
+
+
+def _retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only transient I/O failures, not bad data or bad config."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+task_options: dict[str, Any] = {"cache_policy": NO_CACHE, "timeout_seconds": LONG_TASK_TIMEOUT_S}
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=_retry_on_io_error,
+    **task_options,
+)
+def ingest_task(config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    return steps.ingest(config, run_dir)
+
+
+@task(**task_options)
+def validate_task(raw_uri: str, config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    return steps.validate(raw_uri, config, run_dir)
+
+
+@task(**task_options)
+def snapshot_task(validated_uri: str, snapshots_root: Path) -> dict[str, Any]:
+    return steps.snapshot(validated_uri, snapshots_root)
+
+
+@task(**task_options)
+def split_task(snapshot_uri: str, config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    return steps.split(snapshot_uri, config.split, run_dir)
+
+
+@task(**task_options)
+def fit_task(split_uri: str, config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    return steps.fit(split_uri, config.model, run_dir)
+
+
+@task(**task_options)
+def evaluate_task(split_uri: str, model_uri: str, config: PipelineConfig) -> dict[str, Any]:
+    return steps.evaluate(split_uri, model_uri, config.evaluation, config.model)
+
+
+@task(**task_options)
+def register_task(
+    split_uri: str,
+    final_model_uri: str,
+    config: PipelineConfig,
+    run_dir: Path,
+    run_id: str,
+    tags: dict[str, str],
+) -> dict[str, Any]:
+    settings = RewearSettings()
+    client, _ = configure_mlflow(settings, config.registry.experiment)
+    built = steps.bundle(split_uri, final_model_uri, config, run_dir, **tags)
+    registered = log_and_register(
+        client, run_id, Path(built["uri"]), config.registry.model_name, tags
+    )
+    return {
+        "name": registered.name,
+        "version": registered.version,
+        "aliases": registered.aliases,
+        "promoted": registered.promoted,
+    }
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    config_path: str = "configs/synthetic.yaml", overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Retrain, evaluate and register the recommender described by `config_path`."""
+    settings = RewearSettings().ensure()
+    config = load_config(config_path, overrides)
+    client, experiment_id = configure_mlflow(settings, config.registry.experiment)
+    commit = git_commit()
+    resolved_hash = config_hash(config)
+    mlflow_run = client.create_run(
+        experiment_id,
+        run_name=f"retrain-{config.name}",
+        tags={"rewear.dataset": config.name, "rewear.config_hash": resolved_hash},
+    )
+    run_id = mlflow_run.info.run_id
+    run_dir = settings.runs / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report = RunReport(
+        run_id=run_id,
+        dataset=config.name,
+        config_hash=resolved_hash,
+        git_commit=commit,
+        protocol=config.split.protocol,
+        model_kind=config.model.kind,
+        config=config.model_dump(mode="json"),
+    )
+    client.log_dict(run_id, report.config, "config.json")
+    try:
+        with _timed(report, "ingest"):
+            raw = ingest_task(config, run_dir)
+        with _timed(report, "validate"):
+            validated = validate_task(raw["uri"], config, run_dir)
+        report.validation = {k: v for k, v in validated.items() if k != "uri"}
+        with _timed(report, "snapshot"):
+            snap = snapshot_task(validated["uri"], settings.snapshots)
+        report.snapshot_id = snap["snapshot_id"]
+        with _timed(report, "split"):
+            split = split_task(snap["uri"], config, run_dir)
+        report.split = {k: v for k, v in split.items() if k != "uri"}
+        with _timed(report, "fit"):
+            fitted = fit_task(split["uri"], config, run_dir)
+        with _timed(report, "evaluate"):
+            evaluation = evaluate_task(split["uri"], fitted["evaluation_model_uri"], config)
+        report.metrics = evaluation["metrics"]
+        report.valid_metrics = evaluation["valid_metrics"]
+        report.baselines = evaluation["baselines"]
+        report.evaluated_users = evaluation["evaluated_users"]
+        _log_metrics(client, run_id, report)
+        tags = {
+            "snapshot_id": snap["snapshot_id"],
+            "git_commit": commit,
+            "config_hash": resolved_hash,
+            "dataset": config.name,
+            "run_id": run_id,
+            **{f"metric.{mlflow_key(k)}": f"{v:.6f}" for k, v in report.metrics.items()},
+        }
+        with _timed(report, "register"):
+            registered = register_task(
+                split["uri"], fitted["final_model_uri"], config, run_dir, run_id, tags
+            )
+        report.model = ModelRef(
+            name=registered["name"], version=registered["version"], aliases=registered["aliases"]
+        )
+        report.promoted = registered["promoted"]
+        report.status = "completed"
+    except BaseException as error:
+        report.status = "failed"
+        report.error = f"{type(error).__name__}: {error}"
+        client.set_terminated(run_id, "FAILED")
+        raise
+    finally:
+        report_path = report.write(run_dir)
+        client.log_artifact(run_id, str(report_path))
+    client.set_terminated(run_id, "FINISHED")
+    create_markdown_artifact(
+        key=f"retrain-{_artifact_key(config.name)}",
+        markdown=summary_markdown(report),
+        description="rewear retrain summary",
+    )
+    return {**report.model_dump(mode="json"), "report_path": str(report_path)}
+
+
+def summary_markdown(report: RunReport) -> str:
+    ks = sorted({int(name.split("@")[1]) for name in report.metrics if "@" in name})
+    lines = [
+        f"# rewear retrain `{report.dataset}` — run `{report.run_id}`",
+        "",
+        f"Snapshot `{report.snapshot_id}`, protocol {report.protocol}, "
+        f"{report.evaluated_users} evaluated users.",
+        "",
+        "| metric | model | popularity |",
+        "|---|---|---|",
+    ]
+    baseline = report.baselines.get("popularity", {})
+    for k in ks:
+        for name in ("recall", "ndcg"):
+            key = f"{name}@{k}"
+            lines.append(
+                f"| {key} | {report.metrics[key]:.4f} | {baseline.get(key, float('nan')):.4f} |"
+            )
+    if report.model:
+        lines += [
+            "",
+            f"Registered `{report.model.name}` v{report.model.version} {report.model.aliases}",
+        ]
+    return "\n".join(lines)
+
+
+def retrain_from_file(config_path: str | Path, overrides: dict[str, Any] | None = None) -> dict:
+    """Run the flow (for the CLI and tests)."""
+    return retrain(config_path=str(config_path), overrides=overrides)
+
+
+def _log_metrics(client: Any, run_id: str, report: RunReport) -> None:
+    for name, value in report.metrics.items():
+        client.log_metric(run_id, f"test.{mlflow_key(name)}", value)
+    for name, value in report.valid_metrics.items():
+        client.log_metric(run_id, f"valid.{mlflow_key(name)}", value)
+    for baseline, metrics in report.baselines.items():
+        for name, value in metrics.items():
+            client.log_metric(run_id, f"baseline.{baseline}.{mlflow_key(name)}", value)
+
+
+def _artifact_key(name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, numbers and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower())
+
+
+@contextmanager
+def _timed(report: RunReport, stage: str):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.timings_s[stage] = round(time.perf_counter() - started, 3)
