@@ -21,25 +21,29 @@ class StrictModel(BaseModel):
 class SyntheticSourceConfig(StrictModel):
     """The built-in synthetic marketplace (see components.data.synthetic).
 
-    The defaults give about 4k users, 30k listings and 450k events in a few seconds: big
-    enough for every model to find real signal, small enough for the demo run.
+    The defaults give about 4k users, 30k listings and 430k events in a few seconds: big
+    enough for every model to find real signal, small enough for the demo run. Supply
+    (sellers, listings) left null scales with `n_users`, so that overriding only
+    `n_users` keeps the market balanced (most listings still sell within days).
     """
 
     kind: Literal["synthetic"] = "synthetic"
     seed: int = 7
     n_users: int = Field(4_000, ge=10)
     #: Sellers; listing counts per seller are long-tailed (a few power sellers).
-    n_sellers: int = Field(3_000, ge=2)
+    #: Null: 0.75 per user.
+    n_sellers: int | None = Field(None, ge=2)
     n_days: int = Field(60, ge=7)
-    #: Mean new listings per day (Poisson, busier at weekends).
-    listings_per_day: int = Field(450, ge=5)
+    #: Mean new listings per day (Poisson, busier at weekends). Null: 0.1125 per user.
+    listings_per_day: int | None = Field(None, ge=5)
     #: Mean sessions per joined user per day (scaled by each user's activity level).
     sessions_per_user_day: float = Field(0.35, gt=0, le=5)
     #: Mean listings viewed per session (1 + Poisson).
     views_per_session: float = Field(6.0, gt=0)
     start: str = "2026-01-01"
     #: Listings already live at `start`, created over the 14 days before it.
-    initial_listings: int = Field(3_000, ge=0)
+    #: Null: 0.75 per user.
+    initial_listings: int | None = Field(None, ge=0)
     #: Share of users who joined before `start`; the others join uniformly over the period.
     initial_user_share: float = Field(0.5, ge=0, le=1)
     #: Standard deviation of the weekly random walk of users' category log-preferences.

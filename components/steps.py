@@ -14,14 +14,9 @@ import pandas as pd
 
 from components.config import EvaluationConfig, ModelConfig, PipelineConfig, SplitConfig
 from components.data.adapters import load_source
-from components.data.schema import INTERACTIONS, ITEMS, USERS
 from components.data.snapshot import read_tables, snapshot_id_of, write_snapshot, write_tables
 from components.data.split import available_at, read_split, split_tables, write_split
-from components.data.validation import (
-    DataValidationError,
-    enforce_bad_share,
-    validate_tables,
-)
+from components.data.validation import enforce_bad_share, validate_tables
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
 from components.registry.bundle import build_bundle
 from components.retrieval.popularity import RecentPopularity
@@ -143,7 +138,7 @@ def bundle(
             user_exclusions=exclusions,
             metadata={"dataset": config.name, **metadata},
         )
-    return {"uri": str(target)}
+    return {"uri": str(target), "example_user_id": str(interactions["user_id"].iloc[-1])}
 
 
 def _latest(interactions: pd.DataFrame, items: pd.DataFrame) -> pd.Timestamp | None:
@@ -151,18 +146,3 @@ def _latest(interactions: pd.DataFrame, items: pd.DataFrame) -> pd.Timestamp | N
     candidates = [interactions["ts"].max(), items["created_at"].max(), items["sold_at"].max()]
     known = [value for value in candidates if pd.notna(value)]
     return max(known) if known else None
-
-
-__all__ = [
-    "INTERACTIONS",
-    "ITEMS",
-    "USERS",
-    "DataValidationError",
-    "bundle",
-    "evaluate",
-    "fit",
-    "ingest",
-    "snapshot",
-    "split",
-    "validate",
-]

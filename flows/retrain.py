@@ -87,7 +87,12 @@ def register_task(
     client, _ = configure_mlflow(settings, config.registry.experiment)
     built = steps.bundle(split_uri, final_model_uri, config, run_dir, **tags)
     registered = log_and_register(
-        client, run_id, Path(built["uri"]), config.registry.model_name, tags
+        client,
+        run_id,
+        Path(built["uri"]),
+        config.registry.model_name,
+        tags,
+        example_user_id=built["example_user_id"],
     )
     return {
         "name": registered.name,

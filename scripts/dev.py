@@ -29,7 +29,7 @@ def _run(*command: str | Path) -> None:
 
 def ensure_environment() -> None:
     """Create the venv once; reinstall the project only when pyproject.toml changed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this script runs before the venv exists
         sys.exit(f"rewear needs Python 3.11 or newer, this is {sys.version.split()[0]}")
     python = BIN / "python"
     if not python.exists():

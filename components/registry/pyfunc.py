@@ -21,12 +21,8 @@ class RewearPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.recommender = BundleRecommender.load(context.artifacts[BUNDLE_ARTIFACT])
 
-    def predict(
-        self,
-        context: Any,
-        model_input: pd.DataFrame,
-        params: dict[str, Any] | None = None,
-    ) -> pd.DataFrame:
+    def predict(self, context, model_input, params=None):
+        """Hints are left off on purpose: MLflow would derive a second, looser signature."""
         params = params or {}
         if not isinstance(model_input, pd.DataFrame) or "user_id" not in model_input.columns:
             raise RequestError("the request needs a `user_id` column (one row per user)")

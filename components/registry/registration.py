@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -55,6 +56,7 @@ def log_and_register(
     bundle_dir: Path,
     model_name: str,
     tags: dict[str, str],
+    example_user_id: str | None = None,
 ) -> RegisteredVersion:
     """Log the bundle as a pyfunc under `run_id`, register a new version, tag it, and alias it.
 
@@ -69,6 +71,10 @@ def log_and_register(
             code_paths=[str(COMPONENTS_DIR)],
             signature=model_signature(),
             pip_requirements=SERVING_REQUIREMENTS,
+            # MLflow runs the bundle on the example while logging: a smoke test for free.
+            input_example=None
+            if example_user_id is None
+            else pd.DataFrame({"user_id": [example_user_id]}),
         )
     try:
         client.create_registered_model(model_name)

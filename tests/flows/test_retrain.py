@@ -1,0 +1,123 @@
+"""The retrain flow under a Prefect test harness, against a temporary MLflow store."""
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from components.config import SyntheticSourceConfig
+from components.data.synthetic import generate_marketplace
+from components.settings import RewearSettings
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL_MARKET = {
+    "source.n_users": 400,
+    "source.n_sellers": 300,
+    "source.n_days": 21,
+    "source.listings_per_day": 100,
+    "source.initial_listings": 500,
+}
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _client() -> MlflowClient:
+    uri = RewearSettings().tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@pytest.mark.slow
+def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home):
+    from flows.retrain import retrain
+
+    first = retrain(config_path=str(REPO / "configs" / "synthetic.yaml"), overrides=SMALL_MARKET)
+    report_path = Path(first["report_path"])
+    assert report_path == rewear_home / "runs" / first["run_id"] / "report.json"
+    assert first["status"] == "completed"
+    assert first["protocol"] == "temporal"
+    assert first["model"] == {"name": "rewear", "version": 1, "aliases": ["challenger", "champion"]}
+    assert first["promoted"] is True
+    for key in ("recall@20", "ndcg@20", "recall@10", "ndcg@100"):
+        assert 0 < first["metrics"][key] <= 1
+        assert key in first["baselines"]["popularity"]
+    assert set(first["timings_s"]) == {
+        "ingest",
+        "validate",
+        "snapshot",
+        "split",
+        "fit",
+        "evaluate",
+        "register",
+    }
+    assert (rewear_home / "snapshots" / first["snapshot_id"] / "manifest.json").is_file()
+
+    second = retrain(config_path=str(REPO / "configs" / "synthetic.yaml"), overrides=SMALL_MARKET)
+    assert second["snapshot_id"] == first["snapshot_id"]  # same data, same snapshot
+    assert second["model"]["version"] == 2
+    assert second["model"]["aliases"] == ["challenger"]
+    assert second["promoted"] is False
+
+    client = _client()
+    champion = client.get_model_version_by_alias("rewear", "champion")
+    assert int(champion.version) == 1
+    assert champion.tags["snapshot_id"] == first["snapshot_id"]
+    assert champion.tags["config_hash"] == first["config_hash"]
+    assert champion.tags["run_id"] == first["run_id"]
+    assert champion.tags["git_commit"]
+    assert float(champion.tags["metric.recall_at_20"]) == pytest.approx(
+        first["metrics"]["recall@20"], abs=1e-6
+    )
+
+    # The champion answers with available listings only, never what the user bought.
+    mlflow.set_tracking_uri(RewearSettings().tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/rewear@champion")
+    tables = generate_marketplace(
+        SyntheticSourceConfig(**{k.split(".")[1]: v for k, v in SMALL_MARKET.items()})
+    ).tables
+    buyer = tables.interactions.loc[tables.interactions["event"] == "purchase", "user_id"].iloc[0]
+    answer = model.predict(pd.DataFrame({"user_id": [buyer, "never-seen-user"]}), params={"k": 15})
+    assert list(answer.columns[:5]) == ["user_id", "rank", "item_id", "score", "source"]
+    assert (answer.groupby("user_id").size() == 15).all()
+    sold = set(tables.items.loc[tables.items["sold_at"].notna(), "item_id"])
+    assert not sold & set(answer["item_id"])
+    bought = set(
+        tables.interactions.loc[
+            (tables.interactions["user_id"] == buyer)
+            & (tables.interactions["event"] == "purchase"),
+            "item_id",
+        ]
+    )
+    assert not bought & set(answer.loc[answer["user_id"] == buyer, "item_id"])
+
+
+@pytest.mark.slow
+def test_bad_data_fails_before_training_and_leaves_the_registry_untouched(rewear_home, tmp_path):
+    from flows.retrain import retrain
+
+    tables = generate_marketplace(
+        SyntheticSourceConfig(n_users=50, n_sellers=30, n_days=10, listings_per_day=20)
+    ).tables
+    events = tables.interactions.copy()
+    events["ts"] = events["ts"].astype("int64") // 10**6  # epoch milliseconds
+    events = events.astype({"ts": "object"})
+    events.loc[events.index[::10], "ts"] = "garbage"
+    events.to_csv(tmp_path / "events.csv", index=False)
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "name: bad-input\n"
+        "source: {kind: interactions_file, interactions: events.csv,\n"
+        "         columns: {event: event, weight: weight, ts_unit: ms}}\n"
+    )
+    with pytest.raises(Exception, match="break the rules"):
+        retrain(config_path=str(config))
+    run_dirs = list((rewear_home / "runs").iterdir())
+    assert len(run_dirs) == 1
+    report = pd.read_json(run_dirs[0] / "report.json", typ="series")
+    assert report["status"] == "failed"
+    assert "max_bad_share" in report["error"]
+    assert (run_dirs[0] / "quarantine" / "interactions.parquet").is_file()
+    assert not (run_dirs[0] / "models").exists()
+    assert _client().search_registered_models() == []
+    assert list((rewear_home / "snapshots").iterdir()) == []
