@@ -16,7 +16,7 @@ app = typer.Typer(help="rewear: retrain and serve a two-stage marketplace recomm
 data_app = typer.Typer(help="Data utilities.")
 app.add_typer(data_app, name="data")
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def _prepare_environment() -> Any:
