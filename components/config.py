@@ -176,6 +176,51 @@ class ModelConfig(StrictModel):
     refit_on_all_data: bool = True
 
 
+class CovisitationConfig(StrictModel):
+    """Item-to-item co-visitation: items that share a user session, recently."""
+
+    #: Interactions of one user closer than this in time belong to one session.
+    session_gap: str = "30min"
+    #: Only sessions inside this trailing window count (null: all of the history).
+    window: str | None = "28D"
+    #: How many of the user's most recent items seed their recommendations.
+    recent_items: int = Field(20, ge=1)
+    event_weights: dict[str, float] = Field(default_factory=dict)
+
+
+class EaseConfig(StrictModel):
+    """EASE (Steck 2019): closed-form linear item-item model; needs items^2 memory."""
+
+    l2: float = Field(500.0, gt=0)
+    #: Above this many items the catalogue does not fit in memory: iALS is used instead.
+    max_items: int = Field(20_000, ge=10)
+
+
+class IalsConfig(StrictModel):
+    """Implicit ALS (Hu, Koren, Volinsky 2008) via the `implicit` package."""
+
+    factors: int = Field(64, ge=1)
+    iterations: int = Field(15, ge=1)
+    regularization: float = Field(0.05, ge=0)
+    alpha: float = Field(10.0, gt=0)
+    seed: int = 0
+
+
+class BaselinesConfig(StrictModel):
+    """Baselines that always run beside the model (EVALUATION.md)."""
+
+    enabled: tuple[Literal["popularity", "covisitation", "linear"], ...] = (
+        "popularity",
+        "covisitation",
+        "linear",
+    )
+    popularity: PopularityConfig = PopularityConfig(half_life=None, event_weights={})
+    covisitation: CovisitationConfig = CovisitationConfig()
+    #: `linear` is EASE when the catalogue fits (ease.max_items), iALS otherwise.
+    ease: EaseConfig = EaseConfig()
+    ials: IalsConfig = IalsConfig()
+
+
 class EvaluationConfig(StrictModel):
     ks: tuple[int, ...] = (10, 20, 100)
     #: Test events that count as positives; null = every event type.
@@ -184,8 +229,14 @@ class EvaluationConfig(StrictModel):
     mask_events: tuple[str, ...] = ("purchase",)
     #: Mask every item the user interacted with before the cut-off (fixed-split protocol).
     mask_all_seen: bool = False
-    #: Baseline popularity window (recent popularity, no decay unless set).
-    baseline_popularity: PopularityConfig = PopularityConfig(half_life=None)
+    baselines: BaselinesConfig = BaselinesConfig()
+    #: Users with at most this many history interactions form the `cold_users` segment.
+    cold_user_max_interactions: int = Field(5, ge=0)
+    #: Listings created at most this long before the cut-off form the `new_items` segment.
+    new_item_age: str = "7D"
+    #: A seller with at most this many listings counts as small (exposure fairness).
+    small_seller_max_listings: int = Field(3, ge=1)
+    bootstrap_resamples: int = Field(1000, ge=10)
 
     @model_validator(mode="after")
     def _positive_ks(self) -> EvaluationConfig:

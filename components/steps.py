@@ -106,7 +106,7 @@ def evaluate(
                 data.history("valid"), model.popularity, data.valid_cutoff
             )
         baseline = RecentPopularity.fit(
-            data.history(stage), config.baseline_popularity, data.cutoff(stage)
+            data.history(stage), config.baselines.popularity, data.cutoff(stage)
         )
         model_result = evaluate_scorer(scorer, task, config.ks)
         key = "metrics" if stage == "test" else "valid_metrics"
