@@ -30,6 +30,11 @@ class RunReport(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     valid_metrics: dict[str, float] = Field(default_factory=dict)
     baselines: dict[str, dict[str, float]] = Field(default_factory=dict)
+    #: Paired bootstrap 95% intervals of model - baseline, per baseline and metric.
+    comparisons: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    #: Per segment (cold_users, new_items): its size and each model's metrics.
+    segments: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    figures: list[str] = Field(default_factory=list)
     evaluated_users: int | None = None
     split: dict[str, Any] = Field(default_factory=dict)
     validation: dict[str, Any] = Field(default_factory=dict)

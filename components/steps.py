@@ -15,10 +15,13 @@ import pandas as pd
 from components.config import EvaluationConfig, ModelConfig, PipelineConfig, SplitConfig
 from components.data.adapters import load_source
 from components.data.snapshot import read_tables, snapshot_id_of, write_snapshot, write_tables
-from components.data.split import available_at, read_split, split_tables, write_split
+from components.data.split import Stage, available_at, read_split, split_tables, write_split
 from components.data.validation import enforce_bad_share, validate_tables
+from components.evaluation.figures import FIGURE_FILES, render_figures
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
-from components.registry.bundle import build_bundle
+from components.evaluation.suite import evaluate_models
+from components.registry.bundle import BundleRecommender, build_bundle
+from components.retrieval.baselines import fit_baselines
 from components.retrieval.popularity import RecentPopularity
 from components.store import atomic_directory, read_json, write_json
 
@@ -84,7 +87,7 @@ def fit(split_uri: str, config: ModelConfig, run_dir: Path) -> dict[str, Any]:
         held_out.save(staging)
     final_uri = models / "evaluation"
     if config.refit_on_all_data:
-        final = RecentPopularity.fit(data.all_interactions(), config.popularity)
+        final = RecentPopularity.fit(data.serving_history(), config.popularity)
         with atomic_directory(models / "final", overwrite=True) as staging:
             final.save(staging)
         final_uri = models / "final"
@@ -92,29 +95,38 @@ def fit(split_uri: str, config: ModelConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def evaluate(
-    split_uri: str, evaluation_model_uri: str, config: EvaluationConfig, model: ModelConfig
+    split_uri: str,
+    evaluation_model_uri: str,
+    config: EvaluationConfig,
+    model: ModelConfig,
+    run_dir: Path,
 ) -> dict[str, Any]:
-    """Score the model and the popularity baseline on valid and test with the same code."""
+    """Score the model beside every baseline on the test window with the same code; write
+    per-user metrics and figures to `run_dir/evaluation`. Valid metrics come from a model
+    fitted before the valid cut-off (for tuning; the test window is reported once)."""
     data = read_split(Path(split_uri))
-    results: dict[str, Any] = {"metrics": {}, "valid_metrics": {}, "baselines": {}}
-    for stage in ("valid", "test"):
-        task = build_evaluation_task(data, stage, config)
-        if stage == "test":
-            scorer = RecentPopularity.load(Path(evaluation_model_uri))
-        else:
-            scorer = RecentPopularity.fit(
-                data.history("valid"), model.popularity, data.valid_cutoff
-            )
-        baseline = RecentPopularity.fit(
-            data.history(stage), config.baselines.popularity, data.cutoff(stage)
-        )
-        model_result = evaluate_scorer(scorer, task, config.ks)
-        key = "metrics" if stage == "test" else "valid_metrics"
-        results[key] = model_result.metrics
-        if stage == "test":
-            results["baselines"]["popularity"] = evaluate_scorer(baseline, task, config.ks).metrics
-            results["evaluated_users"] = task.n_users
-    return results
+    scorers = {
+        "model": RecentPopularity.load(Path(evaluation_model_uri)),
+        **fit_baselines(data.history("test"), config.baselines, data.test_cutoff),
+    }
+    suite = evaluate_models("model", scorers, data, "test", config)
+    valid_model = RecentPopularity.fit(data.history("valid"), model.popularity, data.valid_cutoff)
+    valid_task = build_evaluation_task(data, "valid", config)
+    valid_metrics = evaluate_scorer(valid_model, valid_task, config.ks).metrics
+    target = Path(run_dir) / "evaluation"
+    with atomic_directory(target, overwrite=True) as staging:
+        suite.per_user_frame().to_parquet(staging / "per_user.parquet", index=False)
+        render_figures(suite, staging)
+    return {
+        "metrics": suite.model.metrics,
+        "valid_metrics": valid_metrics,
+        "baselines": suite.baseline_metrics(),
+        "comparisons": suite.comparisons,
+        "segments": suite.segments(),
+        "evaluated_users": suite.n_users,
+        "uri": str(target),
+        "figures": [str(target / name) for name in FIGURE_FILES],
+    }
 
 
 def bundle(
@@ -124,7 +136,7 @@ def bundle(
     each user's masked items (never re-recommend what they bought)."""
     data = read_split(Path(split_uri))
     items = data.tables.items
-    interactions = data.all_interactions()
+    interactions = data.serving_history()
     exclusions = interactions[interactions["event"].isin(config.evaluation.mask_events)]
     if config.evaluation.mask_all_seen:
         exclusions = interactions
@@ -146,3 +158,44 @@ def _latest(interactions: pd.DataFrame, items: pd.DataFrame) -> pd.Timestamp | N
     candidates = [interactions["ts"].max(), items["created_at"].max(), items["sold_at"].max()]
     known = [value for value in candidates if pd.notna(value)]
     return max(known) if known else None
+
+
+class LeakageError(ValueError):
+    """The model saw the window it would be evaluated on."""
+
+
+def evaluate_registered(
+    recommender: BundleRecommender,
+    tables_root: Path,
+    config: PipelineConfig,
+    stage: Stage = "test",
+) -> dict[str, Any]:
+    """Score a registered bundle on a snapshot's split, beside freshly fitted baselines.
+
+    Refuses when the bundle was trained on data at or after the stage's cut-off: its
+    metrics would be measured on its own training data.
+    """
+    tables = read_tables(Path(tables_root))
+    data = split_tables(tables, config.split)
+    cutoff = data.cutoff(stage)
+    trained_until = recommender.trained_until
+    if cutoff is not None and trained_until is not None and trained_until > cutoff:
+        raise LeakageError(
+            f"this model was trained on interactions up to {trained_until}, after the "
+            f"{stage} cut-off {cutoff} of this snapshot: it would be scored on its own "
+            "training data. Evaluate it on a newer snapshot, or register models with "
+            "model.refit_on_all_data: false to score them on their own snapshot."
+        )
+    scorers = {
+        "model": recommender,
+        **fit_baselines(data.history(stage), config.evaluation.baselines, cutoff),
+    }
+    suite = evaluate_models("model", scorers, data, stage, config.evaluation)
+    return {
+        "metrics": suite.model.metrics,
+        "baselines": suite.baseline_metrics(),
+        "comparisons": suite.comparisons,
+        "segments": suite.segments(),
+        "evaluated_users": suite.n_users,
+        "split": data.summary(),
+    }

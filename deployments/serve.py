@@ -1,6 +1,6 @@
 """One machine, no worker: serve the retrain flow on its daily schedule from this process.
 
-    .venv/bin/python deployments/serve.py
+.venv/bin/python deployments/serve.py
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ def _prepare_environment() -> Any:
 
     settings = RewearSettings().ensure()
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
+    # The temporary local server may need more than Prefect's default 20 s to start on a
+    # busy 2-core machine; a slow start must not fail a scheduled retrain.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     return settings
 
 
@@ -72,15 +75,11 @@ def retrain(
 
 
 def print_report(report: dict[str, Any]) -> None:
-    table = Table(title=f"rewear retrain — {report['dataset']} ({report['protocol']})")
-    table.add_column("metric")
-    table.add_column("model", justify="right")
-    table.add_column("popularity baseline", justify="right")
-    baseline = report["baselines"].get("popularity", {})
-    for key in sorted(report["metrics"], key=_metric_order):
-        if key.split("@")[0] in ("recall", "ndcg"):
-            table.add_row(key, f"{report['metrics'][key]:.4f}", f"{baseline.get(key, 0):.4f}")
-    console.print(table)
+    from components.evaluation.summary import summary_rows
+
+    rows = summary_rows(report["metrics"], report["baselines"], report.get("comparisons"))
+    table = Table(title=f"rewear retrain — {report['dataset']} ({report['protocol']}, test window)")
+    console.print(_rows_table(table, rows))
     model = report.get("model") or {}
     console.print(
         f"snapshot {report['snapshot_id']} · {report['evaluated_users']} users evaluated · "
@@ -92,9 +91,88 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(f"report: {report['report_path']}")
 
 
-def _metric_order(key: str) -> tuple[int, str]:
-    name, _, k = key.partition("@")
-    return (int(k or 0), name)
+def _rows_table(table: Table, rows: list[dict[str, Any]]) -> Table:
+    """Fill a rich table from summary rows (metric, model, baselines, intervals)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    for column in columns:
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in rows:
+        table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
+    return table
+
+
+@app.command()
+def evaluate(
+    model_uri: Annotated[
+        str,
+        typer.Option("--model", help="Registered model: models:/rewear@champion, models:/rewear/3"),
+    ] = "models:/rewear@champion",
+    config: Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML")] = Path(
+        "configs/synthetic.yaml"
+    ),
+    snapshot: Annotated[
+        str | None, typer.Option(help="Snapshot id under REWEAR_HOME/snapshots (default: ingest)")
+    ] = None,
+    stage: Annotated[str, typer.Option(help="Window to score: test or valid")] = "test",
+    output: Annotated[
+        Path | None, typer.Option("--json", help="Also write the result here")
+    ] = None,
+) -> None:
+    """Score a registered model version on a snapshot with the config's protocol, beside
+    the baselines, and print the summary table."""
+    settings = _prepare_environment()
+    import json
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from components import steps
+    from components.config import ConfigError, load_config
+    from components.data.snapshot import SnapshotError, load_snapshot_manifest
+
+    if stage not in ("test", "valid"):
+        raise typer.BadParameter(f"--stage must be test or valid, got {stage!r}")
+    try:
+        pipeline = load_config(config)
+    except ConfigError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    try:
+        loaded = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as error:
+        errors.print(f"[red]error:[/red] cannot load {model_uri}: {error}")
+        raise typer.Exit(1) from error
+    recommender = loaded.unwrap_python_model().recommender
+    try:
+        if snapshot is None:
+            with tempfile.TemporaryDirectory() as scratch:
+                raw = steps.ingest(pipeline, Path(scratch))
+                validated = steps.validate(raw["uri"], pipeline, Path(scratch))
+                snapshot = steps.snapshot(validated["uri"], settings.snapshots)["snapshot_id"]
+        snapshot_path = load_snapshot_manifest(settings.snapshots / snapshot).path
+        result = steps.evaluate_registered(recommender, snapshot_path, pipeline, stage)  # type: ignore[arg-type]
+    except (SnapshotError, steps.LeakageError, ValueError) as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    result = {"model_uri": model_uri, "snapshot_id": snapshot, "stage": stage, **result}
+    print_evaluation(result)
+    if output is not None:
+        output.write_text(json.dumps(result, indent=2, default=str))
+        console.print(f"written: {output}")
+
+
+def print_evaluation(result: dict[str, Any]) -> None:
+    from components.evaluation.summary import summary_rows
+
+    rows = summary_rows(result["metrics"], result["baselines"], result["comparisons"])
+    table = Table(
+        title=f"{result['model_uri']} on snapshot {result['snapshot_id']} ({result['stage']}, "
+        f"{result['evaluated_users']} users)"
+    )
+    console.print(_rows_table(table, rows))
 
 
 @data_app.command("generate")

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components import steps
 from components.config import PipelineConfig, config_hash, load_config
+from components.evaluation.summary import summary_markdown, summary_rows
 from components.registry.registration import git_commit, log_and_register, mlflow_key
 from components.registry.tracking import configure_mlflow
 from components.report import ModelRef, RunReport
@@ -70,8 +71,10 @@ def fit_task(split_uri: str, config: PipelineConfig, run_dir: Path) -> dict[str,
 
 
 @task(**task_options)
-def evaluate_task(split_uri: str, model_uri: str, config: PipelineConfig) -> dict[str, Any]:
-    return steps.evaluate(split_uri, model_uri, config.evaluation, config.model)
+def evaluate_task(
+    split_uri: str, model_uri: str, config: PipelineConfig, run_dir: Path
+) -> dict[str, Any]:
+    return steps.evaluate(split_uri, model_uri, config.evaluation, config.model, run_dir)
 
 
 @task(**task_options)
@@ -145,12 +148,19 @@ def retrain(
         with _timed(report, "fit"):
             fitted = fit_task(split["uri"], config, run_dir)
         with _timed(report, "evaluate"):
-            evaluation = evaluate_task(split["uri"], fitted["evaluation_model_uri"], config)
+            evaluation = evaluate_task(
+                split["uri"], fitted["evaluation_model_uri"], config, run_dir
+            )
         report.metrics = evaluation["metrics"]
         report.valid_metrics = evaluation["valid_metrics"]
         report.baselines = evaluation["baselines"]
         report.evaluated_users = evaluation["evaluated_users"]
+        report.comparisons = evaluation["comparisons"]
+        report.segments = evaluation["segments"]
+        report.figures = evaluation["figures"]
         _log_metrics(client, run_id, report)
+        for figure in report.figures:
+            client.log_artifact(run_id, figure, "figures")
         tags = {
             "snapshot_id": snap["snapshot_id"],
             "git_commit": commit,
@@ -177,38 +187,8 @@ def retrain(
         report_path = report.write(run_dir)
         client.log_artifact(run_id, str(report_path))
     client.set_terminated(run_id, "FINISHED")
-    create_markdown_artifact(
-        key=f"retrain-{_artifact_key(config.name)}",
-        markdown=summary_markdown(report),
-        description="rewear retrain summary",
-    )
+    publish_artifacts(report)
     return {**report.model_dump(mode="json"), "report_path": str(report_path)}
-
-
-def summary_markdown(report: RunReport) -> str:
-    ks = sorted({int(name.split("@")[1]) for name in report.metrics if "@" in name})
-    lines = [
-        f"# rewear retrain `{report.dataset}` — run `{report.run_id}`",
-        "",
-        f"Snapshot `{report.snapshot_id}`, protocol {report.protocol}, "
-        f"{report.evaluated_users} evaluated users.",
-        "",
-        "| metric | model | popularity |",
-        "|---|---|---|",
-    ]
-    baseline = report.baselines.get("popularity", {})
-    for k in ks:
-        for name in ("recall", "ndcg"):
-            key = f"{name}@{k}"
-            lines.append(
-                f"| {key} | {report.metrics[key]:.4f} | {baseline.get(key, float('nan')):.4f} |"
-            )
-    if report.model:
-        lines += [
-            "",
-            f"Registered `{report.model.name}` v{report.model.version} {report.model.aliases}",
-        ]
-    return "\n".join(lines)
 
 
 def retrain_from_file(config_path: str | Path, overrides: dict[str, Any] | None = None) -> dict:
@@ -224,6 +204,22 @@ def _log_metrics(client: Any, run_id: str, report: RunReport) -> None:
     for baseline, metrics in report.baselines.items():
         for name, value in metrics.items():
             client.log_metric(run_id, f"baseline.{baseline}.{mlflow_key(name)}", value)
+
+
+def publish_artifacts(report: RunReport) -> None:
+    """Prefect artifacts with stable keys: one markdown summary, one metrics table."""
+    dumped = report.model_dump(mode="json")
+    dataset = _artifact_key(report.dataset)
+    create_markdown_artifact(
+        key=f"rewear-retrain-summary-{dataset}",
+        markdown=summary_markdown(dumped),
+        description=f"rewear retrain summary ({report.dataset})",
+    )
+    create_table_artifact(
+        key=f"rewear-retrain-metrics-{dataset}",
+        table=summary_rows(report.metrics, report.baselines, report.comparisons),
+        description=f"model vs baselines on the test window ({report.dataset})",
+    )
 
 
 def _artifact_key(name: str) -> str:

@@ -57,6 +57,14 @@ class DataSplit:
     def all_interactions(self) -> pd.DataFrame:
         return pd.concat([self.train, self.valid, self.test], ignore_index=True)
 
+    def serving_history(self) -> pd.DataFrame:
+        """What the registered model is refitted on: everything for the temporal protocol
+        (the future is unseen anyway); train + valid for a fixed split, whose test file
+        must stay unseen so the published protocol can score the registered model."""
+        if self.protocol == "fixed":
+            return pd.concat([self.train, self.valid], ignore_index=True)
+        return self.all_interactions()
+
     def available_items(self, at: pd.Timestamp | None) -> pd.Series:
         """Boolean per row of `tables.items`: listed and not yet sold at `at` (None: all)."""
         return available_at(self.tables.items, at)

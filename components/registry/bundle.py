@@ -91,6 +91,16 @@ class BundleRecommender:
             metadata=metadata,
         )
 
+    @property
+    def trained_until(self) -> pd.Timestamp | None:
+        """The model saw interactions strictly before this time (None: no timestamps)."""
+        return self.model.as_of
+
+    def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+        """The `Scorer` protocol, so offline evaluation scores the served model itself;
+        the evaluation protocol applies its own availability and history masks."""
+        return self.model.score(user_ids, item_ids)
+
     def recommend(
         self,
         user_ids: Sequence[str],

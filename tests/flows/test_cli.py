@@ -1,5 +1,8 @@
 """The `rewear` command line as a user runs it (typer's runner, real flow and registry)."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -55,14 +58,28 @@ def test_data_generate_writes_canonical_parquet(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("prefect_harness")
-def test_retrain_then_recommend_prints_a_ranked_table(rewear_home):
-    result = runner.invoke(
-        app, ["retrain", "--config", str(REPO / "configs/synthetic.yaml"), *SMALL]
+def test_retrain_then_recommend_prints_a_ranked_table(rewear_home, tmp_path):
+    # The installed console script in a subprocess, as a user runs it: its own temporary
+    # Prefect server (PREFECT_HOME in tmp), the shared test REWEAR_HOME.
+    script = Path(sys.executable).with_name("rewear")
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "REWEAR_HOME": str(rewear_home),
+        "COLUMNS": "250",
+    }
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run(
+        [str(script), "retrain", "--config", str(REPO / "configs/synthetic.yaml"), *SMALL],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
-    assert result.exit_code == 0, result.output
-    assert "recall@20" in result.output and "report:" in result.output
-    assert "registered rewear v1" in result.output
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "recall@20" in done.stdout and "report:" in done.stdout
+    assert "registered rewear v1" in done.stdout
     result = runner.invoke(app, ["recommend", "--user-id", "u000001", "--k", "5"])
     assert result.exit_code == 0, result.output
     assert "top 5 for user u000001" in result.output

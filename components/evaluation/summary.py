@@ -1,0 +1,119 @@
+"""Readable summaries of an evaluation: the same rows feed the CLI table, the Prefect
+markdown and table artifacts, and `rewear evaluate`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+HEADLINE_METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@100", "ndcg@100")
+FAIRNESS_METRICS = (
+    "coverage",
+    "novelty",
+    "diversity",
+    "gini_items",
+    "gini_sellers",
+    "new_item_exposure",
+    "small_seller_exposure",
+)
+
+
+def summary_rows(
+    metrics: dict[str, float],
+    baselines: dict[str, dict[str, float]],
+    comparisons: dict[str, dict[str, dict[str, Any]]] | None = None,
+    names: tuple[str, ...] = HEADLINE_METRICS,
+) -> list[dict[str, Any]]:
+    """One row per metric: the model, each baseline, and model - baseline intervals."""
+    rows = []
+    for name in names:
+        if name not in metrics:
+            continue
+        row: dict[str, Any] = {"metric": name, "model": round(metrics[name], 4)}
+        for baseline, values in baselines.items():
+            row[baseline] = round(values[name], 4) if name in values else None
+        for baseline, per_metric in (comparisons or {}).items():
+            interval = per_metric.get(name)
+            if interval is not None:
+                row[f"Δ vs {baseline}"] = format_interval(interval)
+        rows.append(row)
+    return rows
+
+
+def fairness_rows(
+    metrics: dict[str, float], baselines: dict[str, dict[str, float]], k: int
+) -> list[dict[str, Any]]:
+    rows = []
+    for name in FAIRNESS_METRICS:
+        key = f"{name}@{k}"
+        if key not in metrics:
+            continue
+        row: dict[str, Any] = {"metric": key, "model": round(metrics[key], 4)}
+        for baseline, values in baselines.items():
+            row[baseline] = round(values[key], 4) if key in values else None
+        rows.append(row)
+    return rows
+
+
+def format_interval(interval: dict[str, Any]) -> str:
+    """`+0.0123 [+0.0050, +0.0190]`, flagged when the 95% interval contains 0."""
+    text = f"{interval['difference']:+.4f} [{interval['low']:+.4f}, {interval['high']:+.4f}]"
+    return text if interval.get("significant") else f"{text} (n.s.)"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "_none_"
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    for row in rows:
+        cells = ["" if row.get(c) is None else str(row.get(c)) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    """The run's readable summary: headline metrics with intervals, baselines, segments,
+    exposure fairness, and what was registered."""
+    metrics, baselines = report["metrics"], report["baselines"]
+    ks = sorted({int(key.split("@")[1]) for key in metrics if key.startswith("recall@")})
+    fairness_k = 20 if 20 in ks else (ks[-1] if ks else 20)
+    lines = [
+        f"# rewear retrain `{report['dataset']}` — run `{report['run_id']}`",
+        "",
+        f"Snapshot `{report.get('snapshot_id')}` · protocol **{report['protocol']}** · "
+        f"{report.get('evaluated_users')} evaluated users · model `{report['model_kind']}`. "
+        "Δ columns: model − baseline, paired bootstrap over users, 95% interval "
+        "(n.s. = the interval contains 0).",
+        "",
+        "## Accuracy on the test window (full ranking)",
+        markdown_table(summary_rows(metrics, baselines, report.get("comparisons"))),
+        "",
+        "## Segments",
+    ]
+    for segment, content in (report.get("segments") or {}).items():
+        segment_metrics = content.get("model", {})
+        segment_baselines = {
+            name: values
+            for name, values in content.items()
+            if name not in ("model", "users") and isinstance(values, dict)
+        }
+        lines += [
+            f"### {segment} ({content.get('users', 0)} users)",
+            markdown_table(summary_rows(segment_metrics, segment_baselines)),
+            "",
+        ]
+    lines += [
+        f"## Exposure and diversity @{fairness_k}",
+        markdown_table(fairness_rows(metrics, baselines, fairness_k)),
+        "",
+    ]
+    model = report.get("model")
+    if model:
+        lines.append(
+            f"Registered `{model['name']}` version {model['version']} with aliases "
+            f"{model['aliases']}; promoted to champion: {report.get('promoted')}."
+        )
+    return "\n".join(lines)
