@@ -130,7 +130,8 @@ def render(results: list[dict[str, Any]], skipped: list[str]) -> str:
         timings = ", ".join(f"{k} {v:.1f} s" for k, v in result["timings"].items())
         lines += [
             f"Timings: {timings}; one full-ranking evaluation of all "
-            f"{evaluation['evaluated_users']} users (popularity): {result['full_ranking_s']:.2f} s.",
+            f"{evaluation['evaluated_users']} users (popularity): "
+            f"{result['full_ranking_s']:.2f} s.",
             "",
         ]
     for name in skipped:
