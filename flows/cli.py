@@ -75,11 +75,8 @@ def retrain(
 
 
 def print_report(report: dict[str, Any]) -> None:
-    from components.evaluation.summary import summary_rows
-
-    rows = summary_rows(report["metrics"], report["baselines"], report.get("comparisons"))
-    table = Table(title=f"rewear retrain — {report['dataset']} ({report['protocol']}, test window)")
-    console.print(_rows_table(table, rows))
+    title = f"rewear retrain — {report['dataset']} ({report['protocol']}, test window)"
+    _print_summary(title, report["metrics"], report["baselines"], report.get("comparisons"))
     model = report.get("model") or {}
     console.print(
         f"snapshot {report['snapshot_id']} · {report['evaluated_users']} users evaluated · "
@@ -89,6 +86,20 @@ def print_report(report: dict[str, Any]) -> None:
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in report["timings_s"].items())
     console.print(f"timings: {timings}")
     console.print(f"report: {report['report_path']}")
+
+
+def _print_summary(
+    title: str,
+    metrics: dict[str, float],
+    baselines: dict[str, dict[str, float]],
+    comparisons: dict[str, Any] | None,
+) -> None:
+    """Two tables: the model beside each baseline, then the bootstrap intervals."""
+    from components.evaluation.summary import interval_rows, summary_rows
+
+    console.print(_rows_table(Table(title=title), summary_rows(metrics, baselines)))
+    intervals = interval_rows(comparisons)
+    console.print(_rows_table(Table(title="paired bootstrap over users"), intervals))
 
 
 def _rows_table(table: Table, rows: list[dict[str, Any]]) -> Table:
@@ -117,6 +128,10 @@ def evaluate(
     output: Annotated[
         Path | None, typer.Option("--json", help="Also write the result here")
     ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value: --set split.test_duration=14D"),
+    ] = None,
 ) -> None:
     """Score a registered model version on a snapshot with the config's protocol, beside
     the baselines, and print the summary table."""
@@ -134,7 +149,7 @@ def evaluate(
     if stage not in ("test", "valid"):
         raise typer.BadParameter(f"--stage must be test or valid, got {stage!r}")
     try:
-        pipeline = load_config(config)
+        pipeline = load_config(config, _parse_overrides(overrides or []))
     except ConfigError as error:
         errors.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
@@ -165,14 +180,11 @@ def evaluate(
 
 
 def print_evaluation(result: dict[str, Any]) -> None:
-    from components.evaluation.summary import summary_rows
-
-    rows = summary_rows(result["metrics"], result["baselines"], result["comparisons"])
-    table = Table(
-        title=f"{result['model_uri']} on snapshot {result['snapshot_id']} ({result['stage']}, "
+    title = (
+        f"{result['model_uri']} on snapshot {result['snapshot_id']} ({result['stage']}, "
         f"{result['evaluated_users']} users)"
     )
-    console.print(_rows_table(table, rows))
+    _print_summary(title, result["metrics"], result["baselines"], result["comparisons"])
 
 
 @data_app.command("generate")

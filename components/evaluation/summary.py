@@ -39,6 +39,23 @@ def summary_rows(
     return rows
 
 
+def interval_rows(
+    comparisons: dict[str, dict[str, dict[str, Any]]] | None,
+) -> list[dict[str, Any]]:
+    """One row per (baseline, metric): model - baseline with its 95% bootstrap interval."""
+    rows = []
+    for baseline, per_metric in (comparisons or {}).items():
+        for metric, interval in per_metric.items():
+            rows.append(
+                {
+                    "metric": metric,
+                    "vs": baseline,
+                    "model − baseline [95% CI]": format_interval(interval),
+                }
+            )
+    return rows
+
+
 def fairness_rows(
     metrics: dict[str, float], baselines: dict[str, dict[str, float]], k: int
 ) -> list[dict[str, Any]]:

@@ -53,6 +53,35 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
     }
     assert (rewear_home / "snapshots" / first["snapshot_id"] / "manifest.json").is_file()
 
+    # The readable reports: Prefect artifacts with stable keys, MLflow metrics and figures.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = ["rewear-retrain-summary-synthetic", "rewear-retrain-metrics-synthetic"]
+    with get_client(sync_client=True) as prefect_client:
+        artifacts = prefect_client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
+        )
+    by_key = {artifact.key: artifact for artifact in artifacts}
+    assert set(by_key) == set(keys)
+    summary = by_key[keys[0]].data
+    assert "## Accuracy on the test window" in summary and "covisitation" in summary
+    assert "Δ vs popularity" in summary and "cold_users" in summary
+    client = _client()
+    logged = {a.path for a in client.list_artifacts(first["run_id"], "figures")}
+    assert logged == {
+        "figures/metric_at_k.png",
+        "figures/exposure_lorenz.png",
+        "figures/segments.png",
+    }
+    run = client.get_run(first["run_id"])
+    assert run.data.metrics["test.recall_at_20"] == pytest.approx(first["metrics"]["recall@20"])
+    assert "baseline.covisitation.ndcg_at_10" in run.data.metrics
+    interval = first["comparisons"]["popularity"]["ndcg@10"]
+    assert interval["low"] <= interval["difference"] <= interval["high"]
+    assert first["segments"]["cold_users"]["users"] > 0
+    assert "gini_sellers@20" in first["metrics"]
+
     second = retrain(config_path=str(REPO / "configs" / "synthetic.yaml"), overrides=SMALL_MARKET)
     assert second["snapshot_id"] == first["snapshot_id"]  # same data, same snapshot
     assert second["model"]["version"] == 2
