@@ -145,12 +145,23 @@ def top_k_from_scores(
         scores = np.array(scores, dtype=np.float64, copy=True)
         coo = sp.coo_matrix(excluded)
         scores[coo.row, coo.col] = -np.inf
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    top = np.take_along_axis(part, order, axis=1)
-    top_scores = np.take_along_axis(part_scores, order, axis=1)
+    scores = np.where(np.isnan(scores), -np.inf, scores)
+    n_rows, n_items = scores.shape
+    k = min(k, n_items)
+    if k == 0 or n_rows == 0:
+        return np.full((n_rows, k), -1, dtype=np.int64)
+    # Exact tie-breaking (lower index first) whatever argpartition picks: take everything
+    # strictly above each row's k-th score, then fill with the lowest-index ties.
+    threshold = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
+    above = scores > threshold
+    tied = scores == threshold
+    missing = k - above.sum(axis=1, keepdims=True)
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= missing))
+    columns = np.nonzero(chosen)[1].reshape(n_rows, k)
+    chosen_scores = np.take_along_axis(scores, columns, axis=1)
+    order = np.lexsort((columns, -chosen_scores), axis=1)
+    top = np.take_along_axis(columns, order, axis=1)
+    top_scores = np.take_along_axis(chosen_scores, order, axis=1)
     return np.where(np.isfinite(top_scores), top, -1)
 
 

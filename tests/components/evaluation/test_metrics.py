@@ -95,3 +95,18 @@ def test_metrics_match_a_straightforward_reference(n_users, n_items, k, seed):
     np.testing.assert_allclose(m.ndcg_at_k(ranked, relevant, k), reference["ndcg"])
     np.testing.assert_allclose(m.map_at_k(ranked, relevant, k), reference["map"])
     np.testing.assert_allclose(m.mrr_at_k(ranked, relevant, k), reference["mrr"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_items=st.integers(1, 40), k=st.integers(1, 45), seed=st.integers(0, 10_000))
+def test_top_k_equals_a_full_stable_sort_even_with_many_ties(n_items, k, seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 4, size=(5, n_items)).astype(float)  # heavy ties
+    scores[rng.random(scores.shape) < 0.2] = -np.inf
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, : min(k, n_items)]
+    expected_scores = np.take_along_axis(scores, expected, axis=1)
+    expected = np.where(np.isfinite(expected_scores), expected, -1)
+    np.testing.assert_array_equal(m.top_k_from_scores(scores, k), expected)
+    # A longer list starts with the shorter one: metrics at K do not depend on max K.
+    longer = m.top_k_from_scores(scores, k + 5)
+    np.testing.assert_array_equal(longer[:, : min(k, n_items)], expected)

@@ -1,0 +1,91 @@
+"""The evaluation suite: model and baselines through the same code, segments, intervals,
+summaries and figures, on a small synthetic marketplace."""
+
+import numpy as np
+import pytest
+
+from components.config import EvaluationConfig, SplitConfig, SyntheticSourceConfig
+from components.data.split import split_tables
+from components.data.synthetic import generate_marketplace
+from components.evaluation.figures import FIGURE_FILES, render_figures
+from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
+from components.evaluation.suite import evaluate_models
+from components.evaluation.summary import interval_rows, summary_markdown, summary_rows
+from components.retrieval.baselines import fit_baselines
+from components.retrieval.popularity import RecentPopularity
+
+
+@pytest.fixture(scope="module")
+def suite():
+    tables = generate_marketplace(SyntheticSourceConfig(n_users=400, n_days=21)).tables
+    split = split_tables(tables, SplitConfig())
+    config = EvaluationConfig(ks=(10, 20), bootstrap_resamples=200)
+    history = split.history("test")
+    scorers = {
+        "model": RecentPopularity.fit(history, config.baselines.popularity, split.test_cutoff),
+        **fit_baselines(history, config.baselines, split.test_cutoff),
+    }
+    return evaluate_models("model", scorers, split, "test", config), split, config
+
+
+def test_model_and_baselines_share_one_protocol(suite):
+    result, split, config = suite
+    assert set(result.baselines) == {"popularity", "covisitation", "ease"}
+    # The "model" here is the popularity baseline itself: identical figures, a zero interval.
+    assert result.model.metrics["recall@20"] == result.baselines["popularity"].metrics["recall@20"]
+    same = result.comparisons["popularity"]["ndcg@10"]
+    assert same["difference"] == same["low"] == same["high"] == 0.0
+    assert not same["significant"]
+    reference = evaluate_scorer(
+        RecentPopularity.fit(split.history("test"), config.baselines.popularity, split.test_cutoff),
+        build_evaluation_task(split, "test", config),
+        config.ks,
+    )
+    assert result.model.metrics["ndcg@20"] == pytest.approx(reference.metrics["ndcg@20"])
+
+
+def test_beyond_accuracy_and_segments_are_reported(suite):
+    result, _, _ = suite
+    metrics = result.model.metrics
+    for key in ("coverage@20", "novelty@20", "diversity@20", "gini_items@20", "gini_sellers@20"):
+        assert np.isfinite(metrics[key])
+    # One list for everyone: 20 distinct items cover a tiny share of the catalogue.
+    assert metrics["gini_items@20"] > 0.9
+    assert result.baselines["covisitation"].metrics["coverage@20"] > metrics["coverage@20"]
+    segments = result.segments()
+    assert segments["cold_users"]["users"] == result.segment_sizes["cold_users"] > 0
+    assert "recall@20" in segments["new_items"]["model"]
+    frame = result.per_user_frame()
+    assert len(frame) == result.n_users
+    assert "covisitation/ndcg@10" in frame.columns
+
+
+def test_summaries_and_figures(suite, tmp_path):
+    result, _, _ = suite
+    rows = summary_rows(result.model.metrics, result.baseline_metrics(), result.comparisons)
+    assert [row["metric"] for row in rows] == ["recall@10", "ndcg@10", "recall@20", "ndcg@20"]
+    assert rows[1]["Δ vs popularity"].endswith("(n.s.)")
+    assert {row["vs"] for row in interval_rows(result.comparisons)} == {
+        "popularity",
+        "covisitation",
+        "ease",
+    }
+    markdown = summary_markdown(
+        {
+            "dataset": "synthetic",
+            "run_id": "r1",
+            "snapshot_id": "s1",
+            "protocol": "temporal",
+            "evaluated_users": result.n_users,
+            "model_kind": "recent_popularity",
+            "metrics": result.model.metrics,
+            "baselines": result.baseline_metrics(),
+            "comparisons": result.comparisons,
+            "segments": result.segments(),
+        }
+    )
+    assert "### cold_users" in markdown and "## Exposure and diversity @20" in markdown
+    paths = render_figures(result, tmp_path)
+    assert [p.name for p in paths] == list(FIGURE_FILES)
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
