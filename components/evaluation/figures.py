@@ -52,10 +52,7 @@ def _metric_curves(plt, results: list[ModelEvaluation], path: Path) -> Path:
         axis.set_title(f"{metric}@K (test window, full ranking)")
         axis.grid(alpha=0.3)
     axes[0].legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def _lorenz(plt, results: list[ModelEvaluation], path: Path) -> Path:
@@ -76,10 +73,7 @@ def _lorenz(plt, results: list[ModelEvaluation], path: Path) -> Path:
         axis.set_ylabel("share of list slots")
         axis.grid(alpha=0.3)
     axes[0].legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def _segments(plt, suite: EvaluationSuite, path: Path) -> Path:
@@ -103,10 +97,7 @@ def _segments(plt, suite: EvaluationSuite, path: Path) -> Path:
     axis.set_title(f"{metric} by segment")
     axis.legend()
     axis.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def _segment_metric(result: ModelEvaluation) -> str:
@@ -114,3 +105,10 @@ def _segment_metric(result: ModelEvaluation) -> str:
         if candidate in result.metrics:
             return candidate
     return next(key for key in result.metrics if key.startswith("ndcg@"))
+
+
+def _save(plt, figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
