@@ -169,9 +169,85 @@ class PopularityConfig(StrictModel):
     )
 
 
+class TwoTowerConfig(StrictModel):
+    """Content-aware two-tower encoder (components.retrieval.two_tower)."""
+
+    seed: int = 0
+    embedding_dim: int = Field(64, ge=4)
+    #: Hashed word / character n-gram buckets of the title EmbeddingBag.
+    text_buckets: int = Field(2**16, ge=16)
+    price_buckets: int = Field(16, ge=2)
+    age_buckets: int = Field(12, ge=2)
+    #: Item-id embedding, dropped out in training so the content path stands on its own.
+    use_item_id: bool = True
+    item_id_dropout: float = Field(0.5, ge=0, le=1)
+    #: User tower: how many recent interactions are pooled.
+    history_length: int = Field(50, ge=1)
+    temperature: float = Field(0.07, gt=0)
+    logq_correction: bool = True
+    extra_negatives: int = Field(0, ge=0)
+    batch_size: int = Field(1024, ge=8)
+    learning_rate: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_epochs: int = Field(20, ge=1)
+    patience: int = Field(3, ge=1)
+    #: Early stopping watches recall@K on the valid window, exact search.
+    early_stopping_k: int = Field(20, ge=1)
+    max_training_seconds: float = Field(600, gt=0)
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "view": 0.5,
+            "like": 1.0,
+            "save": 1.0,
+            "add_to_bag": 1.5,
+            "purchase": 2.0,
+            "rating": 1.0,
+            "interaction": 1.0,
+        }
+    )
+    #: Recency half-life of the history pooling weights (null: no decay).
+    recency_half_life: str | None = "7D"
+
+
+class AnnoyConfig(StrictModel):
+    """Annoy index over normalised item vectors (angular metric)."""
+
+    n_trees: int = Field(50, ge=1)
+    #: Nodes inspected per query; -1 lets Annoy pick n_trees * k.
+    search_k: int = Field(-1, ge=-1)
+    #: Users sampled to measure ANN recall@K against exact search at every build.
+    recall_sample: int = Field(500, ge=10)
+    recall_k: int = Field(100, ge=1)
+
+
+class CandidatesConfig(StrictModel):
+    """Multi-source candidate generation and merging."""
+
+    #: Candidates kept per source and per user.
+    per_source: int = Field(200, ge=1)
+    #: Size of the merged set per user (the ranker's input); candidate recall is at this N.
+    n: int = Field(200, ge=1)
+    sources: tuple[
+        Literal["ann", "covisitation", "popularity", "category_popularity", "linear"], ...
+    ] = (
+        "ann",
+        "covisitation",
+        "popularity",
+        "category_popularity",
+        "linear",
+    )
+    #: How many of the user's top categories feed `category_popularity`.
+    top_categories: int = Field(3, ge=1)
+    #: Items never returned to anyone (e.g. moderation blocks).
+    blocked_item_ids: tuple[str, ...] = ()
+
+
 class ModelConfig(StrictModel):
     kind: Literal["recent_popularity"] = "recent_popularity"
     popularity: PopularityConfig = PopularityConfig()
+    two_tower: TwoTowerConfig = TwoTowerConfig()
+    annoy: AnnoyConfig = AnnoyConfig()
+    candidates: CandidatesConfig = CandidatesConfig()
     #: Register a model refitted on all snapshot data (evaluation always uses the held-out fit).
     refit_on_all_data: bool = True
 
