@@ -153,10 +153,14 @@ def top_k_from_scores(
     # Exact tie-breaking (lower index first) whatever argpartition picks: take everything
     # strictly above each row's k-th score, then fill with the lowest-index ties.
     threshold = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
-    above = scores > threshold
+    chosen = scores > threshold
     tied = scores == threshold
-    missing = k - above.sum(axis=1, keepdims=True)
-    chosen = above | (tied & (np.cumsum(tied, axis=1) <= missing))
+    missing = k - chosen.sum(axis=1)
+    n_tied = tied.sum(axis=1)
+    exact = missing == n_tied
+    chosen[exact] |= tied[exact]
+    for row in np.flatnonzero(~exact):  # rare with real-valued scores, cheap otherwise
+        chosen[row, np.flatnonzero(tied[row])[: missing[row]]] = True
     columns = np.nonzero(chosen)[1].reshape(n_rows, k)
     chosen_scores = np.take_along_axis(scores, columns, axis=1)
     order = np.lexsort((columns, -chosen_scores), axis=1)
