@@ -22,6 +22,7 @@ from components.registry.registration import git_commit, log_and_register, mlflo
 from components.registry.tracking import configure_mlflow
 from components.report import ModelRef, RunReport
 from components.settings import RewearSettings
+from components.store import read_json
 
 LONG_TASK_TIMEOUT_S = 3600
 
@@ -181,6 +182,10 @@ def retrain(
     except BaseException as error:
         report.status = "failed"
         report.error = f"{type(error).__name__}: {error}"
+        validation_summary = run_dir / "validation.json"
+        if not report.validation and validation_summary.is_file():
+            # Validation failed: its counts and quarantine files still belong in the report.
+            report.validation = read_json(validation_summary)
         client.set_terminated(run_id, "FAILED")
         raise
     finally:

@@ -121,32 +121,53 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
     assert not bought & set(answer.loc[answer["user_id"] == buyer, "item_id"])
 
 
-@pytest.mark.slow
-def test_bad_data_fails_before_training_and_leaves_the_registry_untouched(rewear_home, tmp_path):
-    from flows.retrain import retrain
-
+def _market_csv(path: Path, damage: str) -> None:
     tables = generate_marketplace(
         SyntheticSourceConfig(n_users=50, n_sellers=30, n_days=10, listings_per_day=20)
     ).tables
     events = tables.interactions.copy()
     events["ts"] = events["ts"].astype("int64") // 10**6  # epoch milliseconds
     events = events.astype({"ts": "object"})
-    events.loc[events.index[::10], "ts"] = "garbage"
-    events.to_csv(tmp_path / "events.csv", index=False)
+    if damage == "garbage":
+        events.loc[events.index[::10], "ts"] = "garbage"
+    elif damage == "missing_column":
+        events = events.drop(columns=["item_id"])
+    elif damage == "empty":
+        events = events.iloc[:0]
+    events.to_csv(path, index=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("garbage", "max_bad_share"),
+        ("missing_column", "has no column 'item_id'"),
+        ("empty", "has no rows"),
+    ],
+)
+def test_bad_data_fails_before_training_and_leaves_the_registry_untouched(
+    rewear_home, tmp_path, damage, message
+):
+    from flows.retrain import retrain
+
+    _market_csv(tmp_path / "events.csv", damage)
     config = tmp_path / "bad.yaml"
     config.write_text(
         "name: bad-input\n"
         "source: {kind: interactions_file, interactions: events.csv,\n"
         "         columns: {event: event, weight: weight, ts_unit: ms}}\n"
     )
-    with pytest.raises(Exception, match="break the rules"):
+    with pytest.raises(Exception, match=message):
         retrain(config_path=str(config))
     run_dirs = list((rewear_home / "runs").iterdir())
     assert len(run_dirs) == 1
     report = pd.read_json(run_dirs[0] / "report.json", typ="series")
     assert report["status"] == "failed"
-    assert "max_bad_share" in report["error"]
-    assert (run_dirs[0] / "quarantine" / "interactions.parquet").is_file()
+    assert message in report["error"]
+    if damage == "garbage":
+        quarantined = pd.read_parquet(run_dirs[0] / "quarantine" / "interactions.parquet")
+        assert len(quarantined) == report["validation"]["counts"]["interactions"]["quarantined"]
     assert not (run_dirs[0] / "models").exists()
     assert _client().search_registered_models() == []
     assert list((rewear_home / "snapshots").iterdir()) == []
