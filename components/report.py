@@ -35,6 +35,9 @@ class RunReport(BaseModel):
     #: Per segment (cold_users, new_items): its size and each model's metrics.
     segments: dict[str, dict[str, Any]] = Field(default_factory=dict)
     figures: list[str] = Field(default_factory=list)
+    #: Challenger (this run) vs the current champion, paired over users on unseen data;
+    #: null when there is no champion yet.
+    champion_comparison: dict[str, Any] | None = None
     evaluated_users: int | None = None
     split: dict[str, Any] = Field(default_factory=dict)
     validation: dict[str, Any] = Field(default_factory=dict)

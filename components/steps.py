@@ -129,6 +129,51 @@ def evaluate(
     }
 
 
+def compare_with_champion(
+    split_uri: str,
+    evaluation_model_uri: str,
+    champion_bundle_dir: str,
+    champion_version: int,
+    snapshot_id: str,
+    config: EvaluationConfig,
+) -> dict[str, Any]:
+    """Challenger vs champion, paired over users, on data neither has seen.
+
+    Temporal: the window after both the test cut-off and the champion's last training
+    interaction (the champion is usually refitted on everything it had, so the challenger's
+    own test window would flatter it). Fixed split: only on the champion's own snapshot.
+    """
+    champion = BundleRecommender.load(Path(champion_bundle_dir))
+    data = read_split(Path(split_uri))
+    base = {"champion_version": champion_version, "comparable": False}
+    if data.protocol == "fixed":
+        if champion.metadata.get("snapshot_id") != snapshot_id:
+            return {**base, "reason": "the champion was trained on another fixed-split snapshot"}
+    else:
+        start = max(data.test_cutoff, champion.trained_until or data.test_cutoff)
+        if not (data.test["ts"] >= start).any():
+            return {
+                **base,
+                "reason": f"no interaction after the champion's training data ends ({start})",
+            }
+        data = data.with_test_cutoff(start)
+        base["window_start"] = start.isoformat()
+    scorers = {
+        "challenger": RecentPopularity.load(Path(evaluation_model_uri)),
+        "champion": champion,
+    }
+    suite = evaluate_models("challenger", scorers, data, "test", config)
+    keys = [key for key in suite.model.metrics if key.split("@")[0] in ("recall", "ndcg")]
+    return {
+        **base,
+        "comparable": True,
+        "evaluated_users": suite.n_users,
+        "challenger": {key: suite.model.metrics[key] for key in keys},
+        "champion": {key: suite.baselines["champion"].metrics[key] for key in keys},
+        "intervals": suite.comparisons["champion"],
+    }
+
+
 def bundle(
     split_uri: str, final_model_uri: str, config: PipelineConfig, run_dir: Path, **metadata: Any
 ) -> dict[str, Any]:

@@ -18,7 +18,13 @@ from prefect.cache_policies import NO_CACHE
 from components import steps
 from components.config import PipelineConfig, config_hash, load_config
 from components.evaluation.summary import summary_markdown, summary_rows
-from components.registry.registration import git_commit, log_and_register, mlflow_key
+from components.registry.registration import (
+    CHAMPION,
+    download_alias_bundle,
+    git_commit,
+    log_and_register,
+    mlflow_key,
+)
 from components.registry.tracking import configure_mlflow
 from components.report import ModelRef, RunReport
 from components.settings import RewearSettings
@@ -76,6 +82,23 @@ def evaluate_task(
     split_uri: str, model_uri: str, config: PipelineConfig, run_dir: Path
 ) -> dict[str, Any]:
     return steps.evaluate(split_uri, model_uri, config.evaluation, config.model, run_dir)
+
+
+@task(**task_options)
+def compare_with_champion_task(
+    split_uri: str, model_uri: str, snapshot_id: str, config: PipelineConfig, run_dir: Path
+) -> dict[str, Any] | None:
+    """Paired comparison with the current champion on data neither model has seen."""
+    client, _ = configure_mlflow(RewearSettings(), config.registry.experiment)
+    found = download_alias_bundle(
+        client, config.registry.model_name, CHAMPION, run_dir / "champion"
+    )
+    if found is None:
+        return None
+    version, bundle_dir = found
+    return steps.compare_with_champion(
+        split_uri, model_uri, str(bundle_dir), version, snapshot_id, config.evaluation
+    )
 
 
 @task(**task_options)
@@ -159,6 +182,10 @@ def retrain(
         report.comparisons = evaluation["comparisons"]
         report.segments = evaluation["segments"]
         report.figures = evaluation["figures"]
+        with _timed(report, "compare_with_champion"):
+            report.champion_comparison = compare_with_champion_task(
+                split["uri"], fitted["evaluation_model_uri"], snap["snapshot_id"], config, run_dir
+            )
         _log_metrics(client, run_id, report)
         for figure in report.figures:
             client.log_artifact(run_id, figure, "figures")

@@ -65,6 +65,23 @@ class DataSplit:
             return pd.concat([self.train, self.valid], ignore_index=True)
         return self.all_interactions()
 
+    def with_test_cutoff(self, cutoff: pd.Timestamp) -> DataSplit:
+        """The same data with a later test cut-off: the window both an older model and
+        a newer one have never seen (temporal protocol only)."""
+        if self.protocol != "temporal" or self.test_cutoff is None or cutoff < self.test_cutoff:
+            raise SplitError("with_test_cutoff moves a temporal test cut-off later, never earlier")
+        interactions = self.all_interactions()
+        ts = interactions["ts"]
+        return DataSplit(
+            protocol="temporal",
+            tables=self.tables,
+            train=self.train,
+            valid=interactions[(ts >= self.valid_cutoff) & (ts < cutoff)].reset_index(drop=True),
+            test=interactions[ts >= cutoff].reset_index(drop=True),
+            valid_cutoff=self.valid_cutoff,
+            test_cutoff=cutoff,
+        )
+
     def available_items(self, at: pd.Timestamp | None) -> pd.Series:
         """Boolean per row of `tables.items`: listed and not yet sold at `at` (None: all)."""
         return available_at(self.tables.items, at)

@@ -127,6 +127,20 @@ def summary_markdown(report: dict[str, Any]) -> str:
         markdown_table(fairness_rows(metrics, baselines, fairness_k)),
         "",
     ]
+    comparison = report.get("champion_comparison")
+    if comparison:
+        lines.append(f"## Challenger vs champion (version {comparison['champion_version']})")
+        if comparison.get("comparable"):
+            rows = interval_rows({"champion": comparison["intervals"]})
+            lines += [
+                f"{comparison['evaluated_users']} users, interactions from "
+                f"{comparison.get('window_start', 'the test file')}: data neither model saw.",
+                "",
+                markdown_table(rows),
+                "",
+            ]
+        else:
+            lines += [f"Not comparable: {comparison['reason']}.", ""]
     model = report.get("model")
     if model:
         lines.append(

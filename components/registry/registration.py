@@ -105,6 +105,20 @@ def current_alias_version(client: MlflowClient, model_name: str, alias: str) -> 
         return None
 
 
+def download_alias_bundle(
+    client: MlflowClient, model_name: str, alias: str, destination: Path
+) -> tuple[int, Path] | None:
+    """Fetch the bundle folder of `models:/name@alias` (None when the alias is not set)."""
+    version = current_alias_version(client, model_name, alias)
+    if version is None:
+        return None
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=model_uri(model_name, version=version),
+        dst_path=str(destination),
+    )
+    return version, Path(local) / "artifacts" / BUNDLE_ARTIFACT
+
+
 def git_commit(cwd: Path | None = None) -> str:
     """The commit of the code that trains, or 'unknown' outside a git checkout."""
     try:

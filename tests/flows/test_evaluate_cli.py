@@ -36,6 +36,13 @@ def test_evaluate_reproduces_the_run_and_refuses_leaky_versions(rewear_home, tmp
 
     refitted = retrain(config_path=CONFIG, overrides=SMALL)  # trained on the test week too
     assert refitted["model"]["version"] == 2
+    # Champion v1 stopped at the test cut-off, so the two are compared on the test window;
+    # both evaluation models are the same held-out popularity: a difference of exactly 0.
+    comparison = refitted["champion_comparison"]
+    assert comparison["comparable"] is True
+    assert comparison["evaluated_users"] == held_out["evaluated_users"]
+    interval = comparison["intervals"]["ndcg@10"]
+    assert interval["difference"] == interval["low"] == interval["high"] == 0.0
     result = runner.invoke(app, ["evaluate", "--model", "models:/rewear/2", *args])
     assert result.exit_code == 2
     assert "would be scored on its own training data" in " ".join(result.output.split())

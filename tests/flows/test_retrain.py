@@ -49,6 +49,7 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
         "split",
         "fit",
         "evaluate",
+        "compare_with_champion",
         "register",
     }
     assert (rewear_home / "snapshots" / first["snapshot_id"] / "manifest.json").is_file()
@@ -87,6 +88,11 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
     assert second["model"]["version"] == 2
     assert second["model"]["aliases"] == ["challenger"]
     assert second["promoted"] is False
+    assert first["champion_comparison"] is None  # nothing to compare with yet
+    # v1 was refitted on all its data: no interaction is left that it has not seen.
+    assert second["champion_comparison"]["champion_version"] == 1
+    assert second["champion_comparison"]["comparable"] is False
+    assert "no interaction after" in second["champion_comparison"]["reason"]
 
     client = _client()
     champion = client.get_model_version_by_alias("rewear", "champion")
