@@ -15,18 +15,24 @@ An index folder (written atomically) holds `index.ann` (memory-mapped on load),
 `item_ids.parquet` (row i is Annoy item i) and `index.json` (dimensions and settings).
 
 Defaults (AnnoyConfig: 50 trees, search_k = 4 * n_trees * k) were tuned on 64-dim vectors,
-one query at a time on a shared 2-core CPU, recall@100 against exact search (300 queries):
+one query at a time on a shared 2-core CPU, recall@100 against exact search (300 queries;
+no trained two-tower vectors yet, so random clustered vectors and iALS factors):
 
-=================================  ======  ========  ======  =========  =========
-vectors                             items   build s  recall  p50 ms/q   p99 ms/q
-=================================  ======  ========  ======  =========  =========
-clustered random, tight (noise 1)  30,000      3.4    1.000       3.1        7.8
-clustered random, loose (noise 2)  30,000      2.1    0.971       4.4       23
-iALS factors, synthetic history    26,134      1.1    0.998       3.0        3.9
-iALS factors, ml-1m-lcfn train      3,043      0.1    1.000       1.5        6.9
-=================================  ======  ========  ======  =========  =========
+======================================  ======  =======  ======  =======  ========  ========
+vectors                                  items  build s  recall  default  p50 ms/q  p99 ms/q
+======================================  ======  =======  ======  =======  ========  ========
+clustered random, tight (noise 1)       30,000     2.2    1.000    .997      3.3       4.0
+clustered random, loose (noise 2)       30,000     1.5    0.971    .710      3.1       6.5
+iALS factors, synthetic, cosine         26,134     1.4    0.998    .951      3.1       5.4
+iALS factors, ml-1m-lcfn, cosine         3,043     0.2    1.000    .986      1.7       4.9
+iALS factors, ml-1m-lcfn, inner product  3,043     0.4    1.000    .945      1.8       3.0
+iALS factors, synthetic, inner product  26,134     4.2    0.709    .214      3.1       4.1
+======================================  ======  =======  ======  =======  ========  ========
 
-Annoy's default search_k (n_trees * k) gives .998 / .715 / .951 / .986 on the same sets.
+`default` is recall with Annoy's own search_k (n_trees * k). The inner-product
+augmentation crowds items whose norm is far below the largest (synthetic iALS norms: median
+.08, max .21) onto the extra axis, where the trees barely separate them: that index needs
+search_k = 50,000 for .97, i.e. about exhaustive. Prefer normalised vectors (the two-tower's).
 
 Example
 -------
@@ -95,9 +101,7 @@ class AnnIndex:
         return self.dim + 1 if self.inner_product else self.dim
 
     @classmethod
-    def build(
-        cls, vectors: np.ndarray, item_ids: Sequence[str], config: AnnoyConfig
-    ) -> AnnIndex:
+    def build(cls, vectors: np.ndarray, item_ids: Sequence[str], config: AnnoyConfig) -> AnnIndex:
         """Build in memory, deterministically (config seed, fixed thread count)."""
         matrix = _check_item_vectors(vectors, item_ids)
         max_norm = 1.0
@@ -178,7 +182,7 @@ class AnnIndex:
         """Nodes a query for k neighbours inspects: search_k, or factor * n_trees * k."""
         if self.search_k != -1:
             return self.search_k
-        return max(1, int(round(self.search_k_factor * self.n_trees * k)))
+        return max(1, round(self.search_k_factor * self.n_trees * k))
 
     def query(self, vectors: np.ndarray, k: int, search_k: int | None = None) -> Neighbours:
         """Top-k items per query row (one Annoy call per row; the search itself is C++).
@@ -253,7 +257,9 @@ def build_annoy_index(
     return AnnIndex.load(folder)
 
 
-def exact_top_k(index: AnnIndex, item_vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+def exact_top_k(
+    index: AnnIndex, item_vectors: np.ndarray, queries: np.ndarray, k: int
+) -> np.ndarray:
     """Exact top-k positions per query by numpy dot products, under the index's metric."""
     items = np.asarray(item_vectors, dtype=np.float32)
     queries = np.asarray(queries, dtype=np.float32)
@@ -279,12 +285,14 @@ def ann_recall(
     *,
     sample: int | None = None,
     seed: int = 0,
+    search_k: int | None = None,
 ) -> float:
     """Recall@k of the index against exact search: mean |ANN top-k ∩ exact top-k| / k.
 
     `item_vectors` are the vectors indexed, in index order; `queries` are user vectors, of
-    which `sample` rows (default: all) are drawn with `seed`. Logged at every build, it
-    tells whether the trees and search_k still suit the catalogue.
+    which `sample` rows (default: all) are drawn with `seed`; `search_k` overrides the
+    index's (for tuning). Logged at every build, it tells whether the trees and search_k
+    still suit the catalogue.
     """
     items = np.asarray(item_vectors)
     if items.shape != (index.count, index.dim):
@@ -300,7 +308,7 @@ def ann_recall(
         raise ValueError("ann_recall needs at least one query and one indexed item")
     k = min(k, index.count)
     exact = exact_top_k(index, items, queries, k)
-    found = index.query(queries, k).positions
+    found = index.query(queries, k, search_k=search_k).positions
     hits = [len(np.intersect1d(a, e)) for a, e in zip(found, exact, strict=True)]
     return float(np.mean(hits) / k)
 
@@ -310,9 +318,7 @@ def _check_item_vectors(vectors: np.ndarray, item_ids: Sequence[str]) -> np.ndar
     if matrix.ndim != 2 or matrix.shape[1] < 1:
         raise ValueError(f"vectors must be a 2-d (items, dim) array, got shape {matrix.shape}")
     if len(item_ids) != len(matrix):
-        raise ValueError(
-            f"{len(matrix)} vectors but {len(item_ids)} item ids: pass one id per row"
-        )
+        raise ValueError(f"{len(matrix)} vectors but {len(item_ids)} item ids: pass one id per row")
     ids = pd.Index([str(i) for i in item_ids])
     if ids.has_duplicates:
         raise ValueError(
