@@ -280,7 +280,10 @@ class CandidatesConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    kind: Literal["recent_popularity"] = "recent_popularity"
+    """`kind` is what the registered model ranks by: recent popularity, or the two-tower
+    encoder through the Annoy index (the best single source until the ranker lands)."""
+
+    kind: Literal["recent_popularity", "two_tower"] = "recent_popularity"
     popularity: PopularityConfig = PopularityConfig()
     two_tower: TwoTowerConfig = TwoTowerConfig()
     annoy: AnnoyConfig = AnnoyConfig()

@@ -35,6 +35,11 @@ class RunReport(BaseModel):
     #: Per segment (cold_users, new_items): its size and each model's metrics.
     segments: dict[str, dict[str, Any]] = Field(default_factory=dict)
     figures: list[str] = Field(default_factory=list)
+    #: Candidate recall@N on the test window, per source and `combined` (N in retrieval).
+    candidate_recall: dict[str, float] = Field(default_factory=dict)
+    #: Encoder training (epochs, time), index builds (ANN recall vs exact, latency), and
+    #: candidate generation figures.
+    retrieval: dict[str, Any] = Field(default_factory=dict)
     #: Challenger (this run) vs the current champion, paired over users on unseen data;
     #: null when there is no champion yet.
     champion_comparison: dict[str, Any] | None = None

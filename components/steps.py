@@ -23,6 +23,7 @@ from components.evaluation.suite import evaluate_models
 from components.registry.bundle import BundleRecommender, build_bundle
 from components.retrieval.baselines import fit_baselines
 from components.retrieval.popularity import RecentPopularity
+from components.retrieval_steps import evaluation_scorer
 from components.store import atomic_directory, read_json, write_json
 
 
@@ -106,13 +107,17 @@ def evaluate(
     fitted before the valid cut-off (for tuning; the test window is reported once)."""
     data = read_split(Path(split_uri))
     scorers = {
-        "model": RecentPopularity.load(Path(evaluation_model_uri)),
+        "model": evaluation_scorer(model.kind, evaluation_model_uri, data),
         **fit_baselines(data.history("test"), config.baselines, data.test_cutoff),
     }
     suite = evaluate_models("model", scorers, data, "test", config)
-    valid_model = RecentPopularity.fit(data.history("valid"), model.popularity, data.valid_cutoff)
-    valid_task = build_evaluation_task(data, "valid", config)
-    valid_metrics = evaluate_scorer(valid_model, valid_task, config.ks).metrics
+    valid_metrics: dict[str, float] = {}
+    if model.kind == "recent_popularity":
+        valid_model = RecentPopularity.fit(
+            data.history("valid"), model.popularity, data.valid_cutoff
+        )
+        valid_task = build_evaluation_task(data, "valid", config)
+        valid_metrics = evaluate_scorer(valid_model, valid_task, config.ks).metrics
     target = Path(run_dir) / "evaluation"
     with atomic_directory(target, overwrite=True) as staging:
         suite.per_user_frame().to_parquet(staging / "per_user.parquet", index=False)
@@ -136,6 +141,7 @@ def compare_with_champion(
     champion_version: int,
     snapshot_id: str,
     config: EvaluationConfig,
+    kind: str = "recent_popularity",
 ) -> dict[str, Any]:
     """Challenger vs champion, paired over users, on data neither has seen.
 
@@ -159,7 +165,7 @@ def compare_with_champion(
         data = data.with_test_cutoff(start)
         base["window_start"] = start.isoformat()
     scorers = {
-        "challenger": RecentPopularity.load(Path(evaluation_model_uri)),
+        "challenger": evaluation_scorer(kind, evaluation_model_uri, data),
         "champion": champion,
     }
     suite = evaluate_models("challenger", scorers, data, "test", config)
@@ -175,25 +181,45 @@ def compare_with_champion(
 
 
 def bundle(
-    split_uri: str, final_model_uri: str, config: PipelineConfig, run_dir: Path, **metadata: Any
+    split_uri: str,
+    final_model_uri: str,
+    config: PipelineConfig,
+    run_dir: Path,
+    encoder_uri: str | None = None,
+    serving_index_uri: str | None = None,
+    **metadata: Any,
 ) -> dict[str, Any]:
     """Assemble the served bundle: the model, listings unsold at the end of the data, and
-    each user's masked items (never re-recommend what they bought)."""
+    each user's masked items (never re-recommend what they bought); for the two-tower
+    kind also the encoder, the serving index and each user's recent history."""
     data = read_split(Path(split_uri))
     items = data.tables.items
     interactions = data.serving_history()
     exclusions = interactions[interactions["event"].isin(config.evaluation.mask_events)]
     if config.evaluation.mask_all_seen:
         exclusions = interactions
+    latest = _latest(interactions, items)
+    history = None
+    if encoder_uri is not None:
+        length = config.model.two_tower.history_length
+        history = interactions.sort_values(["user_id", "ts"], kind="stable")
+        history = history.groupby("user_id", sort=False).tail(length).reset_index(drop=True)
     target = Path(run_dir) / "bundle"
     with atomic_directory(target, overwrite=True) as staging:
         build_bundle(
             staging,
             model=RecentPopularity.load(Path(final_model_uri)),
             items=items,
-            available=available_at(items, _latest(interactions, items)),
+            available=available_at(items, latest),
             user_exclusions=exclusions,
-            metadata={"dataset": config.name, **metadata},
+            metadata={
+                "dataset": config.name,
+                "data_until": None if latest is None else latest.isoformat(),
+                **metadata,
+            },
+            encoder_dir=None if encoder_uri is None else Path(encoder_uri),
+            index_dir=None if serving_index_uri is None else Path(serving_index_uri),
+            history=history,
         )
     return {"uri": str(target), "example_user_id": str(interactions["user_id"].iloc[-1])}
 

@@ -15,7 +15,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from components import steps
+from components import retrieval_steps, steps
 from components.config import PipelineConfig, config_hash, load_config
 from components.evaluation.summary import summary_markdown, summary_rows
 from components.registry.registration import (
@@ -27,6 +27,7 @@ from components.registry.registration import (
 )
 from components.registry.tracking import configure_mlflow
 from components.report import ModelRef, RunReport
+from components.retrieval_steps import TWO_TOWER
 from components.settings import RewearSettings
 from components.store import read_json
 
@@ -78,6 +79,29 @@ def fit_task(split_uri: str, config: PipelineConfig, run_dir: Path) -> dict[str,
 
 
 @task(**task_options)
+def train_encoder_task(split_uri: str, config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    return retrieval_steps.train_encoder(split_uri, config.model, config.evaluation, run_dir)
+
+
+@task(**task_options)
+def build_index_task(
+    split_uri: str, encoder_uri: str, config: PipelineConfig, run_dir: Path
+) -> dict[str, Any]:
+    return retrieval_steps.build_indexes(split_uri, encoder_uri, config, run_dir)
+
+
+@task(**task_options)
+def generate_candidates_task(
+    split_uri: str,
+    encoder_uri: str | None,
+    index_uri: str | None,
+    config: PipelineConfig,
+    run_dir: Path,
+) -> dict[str, Any]:
+    return retrieval_steps.generate_candidates(split_uri, encoder_uri, index_uri, config, run_dir)
+
+
+@task(**task_options)
 def evaluate_task(
     split_uri: str, model_uri: str, config: PipelineConfig, run_dir: Path
 ) -> dict[str, Any]:
@@ -97,7 +121,13 @@ def compare_with_champion_task(
         return None
     version, bundle_dir = found
     return steps.compare_with_champion(
-        split_uri, model_uri, str(bundle_dir), version, snapshot_id, config.evaluation
+        split_uri,
+        model_uri,
+        str(bundle_dir),
+        version,
+        snapshot_id,
+        config.evaluation,
+        config.model.kind,
     )
 
 
@@ -109,10 +139,14 @@ def register_task(
     run_dir: Path,
     run_id: str,
     tags: dict[str, str],
+    encoder_uri: str | None = None,
+    serving_index_uri: str | None = None,
 ) -> dict[str, Any]:
     settings = RewearSettings()
     client, _ = configure_mlflow(settings, config.registry.experiment)
-    built = steps.bundle(split_uri, final_model_uri, config, run_dir, **tags)
+    built = steps.bundle(
+        split_uri, final_model_uri, config, run_dir, encoder_uri, serving_index_uri, **tags
+    )
     registered = log_and_register(
         client,
         run_id,
@@ -171,12 +205,33 @@ def retrain(
         report.split = {k: v for k, v in split.items() if k != "uri"}
         with _timed(report, "fit"):
             fitted = fit_task(split["uri"], config, run_dir)
-        with _timed(report, "evaluate"):
-            evaluation = evaluate_task(
-                split["uri"], fitted["evaluation_model_uri"], config, run_dir
+        model_uri, encoder_uri, indexes = fitted["evaluation_model_uri"], None, None
+        if config.model.kind == TWO_TOWER:
+            with _timed(report, "train_encoder"):
+                encoder = train_encoder_task(split["uri"], config, run_dir)
+            model_uri = encoder_uri = encoder["uri"]
+            with _timed(report, "build_index"):
+                indexes = build_index_task(split["uri"], encoder_uri, config, run_dir)
+            report.retrieval = {
+                "encoder_training_s": encoder["training_s"],
+                "encoder_epochs": encoder["epochs"],
+                **{k: v for k, v in indexes.items() if not k.endswith("_uri")},
+            }
+            _log_encoder(client, run_id, encoder["epochs"], indexes)
+        with _timed(report, "generate_candidates"):
+            candidates = generate_candidates_task(
+                split["uri"],
+                encoder_uri,
+                None if indexes is None else indexes["evaluation_index_uri"],
+                config,
+                run_dir,
             )
+        report.candidate_recall = candidates["candidate_recall"]
+        report.retrieval["candidates"] = {k: candidates[k] for k in ("n", "users", "generation_s")}
+        with _timed(report, "evaluate"):
+            evaluation = evaluate_task(split["uri"], model_uri, config, run_dir)
         report.metrics = evaluation["metrics"]
-        report.valid_metrics = evaluation["valid_metrics"]
+        report.valid_metrics = evaluation["valid_metrics"] or _best_valid(report.retrieval)
         report.baselines = evaluation["baselines"]
         report.evaluated_users = evaluation["evaluated_users"]
         report.comparisons = evaluation["comparisons"]
@@ -184,7 +239,7 @@ def retrain(
         report.figures = evaluation["figures"]
         with _timed(report, "compare_with_champion"):
             report.champion_comparison = compare_with_champion_task(
-                split["uri"], fitted["evaluation_model_uri"], snap["snapshot_id"], config, run_dir
+                split["uri"], model_uri, snap["snapshot_id"], config, run_dir
             )
         _log_metrics(client, run_id, report)
         for figure in report.figures:
@@ -199,7 +254,14 @@ def retrain(
         }
         with _timed(report, "register"):
             registered = register_task(
-                split["uri"], fitted["final_model_uri"], config, run_dir, run_id, tags
+                split["uri"],
+                fitted["final_model_uri"],
+                config,
+                run_dir,
+                run_id,
+                tags,
+                encoder_uri,
+                None if indexes is None else indexes["serving_index_uri"],
             )
         report.model = ModelRef(
             name=registered["name"], version=registered["version"], aliases=registered["aliases"]
@@ -233,6 +295,8 @@ def _log_metrics(client: Any, run_id: str, report: RunReport) -> None:
         client.log_metric(run_id, f"test.{mlflow_key(name)}", value)
     for name, value in report.valid_metrics.items():
         client.log_metric(run_id, f"valid.{mlflow_key(name)}", value)
+    for source, value in report.candidate_recall.items():
+        client.log_metric(run_id, f"candidate_recall.{source}", value)
     for baseline, metrics in report.baselines.items():
         for name, value in metrics.items():
             client.log_metric(run_id, f"baseline.{baseline}.{mlflow_key(name)}", value)
@@ -252,6 +316,30 @@ def publish_artifacts(report: RunReport) -> None:
         table=summary_rows(report.metrics, report.baselines, report.comparisons),
         description=f"model vs baselines on the test window ({report.dataset})",
     )
+
+
+def _log_encoder(
+    client: Any, run_id: str, epochs: list[dict[str, Any]], indexes: dict[str, Any]
+) -> None:
+    """Per-epoch training curves and the index build figures."""
+    for step, epoch in enumerate(epochs):
+        for key, value in epoch.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                client.log_metric(run_id, f"encoder.{mlflow_key(key)}", float(value), step=step)
+    for key, value in indexes.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            client.log_metric(run_id, f"index.{mlflow_key(key)}", float(value))
+
+
+def _best_valid(retrieval: dict[str, Any]) -> dict[str, float]:
+    """The early-stopping figure of the encoder (valid window, exact search)."""
+    best: dict[str, float] = {}
+    for epoch in retrieval.get("encoder_epochs", []):
+        for key, value in epoch.items():
+            if key.startswith("valid_") and isinstance(value, int | float):
+                name = key.removeprefix("valid_")
+                best[name] = max(best.get(name, float("-inf")), float(value))
+    return best
 
 
 def _artifact_key(name: str) -> str:
