@@ -177,3 +177,46 @@ def test_bad_data_fails_before_training_and_leaves_the_registry_untouched(
     assert not (run_dirs[0] / "models").exists()
     assert _client().search_registered_models() == []
     assert list((rewear_home / "snapshots").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_two_tower_run_registers_an_ann_served_bundle(rewear_home):
+    from flows.retrain import retrain
+
+    overrides = {
+        **SMALL_MARKET,
+        "model.kind": "two_tower",
+        "model.two_tower.max_epochs": 2,
+        "model.two_tower.embedding_dim": 16,
+    }
+    result = retrain(config_path=str(REPO / "configs" / "synthetic.yaml"), overrides=overrides)
+    assert result["status"] == "completed"
+    assert set(result["candidate_recall"]) == {
+        "ann",
+        "covisitation",
+        "popularity",
+        "category_popularity",
+        "linear",
+        "combined",
+    }
+    assert all(0 <= value <= 1 for value in result["candidate_recall"].values())
+    retrieval = result["retrieval"]
+    assert retrieval["ann_recall@100"] >= 0.9
+    assert retrieval["encoder_epochs"] and retrieval["serving_items"] > 0
+    assert {"train_encoder", "build_index", "generate_candidates"} <= set(result["timings_s"])
+    run = _client().get_run(result["run_id"])
+    assert "candidate_recall.combined" in run.data.metrics
+    assert "index.ann_recall_at_100" in run.data.metrics
+
+    mlflow.set_tracking_uri(RewearSettings().tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/rewear@champion")
+    tables = generate_marketplace(
+        SyntheticSourceConfig(**{k.split(".")[1]: v for k, v in SMALL_MARKET.items()})
+    ).tables
+    active = tables.interactions["user_id"].value_counts().index[:3].tolist()
+    answer = model.predict(pd.DataFrame({"user_id": [*active, "never-seen"]}), params={"k": 10})
+    sources = answer.groupby("user_id")["source"].agg(set)
+    assert all(sources[user] == {"two_tower"} for user in active)
+    assert sources["never-seen"] == {"popularity_fallback"}
+    sold = set(tables.items.loc[tables.items["sold_at"].notna(), "item_id"])
+    assert not sold & set(answer["item_id"])
