@@ -19,6 +19,8 @@ into tensors.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 import zlib
 from dataclasses import dataclass
@@ -39,6 +41,8 @@ CATEGORICAL_COLUMNS = (
 )
 #: The reserved index of null, unseen and unknown values (ids, attributes, buckets).
 UNKNOWN = 0
+#: Text columns hashed into the title bag.
+TEXT_COLUMNS = ("title", "genres")
 #: Item columns the fitted model keeps to embed the items of a user's history.
 ATTRIBUTE_COLUMNS = ("item_id", *CATEGORICAL_COLUMNS, "price", "title", "genres")
 #: Ages (days) of the log-spaced bucket edges span one hour to one year.
@@ -56,7 +60,7 @@ def title_tokens(title: str | None, genres: str | None = None) -> list[str]:
     if isinstance(title, str) and title:
         words = _WORD.findall(title.lower())
         tokens += [f"w:{word}" for word in words]
-        tokens += [f"b:{first} {second}" for first, second in zip(words, words[1:], strict=False)]
+        tokens += [f"b:{first} {second}" for first, second in itertools.pairwise(words)]
         for word in words:
             padded = f"<{word}>"
             tokens += [f"c:{padded[i : i + 3]}" for i in range(len(padded) - 2)]
@@ -72,6 +76,14 @@ def hash_tokens(tokens: list[str], n_buckets: int) -> np.ndarray:
         dtype=np.int64,
         count=len(tokens),
     )
+
+
+@functools.lru_cache(maxsize=2**17)
+def _hashed_title(title: str | None, genres: str | None, n_buckets: int) -> np.ndarray:
+    """Hashed tokens of one title (cached: catalogues are re-embedded at every index build)."""
+    hashed = hash_tokens(title_tokens(title, genres), n_buckets)
+    hashed.flags.writeable = False
+    return hashed
 
 
 def age_bucket_edges(n_buckets: int) -> np.ndarray:
@@ -115,7 +127,6 @@ class ItemArrays:
         )
 
 
-
 @dataclass(frozen=True)
 class ItemFeaturizer:
     """Vocabularies and bucket edges fitted on the training listings."""
@@ -146,20 +157,25 @@ class ItemFeaturizer:
             else ()
             for column in CATEGORICAL_COLUMNS
         }
-        prices = pd.to_numeric(items.get("price"), errors="coerce")
-        prices = prices.dropna().to_numpy(float) if prices is not None else np.zeros(0)
+        prices = (
+            pd.to_numeric(items["price"], errors="coerce").dropna().to_numpy(float)
+            if "price" in items
+            else np.zeros(0)
+        )
         if len(prices):
             quantiles = np.linspace(0, 1, price_buckets + 1)[1:-1]
             price_edges = np.unique(np.quantile(prices, quantiles))
         else:
             price_edges = np.zeros(0)
         ids = items["item_id"] if item_ids is None else pd.Series(item_ids)
+        has_text = any(column in items and items[column].notna().any() for column in TEXT_COLUMNS)
         return cls(
             vocabularies=vocabularies,
             item_ids=tuple(sorted(ids.astype(str).unique())),
             price_edges=price_edges.astype(np.float64),
             age_edges=age_bucket_edges(age_buckets),
-            text_buckets=text_buckets,
+            # No text at all (e.g. a fixed split): a 2-row table instead of a dead one.
+            text_buckets=text_buckets if has_text else 2,
         )
 
     # ------------------------------------------------------------------ sizes
@@ -228,19 +244,20 @@ class ItemFeaturizer:
         return buckets
 
     def _hashed_text(self, items: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        titles = items["title"].astype("object") if "title" in items else pd.Series([None] * len(items))
-        genres = (
-            items["genres"].astype("object") if "genres" in items else pd.Series([None] * len(items))
-        )
-        cache: dict[tuple[Any, Any], np.ndarray] = {}
-        parts: list[np.ndarray] = []
-        for title, genre in zip(titles.to_numpy(), genres.to_numpy(), strict=True):
-            key = (title if isinstance(title, str) else None, genre if isinstance(genre, str) else None)
-            hashed = cache.get(key)
-            if hashed is None:
-                hashed = hash_tokens(title_tokens(*key), self.text_buckets)
-                cache[key] = hashed
-            parts.append(hashed)
+        columns = [
+            items[column].astype("object").to_numpy()
+            if column in items
+            else np.full(len(items), None, dtype=object)
+            for column in TEXT_COLUMNS
+        ]
+        parts = [
+            _hashed_title(
+                title if isinstance(title, str) else None,
+                genres if isinstance(genres, str) else None,
+                self.text_buckets,
+            )
+            for title, genres in zip(*columns, strict=True)
+        ]
         offsets = np.zeros(len(parts) + 1, dtype=np.int64)
         np.cumsum([len(part) for part in parts], out=offsets[1:])
         text = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
@@ -273,9 +290,7 @@ class ItemFeaturizer:
 
 def _epoch_us(values: pd.Series) -> np.ndarray:
     """int64 microseconds since the epoch of a tz-aware datetime series."""
-    return (
-        (values - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
-    ).to_numpy(np.int64)
+    return ((values - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(np.int64)
 
 
 def timestamp_us(value: pd.Timestamp | None) -> int | None:

@@ -50,8 +50,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 
 from components.config import EvaluationConfig, TwoTowerConfig
 from components.data.split import DataSplit, Stage
@@ -63,7 +63,6 @@ from components.evaluation.protocol import (
 from components.retrieval.baselines import history_before
 from components.retrieval.item_features import (
     ATTRIBUTE_COLUMNS,
-    CATEGORICAL_COLUMNS,
     NO_DATE,
     UNKNOWN,
     ItemArrays,
@@ -136,7 +135,7 @@ class ItemTower(nn.Module):
         vectors = self.content(inputs)
         if self.item_id is not None:
             vectors = vectors + self.item_id(features.ids)
-        return F.normalize(vectors, dim=1)
+        return functional.normalize(vectors, dim=1)
 
 
 class UserTower(nn.Module):
@@ -162,7 +161,7 @@ class UserTower(nn.Module):
                 self.user_id.weight[UNKNOWN].zero_()
 
     def forward(self, item_vectors: torch.Tensor, bags: HistoryBatch) -> torch.Tensor:
-        pooled = F.embedding_bag(
+        pooled = functional.embedding_bag(
             bags.items,
             item_vectors,
             bags.offsets,
@@ -175,13 +174,11 @@ class UserTower(nn.Module):
             vectors = vectors + self.user_id(bags.user_ids)
         cold = (bags.activity == 0).unsqueeze(1)
         vectors = torch.where(cold, self.cold.unsqueeze(0), vectors)
-        return F.normalize(vectors, dim=1)
+        return functional.normalize(vectors, dim=1)
 
 
 class TwoTowerModel(nn.Module):
-    def __init__(
-        self, featurizer: ItemFeaturizer, n_user_ids: int, config: TwoTowerConfig
-    ) -> None:
+    def __init__(self, featurizer: ItemFeaturizer, n_user_ids: int, config: TwoTowerConfig) -> None:
         super().__init__()
         self.item_tower = ItemTower(
             featurizer.vocabulary_sizes,
@@ -205,7 +202,9 @@ class ItemBatch:
     text_offsets: torch.Tensor
 
     @classmethod
-    def from_arrays(cls, arrays: ItemArrays, age: np.ndarray, ids: np.ndarray | None = None) -> ItemBatch:
+    def from_arrays(
+        cls, arrays: ItemArrays, age: np.ndarray, ids: np.ndarray | None = None
+    ) -> ItemBatch:
         return cls(
             ids=torch.from_numpy(np.ascontiguousarray(arrays.ids if ids is None else ids)),
             categorical=torch.from_numpy(np.ascontiguousarray(arrays.categorical)),
@@ -288,7 +287,7 @@ def sampled_softmax_loss(
     if same_item is not None:
         logits = logits.masked_fill(same_item, float("-inf"))
     labels = torch.arange(user_vectors.shape[0], device=user_vectors.device)
-    return F.cross_entropy(logits, labels)
+    return functional.cross_entropy(logits, labels)
 
 
 # =========================================================================== history index
@@ -509,8 +508,10 @@ class UserEncoder:
         config = self.trained.config
         codes = self.index.users.get_indexer(pd.Index(user_ids))
         known = codes >= 0
-        ends = np.where(known, self.index.user_start[np.maximum(codes, 0) + 1], 0)
-        user_starts = np.where(known, self.index.user_start[np.maximum(codes, 0)], 0)
+        user_starts = np.zeros(len(codes), dtype=np.int64)
+        ends = np.zeros(len(codes), dtype=np.int64)
+        user_starts[known] = self.index.user_start[codes[known]]
+        ends[known] = self.index.user_start[codes[known] + 1]
         starts = np.maximum(user_starts, ends - config.history_length)
         positions, offsets = _ranges(starts, ends)
         age = None
@@ -612,7 +613,7 @@ class _TrainingData:
     catalogue: ItemArrays
     #: Positions (into index rows) of the training targets.
     targets: np.ndarray
-    #: End (exclusive) of each target's history: rows strictly before it.
+    #: Per index row: end (exclusive) of its history, the user's rows strictly before it.
     history_end: np.ndarray
     #: log-Q of each catalogue row as an in-batch candidate: log(B p_j + M / n_avail).
     target_share: np.ndarray
@@ -643,8 +644,7 @@ def _build_training_data(
         new_run[1:] = (index.user_codes[1:] != index.user_codes[:-1]) | (
             index.ts_us[1:] != index.ts_us[:-1]
         )
-        run_start = np.maximum.accumulate(np.where(new_run, positions, 0))
-        history_end = run_start[targets]
+        history_end = np.maximum.accumulate(np.where(new_run, positions, 0))
     else:
         targets = np.arange(len(index))
         history_end = np.full(len(index), -1)  # sampled per batch (leave-one-out)
@@ -839,6 +839,7 @@ def _fit(
             "complete": finished,
             "examples": len(data.targets),
         }
+        record["train_seconds"] = round(time.monotonic() - started, 2)
         if monitor is not None:
             recall = monitor.recall(trained)
             record[f"valid_recall@{monitor.k}"] = recall
@@ -915,36 +916,41 @@ def _batch_loss(
         data, times, config.extra_negatives, rng
     )
     bag_rows, offsets, weights, counts = _training_bags(data, batch, config, rng)
-    history_rows, inverse = np.unique(bag_rows, return_inverse=True)
 
-    rows = np.concatenate([target_rows, negative_rows, history_rows])
+    # One tower pass over the distinct (listing, age bucket) pairs of the batch: targets and
+    # negatives at their query times, history listings without age (as at inference).
+    n_candidates = len(batch) + len(negative_rows)
+    rows = np.concatenate([target_rows, negative_rows, bag_rows])
     query_times = np.concatenate(
         [
             times if times is not None else np.full(len(batch), NO_DATE),
             negative_times,
-            np.full(len(history_rows), NO_DATE),  # history listings are pooled without age
+            np.full(len(bag_rows), NO_DATE),
         ]
     )
-    arrays = data.catalogue.take(rows)
-    age = data.featurizer.age_buckets(arrays.created_us, query_times)
+    age = data.featurizer.age_buckets(data.catalogue.created_us[rows], query_times)
+    keys, inverse = np.unique(rows * data.featurizer.n_age_buckets + age, return_inverse=True)
+    unique_rows = keys // data.featurizer.n_age_buckets
+    arrays = data.catalogue.take(unique_rows)
     ids = arrays.ids.copy()
     if id_dropout > 0:
         ids[rng.random(len(ids)) < id_dropout] = UNKNOWN
-    vectors = model.item_tower(ItemBatch.from_arrays(arrays, age, ids))
-    n_candidates = len(batch) + len(negative_rows)
-    candidates, history_vectors = vectors[:n_candidates], vectors[n_candidates:]
+    vectors = model.item_tower(
+        ItemBatch.from_arrays(arrays, keys % data.featurizer.n_age_buckets, ids)
+    )
+    candidates = vectors[torch.from_numpy(inverse[:n_candidates])]
 
     user_index = np.zeros(len(batch), dtype=np.int64)
     if model.user_tower.user_id is not None:
         user_index = index.user_codes[batch] + 1
     bags = HistoryBatch(
-        items=torch.from_numpy(inverse.astype(np.int64)),
+        items=torch.from_numpy(inverse[n_candidates:].astype(np.int64)),
         offsets=torch.from_numpy(offsets[:-1]),
         weights=torch.from_numpy(weights),
         activity=torch.from_numpy(activity_buckets(counts)),
         user_ids=torch.from_numpy(user_index),
     )
-    users = model.user_tower(history_vectors, bags)
+    users = model.user_tower(vectors, bags)
 
     candidate_rows = np.concatenate([target_rows, negative_rows])
     if config.logq_correction:
@@ -1004,9 +1010,7 @@ def train_two_tower(
             monitor=monitor,
             phase="fit",
         )
-        refit = (
-            stage == "test" and split.protocol == "temporal" and config.refit_on_test_history
-        )
+        refit = stage == "test" and split.protocol == "temporal" and config.refit_on_test_history
         if not refit:
             return trained
         logger.info("two-tower: refitting on the test-stage history for %d epochs", epochs)
@@ -1063,6 +1067,4 @@ def cold_start_task(
 
 def _epoch_us(values: pd.Series) -> np.ndarray:
     stamps = pd.to_datetime(values, utc=True)
-    return ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(
-        np.int64
-    )
+    return ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy(np.int64)

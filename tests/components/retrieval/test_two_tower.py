@@ -1,0 +1,399 @@
+"""Two-tower encoder: towers, pooling, loss, training determinism, persistence, leakage.
+
+The toy marketplace: shoe people interact only with shoes, bag people only with bags; the
+two kinds differ in every attribute (category, brand, title words). A model that learns
+anything puts a user's own kind first, even for listings it has never seen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from components.config import EvaluationConfig, SplitConfig, TwoTowerConfig
+from components.data.schema import CanonicalTables, canonicalise
+from components.data.split import split_tables
+from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
+from components.retrieval.item_features import (
+    UNKNOWN,
+    ItemFeaturizer,
+    hash_tokens,
+    title_tokens,
+)
+from components.retrieval.two_tower import (
+    TrainedTwoTower,
+    TwoTowerScorer,
+    _build_training_data,
+    _training_bags,
+    cold_start_task,
+    pooling_weights,
+    sampled_softmax_loss,
+    train_two_tower,
+)
+
+START = pd.Timestamp("2026-01-01T00:00:00Z")
+KINDS = {
+    "shoe": {"category": "shoes", "brand": "Nike", "title": "Nike running sneakers"},
+    "bag": {"category": "bags", "brand": "Gucci", "title": "Gucci leather shoulder bag"},
+}
+SMALL = TwoTowerConfig(
+    embedding_dim=16,
+    feature_dim=8,
+    hidden_dim=32,
+    text_buckets=512,
+    history_length=10,
+    batch_size=32,
+    learning_rate=1e-2,
+    max_epochs=6,
+    patience=6,
+    early_stopping_k=5,
+    item_id_dropout=0.5,
+    max_training_seconds=60,
+)
+
+
+def _listing(item_id: str, kind: str, number: int, created: pd.Timestamp) -> dict[str, object]:
+    attributes = KINDS[kind]
+    return {
+        "item_id": item_id,
+        "seller_id": f"s{number % 3}",
+        "category": attributes["category"],
+        "brand": attributes["brand"],
+        "size": "M",
+        "condition": "good",
+        "colour": "black" if number % 2 else "white",
+        "price": 20.0 + number,
+        "title": f"{attributes['title']} {'black' if number % 2 else 'white'}",
+        "created_at": created,
+        "sold_at": pd.NaT,
+    }
+
+
+def _toy_tables(seed: int = 0) -> CanonicalTables:
+    rng = np.random.default_rng(seed)
+    items = [
+        _listing(f"{kind}{n:02d}", kind, n, START + pd.Timedelta(hours=12 * n))
+        for kind in KINDS
+        for n in range(20)
+    ]
+    # Two listings posted during the test window: never seen in training.
+    items += [
+        _listing("shoe_new", "shoe", 99, START + pd.Timedelta(days=26)),
+        _listing("bag_new", "bag", 98, START + pd.Timedelta(days=26)),
+    ]
+    events = []
+    for user in range(30):
+        kind = "shoe" if user % 2 == 0 else "bag"
+        for n in rng.choice(20, size=9, replace=False):
+            created = START + pd.Timedelta(hours=12 * int(n))
+            ts = created + pd.Timedelta(hours=float(rng.uniform(1, 24 * 27 - 12 * int(n))))
+            event = str(rng.choice(["view", "view", "like", "purchase"]))
+            events.append((f"u{user:02d}", f"{kind}{n:02d}", ts, event))
+        new_ts = START + pd.Timedelta(days=26, hours=float(rng.uniform(1, 20)))
+        events.append((f"u{user:02d}", f"{kind}_new", new_ts, "view"))
+    frame = pd.DataFrame(events, columns=["user_id", "item_id", "ts", "event"])
+    frame["weight"] = 1.0
+    users = pd.DataFrame({"user_id": sorted(frame["user_id"].unique())})
+    return canonicalise(CanonicalTables(interactions=frame, items=pd.DataFrame(items), users=users))
+
+
+@pytest.fixture(scope="module")
+def toy_split():
+    tables = _toy_tables()
+    return split_tables(tables, SplitConfig(valid_duration="4D", test_duration="4D"))
+
+
+@pytest.fixture(scope="module")
+def trained(toy_split):
+    torch.set_num_threads(1)
+    return train_two_tower(toy_split, SMALL, "test")
+
+
+# ------------------------------------------------------------------------- item tower
+
+
+def test_title_hashing_is_stable_and_has_words_bigrams_and_trigrams():
+    tokens = title_tokens("Nike Air max", "Action|Drama")
+    assert {"w:nike", "b:nike air", "c:<ni", "c:ax>", "g:drama"} <= set(tokens)
+    hashed = hash_tokens(tokens, 512)
+    assert hashed.min() >= 1 and hashed.max() < 512  # 0 is left free
+    # zlib.crc32, not the per-process salted hash(): the same bucket everywhere, forever.
+    assert hash_tokens(["w:nike"], 512).tolist() == [499]
+    assert hash_tokens(["w:nike"], 2**16).tolist() == [55092]
+
+
+def test_featurizer_reserves_index_zero_for_null_and_unseen_values():
+    items = pd.DataFrame(
+        {"item_id": ["a", "b"], "brand": ["Nike", None], "price": [10.0, 30.0], "title": ["x", "y"]}
+    )
+    featurizer = ItemFeaturizer.fit(items, price_buckets=4, age_buckets=6, text_buckets=64)
+    new = pd.DataFrame(
+        {"item_id": ["a", "zzz"], "brand": ["Nike", "Unseen"], "price": [10.0, None]}
+    )
+    arrays = featurizer.transform(new)
+    brand = list(featurizer.vocabularies).index("brand")
+    assert arrays.categorical[:, brand].tolist() == [1, UNKNOWN]
+    assert arrays.ids.tolist() == [1, UNKNOWN]
+    assert arrays.price[1] == UNKNOWN and arrays.price[0] > 0
+
+
+def test_age_buckets_grow_with_age_and_new_listings_count_as_brand_new():
+    featurizer = ItemFeaturizer.fit(
+        pd.DataFrame({"item_id": ["a"]}), price_buckets=4, age_buckets=12, text_buckets=64
+    )
+    day = 86_400_000_000
+    created = np.array([0, 0, 0, 5 * day], dtype=np.int64)
+    buckets = featurizer.age_buckets(created, 2 * day)
+    assert buckets[0] >= 1 and buckets[3] == 1  # created after as_of: brand new
+    assert featurizer.age_buckets(created, None).tolist() == [0, 0, 0, 0]
+    ages = featurizer.age_buckets(np.zeros(3, dtype=np.int64), np.array([1, 3, 90]) * day)
+    assert ages[0] < ages[1] < ages[2]
+
+
+def test_item_embeddings_are_unit_vectors_and_new_listings_embed_from_attributes(
+    trained, toy_split
+):
+    items = toy_split.tables.items
+    as_of = toy_split.test_cutoff
+    vectors = trained.embed_items(items, as_of)
+    assert vectors.shape == (len(items), SMALL.embedding_dim)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    # A brand-new listing (unknown id) gets a real, attribute-driven vector...
+    new = items[items["item_id"] == "shoe_new"]
+    assert trained.featurizer.transform(new).ids[0] == UNKNOWN
+    as_bag = new.assign(**KINDS["bag"])
+    shoe_vector, bag_vector = trained.embed_items(pd.concat([new, as_bag]), as_of)
+    assert np.isfinite(shoe_vector).all() and np.abs(shoe_vector).sum() > 0
+    assert not np.allclose(shoe_vector, bag_vector)
+    # ...and a known listing's id embedding counts at evaluation (no dropout there).
+    known = items[items["item_id"] == "shoe03"]
+    anonymous = known.assign(item_id="never-seen")
+    with_id, without_id = trained.embed_items(pd.concat([known, anonymous]), as_of)
+    assert not np.allclose(with_id, without_id)
+    np.testing.assert_array_equal(
+        trained.embed_items(known, as_of), trained.embed_items(known, as_of)
+    )
+
+
+# ------------------------------------------------------------------------- user tower
+
+
+def test_pooling_weights_follow_event_type_and_recency_by_hand():
+    week = 7 * 86_400.0
+    # Bag 1: a view now (0.5) and a purchase one half-life ago (2.0 * 0.5 = 1.0).
+    # Bag 2: empty. Bag 3: a like two half-lives ago, alone -> 1.
+    weights = pooling_weights(
+        event_weights=np.array([0.5, 2.0, 1.0]),
+        age_seconds=np.array([0.0, week, 2 * week]),
+        half_life_seconds=week,
+        bag_offsets=np.array([0, 2, 2, 3]),
+    )
+    np.testing.assert_allclose(weights, [0.5 / 1.5, 1.0 / 1.5, 1.0], rtol=1e-6)
+    no_decay = pooling_weights(np.array([0.5, 2.0]), None, None, np.array([0, 2]))
+    np.testing.assert_allclose(no_decay, [0.2, 0.8], rtol=1e-6)
+
+
+def test_user_history_pools_the_last_interactions_before_as_of_only(trained, toy_split):
+    history = toy_split.history("test")
+    as_of = toy_split.test_cutoff
+    late = pd.DataFrame(
+        {
+            "user_id": ["u00", "u00"],
+            "item_id": ["bag05", "bag06"],
+            "ts": [as_of, as_of + pd.Timedelta(hours=1)],
+            "event": ["purchase", "purchase"],
+            "weight": [1.0, 1.0],
+        }
+    ).astype(history.dtypes.to_dict())
+    with_late = pd.concat([history, late], ignore_index=True)
+    users = ["u00", "u01"]
+    np.testing.assert_array_equal(
+        trained.embed_users(users, history, as_of), trained.embed_users(users, with_late, as_of)
+    )
+    encoder = trained.user_encoder(history, as_of)
+    bags = encoder._bags(np.array(["u00"], dtype=object))
+    seen = history[(history["user_id"] == "u00") & (history["ts"] < as_of)]
+    assert len(bags.items) == min(len(seen), SMALL.history_length)
+    assert float(bags.weights.sum()) == pytest.approx(1.0)
+
+
+def test_users_without_history_get_the_learned_cold_vector(trained, toy_split):
+    history = toy_split.history("test")
+    as_of = toy_split.test_cutoff
+    vectors = trained.embed_users(["nobody", "also-nobody", "u00"], history, as_of)
+    cold = torch.nn.functional.normalize(trained.model.user_tower.cold.detach(), dim=0).numpy()
+    np.testing.assert_allclose(vectors[0], cold, rtol=1e-6)
+    np.testing.assert_allclose(vectors[1], cold, rtol=1e-6)
+    assert not np.allclose(vectors[2], cold)
+    # A user whose only interactions come at or after as_of is cold too.
+    early = trained.embed_users(["u00"], history, START)
+    np.testing.assert_allclose(early[0], cold, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------- the loss
+
+
+def test_log_q_correction_matches_a_hand_computed_softmax():
+    users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    items = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])  # 2 positives + 1 extra
+    log_q = torch.log(torch.tensor([0.5, 0.25, 0.1]))
+    temperature = 0.5
+    loss = sampled_softmax_loss(users, items, log_q, temperature)
+    logits = users.numpy() @ items.numpy().T / temperature - log_q.numpy()[None, :]
+    expected = np.mean([np.log(np.exp(row).sum()) - row[i] for i, row in enumerate(logits)])
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    # Popular items are penalised less as negatives once corrected: the loss differs.
+    uncorrected = sampled_softmax_loss(users, items, torch.zeros(3), temperature)
+    assert float(uncorrected) != pytest.approx(expected)
+    # Candidates that are the user's own positive item are not negatives.
+    same = torch.tensor([[False, False, True], [False, False, False]])
+    masked = sampled_softmax_loss(users, items, log_q, temperature, same)
+    row0 = logits[0, :2]
+    expected_masked = np.mean(
+        [np.log(np.exp(row0).sum()) - row0[0], np.log(np.exp(logits[1]).sum()) - logits[1, 1]]
+    )
+    assert float(masked) == pytest.approx(expected_masked, rel=1e-6)
+
+
+# ------------------------------------------------------------------------- training
+
+
+def test_training_histories_are_strictly_before_each_target(toy_split):
+    frame = toy_split.history("valid")
+    featurizer = ItemFeaturizer.fit(
+        toy_split.tables.items, price_buckets=4, age_buckets=8, text_buckets=64
+    )
+    data = _build_training_data(frame, toy_split.tables.items, featurizer, SMALL)
+    rows, offsets, _, _ = _training_bags(data, data.targets, SMALL, np.random.default_rng(0))
+    catalogue = toy_split.tables.items["item_id"].to_numpy()
+    for position, target in enumerate(data.targets):
+        user = data.index.user_codes[target]
+        start = data.index.user_start[user]
+        expected = [
+            row for row in range(start, target) if data.index.ts_us[row] < data.index.ts_us[target]
+        ][-SMALL.history_length :]
+        got = rows[offsets[position] : offsets[position + 1]]
+        assert list(got) == list(data.index.item_rows[expected])
+        assert catalogue[data.index.item_rows[target]] not in set(catalogue[got])
+
+
+def test_untimed_training_histories_leave_the_target_out():
+    frame = pd.DataFrame(
+        {
+            "user_id": ["a"] * 5 + ["b"] * 2,
+            "item_id": ["1", "2", "3", "4", "5", "1", "2"],
+            "ts": pd.Series(pd.NaT, index=range(7), dtype="datetime64[us, UTC]"),
+            "event": "interaction",
+            "weight": 1.0,
+        }
+    )
+    items = pd.DataFrame({"item_id": ["1", "2", "3", "4", "5"]})
+    featurizer = ItemFeaturizer.fit(items, price_buckets=4, age_buckets=8, text_buckets=64)
+    config = SMALL.model_copy(update={"history_length": 3})
+    data = _build_training_data(frame, items, featurizer, config)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        rows, offsets, _, counts = _training_bags(data, data.targets, config, rng)
+        for position, target in enumerate(data.targets):
+            got = rows[offsets[position] : offsets[position + 1]]
+            assert data.index.item_rows[target] not in got
+            assert len(got) == min(3, counts[position])
+
+
+def test_same_seed_and_data_give_identical_embeddings(toy_split):
+    config = SMALL.model_copy(update={"max_epochs": 2})
+    first = train_two_tower(toy_split, config, "valid")
+    second = train_two_tower(toy_split, config, "valid")
+    items = toy_split.tables.items
+    cutoff = toy_split.valid_cutoff
+    np.testing.assert_array_equal(
+        first.embed_items(items, cutoff), second.embed_items(items, cutoff)
+    )
+    history = toy_split.history("valid")
+    users = ["u00", "u01", "u07"]
+    np.testing.assert_array_equal(
+        first.embed_users(users, history, cutoff), second.embed_users(users, history, cutoff)
+    )
+    assert [e["loss"] for e in first.epochs] == [e["loss"] for e in second.epochs]
+
+
+def test_save_load_round_trip_gives_the_same_vectors(trained, toy_split, tmp_path):
+    trained.save(tmp_path / "model")
+    loaded = TrainedTwoTower.load(tmp_path / "model")
+    items = toy_split.tables.items
+    history = toy_split.history("test")
+    as_of = toy_split.test_cutoff
+    np.testing.assert_array_equal(
+        trained.embed_items(items, as_of), loaded.embed_items(items, as_of)
+    )
+    np.testing.assert_array_equal(
+        trained.embed_users(["u00", "u03", "nobody"], history, as_of),
+        loaded.embed_users(["u00", "u03", "nobody"], history, as_of),
+    )
+    assert loaded.config == trained.config
+    assert loaded.epochs == trained.epochs
+    assert not list((tmp_path / "model").glob("*.pkl"))
+
+
+def test_epochs_are_recorded_with_loss_and_valid_recall(trained):
+    fit = [record for record in trained.epochs if record["phase"] == "fit"]
+    refit = [record for record in trained.epochs if record["phase"] == "refit"]
+    assert fit and all(f"valid_recall@{SMALL.early_stopping_k}" in record for record in fit)
+    assert all(np.isfinite(record["loss"]) for record in trained.epochs)
+    assert 1 <= len(refit) <= len(fit)
+
+
+def test_learns_each_users_kind_and_ranks_unseen_listings_of_it_first(trained, toy_split):
+    as_of = toy_split.test_cutoff
+    items = toy_split.tables.items
+    scorer = TwoTowerScorer(trained, items, toy_split.history("test"), as_of)
+    users = [f"u{n:02d}" for n in range(30)]
+    scores = scorer.score(users, items["item_id"].tolist())
+    shoe = items["category"].eq("shoes").to_numpy()
+    wants_shoes = np.array([n % 2 == 0 for n in range(30)])
+    own_kind = np.where(wants_shoes[:, None], shoe[None, :], ~shoe[None, :])
+    own = np.where(own_kind, scores, np.nan)
+    other = np.where(~own_kind, scores, np.nan)
+    assert (np.nanmean(own, axis=1) > np.nanmean(other, axis=1)).mean() >= 0.9
+    # Brand-new listings, never in training: each user's kind first.
+    new = scorer.score(users, ["shoe_new", "bag_new"])
+    prefers_shoe = new[:, 0] > new[:, 1]
+    assert (prefers_shoe == wants_shoes).mean() >= 0.8
+    # On the cold-start protocol (42 candidates, 21 of the user's kind): the new listing is
+    # among the user's top 21 for most users (chance: about half of them).
+    task = cold_start_task(toy_split, EvaluationConfig(), "test")
+    result = evaluate_scorer(scorer, task, (21,))
+    assert result.metrics["recall@21"] >= 0.8
+
+
+def test_scorer_matches_vectors_and_scores_unknown_items_lowest(trained, toy_split):
+    as_of = toy_split.test_cutoff
+    items = toy_split.tables.items
+    scorer = TwoTowerScorer(trained, items, toy_split.history("test"), as_of)
+    scores = scorer.score(["u00", "nobody"], ["shoe01", "bag01", "not-an-item"])
+    expected = scorer.user_vectors(["u00", "nobody"]) @ scorer.item_vectors(["shoe01", "bag01"]).T
+    np.testing.assert_allclose(scores[:, :2], expected, rtol=1e-6)
+    assert (scores[:, 2] < scores[:, :2].min()).all()
+    assert scores.dtype == np.float32
+    with pytest.raises(KeyError, match="not-an-item"):
+        scorer.item_vectors(["not-an-item"])
+    task = build_evaluation_task(toy_split, "test", EvaluationConfig())
+    assert evaluate_scorer(scorer, task, (5,)).metrics["recall@5"] > 0
+
+
+# ------------------------------------------------------------------------- cold start
+
+
+def test_cold_start_task_keeps_only_positives_on_listings_created_in_the_window(toy_split):
+    task = cold_start_task(toy_split, EvaluationConfig(), "test")
+    item_ids = task.item_ids
+    positives = set(item_ids[task.relevant.indices])
+    assert positives == {"shoe_new", "bag_new"}
+    recommendable = set(item_ids[task.recommendable])
+    assert {"shoe_new", "bag_new"} <= recommendable
+    standard = build_evaluation_task(toy_split, "test", EvaluationConfig())
+    assert not {"shoe_new", "bag_new"} & set(item_ids[standard.recommendable])
+    assert task.n_users == 30
