@@ -50,6 +50,7 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
         "fit",
         "evaluate",
         "compare_with_champion",
+        "generate_candidates",
         "register",
     }
     assert (rewear_home / "snapshots" / first["snapshot_id"] / "manifest.json").is_file()
@@ -82,6 +83,14 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
     assert interval["low"] <= interval["difference"] <= interval["high"]
     assert first["segments"]["cold_users"]["users"] > 0
     assert "gini_sellers@20" in first["metrics"]
+    # Candidate recall runs for every model kind (here without the ANN source).
+    assert set(first["candidate_recall"]) == {
+        "covisitation",
+        "popularity",
+        "category_popularity",
+        "linear",
+        "combined",
+    }
 
     second = retrain(config_path=str(REPO / "configs" / "synthetic.yaml"), overrides=SMALL_MARKET)
     assert second["snapshot_id"] == first["snapshot_id"]  # same data, same snapshot
