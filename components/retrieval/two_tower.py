@@ -345,6 +345,16 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return positions.astype(np.int64), offsets
 
 
+def _unique_inverse(keys: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(keys, return_inverse=True) for keys in [0, n_keys), in linear time."""
+    present = np.zeros(n_keys, dtype=bool)
+    present[keys] = True
+    unique = np.flatnonzero(present)
+    position = np.zeros(n_keys, dtype=np.int64)
+    position[unique] = np.arange(len(unique))
+    return unique, position[keys]
+
+
 def _half_life_seconds(config: TwoTowerConfig) -> float | None:
     if config.recency_half_life is None:
         return None
@@ -556,8 +566,11 @@ class TwoTowerScorer:
         self._encoder = model.user_encoder(history, as_of, items)
         self._user_rows: dict[str, int] = {}
         self._user_vectors = np.zeros((0, model.config.embedding_dim), dtype=np.float32)
-        self._aligned_key: tuple[int, int] | None = None
-        self._aligned: np.ndarray | None = None
+        self._aligned_source: Sequence[str] | None = None
+        self._aligned: tuple[np.ndarray, np.ndarray] = (
+            np.zeros((0, 0), np.float32),
+            np.zeros(0, bool),
+        )
 
     def item_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
         """(n, d) float32 unit vectors of catalogue items; KeyError for unknown ids."""
@@ -589,15 +602,16 @@ class TwoTowerScorer:
         return scores.astype(np.float32, copy=False)
 
     def _aligned_items(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        key = (id(item_ids), len(item_ids))
-        if self._aligned_key != key or self._aligned is None:
+        """Catalogue vectors in the order of `item_ids` (reused while the same object is
+        passed again, as `rank_items` does for every batch of users)."""
+        if item_ids is not self._aligned_source:
             rows = self.item_index.get_indexer(pd.Index(np.asarray(item_ids, dtype=object)))
             known = rows >= 0
             aligned = np.zeros((len(rows), self._item_vectors.shape[1]), dtype=np.float32)
             aligned[known] = self._item_vectors[rows[known]]
-            self._aligned, self._aligned_known = aligned, known
-            self._aligned_key = key
-        return self._aligned, self._aligned_known
+            self._aligned = (aligned, known)
+            self._aligned_source = item_ids
+        return self._aligned
 
 
 # =========================================================================== training data
@@ -929,7 +943,8 @@ def _batch_loss(
         ]
     )
     age = data.featurizer.age_buckets(data.catalogue.created_us[rows], query_times)
-    keys, inverse = np.unique(rows * data.featurizer.n_age_buckets + age, return_inverse=True)
+    n_keys = len(data.catalogue) * data.featurizer.n_age_buckets
+    keys, inverse = _unique_inverse(rows * data.featurizer.n_age_buckets + age, n_keys)
     unique_rows = keys // data.featurizer.n_age_buckets
     arrays = data.catalogue.take(unique_rows)
     ids = arrays.ids.copy()
