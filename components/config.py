@@ -175,9 +175,9 @@ class TwoTowerConfig(StrictModel):
     seed: int = 0
     embedding_dim: int = Field(64, ge=4)
     #: Width of each attribute / bucket / text embedding feeding the item tower's MLP.
-    feature_dim: int = Field(32, ge=2)
+    feature_dim: int = Field(16, ge=2)
     #: Hidden width of the item tower's and the user tower's MLPs.
-    hidden_dim: int = Field(256, ge=4)
+    hidden_dim: int = Field(128, ge=4)
     #: Hashed word / character n-gram buckets of the title EmbeddingBag.
     text_buckets: int = Field(2**16, ge=16)
     price_buckets: int = Field(16, ge=2)
@@ -192,7 +192,10 @@ class TwoTowerConfig(StrictModel):
     use_user_id: bool = False
     temperature: float = Field(0.07, gt=0)
     logq_correction: bool = True
-    extra_negatives: int = Field(0, ge=0)
+    #: Negatives drawn uniformly among the listings live at the batch's time, beside the
+    #: in-batch ones: they teach freshness (live stock is mostly older than what people
+    #: click). Fixed splits without timestamps gain nothing from them (all items are live).
+    extra_negatives: int = Field(1024, ge=0)
     batch_size: int = Field(1024, ge=8)
     learning_rate: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -218,6 +221,10 @@ class TwoTowerConfig(StrictModel):
     )
     #: Recency half-life of the history pooling weights (null: no decay).
     recency_half_life: str | None = "7D"
+    #: Timestamped data: each batch is drawn from one window of this length (shuffled, with
+    #: boundaries moved at random every epoch), so in-batch negatives are listings live at
+    #: about the same time and log-Q uses their popularity then. Null: the whole history.
+    batch_window: str | None = "1D"
 
 
 class AnnoyConfig(StrictModel):

@@ -193,13 +193,6 @@ class ItemFeaturizer:
     def n_age_buckets(self) -> int:
         return len(self.age_edges) + 2
 
-    @property
-    def has_content(self) -> bool:
-        """False when no attribute varies (e.g. a fixed split with ids only)."""
-        return any(len(values) for values in self.vocabularies.values()) or bool(
-            len(self.price_edges)
-        )
-
     # ------------------------------------------------------------------ transform
 
     def transform(self, items: pd.DataFrame) -> ItemArrays:

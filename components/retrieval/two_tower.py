@@ -9,13 +9,23 @@ mean of the item-tower outputs of the user's last `history_length` interactions 
 (and optionally a user-id embedding); users with no history get a learned cold-user vector.
 Both outputs are L2-normalised: scores are cosines, ready for an angular Annoy index.
 
-Training: in-batch sampled softmax over (history before the target, target) pairs, with
-the log-Q correction of Yi et al. (RecSys 2019) and optional uniformly sampled extra
-negatives (mixed negative sampling, Yang et al. 2020). With timestamps every user's
-interactions are replayed in time order: the history of a target is what the user did
-strictly before it; targets are each (user, item) pair's first interaction. Without
-timestamps (fixed splits), each training interaction is a target whose history is a fresh
-sample of the user's other training items (leave-one-out), never a valid/test item.
+Training: sampled softmax over (history before the target, target) pairs, with the log-Q
+correction of Yi et al. (RecSys 2019): the logit of each candidate j is cos(u, v_j) /
+temperature - log q_j, q_j the expected count of j among the candidates. Candidates are the
+batch's other targets plus `extra_negatives` listings drawn uniformly among those live at
+the batch's time (mixed negative sampling, Yang et al. 2020): q_j = B share_j + M / n_live.
+With timestamps, every user's interactions are replayed in time order: a target's history
+is what the user did strictly before it, targets are each (user, item) pair's first
+interaction, and each batch is drawn from one `batch_window` of time, so its negatives are
+listings live at about the same time and share_j is their popularity in that window. This
+matters on a marketplace: with batches drawn from the whole history, log-Q teaches each
+listing its lifetime popularity and stale listings that were once popular come back (valid
+recall@100 on the synthetic data fell from .083 after one epoch to .057 after three; with
+daily windows it holds at .09). The uniform negatives are what teaches freshness (listing
+age): the other targets are as fresh as the positive, live stock mostly is not (.047 ->
+.083 on the same data). Without timestamps (fixed splits) each training interaction is a
+target whose history is a fresh sample of the user's other training items (leave-one-out),
+never a valid/test item, and batches are drawn from all interactions.
 
 Epochs and refit (`train_two_tower`): the model is fitted on `split.history("valid")` and
 early-stopped on the valid window (exact full-ranking recall@`early_stopping_k`, history
@@ -278,8 +288,9 @@ def sampled_softmax_loss(
 
     `user_vectors` (B, d) and `item_vectors` (B + M, d): row i of the items is user i's
     positive, the other rows are its negatives (the batch's other positives, then M extra
-    ones). logit_ij = <u_i, v_j> / temperature - log_q_j, where log_q_j is the log of the
-    probability that item j is in the candidate set (zeros: no correction). Candidates that
+    ones). logit_ij = <u_i, v_j> / temperature - log_q_j, where q_j is item j's expected
+    count among the candidates, its sampling probability up to a constant (zeros: no
+    correction). Candidates that
     are user i's positive item itself (`same_item[i, j]`, j != i) are masked out, since they
     are not negatives. Returns the mean cross-entropy of the positives.
     """
@@ -629,8 +640,6 @@ class _TrainingData:
     targets: np.ndarray
     #: Per index row: end (exclusive) of its history, the user's rows strictly before it.
     history_end: np.ndarray
-    #: log-Q of each catalogue row as an in-batch candidate: log(B p_j + M / n_avail).
-    target_share: np.ndarray
     #: Catalogue rows sorted by creation time, with creation and sale times (negatives).
     by_creation: np.ndarray
     created_sorted: np.ndarray
@@ -662,7 +671,6 @@ def _build_training_data(
     else:
         targets = np.arange(len(index))
         history_end = np.full(len(index), -1)  # sampled per batch (leave-one-out)
-    counts = np.bincount(index.item_rows[targets], minlength=len(catalogue_items))
     created = catalogue.created_us
     by_creation = np.argsort(created, kind="stable")
     sold_us = np.full(len(catalogue_items), np.iinfo(np.int64).max, dtype=np.int64)
@@ -676,7 +684,6 @@ def _build_training_data(
         catalogue=catalogue,
         targets=targets,
         history_end=history_end,
-        target_share=counts / max(len(targets), 1),
         by_creation=by_creation,
         created_sorted=created[by_creation],
         sold_us=sold_us,
@@ -885,6 +892,54 @@ def _has_content(catalogue: ItemArrays) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class _Shares:
+    """Share of each catalogue row among the targets a batch was drawn from."""
+
+    rows: np.ndarray  # sorted
+    shares: np.ndarray
+
+    @classmethod
+    def of(cls, item_rows: np.ndarray) -> _Shares:
+        rows, counts = np.unique(item_rows, return_counts=True)
+        return cls(rows, counts / max(len(item_rows), 1))
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        if len(self.rows) == 0:
+            return np.zeros(len(rows))
+        position = np.searchsorted(self.rows, rows).clip(max=len(self.rows) - 1)
+        return np.where(self.rows[position] == rows, self.shares[position], 0.0)
+
+
+def _epoch_batches(
+    data: _TrainingData, config: TwoTowerConfig, rng: np.random.Generator
+) -> list[tuple[np.ndarray, _Shares]]:
+    """The epoch's batches of targets, each with the item shares of the pool it was drawn
+    from (what the log-Q correction needs), in a seeded random order.
+
+    Timed data with a `batch_window`: targets are grouped into windows of that length (the
+    boundaries shifted at random each epoch) and each batch is a random part of one window,
+    so its negatives are listings live at about the same time and their sampling
+    probability is their popularity in that window. Otherwise: one pool, random batches.
+    """
+    targets = data.targets
+    if not data.timed or config.batch_window is None:
+        pools = [rng.permutation(targets)]
+    else:
+        window = pd.Timedelta(config.batch_window) // pd.Timedelta(microseconds=1)
+        ts = data.index.ts_us[targets]
+        pool = (ts - ts.min() + int(rng.integers(0, window))) // window
+        order = np.lexsort((rng.random(len(targets)), pool))
+        bounds = np.flatnonzero(np.diff(pool[order])) + 1
+        pools = np.split(targets[order], bounds)
+    batches = []
+    for members in pools:
+        shares = _Shares.of(data.index.item_rows[members])
+        n_batches = -(-len(members) // config.batch_size)
+        batches += [(batch, shares) for batch in np.array_split(members, n_batches)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def _train_epoch(
     model: TwoTowerModel,
     optimiser: torch.optim.Optimizer,
@@ -894,18 +949,15 @@ def _train_epoch(
     rng: np.random.Generator,
     deadline: float,
 ) -> tuple[float, bool]:
-    """One pass over the targets in a seeded random order; (mean loss, finished)."""
+    """One pass over the targets in seeded random batches; (mean loss, finished)."""
     model.train()
-    order = rng.permutation(data.targets)
-    batch_size = config.batch_size
     total, batches = 0.0, 0
-    for start in range(0, len(order), batch_size):
+    for batch, shares in _epoch_batches(data, config, rng):
         if time.monotonic() > deadline:
             return total / max(batches, 1), False
-        batch = order[start : start + batch_size]
         if len(batch) < 2:
             continue
-        loss = _batch_loss(model, data, batch, config, id_dropout, rng)
+        loss = _batch_loss(model, data, batch, shares, config, id_dropout, rng)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -918,6 +970,7 @@ def _batch_loss(
     model: TwoTowerModel,
     data: _TrainingData,
     batch: np.ndarray,
+    shares: _Shares,
     config: TwoTowerConfig,
     id_dropout: float,
     rng: np.random.Generator,
@@ -969,7 +1022,7 @@ def _batch_loss(
 
     candidate_rows = np.concatenate([target_rows, negative_rows])
     if config.logq_correction:
-        expected = len(batch) * data.target_share[candidate_rows]
+        expected = len(batch) * shares(candidate_rows)
         uniform = np.zeros(n_candidates)
         if config.extra_negatives:
             mean_available = float(available.mean())
@@ -999,8 +1052,9 @@ def train_two_tower(
     Fits on `split.history("valid")`, early-stopped on the valid window's exact recall@K
     (masking as `evaluation`; default: the protocol's defaults, every seen item masked for
     a fixed split). Stage "test" of a temporal split then refits on `split.history("test")`
-    for the chosen epochs (`config.refit_on_test_history`). `max_training_seconds` bounds
-    both phases together. Deterministic on CPU for a given seed, data and thread count.
+    for the chosen epochs (`config.refit_on_test_history`), unless what is left of
+    `max_training_seconds` (which bounds both phases) cannot fit it: then the early-stopped
+    model is returned. Deterministic on CPU for a given seed, data and thread count.
     """
     if evaluation is None:
         evaluation = EvaluationConfig(mask_all_seen=split.protocol == "fixed")
@@ -1028,6 +1082,17 @@ def train_two_tower(
         refit = stage == "test" and split.protocol == "temporal" and config.refit_on_test_history
         if not refit:
             return trained
+        # The refit sees more data than the fit: scale the fit's epoch times to estimate it.
+        growth = len(split.history("test")) / max(len(split.history("valid")), 1)
+        needed = growth * sum(record["train_seconds"] for record in trained.epochs[:epochs])
+        if time.monotonic() + needed > deadline:
+            logger.warning(
+                "two-tower: %.0f s left of max_training_seconds, a refit needs about %.0f s; "
+                "keeping the model fitted on the train window",
+                deadline - time.monotonic(),
+                needed,
+            )
+            return trained
         logger.info("two-tower: refitting on the test-stage history for %d epochs", epochs)
         refitted, _ = _fit(
             split.history("test"),
@@ -1035,7 +1100,7 @@ def train_two_tower(
             split.cutoff("test"),
             config,
             max_epochs=epochs,
-            deadline=max(deadline, time.monotonic() + 1.0),
+            deadline=deadline,
             monitor=None,
             phase="refit",
         )

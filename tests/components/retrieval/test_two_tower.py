@@ -26,6 +26,7 @@ from components.retrieval.two_tower import (
     TrainedTwoTower,
     TwoTowerScorer,
     _build_training_data,
+    _epoch_batches,
     _training_bags,
     cold_start_task,
     pooling_weights,
@@ -50,6 +51,8 @@ SMALL = TwoTowerConfig(
     patience=6,
     early_stopping_k=5,
     item_id_dropout=0.5,
+    extra_negatives=16,
+    batch_window="3D",
     max_training_seconds=60,
 )
 
@@ -107,7 +110,6 @@ def toy_split():
 
 @pytest.fixture(scope="module")
 def trained(toy_split):
-    torch.set_num_threads(1)
     return train_two_tower(toy_split, SMALL, "test")
 
 
@@ -262,22 +264,47 @@ def test_log_q_correction_matches_a_hand_computed_softmax():
 
 
 def test_training_histories_are_strictly_before_each_target(toy_split):
+    config = SMALL
     frame = toy_split.history("valid")
     featurizer = ItemFeaturizer.fit(
         toy_split.tables.items, price_buckets=4, age_buckets=8, text_buckets=64
     )
-    data = _build_training_data(frame, toy_split.tables.items, featurizer, SMALL)
-    rows, offsets, _, _ = _training_bags(data, data.targets, SMALL, np.random.default_rng(0))
+    data = _build_training_data(frame, toy_split.tables.items, featurizer, config)
+    rows, offsets, _, _ = _training_bags(data, data.targets, config, np.random.default_rng(0))
     catalogue = toy_split.tables.items["item_id"].to_numpy()
     for position, target in enumerate(data.targets):
         user = data.index.user_codes[target]
         start = data.index.user_start[user]
         expected = [
             row for row in range(start, target) if data.index.ts_us[row] < data.index.ts_us[target]
-        ][-SMALL.history_length :]
+        ][-config.history_length :]
         got = rows[offsets[position] : offsets[position + 1]]
         assert list(got) == list(data.index.item_rows[expected])
         assert catalogue[data.index.item_rows[target]] not in set(catalogue[got])
+
+
+def test_training_histories_exclude_rows_at_the_same_time_as_the_target():
+    times = ["10:00", "10:10", "10:10", "12:00"]
+    frame = pd.DataFrame(
+        {
+            "user_id": "u",
+            "item_id": ["a", "b", "c", "d"],
+            "ts": pd.to_datetime([f"2026-01-05T{t}:00Z" for t in times]),
+            "event": "view",
+            "weight": 1.0,
+        }
+    )
+    items = pd.DataFrame({"item_id": list("abcd")})
+    featurizer = ItemFeaturizer.fit(items, price_buckets=4, age_buckets=8, text_buckets=64)
+    data = _build_training_data(frame, items, featurizer, SMALL)
+    rows, offsets, _, _ = _training_bags(data, data.targets, SMALL, np.random.default_rng(0))
+    histories = {
+        items["item_id"][data.index.item_rows[target]]: list(
+            items["item_id"][rows[offsets[position] : offsets[position + 1]]]
+        )
+        for position, target in enumerate(data.targets)
+    }
+    assert histories == {"a": [], "b": ["a"], "c": ["a"], "d": ["a", "b", "c"]}
 
 
 def test_untimed_training_histories_leave_the_target_out():
@@ -301,6 +328,34 @@ def test_untimed_training_histories_leave_the_target_out():
             got = rows[offsets[position] : offsets[position + 1]]
             assert data.index.item_rows[target] not in got
             assert len(got) == min(3, counts[position])
+
+
+def test_batches_come_from_one_time_window_and_cover_every_target_once(toy_split):
+    config = SMALL.model_copy(update={"batch_window": "2D", "batch_size": 8})
+    featurizer = ItemFeaturizer.fit(
+        toy_split.tables.items, price_buckets=4, age_buckets=8, text_buckets=64
+    )
+    data = _build_training_data(
+        toy_split.history("valid"), toy_split.tables.items, featurizer, config
+    )
+    batches = _epoch_batches(data, config, np.random.default_rng(0))
+    drawn = np.concatenate([batch for batch, _ in batches])
+    assert sorted(drawn) == sorted(data.targets)
+    two_days = 2 * 86_400_000_000
+    for batch, shares in batches:
+        assert len(batch) <= 8
+        times = data.index.ts_us[batch]
+        assert times.max() - times.min() < two_days
+        # The pool's shares: each batch item is counted, the shares sum to one.
+        assert (shares(data.index.item_rows[batch]) > 0).all()
+        assert shares.shares.sum() == pytest.approx(1.0)
+    whole = _epoch_batches(
+        data, config.model_copy(update={"batch_window": None}), np.random.default_rng(0)
+    )
+    _, shares = whole[0]
+    counts = np.bincount(data.index.item_rows[data.targets])
+    rows = np.flatnonzero(counts)
+    np.testing.assert_allclose(shares(rows), counts[rows] / len(data.targets))
 
 
 def test_same_seed_and_data_give_identical_embeddings(toy_split):
