@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from components.config import EvaluationConfig, ModelConfig, PipelineConfig
-from components.data.split import DataSplit, available_at, read_split
+from components.data.split import DataSplit, available_at, latest_moment, read_split
 from components.evaluation.protocol import Scorer
 from components.retrieval.ann_index import AnnIndex, ann_recall, build_annoy_index
 from components.retrieval.baselines import fit_baselines
@@ -69,7 +68,10 @@ def build_indexes(
     annoy = config.model.annoy
     trained = TrainedTwoTower.load(Path(encoder_uri))
     items = data.tables.items
-    moments = {"evaluation": data.test_cutoff, "serving": latest_moment(data)}
+    moments = {
+        "evaluation": data.test_cutoff,
+        "serving": latest_moment(data.all_interactions(), items),
+    }
     result: dict[str, Any] = {}
     for name, moment in moments.items():
         listings = items[available_at(items, moment).to_numpy()]
@@ -181,12 +183,3 @@ def generate_candidates(
         "users": len(users),
         "generation_s": round(seconds, 2),
     }
-
-
-def latest_moment(data: DataSplit) -> pd.Timestamp | None:
-    """The snapshot's 'now': the last known timestamp (None when the data has no time)."""
-    interactions = data.all_interactions()
-    items = data.tables.items
-    candidates = [interactions["ts"].max(), items["created_at"].max(), items["sold_at"].max()]
-    known = [value for value in candidates if pd.notna(value)]
-    return max(known) if known else None

@@ -10,12 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from components.config import EvaluationConfig, ModelConfig, PipelineConfig, SplitConfig
 from components.data.adapters import load_source
 from components.data.snapshot import read_tables, snapshot_id_of, write_snapshot, write_tables
-from components.data.split import Stage, available_at, read_split, split_tables, write_split
+from components.data.split import (
+    Stage,
+    available_at,
+    latest_moment,
+    read_split,
+    split_tables,
+    write_split,
+)
 from components.data.validation import enforce_bad_share, validate_tables
 from components.evaluation.figures import FIGURE_FILES, render_figures
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
@@ -198,7 +203,7 @@ def bundle(
     exclusions = interactions[interactions["event"].isin(config.evaluation.mask_events)]
     if config.evaluation.mask_all_seen:
         exclusions = interactions
-    latest = _latest(interactions, items)
+    latest = latest_moment(interactions, items)
     history = None
     if encoder_uri is not None:
         length = config.model.two_tower.history_length
@@ -222,13 +227,6 @@ def bundle(
             history=history,
         )
     return {"uri": str(target), "example_user_id": str(interactions["user_id"].iloc[-1])}
-
-
-def _latest(interactions: pd.DataFrame, items: pd.DataFrame) -> pd.Timestamp | None:
-    """The snapshot's 'now': the last known timestamp (None when the data has no time)."""
-    candidates = [interactions["ts"].max(), items["created_at"].max(), items["sold_at"].max()]
-    known = [value for value in candidates if pd.notna(value)]
-    return max(known) if known else None
 
 
 class LeakageError(ValueError):

@@ -111,6 +111,13 @@ def available_at(items: pd.DataFrame, at: pd.Timestamp | None) -> pd.Series:
     return (listed & unsold).fillna(False).astype(bool)
 
 
+def latest_moment(interactions: pd.DataFrame, items: pd.DataFrame) -> pd.Timestamp | None:
+    """The data's 'now': the last known timestamp (None when the data has no time)."""
+    candidates = [interactions["ts"].max(), items["created_at"].max(), items["sold_at"].max()]
+    known = [value for value in candidates if pd.notna(value)]
+    return max(known) if known else None
+
+
 def split_tables(tables: CanonicalTables, config: SplitConfig) -> DataSplit:
     if config.protocol == "fixed":
         return _fixed_split(tables)
