@@ -286,15 +286,66 @@ class CandidatesConfig(StrictModel):
     blocked_item_ids: tuple[str, ...] = ()
 
 
+class RankerConfig(StrictModel):
+    """The LightGBM learning-to-rank stage (components.ranking) over the merged candidates.
+
+    Labels come from a window after the data its candidates and features see: the valid
+    window (temporal protocol) or a random `holdout_share` of each user's training
+    interactions (fixed split). Early stopping uses `early_stopping_user_share` of the label
+    users, never the test window.
+    """
+
+    enabled: bool = True
+    objective: Literal["lambdarank", "rank_xendcg"] = "lambdarank"
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    num_leaves: int = Field(31, ge=2)
+    min_data_in_leaf: int = Field(50, ge=1)
+    feature_fraction: float = Field(0.8, gt=0, le=1)
+    lambda_l2: float = Field(1.0, ge=0)
+    max_rounds: int = Field(500, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    #: NDCG@K that early stopping watches.
+    eval_at: int = Field(10, ge=1)
+    #: Negatives kept per query (random, seeded); every positive is kept.
+    max_negatives: int = Field(100, ge=1)
+    #: Hard cap on rows per query (LightGBM's lambdarank limit is 10,000).
+    max_rows_per_query: int = Field(10_000, ge=2, le=10_000)
+    early_stopping_user_share: float = Field(0.2, gt=0, lt=1)
+    #: Fixed split only: share of each user's training interactions held out as labels.
+    holdout_share: float = Field(0.2, gt=0, lt=1)
+    #: Graded relevance of the label events (max over a pair's events); ratings >= 4 get
+    #: `rating_high`, other ratings `rating_low`.
+    grades: dict[str, int] = Field(
+        default_factory=lambda: {
+            "purchase": 4,
+            "add_to_bag": 3,
+            "save": 3,
+            "like": 2,
+            "view": 1,
+            "interaction": 1,
+        }
+    )
+    rating_high: int = Field(2, ge=1)
+    rating_low: int = Field(1, ge=1)
+    #: How many of the user's last items the "similar to recent" feature compares with.
+    recent_items: int = Field(5, ge=1)
+    num_threads: int = Field(2, ge=1)
+    seed: int = 0
+    #: A Dask scheduler address (e.g. tcp://host:8786): train with DaskLGBMRanker there.
+    dask_address: str | None = None
+
+
 class ModelConfig(StrictModel):
-    """`kind` is what the registered model ranks by: recent popularity, or the two-tower
-    encoder through the Annoy index (the best single source until the ranker lands)."""
+    """`kind` is the retrieval model: recent popularity, or the two-tower encoder through
+    the Annoy index. With `ranker.enabled` the registered model re-ranks the merged
+    candidates of every source with LightGBM; otherwise it ranks by `kind` alone."""
 
     kind: Literal["recent_popularity", "two_tower"] = "recent_popularity"
     popularity: PopularityConfig = PopularityConfig()
     two_tower: TwoTowerConfig = TwoTowerConfig()
     annoy: AnnoyConfig = AnnoyConfig()
     candidates: CandidatesConfig = CandidatesConfig()
+    ranker: RankerConfig = RankerConfig()
     #: Register a model refitted on all snapshot data (evaluation always uses the held-out fit).
     refit_on_all_data: bool = True
 
@@ -368,9 +419,37 @@ class EvaluationConfig(StrictModel):
         return self
 
 
+class PromotionConfig(StrictModel):
+    """The gate that moves `champion` to a newly registered version (components.registry.
+    promotion).
+
+    The challenger's held-out model and the champion's served bundle are scored on the same
+    users, on interactions neither has seen; the challenger passes when the lower end of
+    the 95% paired-bootstrap interval of (challenger - champion) on `metric` is above
+    `-margin` (non-inferiority). Guardrails: the version loads from the registry in a fresh
+    process and answers smoke requests within `max_p99_latency_ms`, and its `coverage_metric`
+    on the test window is at least `min_coverage`.
+    """
+
+    metric: str = "ndcg@10"
+    #: Absolute tolerance on `metric`: fresher models may be this much worse and still win.
+    margin: float = Field(0.01, ge=0)
+    #: Fewer evaluated users than this: the comparison is not trusted (champion stays).
+    min_users: int = Field(20, ge=1)
+    coverage_metric: str = "coverage@20"
+    #: 0 disables the bound (a popularity model covers only ~k listings by design).
+    min_coverage: float = Field(0.0, ge=0, le=1)
+    #: p99 of single-user k=20 requests in the fresh process (cold caches, loose on purpose;
+    #: bench/serving.py measures the warm figure).
+    max_p99_latency_ms: float = Field(250.0, gt=0)
+    latency_requests: int = Field(50, ge=5)
+    smoke_timeout_s: float = Field(300.0, gt=0)
+
+
 class RegistryConfig(StrictModel):
     model_name: str = "rewear"
     experiment: str = "rewear"
+    promotion: PromotionConfig = PromotionConfig()
 
 
 class PipelineConfig(StrictModel):

@@ -9,24 +9,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from components.config import EvaluationConfig, ModelConfig, PipelineConfig
 from components.data.split import DataSplit, available_at, latest_moment, read_split
 from components.evaluation.protocol import Scorer
 from components.retrieval.ann_index import AnnIndex, ann_recall, build_annoy_index
-from components.retrieval.baselines import fit_baselines
 from components.retrieval.candidates import (
-    AnnSource,
-    CandidateFilter,
-    CandidateSource,
-    CategoryPopularitySource,
-    ScorerSource,
     candidate_recall,
-    merge_candidates,
-    run_sources,
 )
 from components.retrieval.popularity import RecentPopularity
-from components.retrieval.two_tower import TrainedTwoTower, TwoTowerScorer, train_two_tower
+from components.retrieval.stack import RetrievalStack
+from components.retrieval.two_tower import (
+    TrainedTwoTower,
+    TwoTowerScorer,
+    train_two_tower_stages,
+)
 from components.store import atomic_directory
 
 TWO_TOWER = "two_tower"
@@ -38,12 +36,21 @@ def train_encoder(
     """Train the two-tower encoder (early-stopped on the valid window) and save it."""
     data = read_split(Path(split_uri))
     started = time.perf_counter()
-    trained = train_two_tower(data, config.two_tower, "test", evaluation)
+    fitted, trained = train_two_tower_stages(data, config.two_tower, "test", evaluation)
     seconds = time.perf_counter() - started
     target = Path(run_dir) / "models" / "encoder"
     with atomic_directory(target, overwrite=True) as staging:
         trained.save(staging)
-    return {"uri": str(target), "epochs": trained.epochs, "training_s": round(seconds, 2)}
+    # The encoder that never saw the valid window: the ranker's label-stage features.
+    fit_target = Path(run_dir) / "models" / "encoder_train_window"
+    with atomic_directory(fit_target, overwrite=True) as staging:
+        fitted.save(staging)
+    return {
+        "uri": str(target),
+        "train_window_uri": str(fit_target),
+        "epochs": trained.epochs,
+        "training_s": round(seconds, 2),
+    }
 
 
 def evaluation_scorer(kind: str, model_uri: str, data: DataSplit) -> Scorer:
@@ -130,47 +137,20 @@ def generate_candidates(
     candidate recall@N per source and combined goes to the report."""
     data = read_split(Path(split_uri))
     settings = config.model.candidates
-    evaluation = config.evaluation
-    history, cutoff, items = data.history("test"), data.test_cutoff, data.tables.items
-    exclude_events = None if evaluation.mask_all_seen else evaluation.mask_events
-    filters = CandidateFilter.from_tables(
-        history, items, data.available_items(cutoff), settings, exclude_events
+    stack = RetrievalStack.fit(
+        data.history("test"),
+        data.tables.items,
+        data.test_cutoff,
+        data.available_items(data.test_cutoff),
+        config,
+        encoder=None if encoder_uri is None else TrainedTwoTower.load(Path(encoder_uri)),
+        index_folder=None if evaluation_index_uri is None else Path(evaluation_index_uri),
     )
-    baselines = fit_baselines(history, evaluation.baselines, cutoff)
-    item_ids = items["item_id"].astype(str).tolist()
-    sources: list[CandidateSource] = []
-    for name in settings.sources:
-        if name == "ann":
-            if encoder_uri is None or evaluation_index_uri is None:
-                continue
-            scorer = evaluation_scorer(TWO_TOWER, encoder_uri, data)
-            index = AnnIndex.load(Path(evaluation_index_uri))
-            sources.append(AnnSource(scorer.user_vectors, index, filters))  # type: ignore[attr-defined]
-        elif name in ("covisitation", "popularity"):
-            sources.append(ScorerSource(name, baselines[name], item_ids, filters))
-        elif name == "linear":
-            linear = baselines.get("ease") or baselines.get("ials")
-            if linear is not None:
-                sources.append(ScorerSource("linear", linear, item_ids, filters))
-        elif name == "category_popularity" and items["category"].notna().any():
-            sources.append(
-                CategoryPopularitySource.fit(
-                    history, items, baselines["popularity"], settings, filters, cutoff
-                )
-            )
-    window = data.test
-    if evaluation.positive_events is not None:
-        window = window[window["event"].isin(evaluation.positive_events)]
+    window = positive_window(data.test, config.evaluation)
     users = window["user_id"].drop_duplicates().astype(str).tolist()
     started = time.perf_counter()
-    frames = run_sources(sources, users, settings.per_source)
-    merged = merge_candidates(
-        frames,
-        settings.n,
-        filters=filters,
-        rrf_k=settings.rrf_k,
-        weights=settings.source_weights,
-    )
+    frames = stack.source_frames(users)
+    merged = stack.candidates(users, frames)
     seconds = time.perf_counter() - started
     recall = candidate_recall(merged, window, settings.n, sources=frames)
     target = Path(run_dir) / "candidates"
@@ -183,3 +163,10 @@ def generate_candidates(
         "users": len(users),
         "generation_s": round(seconds, 2),
     }
+
+
+def positive_window(window: pd.DataFrame, evaluation: EvaluationConfig) -> pd.DataFrame:
+    """The window's interactions that count as positives for evaluation."""
+    if evaluation.positive_events is None:
+        return window
+    return window[window["event"].isin(evaluation.positive_events)]

@@ -1047,7 +1047,19 @@ def train_two_tower(
     stage: Literal["valid", "test"] = "test",
     evaluation: EvaluationConfig | None = None,
 ) -> TrainedTwoTower:
-    """Train the two-tower encoder for evaluation at `stage` (see the module docstring).
+    """Train the two-tower encoder for evaluation at `stage` (see `train_two_tower_stages`)."""
+    return train_two_tower_stages(split, config, stage, evaluation)[1]
+
+
+def train_two_tower_stages(
+    split: DataSplit,
+    config: TwoTowerConfig,
+    stage: Literal["valid", "test"] = "test",
+    evaluation: EvaluationConfig | None = None,
+) -> tuple[TrainedTwoTower, TrainedTwoTower]:
+    """(fitted on the train window, the model for `stage`); see the module docstring.
+
+    The first never saw the valid window: the ranker's label-stage features use it.
 
     Fits on `split.history("valid")`, early-stopped on the valid window's exact recall@K
     (masking as `evaluation`; default: the protocol's defaults, every seen item masked for
@@ -1081,7 +1093,7 @@ def train_two_tower(
         )
         refit = stage == "test" and split.protocol == "temporal" and config.refit_on_test_history
         if not refit:
-            return trained
+            return trained, trained
         # The refit sees more data than the fit: scale the fit's epoch times to estimate it.
         growth = len(split.history("test")) / max(len(split.history("valid")), 1)
         needed = growth * sum(record["train_seconds"] for record in trained.epochs[:epochs])
@@ -1092,7 +1104,7 @@ def train_two_tower(
                 deadline - time.monotonic(),
                 needed,
             )
-            return trained
+            return trained, trained
         logger.info("two-tower: refitting on the test-stage history for %d epochs", epochs)
         refitted, _ = _fit(
             split.history("test"),
@@ -1105,7 +1117,7 @@ def train_two_tower(
             phase="refit",
         )
     refitted.epochs = trained.epochs + refitted.epochs
-    return refitted
+    return trained, refitted
 
 
 # =========================================================================== cold start

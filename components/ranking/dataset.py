@@ -1,0 +1,131 @@
+"""Learning-to-rank training sets: graded labels, query groups, and the label holdout.
+
+A query is one user's candidates. LightGBM wants rows sorted by query and `group` = rows per
+query; lambdarank learns nothing from a query without a positive, and refuses queries of
+more than 10,000 rows, so training sets drop the former and cap the latter, keeping every
+positive and a seeded sample of negatives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from components.config import RankerConfig
+from components.ranking.features import event_grades
+
+
+def graded_labels(window: pd.DataFrame, config: RankerConfig) -> pd.DataFrame:
+    """(user_id, item_id, label): the best grade of each pair's events in `window`."""
+    frame = pd.DataFrame(
+        {
+            "user_id": window["user_id"].astype(str).to_numpy(dtype=object),
+            "item_id": window["item_id"].astype(str).to_numpy(dtype=object),
+            "label": event_grades(window, config),
+        }
+    )
+    labels = frame.groupby(["user_id", "item_id"], sort=False)["label"].max().reset_index()
+    labels["label"] = labels["label"].astype(np.int32)
+    return labels
+
+
+def attach_labels(candidates: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """`candidates` with a `label` column (0 where the pair has no label event)."""
+    keys = pd.MultiIndex.from_arrays(
+        [labels["user_id"].astype(object), labels["item_id"].astype(object)]
+    )
+    wanted = pd.MultiIndex.from_arrays(
+        [
+            candidates["user_id"].astype(str).to_numpy(dtype=object),
+            candidates["item_id"].astype(str).to_numpy(dtype=object),
+        ]
+    )
+    position = keys.get_indexer(wanted)
+    label = np.zeros(len(candidates), dtype=np.int32)
+    found = position >= 0
+    label[found] = labels["label"].to_numpy()[position[found]]
+    return candidates.assign(label=label)
+
+
+@dataclass(frozen=True)
+class QueryGroups:
+    """Rows sorted by query, and the row count of each query in that order."""
+
+    frame: pd.DataFrame
+    sizes: np.ndarray
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.sizes)
+
+
+def query_groups(
+    frame: pd.DataFrame,
+    config: RankerConfig,
+    *,
+    training: bool = True,
+    sample_negatives: bool = True,
+    seed: int = 0,
+) -> QueryGroups:
+    """Sort by user (then retrieval rank) and count rows per user.
+
+    With `training`: drop users without a positive label, keep every positive and (with
+    `sample_negatives`) at most `config.max_negatives` random negatives per user (seeded),
+    and cap each query at `config.max_rows_per_query` rows (positives first, best grades
+    first). Without it (scoring) every row is kept.
+    """
+    if "user_id" not in frame or (training and "label" not in frame):
+        raise ValueError("query_groups needs user_id (and label for training) columns")
+    frame = frame.reset_index(drop=True)
+    if training:
+        has_positive = frame["label"].gt(0).groupby(frame["user_id"]).transform("any")
+        frame = frame[has_positive.to_numpy()]
+        rng = np.random.default_rng(seed)
+        noise = rng.random(len(frame))
+        positive = frame["label"].to_numpy() > 0
+        # Positives first (best grade first), then negatives in random order.
+        order_key = np.where(positive, -frame["label"].to_numpy(dtype=float), noise)
+        frame = frame.assign(_positive=positive, _key=order_key)
+        frame = frame.sort_values(["user_id", "_positive", "_key"], ascending=[True, False, True])
+        negative_rank = (~frame["_positive"]).groupby(frame["user_id"]).cumsum()
+        if sample_negatives:
+            keep = frame["_positive"] | (negative_rank <= config.max_negatives)
+            frame = frame[keep.to_numpy()]
+        position = frame.groupby("user_id").cumcount()
+        frame = frame[(position < config.max_rows_per_query).to_numpy()]
+        frame = frame.drop(columns=["_positive", "_key"])
+    sort_by = ["user_id", "retrieval_rank"] if "retrieval_rank" in frame else ["user_id"]
+    frame = frame.sort_values(sort_by, kind="stable").reset_index(drop=True)
+    sizes = frame.groupby("user_id", sort=False).size().to_numpy(dtype=np.int64)
+    return QueryGroups(frame=frame, sizes=sizes)
+
+
+def split_users(
+    user_ids: pd.Series | np.ndarray, share: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Users split at random into (fit, early-stopping) parts, `share` in the second."""
+    users = np.sort(pd.unique(np.asarray(user_ids, dtype=object)))
+    rng = np.random.default_rng(seed)
+    held = rng.random(len(users)) < share
+    if len(users) >= 2 and not held.any():
+        held[rng.integers(len(users))] = True
+    if held.all() and len(users) >= 2:
+        held[rng.integers(len(users))] = False
+    return users[~held], users[held]
+
+
+def holdout_interactions(
+    train: pd.DataFrame, share: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept, held out): a random `share` of each user's interactions held out as ranker
+    labels (fixed splits have no time to cut on). Users with one interaction keep it."""
+    train = train.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    noise = rng.random(len(train))
+    order = pd.Series(noise).groupby(train["user_id"].to_numpy()).rank(method="first")
+    sizes = train.groupby("user_id")["user_id"].transform("size").to_numpy()
+    n_held = np.floor(sizes * share).astype(int)
+    held = (order.to_numpy() <= n_held) & (sizes > 1)
+    return train[~held].reset_index(drop=True), train[held].reset_index(drop=True)

@@ -1,0 +1,166 @@
+"""The LightGBM learning-to-rank model over candidate features.
+
+Trained with `lambdarank` (or `rank_xendcg`) on query groups, early-stopped on the NDCG@K of
+users held out of the fit, and saved as LightGBM's own text model plus a JSON sidecar
+(feature order, categorical vocabularies, training curves). Categorical features are
+declared at training time and take the same vocabularies at prediction time: the booster
+file records pandas' categories, and `predict` rebuilds the columns with them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from components.config import RankerConfig
+from components.ranking.dataset import QueryGroups
+from components.store import read_json, write_json
+
+BOOSTER_FILE = "ranker.txt"
+META_FILE = "ranker.json"
+
+
+def lightgbm_params(config: RankerConfig) -> dict[str, Any]:
+    """LightGBM parameters of a ranker config (deterministic on CPU for a given seed)."""
+    return {
+        "objective": config.objective,
+        "metric": "ndcg",
+        "eval_at": [config.eval_at],
+        "learning_rate": config.learning_rate,
+        "num_leaves": config.num_leaves,
+        "min_data_in_leaf": config.min_data_in_leaf,
+        "feature_fraction": config.feature_fraction,
+        "bagging_seed": config.seed,
+        "feature_fraction_seed": config.seed,
+        "seed": config.seed,
+        "lambda_l2": config.lambda_l2,
+        "num_threads": config.num_threads,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbosity": -1,
+        "lambdarank_truncation_level": max(20, config.eval_at * 2),
+    }
+
+
+@dataclass
+class TrainedRanker:
+    booster: lgb.Booster
+    feature_names: list[str]
+    categories: dict[str, list[str]]
+    best_iteration: int
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    training_s: float = 0.0
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        """Scores for the rows of a `PointInTimeFeatures.transform` frame."""
+        if not len(features):
+            return np.zeros(0)
+        missing = [name for name in self.feature_names if name not in features.columns]
+        if missing:
+            # Sources absent at serving time (e.g. no encoder) are unknown, not errors.
+            features = features.assign(**{name: np.nan for name in missing})
+        frame = features[self.feature_names].copy()
+        for name, vocabulary in self.categories.items():
+            frame[name] = pd.Categorical(frame[name].astype(object), categories=vocabulary)
+        return self.booster.predict(frame, num_iteration=self.best_iteration or None)
+
+    def importance(self) -> dict[str, float]:
+        """Total gain per feature, largest first."""
+        gains = self.booster.feature_importance(importance_type="gain")
+        pairs = sorted(zip(self.feature_names, gains, strict=True), key=lambda p: -p[1])
+        return {name: float(gain) for name, gain in pairs}
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.booster.save_model(str(folder / BOOSTER_FILE), num_iteration=self.best_iteration)
+        write_json(
+            folder / META_FILE,
+            {
+                "feature_names": self.feature_names,
+                "categories": self.categories,
+                "best_iteration": self.best_iteration,
+                "curves": self.curves,
+                "training_s": self.training_s,
+            },
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> TrainedRanker:
+        folder = Path(folder)
+        meta = read_json(folder / META_FILE)
+        booster = lgb.Booster(model_file=str(folder / BOOSTER_FILE))
+        return cls(
+            booster=booster,
+            feature_names=list(meta["feature_names"]),
+            categories={k: list(v) for k, v in meta["categories"].items()},
+            best_iteration=int(meta["best_iteration"]),
+            curves=meta.get("curves", {}),
+            training_s=float(meta.get("training_s", 0.0)),
+        )
+
+
+def _dataset(
+    groups: QueryGroups, feature_names: Sequence[str], categorical: Sequence[str]
+) -> lgb.Dataset:
+    return lgb.Dataset(
+        groups.frame[list(feature_names)],
+        label=groups.frame["label"].to_numpy(),
+        group=groups.sizes,
+        categorical_feature=list(categorical),
+        free_raw_data=False,
+    )
+
+
+def train_ranker(
+    fit: QueryGroups,
+    early_stopping: QueryGroups,
+    feature_names: Sequence[str],
+    categories: dict[str, list[str]],
+    config: RankerConfig,
+) -> TrainedRanker:
+    """Fit on `fit`, stop when NDCG@eval_at on `early_stopping` stops improving."""
+    if fit.n_queries == 0:
+        raise ValueError(
+            "no ranker training query has a positive candidate: the label window's positives "
+            "are not among the candidates; widen candidates.n or the label window"
+        )
+    categorical = [name for name in categories if name in feature_names]
+    train_set = _dataset(fit, feature_names, categorical)
+    valid_sets, names, callbacks = [train_set], ["fit"], []
+    if early_stopping.n_queries:
+        valid_sets.append(_dataset(early_stopping, feature_names, categorical).construct())
+        names.append("early_stopping")
+        callbacks.append(lgb.early_stopping(config.early_stopping_rounds, verbose=False))
+    record: dict[str, dict[str, list[float]]] = {}
+    callbacks.append(lgb.record_evaluation(record))
+    started = time.perf_counter()
+    booster = lgb.train(
+        lightgbm_params(config),
+        train_set,
+        num_boost_round=config.max_rounds,
+        valid_sets=valid_sets,
+        valid_names=names,
+        callbacks=callbacks,
+    )
+    seconds = time.perf_counter() - started
+    curves = {
+        f"{name}.{metric}": [float(v) for v in values]
+        for name, metrics in record.items()
+        for metric, values in metrics.items()
+    }
+    return TrainedRanker(
+        booster=booster,
+        feature_names=list(feature_names),
+        categories=categories,
+        best_iteration=int(booster.best_iteration or booster.current_iteration()),
+        curves=curves,
+        training_s=round(seconds, 2),
+    )

@@ -1,0 +1,219 @@
+"""The ranking stage's steps (label-stage features, LightGBM training, the assembled
+two-stage model) as plain functions over paths and configs, like `components.steps`.
+
+Labels always lie after the data their candidates and features see:
+- temporal protocol: candidates and features at the valid cut-off T_valid, from the history
+  before it (with the two-tower encoder fitted on that history only); labels = the valid
+  window's events. The test window is never touched;
+- fixed split: a random `ranker.holdout_share` of each user's training interactions is held
+  out as labels, the candidate models are fitted without it; at test time they are refitted
+  on all of the training data.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from components.config import PipelineConfig
+from components.data.split import DataSplit, available_at, latest_moment, read_split
+from components.ranking.dataset import (
+    attach_labels,
+    graded_labels,
+    holdout_interactions,
+    query_groups,
+    split_users,
+)
+from components.ranking.features import CATEGORICAL_FEATURES, feature_columns
+from components.ranking.model import TwoStageModel, feature_builder
+from components.ranking.ranker import TrainedRanker, train_ranker
+from components.retrieval.ann_index import build_annoy_index
+from components.retrieval.candidates import candidate_recall
+from components.retrieval.stack import RetrievalStack
+from components.retrieval.two_tower import TrainedTwoTower
+from components.store import atomic_directory, write_json
+
+TWO_STAGE = "two_stage"
+#: Serving moment: one microsecond after the last event, so "strictly before" keeps it.
+AFTER_LAST_EVENT = pd.Timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class LabelStage:
+    """What the ranker learns from: history before `moment`, labels from `window`."""
+
+    history: pd.DataFrame
+    window: pd.DataFrame
+    moment: pd.Timestamp | None
+    available: np.ndarray
+
+
+def label_stage(data: DataSplit, config: PipelineConfig) -> LabelStage:
+    items = data.tables.items
+    if data.protocol == "temporal":
+        return LabelStage(
+            history=data.history("valid"),
+            window=data.valid,
+            moment=data.valid_cutoff,
+            available=data.available_items(data.valid_cutoff).to_numpy(bool),
+        )
+    ranker = config.model.ranker
+    kept, held = holdout_interactions(data.train, ranker.holdout_share, ranker.seed)
+    return LabelStage(
+        history=kept, window=held, moment=None, available=np.ones(len(items), dtype=bool)
+    )
+
+
+def build_ranking_data(
+    split_uri: str, train_window_encoder_uri: str | None, config: PipelineConfig, run_dir: Path
+) -> dict[str, Any]:
+    """Candidates, features and graded labels of the label stage, as one parquet file.
+
+    The ANN source and the embedding features use the encoder fitted before the valid
+    window (temporal protocol only: on a fixed split every encoder saw the held-out labels,
+    so the two-stage model does without it).
+    """
+    started = time.perf_counter()
+    data = read_split(Path(split_uri))
+    stage = label_stage(data, config)
+    ranker = config.model.ranker
+    target = Path(run_dir) / "ranking"
+    encoder = index_folder = None
+    with atomic_directory(target, overwrite=True) as staging:
+        if train_window_encoder_uri is not None and data.protocol == "temporal":
+            encoder = TrainedTwoTower.load(Path(train_window_encoder_uri))
+            listings = data.tables.items[stage.available]
+            index_folder = staging / "label_index"
+            build_annoy_index(
+                encoder.embed_items(listings, stage.moment),
+                listings["item_id"].astype(str).tolist(),
+                config.model.annoy,
+                index_folder,
+            )
+        stack = RetrievalStack.fit(
+            stage.history,
+            data.tables.items,
+            stage.moment,
+            stage.available,
+            config,
+            encoder=encoder,
+            index_folder=index_folder,
+        )
+        labels = graded_labels(stage.window, ranker)
+        users = labels["user_id"].drop_duplicates().tolist()
+        frames = stack.source_frames(users)
+        candidates = stack.candidates(users, frames)
+        recall = candidate_recall(candidates, stage.window, config.model.candidates.n)
+        features = feature_builder(stack, ranker).transform(candidates)
+        features = attach_labels(features, labels)
+        features.to_parquet(staging / "label_features.parquet", index=False)
+        write_json(staging / "categories.json", feature_builder_categories(features))
+    positives = features["label"].gt(0)
+    return {
+        "uri": str(target / "label_features.parquet"),
+        "rows": len(features),
+        "users": len(users),
+        "users_with_positive_candidate": int(positives.groupby(features["user_id"]).any().sum()),
+        "label_candidate_recall": round(float(recall.get("combined", np.nan)), 4),
+        "label_moment": None if stage.moment is None else stage.moment.isoformat(),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def feature_builder_categories(features: pd.DataFrame) -> dict[str, list[str]]:
+    return {
+        name: [str(c) for c in features[name].cat.categories]
+        for name in CATEGORICAL_FEATURES
+        if name in features and isinstance(features[name].dtype, pd.CategoricalDtype)
+    }
+
+
+def train_ranker_step(features_uri: str, config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    """Fit the LightGBM ranker on the label-stage users, early-stopped on a held-out part."""
+    ranker_config = config.model.ranker
+    frame = pd.read_parquet(features_uri)
+    fit_users, _ = split_users(
+        frame["user_id"], ranker_config.early_stopping_user_share, ranker_config.seed
+    )
+    in_fit = frame["user_id"].isin(fit_users).to_numpy()
+    fit = query_groups(frame[in_fit], ranker_config, seed=ranker_config.seed)
+    stop = query_groups(
+        frame[~in_fit], ranker_config, seed=ranker_config.seed, sample_negatives=False
+    )
+    names = [c for c in feature_columns(frame) if frame[c].notna().any()]
+    if ranker_config.dask_address is not None:
+        from components.ranking.distributed import train_ranker_on_dask
+
+        trained = train_ranker_on_dask(
+            fit, stop, names, feature_builder_categories(frame), ranker_config
+        )
+    else:
+        trained = train_ranker(fit, stop, names, feature_builder_categories(frame), ranker_config)
+    target = Path(run_dir) / "models" / "ranker"
+    with atomic_directory(target, overwrite=True) as staging:
+        trained.save(staging)
+    best = trained.curves.get(f"early_stopping.ndcg@{ranker_config.eval_at}", [])
+    return {
+        "uri": str(target),
+        "fit_rows": len(fit.frame),
+        "fit_queries": fit.n_queries,
+        "early_stopping_queries": stop.n_queries,
+        "best_iteration": trained.best_iteration,
+        f"early_stopping_ndcg@{ranker_config.eval_at}": (
+            round(best[trained.best_iteration - 1], 4) if best else None
+        ),
+        "training_s": trained.training_s,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "importance": {k: round(v, 2) for k, v in list(trained.importance().items())[:15]},
+        "curves": trained.curves,
+    }
+
+
+def assemble_two_stage(
+    split_uri: str,
+    encoder_uri: str | None,
+    index_uri: str | None,
+    ranker_uri: str | None,
+    config: PipelineConfig,
+    run_dir: Path,
+    purpose: Literal["evaluation", "serving"] = "evaluation",
+) -> dict[str, Any]:
+    """The two-stage model at the test cut-off (what evaluation scores) or at the end of the
+    data (what gets registered), saved under run_dir/models/two_stage_<purpose>."""
+    data = read_split(Path(split_uri))
+    items = data.tables.items
+    use_encoder = encoder_uri is not None and data.protocol == "temporal"
+    if purpose == "evaluation":
+        history, moment = data.history("test"), data.test_cutoff
+        available = data.available_items(moment).to_numpy(bool)
+    else:
+        history = data.serving_history()
+        latest = latest_moment(history, items)
+        moment = None if latest is None else latest + AFTER_LAST_EVENT
+        available = available_at(items, latest).to_numpy(bool)
+    stack = RetrievalStack.fit(
+        history,
+        items,
+        moment,
+        available,
+        config,
+        encoder=TrainedTwoTower.load(Path(encoder_uri)) if use_encoder else None,  # type: ignore[arg-type]
+        index_folder=Path(index_uri) if use_encoder and index_uri else None,
+    )
+    ranker = None if ranker_uri is None else TrainedRanker.load(Path(ranker_uri))
+    model = TwoStageModel.assemble(stack, ranker, config.model.ranker)
+    target = Path(run_dir) / "models" / f"two_stage_{purpose}"
+    with atomic_directory(target, overwrite=True) as staging:
+        model.save(staging)
+    return {"uri": str(target)}
+
+
+def retrieval_only(model: TwoStageModel) -> TwoStageModel:
+    """The same candidates ranked by their fusion score: what the ranker must beat."""
+    return TwoStageModel(stack=model.stack, features=model.features, ranker=None)

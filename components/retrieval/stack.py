@@ -1,0 +1,203 @@
+"""Every candidate source fitted at one moment, with its filter: the retrieval stage as one
+object that offline steps and the served bundle build, save and load the same way.
+
+`RetrievalStack.fit` fits the baselines (recent popularity, co-visitation, EASE or iALS) on
+the history strictly before `moment`, takes an optional trained two-tower encoder and Annoy
+index for the ANN source, and answers `candidates(user_ids)` with the merged set
+(`merge_candidates`), never returning an excluded, unavailable or blocked item.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.config import PipelineConfig
+from components.evaluation.protocol import Scorer
+from components.retrieval.ann_index import AnnIndex
+from components.retrieval.baselines import fit_baselines
+from components.retrieval.candidates import (
+    AnnSource,
+    CandidateFilter,
+    CandidateSource,
+    CategoryPopularitySource,
+    ScorerSource,
+    merge_candidates,
+    run_sources,
+)
+from components.retrieval.persistence import load_model, save_model
+from components.retrieval.two_tower import TrainedTwoTower, TwoTowerScorer
+from components.store import read_json, write_json
+
+STACK_FORMAT = 1
+
+
+@dataclass
+class RetrievalStack:
+    history: pd.DataFrame
+    items: pd.DataFrame
+    moment: pd.Timestamp | None
+    #: Boolean per row of `items`: recommendable at `moment`.
+    available: np.ndarray
+    baselines: dict[str, Scorer]
+    config: PipelineConfig
+    encoder: TrainedTwoTower | None = None
+    index: AnnIndex | None = None
+    _index_folder: Path | None = field(default=None, repr=False)
+
+    @classmethod
+    def fit(
+        cls,
+        history: pd.DataFrame,
+        items: pd.DataFrame,
+        moment: pd.Timestamp | None,
+        available: pd.Series | np.ndarray,
+        config: PipelineConfig,
+        *,
+        encoder: TrainedTwoTower | None = None,
+        index_folder: Path | None = None,
+    ) -> RetrievalStack:
+        if moment is not None and history["ts"].notna().any():
+            history = history[history["ts"] < moment]
+        history = history.reset_index(drop=True)
+        return cls(
+            history=history,
+            items=items.reset_index(drop=True),
+            moment=moment,
+            available=np.asarray(available, dtype=bool),
+            baselines=fit_baselines(history, config.evaluation.baselines, moment),
+            config=config,
+            encoder=encoder,
+            index=None if index_folder is None else AnnIndex.load(Path(index_folder)),
+            _index_folder=None if index_folder is None else Path(index_folder),
+        )
+
+    @property
+    def exclude_events(self) -> tuple[str, ...] | None:
+        evaluation = self.config.evaluation
+        return None if evaluation.mask_all_seen else tuple(evaluation.mask_events)
+
+    @cached_property
+    def filters(self) -> CandidateFilter:
+        return CandidateFilter.from_tables(
+            self.history,
+            self.items,
+            self.available,
+            self.config.model.candidates,
+            self.exclude_events,
+        )
+
+    @cached_property
+    def vectors(self) -> TwoTowerScorer | None:
+        """Two-tower user and item vectors at `moment` (None without an encoder)."""
+        if self.encoder is None:
+            return None
+        return TwoTowerScorer(self.encoder, self.items, self.history, self.moment)
+
+    @cached_property
+    def sources(self) -> list[CandidateSource]:
+        settings = self.config.model.candidates
+        item_ids = self.items["item_id"].astype(str).tolist()
+        sources: list[CandidateSource] = []
+        for name in settings.sources:
+            if name == "ann":
+                if self.vectors is not None and self.index is not None:
+                    sources.append(AnnSource(self.vectors.user_vectors, self.index, self.filters))
+            elif name in ("covisitation", "popularity"):
+                if name in self.baselines:
+                    sources.append(ScorerSource(name, self.baselines[name], item_ids, self.filters))
+            elif name == "linear":
+                linear = self.baselines.get("ease") or self.baselines.get("ials")
+                if linear is not None:
+                    sources.append(ScorerSource("linear", linear, item_ids, self.filters))
+            elif name == "category_popularity" and self._has_categories:
+                sources.append(
+                    CategoryPopularitySource.fit(
+                        self.history,
+                        self.items,
+                        self.baselines["popularity"],  # type: ignore[arg-type]
+                        settings,
+                        self.filters,
+                        self.moment,
+                    )
+                )
+        return sources
+
+    @property
+    def _has_categories(self) -> bool:
+        column = self.config.model.candidates.category_column
+        return "popularity" in self.baselines and bool(self.items[column].notna().any())
+
+    def source_frames(self, user_ids: Sequence[str]) -> dict[str, pd.DataFrame]:
+        return run_sources(self.sources, user_ids, self.config.model.candidates.per_source)
+
+    def candidates(
+        self, user_ids: Sequence[str], frames: dict[str, pd.DataFrame] | None = None
+    ) -> pd.DataFrame:
+        """The merged candidates of `user_ids` (one row per user and item, best n each)."""
+        settings = self.config.model.candidates
+        if frames is None:
+            frames = self.source_frames(user_ids)
+        return merge_candidates(
+            frames,
+            settings.n,
+            filters=self.filters,
+            rrf_k=settings.rrf_k,
+            weights=settings.source_weights,
+        )
+
+    def save(self, folder: Path) -> None:
+        """History, listings, availability, each fitted baseline, encoder and index."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.history.to_parquet(folder / "history.parquet", index=False)
+        self.items.assign(_available=self.available).to_parquet(
+            folder / "items.parquet", index=False
+        )
+        for name, model in self.baselines.items():
+            save_model(model, folder / "baselines" / name)
+        if self.encoder is not None:
+            self.encoder.save(folder / "encoder")
+        if self._index_folder is not None:
+            shutil.copytree(self._index_folder, folder / "index")
+        write_json(
+            folder / "stack.json",
+            {
+                "format": STACK_FORMAT,
+                "moment": None if self.moment is None else self.moment.isoformat(),
+                "baselines": list(self.baselines),
+                "config": self.config.model_dump(mode="json"),
+            },
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> RetrievalStack:
+        folder = Path(folder)
+        meta: dict[str, Any] = read_json(folder / "stack.json")
+        if meta.get("format") != STACK_FORMAT:
+            raise ValueError(
+                f"{folder} holds a retrieval stack in format {meta.get('format')}, this code "
+                f"reads {STACK_FORMAT}: retrain to rebuild it"
+            )
+        items = pd.read_parquet(folder / "items.parquet")
+        index_folder = folder / "index" if (folder / "index").is_dir() else None
+        return cls(
+            history=pd.read_parquet(folder / "history.parquet"),
+            items=items.drop(columns=["_available"]),
+            moment=None if meta["moment"] is None else pd.Timestamp(meta["moment"]),
+            available=items["_available"].to_numpy(dtype=bool),
+            baselines={name: load_model(folder / "baselines" / name) for name in meta["baselines"]},
+            config=PipelineConfig.model_validate(meta["config"]),
+            encoder=(
+                TrainedTwoTower.load(folder / "encoder") if (folder / "encoder").is_dir() else None
+            ),
+            index=None if index_folder is None else AnnIndex.load(index_folder),
+            _index_folder=index_folder,
+        )
