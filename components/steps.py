@@ -14,6 +14,7 @@ from components.config import EvaluationConfig, ModelConfig, PipelineConfig, Spl
 from components.data.adapters import load_source
 from components.data.snapshot import read_tables, snapshot_id_of, write_snapshot, write_tables
 from components.data.split import (
+    DataSplit,
     Stage,
     available_at,
     latest_moment,
@@ -23,8 +24,10 @@ from components.data.split import (
 )
 from components.data.validation import enforce_bad_share, validate_tables
 from components.evaluation.figures import FIGURE_FILES, render_figures
-from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
+from components.evaluation.protocol import Scorer, build_evaluation_task, evaluate_scorer
 from components.evaluation.suite import evaluate_models
+from components.ranking.model import TwoStageModel
+from components.ranking_steps import TWO_STAGE, retrieval_only
 from components.registry.bundle import BundleRecommender, build_bundle
 from components.retrieval.baselines import fit_baselines
 from components.retrieval.popularity import RecentPopularity
@@ -100,24 +103,37 @@ def fit(split_uri: str, config: ModelConfig, run_dir: Path) -> dict[str, Any]:
     return {"evaluation_model_uri": str(models / "evaluation"), "final_model_uri": str(final_uri)}
 
 
+def held_out_scorers(kind: str, model_uri: str, data: DataSplit) -> dict[str, Scorer]:
+    """The run's held-out model as "model"; a two-stage model also brings "retrieval_only"
+    (its candidates in fusion order), the comparison that tells what the ranker adds."""
+    if kind == TWO_STAGE:
+        two_stage = TwoStageModel.load(Path(model_uri))
+        return {"model": two_stage, "retrieval_only": retrieval_only(two_stage)}
+    return {"model": evaluation_scorer(kind, model_uri, data)}
+
+
 def evaluate(
     split_uri: str,
     evaluation_model_uri: str,
     config: EvaluationConfig,
     model: ModelConfig,
     run_dir: Path,
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """Score the model beside every baseline on the test window with the same code; write
     per-user metrics and figures to `run_dir/evaluation`. Valid metrics come from a model
-    fitted before the valid cut-off (for tuning; the test window is reported once)."""
+    fitted before the valid cut-off (for tuning; the test window is reported once).
+
+    `kind` is what `evaluation_model_uri` holds (default `model.kind`; "two_stage" for the
+    re-ranked model)."""
     data = read_split(Path(split_uri))
     scorers = {
-        "model": evaluation_scorer(model.kind, evaluation_model_uri, data),
+        **held_out_scorers(kind or model.kind, evaluation_model_uri, data),
         **fit_baselines(data.history("test"), config.baselines, data.test_cutoff),
     }
     suite = evaluate_models("model", scorers, data, "test", config)
     valid_metrics: dict[str, float] = {}
-    if model.kind == "recent_popularity":
+    if (kind or model.kind) == "recent_popularity":
         valid_model = RecentPopularity.fit(
             data.history("valid"), model.popularity, data.valid_cutoff
         )
@@ -170,7 +186,7 @@ def compare_with_champion(
         data = data.with_test_cutoff(start)
         base["window_start"] = start.isoformat()
     scorers = {
-        "challenger": evaluation_scorer(kind, evaluation_model_uri, data),
+        "challenger": held_out_scorers(kind, evaluation_model_uri, data)["model"],
         "champion": champion,
     }
     suite = evaluate_models("challenger", scorers, data, "test", config)
@@ -192,11 +208,14 @@ def bundle(
     run_dir: Path,
     encoder_uri: str | None = None,
     serving_index_uri: str | None = None,
+    two_stage_uri: str | None = None,
     **metadata: Any,
 ) -> dict[str, Any]:
     """Assemble the served bundle: the model, listings unsold at the end of the data, and
     each user's masked items (never re-recommend what they bought); for the two-tower
-    kind also the encoder, the serving index and each user's recent history."""
+    kind also the encoder, the serving index and each user's recent history; with a ranker
+    the two-stage model (retrieval stack, features, LightGBM booster) that ranks known
+    users."""
     data = read_split(Path(split_uri))
     items = data.tables.items
     interactions = data.serving_history()
@@ -225,6 +244,7 @@ def bundle(
             encoder_dir=None if encoder_uri is None else Path(encoder_uri),
             index_dir=None if serving_index_uri is None else Path(serving_index_uri),
             history=history,
+            two_stage_dir=None if two_stage_uri is None else Path(two_stage_uri),
         )
     return {"uri": str(target), "example_user_id": str(interactions["user_id"].iloc[-1])}
 

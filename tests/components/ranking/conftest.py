@@ -1,0 +1,36 @@
+"""A small synthetic marketplace split, and a pipeline config for it, shared by ranking tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.config import PipelineConfig, SplitConfig, SyntheticSourceConfig
+from components.data.split import DataSplit, split_tables
+from components.data.synthetic import generate_marketplace
+
+
+@pytest.fixture(scope="session")
+def small_split() -> DataSplit:
+    tables = generate_marketplace(SyntheticSourceConfig(n_users=400, n_days=28)).tables
+    return split_tables(tables, SplitConfig(valid_duration="5D", test_duration="5D"))
+
+
+@pytest.fixture(scope="session")
+def small_config() -> PipelineConfig:
+    return PipelineConfig.model_validate(
+        {
+            "name": "ranking-test",
+            "source": {"kind": "synthetic", "n_users": 400, "n_days": 28},
+            "split": {"valid_duration": "5D", "test_duration": "5D"},
+            "model": {
+                "candidates": {"per_source": 50, "n": 80},
+                "ranker": {
+                    "max_rounds": 60,
+                    "min_data_in_leaf": 20,
+                    "max_negatives": 40,
+                    "num_threads": 1,
+                },
+            },
+            "evaluation": {"ks": [10, 20], "bootstrap_resamples": 200},
+        }
+    )

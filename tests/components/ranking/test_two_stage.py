@@ -1,0 +1,141 @@
+"""The ranking stage end to end on a small synthetic marketplace: label-stage data, the
+LightGBM ranker, the assembled two-stage model, and the training/serving feature parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.config import PipelineConfig
+from components.data.split import DataSplit, write_split
+from components.evaluation.suite import evaluate_models
+from components.ranking.model import TwoStageModel
+from components.ranking.ranker import TrainedRanker
+from components.ranking_steps import (
+    assemble_two_stage,
+    build_ranking_data,
+    label_stage,
+    retrieval_only,
+    train_ranker_step,
+)
+from components.retrieval.stack import RetrievalStack
+
+
+@pytest.fixture(scope="module")
+def trained(
+    small_split: DataSplit, small_config: PipelineConfig, tmp_path_factory: pytest.TempPathFactory
+) -> dict:
+    run_dir = tmp_path_factory.mktemp("ranking-run")
+    write_split(small_split, run_dir / "split")
+    split_uri = str(run_dir / "split")
+    data = build_ranking_data(split_uri, None, small_config, run_dir)
+    ranker = train_ranker_step(data["uri"], small_config, run_dir)
+    model = assemble_two_stage(split_uri, None, None, ranker["uri"], small_config, run_dir)
+    return {
+        "run_dir": run_dir,
+        "split_uri": split_uri,
+        "data": data,
+        "ranker": ranker,
+        "model_uri": model["uri"],
+    }
+
+
+def test_label_data_sits_before_the_valid_window(trained: dict, small_split: DataSplit) -> None:
+    data = trained["data"]
+    assert data["label_moment"] == small_split.valid_cutoff.isoformat()
+    frame = pd.read_parquet(data["uri"])
+    assert data["rows"] == len(frame) and frame["label"].max() >= 1
+    # Labels are valid-window pairs only; no test-window pair is labelled.
+    labelled = frame[frame["label"] > 0][["user_id", "item_id"]]
+    valid_pairs = set(zip(small_split.valid["user_id"], small_split.valid["item_id"], strict=True))
+    assert all(pair in valid_pairs for pair in labelled.itertuples(index=False, name=None))
+
+
+def test_ranker_trains_with_early_stopping_and_reports_importance(trained: dict) -> None:
+    ranker = trained["ranker"]
+    assert 1 <= ranker["best_iteration"] <= 60
+    assert ranker["early_stopping_queries"] > 0 and ranker["fit_queries"] > 0
+    assert len(ranker["curves"]["early_stopping.ndcg@10"]) >= ranker["best_iteration"]
+    assert sum(ranker["importance"].values()) > 0
+
+
+def test_reranked_model_beats_retrieval_only_on_the_test_window(
+    trained: dict, small_split: DataSplit, small_config: PipelineConfig
+) -> None:
+    model = TwoStageModel.load(Path(trained["model_uri"]))
+    scorers = {"model": model, "retrieval_only": retrieval_only(model)}
+    suite = evaluate_models("model", scorers, small_split, "test", small_config.evaluation)
+    reranked = suite.model.metrics["ndcg@10"]
+    fusion = suite.baselines["retrieval_only"].metrics["ndcg@10"]
+    assert reranked > fusion > 0
+
+
+def test_served_features_equal_the_training_features(
+    trained: dict, small_split: DataSplit, small_config: PipelineConfig, tmp_path: Path
+) -> None:
+    """Parity: the same (user, item, moment) through the training path (label-stage parquet)
+    and through a saved-then-loaded two-stage model, as the served bundle loads it."""
+    stage = label_stage(small_split, small_config)
+    stack = RetrievalStack.fit(
+        stage.history, small_split.tables.items, stage.moment, stage.available, small_config
+    )
+    ranker = TrainedRanker.load(Path(trained["ranker"]["uri"]))
+    TwoStageModel.assemble(stack, ranker, small_config.model.ranker).save(tmp_path / "served")
+    served = TwoStageModel.load(tmp_path / "served")
+    training = pd.read_parquet(trained["data"]["uri"]).drop(columns=["label"])
+    users = sorted(training["user_id"].unique())[:25]
+    got = served.candidate_features(users)
+    want = training[training["user_id"].isin(users)]
+    keys = ["user_id", "item_id"]
+    got = got.sort_values(keys).reset_index(drop=True)
+    want = want.sort_values(keys).reset_index(drop=True)
+    assert len(got) == len(want) > 0
+    pd.testing.assert_frame_equal(got[want.columns], want, check_dtype=False)
+    np.testing.assert_allclose(ranker.predict(got), ranker.predict(want))
+
+
+def test_rank_returns_available_unbought_items_with_their_source(
+    trained: dict, small_split: DataSplit
+) -> None:
+    model = TwoStageModel.load(Path(trained["model_uri"]))
+    history = small_split.history("test")
+    buyers = history[history["event"] == "purchase"]["user_id"].unique()[:5].tolist()
+    ranked = model.rank(buyers, k=10)
+    assert ranked.groupby("user_id").size().max() <= 10
+    assert set(ranked["user_id"]) <= set(buyers)
+    purchases = history[history["event"] == "purchase"]
+    bought = set(zip(purchases["user_id"], purchases["item_id"], strict=True))
+    answered = zip(ranked["user_id"], ranked["item_id"], strict=True)
+    assert not any(pair in bought for pair in answered)
+    available = small_split.tables.items.loc[
+        small_split.available_items(small_split.test_cutoff).to_numpy(bool), "item_id"
+    ]
+    assert set(ranked["item_id"]) <= set(available.astype(str))
+    assert set(ranked["source"]) <= {"covisitation", "popularity", "category_popularity", "linear"}
+    for _, rows in ranked.groupby("user_id"):
+        assert rows["rank"].tolist() == list(range(1, len(rows) + 1))
+        assert rows["score"].is_monotonic_decreasing
+
+
+def test_training_is_deterministic(
+    trained: dict, small_config: PipelineConfig, tmp_path: Path
+) -> None:
+    again = train_ranker_step(trained["data"]["uri"], small_config, tmp_path)
+    frame = pd.read_parquet(trained["data"]["uri"]).head(500)
+    first = TrainedRanker.load(Path(trained["ranker"]["uri"])).predict(frame)
+    second = TrainedRanker.load(Path(again["uri"])).predict(frame)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_prediction_uses_the_trained_categories_whatever_the_callers_order(trained: dict) -> None:
+    ranker = TrainedRanker.load(Path(trained["ranker"]["uri"]))
+    frame = pd.read_parquet(trained["data"]["uri"]).head(300)
+    shuffled = frame.copy()
+    categories = list(frame["i_category"].cat.categories)
+    shuffled["i_category"] = pd.Categorical(
+        frame["i_category"].astype(object), categories=categories[::-1]
+    )
+    np.testing.assert_allclose(ranker.predict(shuffled), ranker.predict(frame))
