@@ -48,6 +48,9 @@ class RunReport(BaseModel):
     validation: dict[str, Any] = Field(default_factory=dict)
     model: ModelRef | None = None
     promoted: bool = False
+    #: The promotion gate's decision (promoted / rejected / forced), its checks with their
+    #: figures, and the fresh-process smoke result; null when the run stopped before it.
+    promotion: dict[str, Any] | None = None
     timings_s: dict[str, float] = Field(default_factory=dict)
     error: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)

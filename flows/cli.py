@@ -52,6 +52,15 @@ def retrain(
         list[str] | None,
         typer.Option("--set", help="Override a config value: --set source.n_users=500"),
     ] = None,
+    force_promote: Annotated[
+        bool,
+        typer.Option(
+            "--force-promote",
+            help="Make the new version champion even if the promotion gate says no "
+            "(recorded as `forced` on the version and in the report; a version that does "
+            "not load is never promoted)",
+        ),
+    ] = False,
 ) -> None:
     """Run the retrain flow and print a summary of the run report."""
     _prepare_environment()
@@ -67,7 +76,9 @@ def retrain(
     from flows.retrain import retrain as retrain_flow
 
     try:
-        result = retrain_flow(config_path=str(config), overrides=parsed)
+        result = retrain_flow(
+            config_path=str(config), overrides=parsed, force_promote=force_promote
+        )
     except Exception as error:
         errors.print(f"[red]retrain failed:[/red] {type(error).__name__}: {error}")
         raise typer.Exit(1) from error
@@ -83,6 +94,10 @@ def print_report(report: dict[str, Any]) -> None:
         f"registered {model.get('name')} v{model.get('version')} aliases {model.get('aliases')}"
         f" · promoted: {report['promoted']}"
     )
+    gate = report.get("promotion") or {}
+    if gate:
+        why = "; ".join(gate["reasons"]) or "every check passed"
+        console.print(f"promotion: {gate['decision']} ({why})")
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in report["timings_s"].items())
     console.print(f"timings: {timings}")
     console.print(f"report: {report['report_path']}")
@@ -213,12 +228,23 @@ def generate(
 
 @app.command()
 def recommend(
-    user_id: Annotated[str, typer.Option("--user-id", help="User to recommend for")],
+    user_id: Annotated[
+        str | None, typer.Option("--user-id", help="User to recommend for (omit: anonymous)")
+    ] = None,
+    recent_items: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--recent-item", help="An item the (anonymous) user just viewed; repeat for more"
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="An item never to return; repeatable")
+    ] = None,
     k: Annotated[int, typer.Option("--k", help="How many items")] = 10,
     model: Annotated[str, typer.Option(help="Registered model name")] = "rewear",
     alias: Annotated[str, typer.Option(help="Registry alias to load")] = "champion",
 ) -> None:
-    """Ask `models:/<model>@<alias>` for a user's top-k and print them."""
+    """Ask `models:/<model>@<alias>` for a user's (or a session's) top-k and print them."""
     settings = _prepare_environment()
     import mlflow
     import pandas as pd
@@ -226,6 +252,11 @@ def recommend(
 
     from components.registry.registration import model_uri
 
+    if user_id is None and not recent_items:
+        errors.print(
+            "[red]error:[/red] give --user-id, or --recent-item (repeatable) for an anonymous user"
+        )
+        raise typer.Exit(2)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     uri = model_uri(model, alias=alias)
@@ -237,27 +268,49 @@ def recommend(
             "Run `rewear retrain` first, or check REWEAR_HOME."
         )
         raise typer.Exit(1) from error
+    request: dict[str, Any] = {}
+    if user_id is not None:
+        request["user_id"] = [user_id]
+    if recent_items:
+        request["recent_item_ids"] = [list(recent_items)]
     try:
-        answer = loaded.predict(pd.DataFrame({"user_id": [user_id]}), params={"k": k})
-    except Exception as error:
-        errors.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from error
-    table = Table(title=f"{uri} — top {k} for user {user_id}")
-    for column in ("rank", "item_id", "title", "category", "price", "score", "source"):
-        table.add_column(
-            column, justify="right" if column in ("rank", "price", "score") else "left"
+        answer = loaded.predict(
+            pd.DataFrame(request), params={"k": k, "exclude_item_ids": list(exclude or [])}
         )
+    except Exception as error:
+        message = getattr(error, "message", None) or str(error)
+        errors.print(f"[red]error:[/red] {message}")
+        raise typer.Exit(2) from error
+    who = f"user {user_id}" if user_id is not None else "an anonymous session"
+    console.print(recommendation_table(answer, f"{uri} — top {k} for {who}"))
+
+
+def recommendation_table(answer: Any, title: str) -> Table:
+    """One row per recommended item: rank, item, title, category, price, score, source."""
+    import pandas as pd
+
+    table = Table(title=title)
+    for column, justify in (
+        ("rank", "right"),
+        ("item", "left"),
+        ("title", "left"),
+        ("category", "left"),
+        ("price", "right"),
+        ("score", "right"),
+        ("source", "left"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for row in answer.itertuples():
         table.add_row(
             str(row.rank),
             str(row.item_id),
-            str(row.title),
-            str(row.category),
+            "" if pd.isna(row.title) else str(row.title),
+            "" if pd.isna(row.category) else str(row.category),
             "" if pd.isna(row.price) else f"{row.price:.2f}",
             f"{row.score:.4f}",
             str(row.source),
         )
-    console.print(table)
+    return table
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -1,4 +1,5 @@
-"""The `retrain` flow: ingest -> validate -> snapshot -> split -> fit -> evaluate -> register.
+"""The `retrain` flow: ingest -> validate -> snapshot -> split -> fit -> evaluate -> register
+-> promote.
 
 Tasks are thin wrappers over `components.steps`; they pass URIs and content ids, never
 DataFrames. A failed run writes its report with the error and never touches `champion`.
@@ -18,12 +19,14 @@ from prefect.cache_policies import NO_CACHE
 from components import retrieval_steps, steps
 from components.config import PipelineConfig, config_hash, load_config
 from components.evaluation.summary import summary_markdown, summary_rows
+from components.registry import promotion
 from components.registry.registration import (
     CHAMPION,
     download_alias_bundle,
     git_commit,
     log_and_register,
     mlflow_key,
+    version_aliases,
 )
 from components.registry.tracking import configure_mlflow
 from components.report import ModelRef, RunReport
@@ -159,15 +162,47 @@ def register_task(
         "name": registered.name,
         "version": registered.version,
         "aliases": registered.aliases,
-        "promoted": registered.promoted,
+        "bundle_uri": built["uri"],
+        "example_user_id": built["example_user_id"],
     }
+
+
+@task(**task_options)
+def promote_task(
+    registered: dict[str, Any],
+    comparison: dict[str, Any] | None,
+    metrics: dict[str, float],
+    config: PipelineConfig,
+    force: bool = False,
+) -> dict[str, Any]:
+    """The promotion gate: fresh-process smoke test, decision, tags, then `champion`."""
+    settings = RewearSettings()
+    client, _ = configure_mlflow(settings, config.registry.experiment)
+    name, version = registered["name"], registered["version"]
+    decision = promotion.run_gate(
+        client,
+        settings.tracking_uri,
+        name,
+        version,
+        Path(registered["bundle_uri"]),
+        registered["example_user_id"],
+        comparison,
+        metrics,
+        config.registry.promotion,
+        force,
+    )
+    return {**decision.to_dict(), "aliases": version_aliases(client, name, version)}
 
 
 @flow(name="retrain", log_prints=True)
 def retrain(
-    config_path: str = "configs/synthetic.yaml", overrides: dict[str, Any] | None = None
+    config_path: str = "configs/synthetic.yaml",
+    overrides: dict[str, Any] | None = None,
+    force_promote: bool = False,
 ) -> dict[str, Any]:
-    """Retrain, evaluate and register the recommender described by `config_path`."""
+    """Retrain, evaluate and register the recommender described by `config_path`; the
+    promotion gate decides whether it becomes `champion` (`force_promote`: it does unless
+    it fails to load and answer, recorded as `forced`)."""
     settings = RewearSettings().ensure()
     config = load_config(config_path, overrides)
     client, experiment_id = configure_mlflow(settings, config.registry.experiment)
@@ -266,7 +301,12 @@ def retrain(
         report.model = ModelRef(
             name=registered["name"], version=registered["version"], aliases=registered["aliases"]
         )
-        report.promoted = registered["promoted"]
+        with _timed(report, "promote"):
+            report.promotion = promote_task(
+                registered, report.champion_comparison, report.metrics, config, force_promote
+            )
+        report.model.aliases = report.promotion.pop("aliases")
+        report.promoted = report.promotion["promoted"]
         report.status = "completed"
     except BaseException as error:
         report.status = "failed"
@@ -285,9 +325,11 @@ def retrain(
     return {**report.model_dump(mode="json"), "report_path": str(report_path)}
 
 
-def retrain_from_file(config_path: str | Path, overrides: dict[str, Any] | None = None) -> dict:
+def retrain_from_file(
+    config_path: str | Path, overrides: dict[str, Any] | None = None, force_promote: bool = False
+) -> dict:
     """Run the flow (for the CLI and tests)."""
-    return retrain(config_path=str(config_path), overrides=overrides)
+    return retrain(config_path=str(config_path), overrides=overrides, force_promote=force_promote)
 
 
 def _log_metrics(client: Any, run_id: str, report: RunReport) -> None:

@@ -68,7 +68,11 @@ class TrainedRanker:
             features = features.assign(**{name: np.nan for name in missing})
         frame = features[self.feature_names].copy()
         for name, vocabulary in self.categories.items():
-            frame[name] = pd.Categorical(frame[name].astype(object), categories=vocabulary)
+            if name in frame:
+                frame[name] = pd.Categorical(frame[name].astype(object), categories=vocabulary)
+        if not self.booster.pandas_categorical:
+            # Trained on integer codes (the Dask path): the same vocabularies, as codes.
+            frame = categorical_codes(frame, self.categories)
         return self.booster.predict(frame, num_iteration=self.best_iteration or None)
 
     def importance(self) -> dict[str, float]:
@@ -105,6 +109,18 @@ class TrainedRanker:
             curves=meta.get("curves", {}),
             training_s=float(meta.get("training_s", 0.0)),
         )
+
+
+def categorical_codes(frame: pd.DataFrame, categories: dict[str, list[str]]) -> pd.DataFrame:
+    """Categorical columns as float codes in the given vocabularies (NaN: unknown)."""
+    frame = frame.copy()
+    for name, vocabulary in categories.items():
+        if name in frame:
+            values = pd.Categorical(frame[name].astype(object), categories=vocabulary)
+            codes = values.codes.astype(float)
+            codes[codes < 0] = np.nan
+            frame[name] = codes
+    return frame
 
 
 def _dataset(

@@ -6,6 +6,12 @@ state_dict + vocabularies, the Annoy index over available listings and the users
 histories); `BundleRecommender` loads it and answers "top-K available items for this user".
 The MLflow pyfunc wraps the same class, so offline checks, the CLI and the HTTP server all
 run one implementation.
+
+A request row names a known user (`user_id`), an anonymous or session user (the
+`recent_item_ids` they just viewed), or both. Unknown users without a session get popular
+available listings; a session without a two-tower encoder gets popular listings in the
+session's categories first. Sold, unavailable, already bought, session and explicitly
+excluded items are never returned.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,15 +32,43 @@ BUNDLE_FORMAT = 1
 POPULARITY_SOURCE = "recent_popularity"
 FALLBACK_SOURCE = "popularity_fallback"
 TWO_TOWER_SOURCE = "two_tower"
+#: Anonymous sessions without an encoder: popular listings in the session's categories.
+SESSION_POPULARITY_SOURCE = "session_popularity"
 MAX_K = 1000
+#: Request limits: rows per request, item ids per session, excluded item ids.
+MAX_ROWS = 1000
+MAX_RECENT_ITEMS = 500
+MAX_EXCLUDED_ITEMS = 10_000
+#: The synthetic user id an anonymous session is encoded under (never a real id: NUL).
+SESSION_USER = "\x00session"
+SESSION_EVENT = "view"
 ITEM_DISPLAY_COLUMNS = ("title", "category", "price")
-OUTPUT_COLUMNS = ("user_id", "rank", "item_id", "score", "source", *ITEM_DISPLAY_COLUMNS)
+#: `request` is the 0-based row of the request each answer belongs to (anonymous rows
+#: have no user_id to match on).
+OUTPUT_COLUMNS = (
+    "user_id",
+    "rank",
+    "item_id",
+    "score",
+    "source",
+    *ITEM_DISPLAY_COLUMNS,
+    "request",
+)
 #: Extra neighbours asked of the index beyond k and the user's masked items.
 ANN_MARGIN = 20
+TWO_STAGE_DIR = "two_stage"
 
 
 class RequestError(ValueError):
     """A caller's request is malformed; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class RecommendationRequest:
+    """One request row: a known user, an anonymous session (recent item ids), or both."""
+
+    user_id: str | None
+    recent_item_ids: tuple[str, ...] = ()
 
 
 def build_bundle(
@@ -47,6 +82,7 @@ def build_bundle(
     encoder_dir: Path | None = None,
     index_dir: Path | None = None,
     history: pd.DataFrame | None = None,
+    two_stage_dir: Path | None = None,
 ) -> None:
     """Write the bundle into `folder` (the caller makes it atomic).
 
@@ -69,7 +105,18 @@ def build_bundle(
         shutil.copytree(encoder_dir, folder / "encoder")
         shutil.copytree(index_dir, folder / "index")
         history.to_parquet(folder / "history.parquet", index=False)
-    write_json(folder / "bundle.json", {"format": BUNDLE_FORMAT, "model_kind": kind, **metadata})
+    if two_stage_dir is not None:
+        # Retrieval stack + features + LightGBM booster: ranks the users it has history for.
+        shutil.copytree(two_stage_dir, folder / TWO_STAGE_DIR)
+    write_json(
+        folder / "bundle.json",
+        {
+            "format": BUNDLE_FORMAT,
+            "model_kind": kind,
+            "ranker": two_stage_dir is not None,
+            **metadata,
+        },
+    )
 
 
 @dataclass
@@ -96,6 +143,22 @@ class BundleRecommender:
     exclusions: dict[str, np.ndarray]
     metadata: dict[str, object]
     retrieval: _Retrieval | None = None
+    #: The two-stage model (components.ranking.model.TwoStageModel) when the bundle has one.
+    two_stage: Any = None
+    #: Request-side lookups built once at load: catalogue position of each item id,
+    #: popularity per catalogue row, category code per row (-1: none).
+    positions: pd.Index = field(init=False, repr=False)
+    popularity: np.ndarray = field(init=False, repr=False)
+    category_codes: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.positions = pd.Index(self.item_ids)
+        self.popularity = self.model.item_scores(self.item_ids).astype(np.float64)
+        categories = self.catalogue.get("category")
+        if categories is None:
+            self.category_codes = np.full(len(self.item_ids), -1, dtype=np.int64)
+        else:
+            self.category_codes = pd.factorize(categories.astype("object"))[0]
 
     @classmethod
     def load(cls, folder: Path) -> BundleRecommender:
@@ -126,6 +189,7 @@ class BundleRecommender:
             exclusions=exclusions,
             metadata=metadata,
             retrieval=retrieval,
+            two_stage=_load_two_stage(folder),
         )
 
     @property
@@ -143,6 +207,8 @@ class BundleRecommender:
         """The `Scorer` protocol, so offline evaluation scores the served model itself;
         the evaluation protocol applies its own availability and history masks. Users
         without history get the popularity fallback, as in `recommend`."""
+        if self.two_stage is not None:
+            return self.two_stage.score(user_ids, item_ids)
         popularity = np.array(self.model.score(user_ids, item_ids), dtype=np.float32)
         if self.retrieval is None:
             return popularity
@@ -158,37 +224,147 @@ class BundleRecommender:
 
     def recommend(
         self,
-        user_ids: Sequence[str],
-        k: int = 20,
-        exclude_item_ids: Sequence[str] = (),
+        user_ids: Sequence[object] | None,
+        k: object = 20,
+        exclude_item_ids: object = (),
+        recent_item_ids: Sequence[object] | None = None,
     ) -> pd.DataFrame:
-        """Ranked rows (user_id, rank, item_id, score, source, title, category, price)."""
+        """Ranked rows (user_id, rank, item_id, score, source, title, category, price,
+        request) for each request row.
+
+        Row i asks for `user_ids[i]` (None: anonymous) with the session `recent_item_ids[i]`
+        (None or empty: none). `exclude_item_ids` are never returned to any row. Raises
+        `RequestError` naming the field and the fix when the request is malformed.
+        """
         k = validate_k(k)
-        if len(user_ids) == 0:
-            raise RequestError("no user_id given: send at least one row with a user_id")
-        for user_id in user_ids:
-            if user_id is None or (isinstance(user_id, float) and np.isnan(user_id)):
-                raise RequestError("user_id is missing in a request row: send a string id")
-        blocked = ~self.available.copy()
-        request_blocked = pd.Index(self.item_ids).get_indexer(list(exclude_item_ids))
-        blocked[request_blocked[request_blocked >= 0]] = True
-        popularity = self.model.item_scores(self.item_ids).astype(np.float64)
-        vectors = self._user_vectors([str(user) for user in user_ids])
+        requests = parse_requests(user_ids, recent_item_ids)
+        excluded = validate_item_ids(exclude_item_ids, "exclude_item_ids", MAX_EXCLUDED_ITEMS)
+        blocked = ~self.available
+        rows = self.positions.get_indexer(list(excluded))
+        blocked[rows[rows >= 0]] = True
+        vectors = self._request_vectors(requests)
         frames = []
-        for row, user_id in enumerate(user_ids):
+        for row, request in enumerate(requests):
             user_blocked = blocked.copy()
-            masked = self.exclusions.get(str(user_id))
+            masked = None if request.user_id is None else self.exclusions.get(request.user_id)
             if masked is not None:
                 user_blocked[masked[masked >= 0]] = True
-            order, scores, sources = self._rank_one(vectors.get(row), k, user_blocked, popularity)
+            session = self._session_rows(request)
+            user_blocked[session] = True
+            vector = vectors.get(row)
+            if self._ranks_two_stage(request):
+                order, scores, sources = self._rank_two_stage(request.user_id, k, user_blocked)  # type: ignore[arg-type]
+            elif vector is None and len(session):
+                order, scores, sources = self._rank_in_context(session, k, user_blocked)
+            else:
+                order, scores, sources = self._rank_one(vector, k, user_blocked, self.popularity)
             frame = self.item_details.iloc[order].reset_index(drop=True)
             frame.insert(0, "source", sources)
             frame.insert(0, "score", scores)
             frame.insert(0, "item_id", self.item_ids[order])
             frame.insert(0, "rank", np.arange(1, len(order) + 1))
-            frame.insert(0, "user_id", str(user_id))
+            frame.insert(0, "user_id", request.user_id)
+            frame["request"] = row
             frames.append(frame)
         return pd.concat(frames, ignore_index=True)[list(OUTPUT_COLUMNS)]
+
+    def _ranks_two_stage(self, request: RecommendationRequest) -> bool:
+        """The ranker answers known users without a session (sessions and unknown users
+        take the retrieval paths below)."""
+        return (
+            self.two_stage is not None
+            and request.user_id is not None
+            and not request.recent_item_ids
+            and request.user_id in self.two_stage.features.users.index
+        )
+
+    def _rank_two_stage(
+        self, user_id: str, k: int, blocked: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The ranker's order of the user's candidates; popularity fills what is left."""
+        ranked = self.two_stage.rank([user_id])
+        rows = self.positions.get_indexer(ranked["item_id"].astype(str))
+        usable = (rows >= 0) & ~blocked[np.maximum(rows, 0)]
+        order = rows[usable][:k]
+        scores = ranked["score"].to_numpy(dtype=np.float64)[usable][:k]
+        sources = [str(source) for source in ranked["source"].to_numpy()[usable][:k]]
+        if len(order) < k:
+            rest = blocked.copy()
+            rest[order] = True
+            fill, fill_scores, fill_sources = self._rank_one(
+                None, k - len(order), rest, self.popularity
+            )
+            order = np.concatenate([order, fill])
+            scores = np.concatenate([scores, fill_scores])
+            sources += [FALLBACK_SOURCE] * len(fill_sources)
+        return order, scores, sources
+
+    def _session_rows(self, request: RecommendationRequest) -> np.ndarray:
+        """Catalogue rows of the session's items (ids the bundle does not know are skipped:
+        a session may hold listings newer than the bundle)."""
+        if not request.recent_item_ids:
+            return np.empty(0, dtype=np.int64)
+        rows = self.positions.get_indexer(list(request.recent_item_ids))
+        return rows[rows >= 0]
+
+    def _rank_in_context(
+        self, session: np.ndarray, k: int, blocked: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Popular listings in the session's categories first, then popular ones overall."""
+        categories = np.unique(self.category_codes[session])
+        in_context = np.isin(self.category_codes, categories[categories >= 0])
+        lifted = self.popularity + in_context * (self.popularity.max(initial=0.0) + 1.0)
+        order, _, sources = self._rank_one(None, k, blocked, lifted)
+        sources = [
+            SESSION_POPULARITY_SOURCE if in_context[row] else source
+            for row, source in zip(order, sources, strict=True)
+        ]
+        return order, self.popularity[order], sources
+
+    def _request_vectors(self, requests: list[RecommendationRequest]) -> dict[int, np.ndarray]:
+        """User-tower vectors per request row (row -> vector); rows without one get none.
+
+        A session is pooled by the user tower like a history; a known user with a session
+        gets the normalised mean of the two vectors (long-term taste and current intent)."""
+        if self.retrieval is None:
+            return {}
+        users = [request.user_id or "" for request in requests]
+        vectors = self._user_vectors(users)
+        for row, request in enumerate(requests):
+            session = self._session_vector(request.recent_item_ids)
+            if session is None:
+                continue
+            known = vectors.get(row)
+            if known is not None:
+                session = session + known
+                session = session / max(float(np.linalg.norm(session)), 1e-12)
+            vectors[row] = session.astype(np.float32)
+        return vectors
+
+    def _session_vector(self, recent_item_ids: tuple[str, ...]) -> np.ndarray | None:
+        retrieval = self.retrieval
+        if retrieval is None or not recent_item_ids:
+            return None
+        known = [item for item in recent_item_ids if item in self.positions]
+        if not known:
+            return None
+        stamps: pd.Series = pd.Series(pd.NaT, index=range(len(known)), dtype="datetime64[ns, UTC]")
+        if retrieval.as_of is not None:
+            # Oldest first, the last viewed item just before the bundle's as-of moment.
+            offsets = pd.to_timedelta(np.arange(len(known), 0, -1), unit="us")
+            stamps = pd.Series(retrieval.as_of - offsets)
+        session = pd.DataFrame(
+            {
+                "user_id": SESSION_USER,
+                "item_id": pd.Series(known, dtype="string"),
+                "ts": stamps,
+                "event": SESSION_EVENT,
+                "weight": 1.0,
+            }
+        )
+        items = self.catalogue.iloc[self.positions.get_indexer(known)].drop(columns="available")
+        encoder = retrieval.trained.user_encoder(session, retrieval.as_of, items)  # type: ignore[attr-defined]
+        return encoder.encode([SESSION_USER])[0]
 
     def _rank_one(
         self,
@@ -207,7 +383,7 @@ class BundleRecommender:
             positions = found.positions[0]
             keep = positions >= 0
             ids = index.ids_at(positions[keep])  # type: ignore[attr-defined]
-            rows = pd.Index(self.item_ids).get_indexer(ids)
+            rows = self.positions.get_indexer(ids)
             usable = (rows >= 0) & ~blocked[np.maximum(rows, 0)]
             order = rows[usable][:k]
             scores = found.scores[0][keep][usable][:k].astype(np.float64)
@@ -269,9 +445,93 @@ def _load_retrieval(
     )
 
 
+def _load_two_stage(folder: Path) -> Any:
+    if not (folder / TWO_STAGE_DIR).is_dir():
+        return None
+    from components.ranking.model import TwoStageModel
+
+    return TwoStageModel.load(folder / TWO_STAGE_DIR)
+
+
 def validate_k(k: object) -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer):
         raise RequestError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
     if not 1 <= int(k) <= MAX_K:
         raise RequestError(f"k must be between 1 and {MAX_K}, got {k}")
     return int(k)
+
+
+def parse_requests(
+    user_ids: Sequence[object] | None, recent_item_ids: Sequence[object] | None = None
+) -> list[RecommendationRequest]:
+    """Request rows from the `user_id` and `recent_item_ids` columns (either may be absent).
+
+    Every row needs a user id (a non-empty string) or a non-empty list of recent item ids."""
+    if (
+        user_ids is not None
+        and recent_item_ids is not None
+        and len(user_ids) != len(recent_item_ids)
+    ):
+        raise RequestError(
+            f"user_id has {len(user_ids)} rows but recent_item_ids {len(recent_item_ids)}: "
+            "send one value of each per row (null where a row has none)"
+        )
+    n_rows = len(user_ids if user_ids is not None else recent_item_ids or ())
+    if n_rows == 0:
+        raise RequestError(
+            "the request has no rows: send one row per user with a `user_id` (string) or, "
+            "for an anonymous user, `recent_item_ids` (a list of item id strings)"
+        )
+    if n_rows > MAX_ROWS:
+        raise RequestError(f"the request has {n_rows} rows; send at most {MAX_ROWS} per call")
+    requests = []
+    for row in range(n_rows):
+        user = None if user_ids is None else _user_id(user_ids[row], row)
+        recent: tuple[str, ...] = ()
+        if recent_item_ids is not None:
+            recent = validate_item_ids(
+                recent_item_ids[row], f"recent_item_ids (row {row})", MAX_RECENT_ITEMS
+            )
+        if user is None and not recent:
+            raise RequestError(
+                f"row {row} has no user_id and no recent_item_ids: send a user_id string, or "
+                "the ids of the items an anonymous user just viewed as recent_item_ids"
+            )
+        requests.append(RecommendationRequest(user, recent))
+    return requests
+
+
+def validate_item_ids(value: object, name: str, limit: int) -> tuple[str, ...]:
+    """A list of item id strings (null: empty); a bare string is refused, not split."""
+    if _is_missing(value):
+        return ()
+    if isinstance(value, str) or not isinstance(value, Sequence | np.ndarray):
+        raise RequestError(
+            f'{name} must be a list of item id strings, got {value!r}; e.g. ["i1", "i2"]'
+        )
+    items = tuple(value)
+    if len(items) > limit:
+        raise RequestError(f"{name} has {len(items)} item ids; send at most {limit}")
+    bad = [item for item in items if not isinstance(item, str) or not item]
+    if bad:
+        raise RequestError(
+            f"{name} must hold non-empty item id strings, got {bad[0]!r}; send ids as strings"
+        )
+    return items
+
+
+def _user_id(value: object, row: int) -> str | None:
+    if _is_missing(value):
+        return None
+    if not isinstance(value, str) or not value:
+        raise RequestError(
+            f"user_id in row {row} must be a non-empty string, got {value!r}; send ids as "
+            'strings (e.g. "u000042")'
+        )
+    return value
+
+
+def _is_missing(value: object) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    return isinstance(value, float) and np.isnan(value)

@@ -1,4 +1,11 @@
-"""The MLflow pyfunc around `BundleRecommender`: request parsing and the signature."""
+"""The MLflow pyfunc around `BundleRecommender`: request parsing and the signature.
+
+Request (`dataframe_records`): one row per user, `{"user_id": "u42"}`, or for an anonymous
+or session user `{"recent_item_ids": ["i1", "i2"]}` (both may be given). Params: `k`
+(1..MAX_K, default 20) and `exclude_item_ids` (never returned to any row). A malformed
+request raises an `MlflowException` with INVALID_PARAMETER_VALUE, which `mlflow models
+serve` answers with HTTP 400 and the message, and keeps serving.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +13,21 @@ from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from components.registry.bundle import BundleRecommender, RequestError
 
 BUNDLE_ARTIFACT = "bundle"
 DEFAULT_K = 20
+USER_COLUMN = "user_id"
+SESSION_COLUMN = "recent_item_ids"
 
 
 class RewearPyfunc(mlflow.pyfunc.PythonModel):
-    """Input: rows with a `user_id`. Params: `k`. Output: ranked items per user."""
+    """Input: rows with `user_id` and/or `recent_item_ids`. Params: `k`, `exclude_item_ids`.
+    Output: ranked items per row (`request` is the row)."""
 
     def load_context(self, context: Any) -> None:
         self.recommender = BundleRecommender.load(context.artifacts[BUNDLE_ARTIFACT])
@@ -24,19 +35,39 @@ class RewearPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         """Hints are left off on purpose: MLflow would derive a second, looser signature."""
         params = params or {}
-        if not isinstance(model_input, pd.DataFrame) or "user_id" not in model_input.columns:
-            raise RequestError("the request needs a `user_id` column (one row per user)")
-        return self.recommender.recommend(
-            list(model_input["user_id"]), k=params.get("k", DEFAULT_K)
-        )
+        try:
+            if not isinstance(model_input, pd.DataFrame) or not (
+                {USER_COLUMN, SESSION_COLUMN} & set(model_input.columns)
+            ):
+                raise RequestError(
+                    f"the request needs a `{USER_COLUMN}` column (one row per user, a string "
+                    f"id) or, for anonymous users, `{SESSION_COLUMN}` (a list of item ids)"
+                )
+            return self.recommender.recommend(
+                _column(model_input, USER_COLUMN),
+                k=params.get("k", DEFAULT_K),
+                exclude_item_ids=params.get("exclude_item_ids") or (),
+                recent_item_ids=_column(model_input, SESSION_COLUMN),
+            )
+        except RequestError as error:
+            raise MlflowException.invalid_parameter_value(str(error)) from error
+
+
+def _column(frame: pd.DataFrame, name: str) -> list[object] | None:
+    return frame[name].tolist() if name in frame.columns else None
 
 
 def model_signature() -> ModelSignature:
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "user_id")]),
+        inputs=Schema(
+            [
+                ColSpec("string", USER_COLUMN, required=False),
+                ColSpec(Array("string"), SESSION_COLUMN, required=False),
+            ]
+        ),
         outputs=Schema(
             [
-                ColSpec("string", "user_id"),
+                ColSpec("string", "user_id", required=False),
                 ColSpec("long", "rank"),
                 ColSpec("string", "item_id"),
                 ColSpec("double", "score"),
@@ -44,7 +75,13 @@ def model_signature() -> ModelSignature:
                 ColSpec("string", "title", required=False),
                 ColSpec("string", "category", required=False),
                 ColSpec("double", "price", required=False),
+                ColSpec("long", "request"),
             ]
         ),
-        params=ParamSchema([ParamSpec("k", "long", DEFAULT_K)]),
+        params=ParamSchema(
+            [
+                ParamSpec("k", "long", DEFAULT_K),
+                ParamSpec("exclude_item_ids", "string", [], shape=(-1,)),
+            ]
+        ),
     )

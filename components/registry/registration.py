@@ -15,6 +15,8 @@ from components.registry.pyfunc import BUNDLE_ARTIFACT, model_signature
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+#: Version tag naming the MLflow run that logged the version (its lineage parent).
+PARENT_RUN_TAG = "parent_run_id"
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 COMPONENTS_DIR = Path(__file__).resolve().parents[1]
 SERVING_REQUIREMENTS = [
@@ -47,7 +49,6 @@ class RegisteredVersion:
     name: str
     version: int
     aliases: list[str]
-    promoted: bool
 
 
 def log_and_register(
@@ -58,10 +59,12 @@ def log_and_register(
     tags: dict[str, str],
     example_user_id: str | None = None,
 ) -> RegisteredVersion:
-    """Log the bundle as a pyfunc under `run_id`, register a new version, tag it, and alias it.
+    """Log the bundle as a pyfunc under `run_id`, register a new version, tag it, and alias it
+    `challenger`.
 
-    Every version becomes `challenger`. `champion` is only set here when the model has none
-    yet; moving an existing champion is the promotion gate's job.
+    `champion` is never set here, not even for a model's first version: only the promotion
+    gate (components.registry.promotion) moves it, after its checks. `parent_run_id` (the
+    MLflow run that logged the bundle) is added to `tags`.
     """
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
@@ -86,16 +89,16 @@ def log_and_register(
         model_name,
         source=info.model_uri,
         run_id=run_id,
-        tags={key: str(value) for key, value in tags.items()},
+        tags={**{key: str(value) for key, value in tags.items()}, PARENT_RUN_TAG: run_id},
         await_creation_for=60,
     )
     version = int(created.version)
     client.set_registered_model_alias(model_name, CHALLENGER, str(version))
-    promoted = current_alias_version(client, model_name, CHAMPION) is None
-    if promoted:
-        client.set_registered_model_alias(model_name, CHAMPION, str(version))
-    aliases = sorted(client.get_model_version(model_name, str(version)).aliases)
-    return RegisteredVersion(model_name, version, aliases, promoted)
+    return RegisteredVersion(model_name, version, version_aliases(client, model_name, version))
+
+
+def version_aliases(client: MlflowClient, model_name: str, version: int) -> list[str]:
+    return sorted(client.get_model_version(model_name, str(version)).aliases)
 
 
 def current_alias_version(client: MlflowClient, model_name: str, alias: str) -> int | None:

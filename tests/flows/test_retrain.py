@@ -52,6 +52,7 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
         "compare_with_champion",
         "generate_candidates",
         "register",
+        "promote",
     }
     assert (rewear_home / "snapshots" / first["snapshot_id"] / "manifest.json").is_file()
 
@@ -102,6 +103,10 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
     assert second["champion_comparison"]["champion_version"] == 1
     assert second["champion_comparison"]["comparable"] is False
     assert "no interaction after" in second["champion_comparison"]["reason"]
+    # The gate: the first version had nothing to beat; the second cannot be compared.
+    assert first["promotion"]["decision"] == "promoted"
+    assert second["promotion"]["decision"] == "rejected"
+    assert any("not comparable with champion v1" in r for r in second["promotion"]["reasons"])
 
     client = _client()
     champion = client.get_model_version_by_alias("rewear", "champion")

@@ -1,0 +1,224 @@
+"""Serving latency: single-request p50 / p99 of the registered pyfunc, in-process and behind
+`mlflow models serve`, for k = 20.
+
+    .venv/bin/python bench/serving.py                     # ml-1m-lcfn, two-tower bundle
+    .venv/bin/python bench/serving.py --model-uri models:/rewear@champion   # an existing one
+    .venv/bin/python bench/serving.py --set model.two_tower.max_epochs=1 --requests 2000
+
+Without `--model-uri` it builds the served bundle with the retrain flow's own steps (ingest,
+validate, snapshot, split, fit, train_encoder, build_index, bundle; no evaluation) and
+registers it in a registry of its own under `$REWEAR_HOME/bench/serving`, so the user's
+registry and champion are untouched. One request = one user (a known user drawn at random
+from the bundle, or an anonymous session of 5 recent listings), sent one after another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from components import retrieval_steps, steps  # noqa: E402
+from components.config import load_config  # noqa: E402
+from components.registry.registration import git_commit, log_and_register  # noqa: E402
+from components.registry.serving import model_server  # noqa: E402
+from components.registry.tracking import configure_mlflow  # noqa: E402
+from components.settings import RewearSettings  # noqa: E402
+
+K = 20
+SESSION_LENGTH = 5
+
+
+def build_and_register(config_path: Path, overrides: dict[str, Any], home: Path) -> str:
+    """Train the bundle with the flow's steps, register it in `home`; its models:/ URI."""
+    config = load_config(config_path, overrides)
+    settings = RewearSettings(home=home).ensure()
+    client, experiment_id = configure_mlflow(settings, "bench-serving")
+    run_id = client.create_run(experiment_id, run_name=f"bench-serving-{config.name}").info.run_id
+    run_dir = settings.runs / run_id
+    started = time.perf_counter()
+    raw = steps.ingest(config, run_dir)
+    validated = steps.validate(raw["uri"], config, run_dir)
+    snap = steps.snapshot(validated["uri"], settings.snapshots)
+    split = steps.split(snap["uri"], config.split, run_dir)
+    fitted = steps.fit(split["uri"], config.model, run_dir)
+    encoder_uri = index_uri = None
+    if config.model.kind == retrieval_steps.TWO_TOWER:
+        encoder = retrieval_steps.train_encoder(
+            split["uri"], config.model, config.evaluation, run_dir
+        )
+        encoder_uri = encoder["uri"]
+        index_uri = retrieval_steps.build_indexes(split["uri"], encoder_uri, config, run_dir)[
+            "serving_index_uri"
+        ]
+    built = steps.bundle(
+        split["uri"],
+        fitted["final_model_uri"],
+        config,
+        run_dir,
+        encoder_uri,
+        index_uri,
+        snapshot_id=snap["snapshot_id"],
+    )
+    tags = {
+        "snapshot_id": snap["snapshot_id"],
+        "git_commit": git_commit(),
+        "config_hash": "bench",
+        "dataset": config.name,
+    }
+    registered = log_and_register(
+        client, run_id, Path(built["uri"]), "rewear-bench", tags, built["example_user_id"]
+    )
+    client.set_terminated(run_id, "FINISHED")
+    print(
+        f"built and registered rewear-bench v{registered.version} ({config.model.kind}) in "
+        f"{time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+    return f"models:/rewear-bench/{registered.version}"
+
+
+def percentiles(latencies_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies_ms)
+    return {
+        "requests": len(ordered),
+        "p50_ms": statistics.median(ordered),
+        "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "max_ms": ordered[-1],
+    }
+
+
+def timed(call: Callable[[dict[str, Any]], object], rows: list[dict[str, Any]]) -> list[float]:
+    latencies = []
+    for row in rows:
+        started = time.perf_counter()
+        call(row)
+        latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
+
+
+def request_rows(recommender: Any, n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """`n` known-user rows and `n` anonymous-session rows, drawn at random."""
+    rng = random.Random(seed)
+    if recommender.retrieval is not None:
+        users = sorted(recommender.retrieval.known_users)
+    else:
+        users = sorted(recommender.exclusions)
+    on_sale = recommender.available
+    available = [str(i) for i, ok in zip(recommender.item_ids, on_sale, strict=True) if ok]
+    known = [{"user_id": rng.choice(users)} for _ in range(n)]
+    sessions = [{"recent_item_ids": rng.sample(available, SESSION_LENGTH)} for _ in range(n)]
+    return known, sessions
+
+
+def bench_in_process(model: Any, rows: list[dict], warmup: int) -> dict[str, float]:
+    def ask(row: dict[str, Any]) -> object:
+        return model.predict(pd.DataFrame([row]), params={"k": K})
+
+    timed(ask, rows[:warmup])
+    return percentiles(timed(ask, rows))
+
+
+def bench_http(base_url: str, rows: list[dict], warmup: int) -> dict[str, float]:
+    address = urlparse(base_url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    headers = {"Content-Type": "application/json"}
+
+    def ask(row: dict[str, Any]) -> object:
+        body = json.dumps({"dataframe_records": [row], "params": {"k": K}})
+        connection.request("POST", "/invocations", body=body, headers=headers)
+        response = connection.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {payload[:300]!r}")
+        return payload
+
+    try:
+        timed(ask, rows[:warmup])
+        return percentiles(timed(ask, rows))
+    finally:
+        connection.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "ml-1m-lcfn.yaml")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="config override key=value (default adds model.kind=two_tower)",
+    )
+    parser.add_argument("--model-uri", help="bench this registered model instead of training")
+    parser.add_argument("--home", type=Path, help="REWEAR_HOME of --model-uri (default: env)")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--http-requests", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    settings = RewearSettings() if args.home is None else RewearSettings(home=args.home)
+    model_uri = args.model_uri
+    if model_uri is None:
+        overrides: dict[str, Any] = {"model.kind": "two_tower"}
+        for item in args.overrides:
+            key, _, value = item.partition("=")
+            overrides[key] = yaml.safe_load(value)
+        settings = RewearSettings(home=settings.home / "bench" / "serving")
+        model_uri = build_and_register(args.config, overrides, settings.home)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+
+    started = time.perf_counter()
+    model = mlflow.pyfunc.load_model(model_uri)
+    load_s = time.perf_counter() - started
+    recommender = model.unwrap_python_model().recommender
+    known, sessions = request_rows(recommender, args.requests + args.warmup, args.seed)
+    results: dict[str, Any] = {
+        "model_uri": model_uri,
+        "model_kind": recommender.metadata.get("model_kind"),
+        "catalogue_items": len(recommender.item_ids),
+        "available_items": int(recommender.available.sum()),
+        "load_s": load_s,
+        "in_process_user": bench_in_process(model, known, args.warmup),
+        "in_process_session": bench_in_process(model, sessions, args.warmup),
+    }
+    log = settings.home / "bench-serving-server.log"
+    with model_server(model_uri, settings.tracking_uri, log) as base:
+        results["http_user"] = bench_http(base, known[: args.http_requests], args.warmup)
+    results["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}"
+    results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results["commit"] = git_commit()
+
+    print(f"\n{model_uri} ({results['model_kind']}, {results['available_items']} items on sale)")
+    print(f"{'single request, k=20':<34}{'n':>6}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
+    for key in ("in_process_user", "in_process_session", "http_user"):
+        row = results[key]
+        print(
+            f"{key.replace('_', ' '):<34}{row['requests']:>6}{row['p50_ms']:>10.2f}"
+            f"{row['p99_ms']:>10.2f}{row['max_ms']:>10.2f}"
+        )
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

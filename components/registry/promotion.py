@@ -1,0 +1,339 @@
+"""The promotion gate: does a newly registered version replace `champion`?
+
+`run_gate` runs three steps, each usable alone:
+- `smoke_in_fresh_process` loads the version from the registry in a new interpreter and
+  times smoke requests (a known user, an unknown user, an anonymous session);
+- `decide` turns the paired comparison with the champion (`steps.compare_with_champion`),
+  the challenger's test metrics and the smoke result into a `PromotionDecision` (pure);
+- `apply_decision` writes the decision and its figures onto the version's tags and only
+  then moves the `champion` alias: one registry call, the last thing a run does. A run
+  that dies before it leaves `champion` where it was.
+
+Rules (PromotionConfig): non-inferiority on `metric` (lower end of the paired-bootstrap
+95% interval of challenger - champion above `-margin`), on at least `min_users` users of
+data neither model has seen; without a comparable window the champion stays. Guardrails:
+the smoke requests pass, their p99 latency and the test coverage are within bounds.
+`force` promotes past a failed comparison or guardrail bound (recorded as `forced`), never
+past a version that does not load or answer: that would take serving down.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from mlflow import MlflowClient
+
+from components.config import PromotionConfig
+from components.registry.registration import (
+    CHAMPION,
+    current_alias_version,
+    mlflow_key,
+    model_uri,
+)
+
+SMOKE_SCRIPT = Path(__file__).with_name("smoke_check.py")
+SMOKE_K = 20
+#: A user id no marketplace uses: the smoke request for the unknown-user fallback.
+UNKNOWN_SMOKE_USER = "rewear-smoke-unknown-user"
+TAG_PREFIX = "promotion."
+
+Decision = Literal["promoted", "rejected", "forced"]
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    """What the fresh process saw: did the version load and answer, and how fast."""
+
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    load_s: float | None = None
+    requests: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    value: float | str | None
+    bound: float | str | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    decision: Decision
+    champion_version: int | None
+    checks: list[Check]
+    smoke: SmokeResult
+
+    @property
+    def promote(self) -> bool:
+        return self.decision != "rejected"
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why the gate said no (empty when every check passed)."""
+        return [check.detail for check in self.checks if not check.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decision": self.decision,
+            "promoted": self.promote,
+            "champion_version": self.champion_version,
+            "reasons": self.reasons,
+            "checks": [asdict(check) for check in self.checks],
+            "smoke": asdict(self.smoke),
+        }
+
+
+def smoke_requests(bundle_dir: Path, example_user_id: str | None) -> list[dict[str, Any]]:
+    """Request rows for the smoke test: a known user (when the bundle has one), an unknown
+    user, and an anonymous session over two available listings."""
+    catalogue = pd.read_parquet(
+        Path(bundle_dir) / "items.parquet", columns=["item_id", "available"]
+    )
+    listed = catalogue.loc[catalogue["available"], "item_id"].astype(str).head(2).tolist()
+    rows: list[dict[str, Any]] = [{"user_id": UNKNOWN_SMOKE_USER}]
+    if example_user_id is not None:
+        rows.insert(0, {"user_id": example_user_id})
+    if listed:
+        rows.append({"recent_item_ids": listed})
+    return rows
+
+
+def smoke_in_fresh_process(
+    tracking_uri: str,
+    model_uri: str,
+    requests: list[dict[str, Any]],
+    n_requests: int,
+    timeout_s: float,
+) -> SmokeResult:
+    """Load `model_uri` from the registry in a new Python process and send `n_requests`
+    single-row requests (cycling through `requests`, k = SMOKE_K)."""
+    job = {
+        "tracking_uri": tracking_uri,
+        "model_uri": model_uri,
+        "requests": requests,
+        "n_requests": n_requests,
+        "k": SMOKE_K,
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-P", str(SMOKE_SCRIPT)],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return SmokeResult(ok=False, problems=[f"no answer within {timeout_s:.0f} s"])
+    lines = done.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = done.stderr.strip().splitlines()[-3:]
+        return SmokeResult(ok=False, problems=[f"exit code {done.returncode}: {' | '.join(tail)}"])
+    return SmokeResult(**result)
+
+
+def decide(
+    comparison: dict[str, Any] | None,
+    metrics: dict[str, float],
+    smoke: SmokeResult,
+    config: PromotionConfig,
+    force: bool = False,
+) -> PromotionDecision:
+    """The gate's verdict from the champion comparison (None: there is no champion), the
+    challenger's test metrics and the fresh-process smoke result."""
+    champion_version = None if comparison is None else int(comparison["champion_version"])
+    checks = [
+        _comparison_check(comparison, config),
+        _coverage_check(metrics, config),
+        Check(
+            "smoke",
+            smoke.ok,
+            None,
+            None,
+            "loads from the registry in a fresh process and answers"
+            if smoke.ok
+            else "the version does not load or answer in a fresh process: "
+            + "; ".join(smoke.problems),
+        ),
+        _latency_check(smoke, config),
+    ]
+    if all(check.passed for check in checks):
+        decision: Decision = "promoted"
+    elif force and smoke.ok:
+        decision = "forced"
+    else:
+        decision = "rejected"
+    return PromotionDecision(decision, champion_version, checks, smoke)
+
+
+def _comparison_check(comparison: dict[str, Any] | None, config: PromotionConfig) -> Check:
+    name = f"{config.metric} vs champion"
+    if comparison is None:
+        return Check(name, True, None, None, "no champion yet: nothing to compare with")
+    version = comparison["champion_version"]
+    if not comparison.get("comparable"):
+        return Check(
+            name,
+            False,
+            None,
+            None,
+            f"not comparable with champion v{version}: {comparison.get('reason')}; "
+            "the champion stays until a run has data neither model has seen",
+        )
+    users = int(comparison.get("evaluated_users") or 0)
+    if users < config.min_users:
+        return Check(
+            name,
+            False,
+            users,
+            config.min_users,
+            f"only {users} users to compare with champion v{version} "
+            f"(registry.promotion.min_users={config.min_users})",
+        )
+    interval = comparison.get("intervals", {}).get(config.metric)
+    if interval is None:
+        return Check(
+            name,
+            False,
+            None,
+            None,
+            f"the comparison has no {config.metric}; set registry.promotion.metric to one "
+            f"of {sorted(comparison.get('intervals', {}))}",
+        )
+    low = float(interval["low"])
+    passed = bool(low >= -config.margin)
+    verdict = "not worse" if passed else "worse"
+    return Check(
+        name,
+        passed,
+        low,
+        -config.margin,
+        f"{verdict} than champion v{version} beyond the margin: {config.metric} difference "
+        f"{interval['difference']:+.4f} [{low:+.4f}, {float(interval['high']):+.4f}] over "
+        f"{users} users, margin {config.margin}",
+    )
+
+
+def _coverage_check(metrics: dict[str, float], config: PromotionConfig) -> Check:
+    name = config.coverage_metric
+    raw = metrics.get(name)
+    value = None if raw is None else float(raw)
+    if value is None:
+        passed = config.min_coverage <= 0
+        return Check(name, passed, None, config.min_coverage, f"{name} was not measured")
+    passed = bool(value >= config.min_coverage)
+    relation = ">=" if passed else "<"
+    return Check(
+        name,
+        passed,
+        value,
+        config.min_coverage,
+        f"{name} {value:.4f} {relation} registry.promotion.min_coverage {config.min_coverage}",
+    )
+
+
+def _latency_check(smoke: SmokeResult, config: PromotionConfig) -> Check:
+    name = "p99 latency (ms)"
+    if smoke.p99_ms is None:
+        return Check(name, False, None, config.max_p99_latency_ms, "latency not measured")
+    passed = bool(smoke.p99_ms <= config.max_p99_latency_ms)
+    relation = "<=" if passed else ">"
+    return Check(
+        name,
+        passed,
+        smoke.p99_ms,
+        config.max_p99_latency_ms,
+        f"p99 {smoke.p99_ms:.1f} ms over {smoke.requests} requests (k={SMOKE_K}) {relation} "
+        f"registry.promotion.max_p99_latency_ms {config.max_p99_latency_ms}",
+    )
+
+
+def decision_tags(decision: PromotionDecision, metric: str) -> dict[str, str]:
+    """The decision and its figures as version tags (`promotion.*`)."""
+    tags = {
+        "decision": decision.decision,
+        "forced": str(decision.decision == "forced").lower(),
+        "champion_version": "none"
+        if decision.champion_version is None
+        else str(decision.champion_version),
+        "reasons": " | ".join(decision.reasons)[:4000] or "all checks passed",
+    }
+    for check in decision.checks:
+        key = mlflow_key(check.name).replace(" ", "_").replace("(", "").replace(")", "")
+        tags[f"{key}.passed"] = str(check.passed).lower()
+        if isinstance(check.value, float | int):
+            tags[f"{key}.value"] = f"{check.value:.6g}"
+    comparison = next(check for check in decision.checks if check.name.endswith("vs champion"))
+    if isinstance(comparison.value, float):
+        tags[f"{mlflow_key(metric)}.low"] = f"{comparison.value:.6f}"
+    if decision.smoke.p50_ms is not None:
+        tags["smoke_p50_ms"] = f"{decision.smoke.p50_ms:.2f}"
+    return {f"{TAG_PREFIX}{key}": value for key, value in tags.items()}
+
+
+def apply_decision(
+    client: MlflowClient,
+    model_name: str,
+    version: int,
+    decision: PromotionDecision,
+    metric: str,
+) -> PromotionDecision:
+    """Tag the version with the decision, then move `champion` to it when it won.
+
+    If `champion` moved while this run was comparing (a concurrent run promoted another
+    version), the comparison is stale and the version is not promoted (unless forced)."""
+    current = current_alias_version(client, model_name, CHAMPION)
+    if decision.promote and current != decision.champion_version and decision.decision != "forced":
+        stale = Check(
+            "champion unchanged",
+            False,
+            None if current is None else current,
+            decision.champion_version,
+            f"champion moved to v{current} while this run compared with "
+            f"v{decision.champion_version}; retrain again to compare with it",
+        )
+        decision = PromotionDecision(
+            "rejected", decision.champion_version, [*decision.checks, stale], decision.smoke
+        )
+    for key, value in decision_tags(decision, metric).items():
+        client.set_model_version_tag(model_name, str(version), key, value)
+    if decision.promote:
+        client.set_registered_model_alias(model_name, CHAMPION, str(version))
+    return decision
+
+
+def run_gate(
+    client: MlflowClient,
+    tracking_uri: str,
+    model_name: str,
+    version: int,
+    bundle_dir: Path,
+    example_user_id: str | None,
+    comparison: dict[str, Any] | None,
+    metrics: dict[str, float],
+    config: PromotionConfig,
+    force: bool = False,
+) -> PromotionDecision:
+    """Smoke-test `model_name` v`version` in a fresh process, decide, tag, maybe promote."""
+    smoke = smoke_in_fresh_process(
+        tracking_uri,
+        model_uri(model_name, version=version),
+        smoke_requests(bundle_dir, example_user_id),
+        config.latency_requests,
+        config.smoke_timeout_s,
+    )
+    decision = decide(comparison, metrics, smoke, config, force)
+    return apply_decision(client, model_name, version, decision, config.metric)

@@ -1,0 +1,66 @@
+"""The Dask path: DaskLGBMRanker on a real LocalCluster matches the local ranker's NDCG."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.config import PipelineConfig
+from components.ranking.dataset import query_groups, split_users
+from components.ranking.features import feature_columns
+from components.ranking.ranker import train_ranker
+from components.ranking_steps import build_ranking_data, feature_builder_categories
+
+pytestmark = pytest.mark.slow
+
+
+def ndcg_at(scores: np.ndarray, labels: np.ndarray, sizes: np.ndarray, k: int) -> float:
+    """Mean NDCG@k over queries with gains 2^label - 1 (LightGBM's definition)."""
+    values, start = [], 0
+    for size in sizes:
+        rel = labels[start : start + size].astype(float)
+        order = np.argsort(-scores[start : start + size], kind="stable")[:k]
+        discounts = 1 / np.log2(np.arange(2, k + 2))
+        dcg = ((2 ** rel[order] - 1) * discounts[: len(order)]).sum()
+        ideal = np.sort(rel)[::-1][:k]
+        idcg = ((2**ideal - 1) * discounts[: len(ideal)]).sum()
+        values.append(dcg / idcg if idcg > 0 else 1.0)
+        start += size
+    return float(np.mean(values))
+
+
+def test_dask_ranker_matches_the_local_ranker(
+    small_split, small_config: PipelineConfig, tmp_path
+) -> None:
+    from components.data.split import write_split
+
+    distributed = pytest.importorskip("distributed")
+    from components.ranking.distributed import train_ranker_on_dask
+
+    write_split(small_split, tmp_path / "split")
+    data = build_ranking_data(str(tmp_path / "split"), None, small_config, tmp_path)
+    frame = pd.read_parquet(data["uri"])
+    config = small_config.model.ranker
+    fit_users, _ = split_users(frame["user_id"], config.early_stopping_user_share, config.seed)
+    in_fit = frame["user_id"].isin(fit_users).to_numpy()
+    fit = query_groups(frame[in_fit], config, seed=config.seed)
+    stop = query_groups(frame[~in_fit], config, seed=config.seed, sample_negatives=False)
+    names = [c for c in feature_columns(frame) if frame[c].notna().any()]
+    categories = feature_builder_categories(frame)
+
+    local = train_ranker(fit, stop, names, categories, config)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        remote = train_ranker_on_dask(fit, stop, names, categories, config, client=client)
+
+    labels = stop.frame["label"].to_numpy()
+    local_ndcg = ndcg_at(local.predict(stop.frame), labels, stop.sizes, config.eval_at)
+    remote_ndcg = ndcg_at(remote.predict(stop.frame), labels, stop.sizes, config.eval_at)
+    assert remote.best_iteration >= 1 and not remote.booster.pandas_categorical
+    assert remote_ndcg > 0.05
+    assert abs(remote_ndcg - local_ndcg) < 0.05, (local_ndcg, remote_ndcg)

@@ -1,0 +1,99 @@
+"""`mlflow models serve -m models:/rewear@champion --env-manager local`, as users run it:
+the real server on a free loopback port, answering `dataframe_records` requests."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from components.registry.registration import CHAMPION, log_and_register
+from components.registry.serving import model_server
+from components.registry.tracking import configure_mlflow
+from components.settings import RewearSettings
+from tests.components.registry.conftest import SOLD, write_tiny_bundle
+
+
+def post(url: str, body: bytes | dict) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+@pytest.fixture
+def champion_server(rewear_home: Path, tmp_path: Path) -> Iterator[str]:
+    settings = RewearSettings(home=rewear_home)
+    client, experiment_id = configure_mlflow(settings, "serving-test")
+    run = client.create_run(experiment_id)
+    registered = log_and_register(
+        client,
+        run.info.run_id,
+        write_tiny_bundle(tmp_path / "bundle"),
+        "rewear",
+        {"snapshot_id": "s", "git_commit": "c", "config_hash": "h", "dataset": "tiny"},
+        example_user_id="u1",
+    )
+    client.set_registered_model_alias("rewear", CHAMPION, str(registered.version))
+    with model_server(
+        "models:/rewear@champion", settings.tracking_uri, tmp_path / "server.log"
+    ) as base:
+        yield f"{base}/invocations"
+
+
+@pytest.mark.slow
+def test_served_champion_ranks_and_refuses_bad_requests_without_going_down(champion_server):
+    url = champion_server
+    status, body = post(
+        url,
+        {
+            "dataframe_records": [
+                # Rows of one request share columns: [] where a row has no session.
+                {"user_id": "u1", "recent_item_ids": []},
+                {"user_id": "never-seen", "recent_item_ids": []},
+                {"user_id": None, "recent_item_ids": ["i2"]},
+            ],
+            "params": {"k": 3, "exclude_item_ids": ["i6"]},
+        },
+    )
+    assert status == 200, body
+    rows = body["predictions"]
+    by_request: dict[int, list[str]] = {}
+    for row in rows:
+        by_request.setdefault(row["request"], []).append(row["item_id"])
+    # u1 bought i5; i0 is sold; i6 is excluded; the session is about dresses (i2's category).
+    assert by_request == {0: ["i1", "i2", "i7"], 1: ["i5", "i1", "i2"], 2: ["i1", "i3", "i4"]}
+    assert [row["rank"] for row in rows[:3]] == [1, 2, 3]
+    assert rows[0]["source"] == "recent_popularity" and rows[0]["title"] == "listing 1"
+    assert SOLD not in {row["item_id"] for row in rows}
+
+    bad_requests = [
+        ({"dataframe_records": [{"item": "x"}]}, "needs a `user_id` column"),
+        ({"dataframe_records": [{"user_id": None}]}, "row 0 has no user_id"),
+        ({"dataframe_records": [{"user_id": "u1"}], "params": {"k": 0}}, "k must be between"),
+        ({"dataframe_records": [{"user_id": "u1"}], "params": {"k": 5000}}, "got 5000"),
+        ({"dataframe_records": [{"user_id": "u1"}], "params": {"k": "ten"}}, "k"),
+        ({"dataframe_records": [{"user_id": 12}]}, "user_id"),
+        (
+            {"dataframe_records": [{"user_id": "u1"}], "params": {"exclude_item_ids": "i1"}},
+            "exclude_item_ids",
+        ),
+        (b"{not json", ""),
+    ]
+    for request, message in bad_requests:
+        status, body = post(url, request)
+        assert 400 <= status < 500, (request, status, body)
+        assert message in body.get("message", ""), (request, body)
+
+    # Still serving after every bad request.
+    status, body = post(url, {"dataframe_records": [{"user_id": "never-seen"}], "params": {"k": 1}})
+    assert status == 200 and body["predictions"][0]["item_id"] == "i5"
