@@ -86,7 +86,11 @@ def cold_start(split_uri: str, encoder_uri: str, config: Any) -> dict[str, Any]:
         "users": task.n_users,
         "two_tower_recall@100": round(ours["recall@100"], 4),
         "popularity_recall@100": round(theirs["recall@100"], 4),
-        "ratio": round(ours["recall@100"] / max(theirs["recall@100"], 1e-9), 1),
+        "ratio": (
+            round(ours["recall@100"] / theirs["recall@100"], 1)
+            if theirs["recall@100"] > 0
+            else ("inf" if ours["recall@100"] > 0 else None)
+        ),
     }
 
 

@@ -178,7 +178,11 @@ class PointInTimeFeatures:
             )
             for column, shares in self.affinity.items()
         ]
-        pd.concat(parts, ignore_index=True).to_parquet(folder / "affinity.parquet")
+        empty = pd.DataFrame({"column": [], "user_id": [], "value": [], "share": []})
+        long = pd.concat(parts, ignore_index=True) if parts else empty
+        long.astype({"column": str, "user_id": str, "value": str, "share": float}).to_parquet(
+            folder / "affinity.parquet"
+        )
         write_json(
             folder / "features.json",
             {

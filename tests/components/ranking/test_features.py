@@ -173,3 +173,23 @@ def test_no_timestamps_leave_time_features_unknown() -> None:
     assert np.isnan(frame["i_pop_7d"].iloc[0])
     assert frame["i_pop_all"].iloc[0] == 2 + 4  # grades of all of a's events
     assert "label" not in feature_columns(frame) and "user_id" not in feature_columns(frame)
+
+
+def test_a_catalogue_without_attributes_saves_and_loads(tmp_path: Path) -> None:
+    """Fixed benchmark splits have item ids only: no affinities, nothing to fail on."""
+    history = pd.DataFrame(
+        {
+            "user_id": ["u"],
+            "item_id": ["i"],
+            "ts": [pd.NaT],
+            "event": ["interaction"],
+            "weight": [1.0],
+        }
+    )
+    items = pd.DataFrame({"item_id": ["i", "j"]})
+    built = PointInTimeFeatures.build(history, items, None, RankerConfig())
+    built.save(tmp_path / "features")
+    loaded = PointInTimeFeatures.load(tmp_path / "features")
+    pairs = _candidates([("u", "j"), ("u", "i")])
+    pd.testing.assert_frame_equal(loaded.transform(pairs), built.transform(pairs))
+    assert loaded.transform(pairs)["x_category_share"].isna().all()
