@@ -39,8 +39,13 @@ def tiny_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     return items, interactions
 
 
-def write_tiny_bundle(folder: Path) -> Path:
+def write_tiny_bundle(folder: Path, *, unknown_attributes: bool = False) -> Path:
+    """`unknown_attributes`: the most popular listing on sale (i5) has no title, category
+    or price (the canonical schema allows null attributes)."""
     items, interactions = tiny_tables()
+    if unknown_attributes:
+        items["price"] = items["price"].astype("Float64")
+        items.loc[items["item_id"] == "i5", ["title", "category", "price"]] = None
     as_of = pd.Timestamp("2026-01-06", tz="UTC")
     model = RecentPopularity.fit(
         interactions, PopularityConfig(half_life=None, event_weights={"purchase": 0.0}), as_of

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ from components.registry.bundle import (
     BundleRecommender,
     RequestError,
 )
-from tests.components.registry.conftest import BOUGHT, BUYER, SOLD
+from tests.components.registry.conftest import BOUGHT, BUYER, SOLD, write_tiny_bundle
 
 
 @pytest.fixture
@@ -91,3 +93,15 @@ def test_malformed_requests_name_the_field_and_the_fix(recommender, call, messag
     with pytest.raises(RequestError) as raised:
         recommender.recommend(**call)
     assert message in str(raised.value)
+
+
+def test_unknown_listing_attributes_come_back_as_null(tmp_path):
+    recommender = BundleRecommender.load(
+        write_tiny_bundle(tmp_path / "bundle", unknown_attributes=True)
+    )
+    answer = recommender.recommend(["never-seen"], k=2)
+    assert answer["item_id"].tolist() == ["i5", "i1"]
+    assert answer[["title", "category", "price"]].iloc[0].isna().all()
+    assert answer[["title", "category", "price"]].iloc[1].tolist() == ["listing 1", "dresses", 11.0]
+    first = json.loads(answer.to_json(orient="records"))[0]
+    assert first["title"] is None and first["category"] is None and first["price"] is None
