@@ -340,7 +340,8 @@ class Ease(_UserItemScorer):
             item_index=item_index,
             popularity=popularity,
             history=matrix.astype(np.float32),
-            weights=weights.astype(np.float32),
+            # C order: scipy's sparse @ dense copies a Fortran-ordered matrix on every call.
+            weights=np.ascontiguousarray(weights, dtype=np.float32),
             as_of=as_of,
             config=config,
         )

@@ -114,18 +114,17 @@ class CandidateFilter:
             blocked=frozenset(config.blocked_item_ids),
         )
 
-    @cached_property
-    def _available_index(self) -> pd.Index | None:
-        return None if self.available is None else pd.Index(sorted(self.available))
-
     def allowed(self, item_ids: Sequence[str] | np.ndarray | pd.Series) -> np.ndarray:
         """Boolean per item: available and not blocked (user exclusions aside)."""
-        ids = pd.Index(item_ids)
+        # Set lookups: pandas' isin on (pyarrow-backed) strings costs ~50 ms per request.
+        ids = np.asarray(item_ids, dtype=object)
         keep = np.ones(len(ids), dtype=bool)
-        if self._available_index is not None:
-            keep &= ids.isin(self._available_index)
+        if self.available is not None:
+            available = self.available
+            keep &= np.fromiter((item in available for item in ids), bool, len(ids))
         if self.blocked:
-            keep &= ~ids.isin(sorted(self.blocked))
+            blocked = self.blocked
+            keep &= ~np.fromiter((item in blocked for item in ids), bool, len(ids))
         return keep
 
     def excluded_pairs(

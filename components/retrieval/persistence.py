@@ -84,7 +84,7 @@ def load_model(folder: Path) -> Any:
         elif kind == "sparse":
             values[name] = sp.csr_matrix(sp.load_npz(folder / f"{name}.npz"))
         elif kind == "array":
-            values[name] = np.load(folder / f"{name}.npy", allow_pickle=False)
+            values[name] = np.ascontiguousarray(np.load(folder / f"{name}.npy", allow_pickle=False))
         elif kind == "config":
             values[name] = hints[name].model_validate(spec["value"])
         else:
