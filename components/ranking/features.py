@@ -21,7 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,8 @@ from components.store import read_json, write_json
 POPULARITY_WINDOWS = {"1d": "1D", "7d": "7D", "28d": "28D"}
 AFFINITY_COLUMNS = ("category", "brand", "size")
 CATEGORICAL_FEATURES = ("i_category", "i_condition")
+#: Item table columns that hold strings (the rest are numbers).
+ITEM_TEXT_FEATURES = (*CATEGORICAL_FEATURES, *AFFINITY_COLUMNS)
 #: Columns of the merged candidate frame that are not features.
 CANDIDATE_KEYS = ("user_id", "item_id")
 DAY_SECONDS = 86_400.0
@@ -102,42 +106,66 @@ class PointInTimeFeatures:
         )
 
     def transform(self, candidates: pd.DataFrame) -> pd.DataFrame:
-        """One feature row per candidate row, same order; user_id and item_id kept."""
+        """One feature row per candidate row, same order; user_id and item_id kept.
+
+        Plain numpy lookups (no pandas joins): the served model calls this per request."""
         users = candidates["user_id"].astype(str).to_numpy(dtype=object)
         item_ids = candidates["item_id"].astype(str).to_numpy(dtype=object)
-        user_part = self.users.reindex(users).reset_index(drop=True)
-        item_part = self.items.reindex(item_ids).reset_index(drop=True)
-        frame = pd.concat(
-            [
-                pd.DataFrame({"user_id": users, "item_id": item_ids}),
-                user_part,
-                item_part.drop(columns=list(AFFINITY_COLUMNS)),
-            ],
-            axis=1,
-        )
+        lookups = self._lookups
+        user_rows = lookups["user_index"].get_indexer(users)
+        item_rows = lookups["item_index"].get_indexer(item_ids)
+        columns: dict[str, np.ndarray] = {"user_id": users, "item_id": item_ids}
+        for table, rows in (("users", user_rows), ("items", item_rows)):
+            for name, values in lookups[table].items():
+                taken = values[np.maximum(rows, 0)] if len(values) else values[:0]
+                if len(taken) < len(rows):  # an empty table: everything unknown
+                    taken = np.full(len(rows), None if values.dtype == object else np.nan)
+                if values.dtype == object:
+                    taken = np.where(rows >= 0, taken, None)
+                else:
+                    taken = np.where(rows >= 0, taken, np.nan)
+                columns[name] = taken
+        attributes = {column: columns.pop(column) for column in AFFINITY_COLUMNS}
         for column in AFFINITY_COLUMNS:
-            shares = self.affinity.get(column)
-            values = item_part[column].to_numpy(dtype=object)
-            share = np.zeros(len(frame))
-            if shares is not None and len(shares):
-                keys = pd.MultiIndex.from_arrays([users, values])
-                position = shares.index.get_indexer(keys)
-                found = position >= 0
-                share[found] = shares.to_numpy()[position[found]]
+            values = attributes[column]
+            shares = lookups["affinity"].get(column, {})
+            share = np.fromiter(
+                (shares.get(pair, 0.0) for pair in zip(users, values, strict=True)),
+                float,
+                len(users),
+            )
             share[pd.isna(values)] = np.nan
-            frame[f"x_{column}_share"] = share
-        frame["x_price_z"] = (frame["i_log_price"] - frame["u_log_price_mean"]) / (
-            frame["u_log_price_std"].fillna(0.0) + 0.25
+            columns[f"x_{column}_share"] = share
+        columns["x_price_z"] = (columns["i_log_price"] - columns["u_log_price_mean"]) / (
+            np.nan_to_num(columns["u_log_price_std"], nan=0.0) + 0.25
         )
-        frame["x_cos_user"], frame["x_cos_recent_max"] = self._similarities(users, item_ids)
+        columns["x_cos_user"], columns["x_cos_recent_max"] = self._similarities(users, item_ids)
         for name in ("score", "rank", "n_sources"):
-            frame[f"retrieval_{name}"] = candidates[name].to_numpy(dtype=float)
+            columns[f"retrieval_{name}"] = candidates[name].to_numpy(dtype=float)
         for column in candidates.columns:
             if column.startswith(("score_", "rank_")):
-                frame[column] = candidates[column].to_numpy(dtype=float)
+                columns[column] = candidates[column].to_numpy(dtype=float)
+        frame = pd.DataFrame(columns)
         for name, vocabulary in self.categories.items():
-            frame[name] = pd.Categorical(frame[name], categories=vocabulary)
+            frame[name] = pd.Categorical(columns[name], categories=vocabulary)
         return frame
+
+    @cached_property
+    def _lookups(self) -> dict[str, Any]:
+        """Index and column arrays of the tables, and affinities as dicts, built once."""
+        return {
+            "user_index": pd.Index(self.users.index.to_numpy(dtype=object)),
+            "item_index": pd.Index(self.items.index.to_numpy(dtype=object)),
+            "users": {c: self.users[c].to_numpy(dtype=float) for c in self.users.columns},
+            "items": {
+                c: self.items[c].to_numpy(dtype=object if c in ITEM_TEXT_FEATURES else float)
+                for c in self.items.columns
+            },
+            "affinity": {
+                column: dict(zip(shares.index.tolist(), shares.to_numpy().tolist(), strict=True))
+                for column, shares in self.affinity.items()
+            },
+        }
 
     def _similarities(
         self, users: np.ndarray, item_ids: np.ndarray

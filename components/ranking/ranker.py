@@ -66,14 +66,12 @@ class TrainedRanker:
         if missing:
             # Sources absent at serving time (e.g. no encoder) are unknown, not errors.
             features = features.assign(**{name: np.nan for name in missing})
-        frame = features[self.feature_names].copy()
-        for name, vocabulary in self.categories.items():
-            if name in frame:
-                frame[name] = pd.Categorical(frame[name].astype(object), categories=vocabulary)
-        if not self.booster.pandas_categorical:
-            # Trained on integer codes (the Dask path): the same vocabularies, as codes.
-            frame = categorical_codes(frame, self.categories)
-        return self.booster.predict(frame, num_iteration=self.best_iteration or None)
+        # A float matrix with categorical columns as codes in the trained vocabularies: what
+        # LightGBM makes of a pandas frame itself, without its per-call pandas overhead.
+        matrix = categorical_codes(features[self.feature_names], self.categories)
+        return self.booster.predict(
+            matrix.to_numpy(dtype=np.float64), num_iteration=self.best_iteration or None
+        )
 
     def importance(self) -> dict[str, float]:
         """Total gain per feature, largest first."""
@@ -116,7 +114,14 @@ def categorical_codes(frame: pd.DataFrame, categories: dict[str, list[str]]) -> 
     frame = frame.copy()
     for name, vocabulary in categories.items():
         if name in frame:
-            values = pd.Categorical(frame[name].astype(object), categories=vocabulary)
+            values = frame[name]
+            if not (
+                isinstance(values.dtype, pd.CategoricalDtype)
+                and list(values.cat.categories) == vocabulary
+            ):
+                values = pd.Categorical(values.astype(object), categories=vocabulary)
+            else:
+                values = values.array
             codes = values.codes.astype(float)
             codes[codes < 0] = np.nan
             frame[name] = codes

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -82,11 +82,25 @@ def user_item_matrix(
     return matrix, pd.Index(user_index), pd.Index(item_index)
 
 
-def _aligned_scores(
-    model_scores: np.ndarray, model_items: pd.Index, item_ids: Sequence[str]
+def item_positions(
+    cache: dict[int, tuple[Sequence[str], np.ndarray]],
+    model_items: pd.Index,
+    item_ids: Sequence[str],
 ) -> np.ndarray:
-    """Columns of `model_scores` (model item order) reordered to `item_ids`; unknown -> 0."""
-    positions = model_items.get_indexer(pd.Index(item_ids))
+    """Positions of `item_ids` in `model_items` (-1: unknown), remembered for the last
+    list object asked: candidate sources and `rank_items` pass the same catalogue list on
+    every call, and re-indexing 30k string ids costs more than scoring one user."""
+    hit = cache.get(id(item_ids))
+    if hit is not None and hit[0] is item_ids:
+        return hit[1]
+    positions = model_items.get_indexer(pd.Index(np.asarray(item_ids, dtype=object)))
+    cache.clear()
+    cache[id(item_ids)] = (item_ids, positions)
+    return positions
+
+
+def _aligned_scores(model_scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Columns of `model_scores` (model item order) at `positions`; unknown (-1) -> 0."""
     known = positions >= 0
     out = np.zeros((model_scores.shape[0], len(positions)), dtype=np.float32)
     out[:, known] = model_scores[:, positions[known]]
@@ -101,6 +115,9 @@ class _UserItemScorer:
     item_index: pd.Index
     #: Training popularity per model item (share of the top item): the cold-user scores.
     popularity: np.ndarray
+    _positions: dict[int, tuple[Sequence[str], np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         """(len(user_ids), len(item_ids)) float32; unknown items 0, cold users popularity."""
@@ -110,7 +127,8 @@ class _UserItemScorer:
         model_scores[~warm] = self.popularity
         if warm.any():
             model_scores[warm] = self._warm_scores(rows[warm])
-        return _aligned_scores(model_scores, self.item_index, item_ids)
+        positions = item_positions(self._positions, self.item_index, item_ids)
+        return _aligned_scores(model_scores, positions)
 
     def _warm_scores(self, rows: np.ndarray) -> np.ndarray:
         raise NotImplementedError

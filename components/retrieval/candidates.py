@@ -179,6 +179,11 @@ class ScorerSource:
         ids = np.asarray(self.item_ids, dtype=object)
         return pd.Index(ids[self.filters.allowed(ids)])
 
+    @cached_property
+    def _allowed_list(self) -> list[str]:
+        """One list object for every call, so scorers can reuse their column alignment."""
+        return list(self._allowed_items)
+
     def candidates(self, user_ids: Sequence[str], n: int) -> pd.DataFrame:
         users = _unique_users(user_ids)
         allowed = self._allowed_items
@@ -187,7 +192,7 @@ class ScorerSource:
             return empty_candidates()
         for batch in _batches(users, self.batch_size):
             scores = np.array(
-                self.scorer.score(list(batch), list(allowed)), dtype=np.float32, copy=True
+                self.scorer.score(list(batch), self._allowed_list), dtype=np.float32, copy=True
             )
             rows, cols = self.filters.excluded_pairs(batch, allowed)
             scores[rows, cols] = -np.inf

@@ -40,6 +40,8 @@ def save_model(model: Any, folder: Path) -> None:
         raise TypeError(f"cannot save a {name}; known models: {sorted(MODEL_CLASSES)}")
     fields: dict[str, Any] = {}
     for spec in dataclasses.fields(model):
+        if not spec.init:
+            continue  # caches
         value = getattr(model, spec.name)
         if isinstance(value, pd.Index):
             pd.DataFrame({"id": value.astype(str)}).to_parquet(folder / f"{spec.name}.parquet")

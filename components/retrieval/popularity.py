@@ -7,7 +7,7 @@ The same class scores items for offline evaluation and inside the served bundle.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,9 @@ class RecentPopularity:
     scores: np.ndarray
     as_of: pd.Timestamp | None
     config: PopularityConfig
+    _positions: dict[int, tuple[Sequence[str], np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def fit(
@@ -68,8 +71,13 @@ class RecentPopularity:
         return np.broadcast_to(aligned, (len(user_ids), len(aligned)))
 
     def item_scores(self, item_ids: Sequence[str]) -> np.ndarray:
-        lookup = pd.Series(self.scores, index=self.item_ids)
-        return lookup.reindex(pd.Index(item_ids)).fillna(0.0).to_numpy(np.float32)
+        from components.retrieval.baselines import item_positions
+
+        positions = item_positions(self._positions, pd.Index(self.item_ids), item_ids)
+        scores = np.zeros(len(positions), dtype=np.float32)
+        known = positions >= 0
+        scores[known] = self.scores[positions[known]]
+        return scores
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)
