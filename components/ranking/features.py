@@ -14,7 +14,8 @@ Features (NaN where unknown, e.g. no timestamps or no listing attributes):
 - user x item: share of the user's (graded) activity in the item's category, brand, size;
   price z-score against the user's usual prices; two-tower cosine of user and item, and
   best cosine to the user's last `recent_items` items;
-- retrieval: fusion score and rank, number of sources, each source's score and rank.
+- retrieval: fusion score and rank, number of sources, each source's score, rank, and
+  score relative to the user's best score from that source.
 """
 
 from __future__ import annotations
@@ -142,9 +143,14 @@ class PointInTimeFeatures:
         columns["x_cos_user"], columns["x_cos_recent_max"] = self._similarities(users, item_ids)
         for name in ("score", "rank", "n_sources"):
             columns[f"retrieval_{name}"] = candidates[name].to_numpy(dtype=float)
+        user_codes = pd.factorize(users)[0]
         for column in candidates.columns:
             if column.startswith(("score_", "rank_")):
                 columns[column] = candidates[column].to_numpy(dtype=float)
+            if column.startswith("score_"):
+                # Scores relative to the user's best: comparable across users and across
+                # the label-stage and test-stage fits of a source.
+                columns[f"rel_{column}"] = _relative_to_user_best(user_codes, columns[column])
         frame = pd.DataFrame(columns)
         for name, vocabulary in self.categories.items():
             frame[name] = pd.Categorical(columns[name], categories=vocabulary)
@@ -254,6 +260,18 @@ class PointInTimeFeatures:
             user_vectors=user_vectors,
             item_vectors=item_vectors,
         )
+
+
+def _relative_to_user_best(user_codes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """score / the user's highest score of that source (NaN stays NaN; <= 0 best: NaN)."""
+    if not len(scores):
+        return scores.copy()
+    best = np.full(user_codes.max() + 1, -np.inf)
+    finite = np.isfinite(scores)
+    np.maximum.at(best, user_codes[finite], scores[finite])
+    top = best[user_codes]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(finite & (top > 0), scores / top, np.nan)
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:

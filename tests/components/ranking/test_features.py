@@ -110,6 +110,8 @@ def test_hand_computed_features_at_a_moment() -> None:
     assert np.isnan(u2d["x_brand_share"])  # d has no brand
     assert u2d["x_category_share"] == 0.0
     assert frame["retrieval_rank"].tolist() == [1.0, 2.0, 3.0]
+    # Source scores 1, .75 (u1) and .5 (u2), each relative to the user's best.
+    assert frame["rel_score_popularity"].tolist() == pytest.approx([1.0, 0.75, 1.0])
     assert str(frame["i_category"].dtype) == "category"
 
 
