@@ -53,6 +53,8 @@ class SmokeResult:
     ok: bool
     problems: list[str] = field(default_factory=list)
     load_s: float | None = None
+    #: The untimed first pass over the smoke requests (checks answers, warms lazy state).
+    first_pass_ms: float | None = None
     requests: int = 0
     p50_ms: float | None = None
     p99_ms: float | None = None
