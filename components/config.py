@@ -311,6 +311,12 @@ class RankerConfig(StrictModel):
     #: Hard cap on rows per query (LightGBM's lambdarank limit is 10,000).
     max_rows_per_query: int = Field(10_000, ge=2, le=10_000)
     early_stopping_user_share: float = Field(0.2, gt=0, lt=1)
+    #: Temporal protocol: how many label windows the ranker learns from: the valid window
+    #: and the `label_windows - 1` windows of the same length just before it, each with the
+    #: history before its own start. More windows, more queries (for data with few active
+    #: users per window). With a two-tower encoder only the valid window is used: the
+    #: encoder was fitted on the earlier windows.
+    label_windows: int = Field(1, ge=1, le=12)
     #: Fixed split only: share of each user's training interactions held out as labels.
     holdout_share: float = Field(0.2, gt=0, lt=1)
     #: Graded relevance of the label events (max over a pair's events); ratings >= 4 get

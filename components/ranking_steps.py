@@ -37,7 +37,7 @@ from components.retrieval.ann_index import build_annoy_index
 from components.retrieval.candidates import candidate_recall
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import TrainedTwoTower
-from components.store import atomic_directory, write_json
+from components.store import atomic_directory
 
 TWO_STAGE = "two_stage"
 #: Serving moment: one microsecond after the last event, so "strictly before" keeps it.
@@ -54,20 +54,50 @@ class LabelStage:
     available: np.ndarray
 
 
-def label_stage(data: DataSplit, config: PipelineConfig) -> LabelStage:
+def label_stages(
+    data: DataSplit, config: PipelineConfig, *, with_encoder: bool = False
+) -> list[LabelStage]:
+    """The ranker's label stages, latest first (see the module docstring and
+    `RankerConfig.label_windows`)."""
     items = data.tables.items
-    if data.protocol == "temporal":
-        return LabelStage(
+    ranker = config.model.ranker
+    if data.protocol != "temporal":
+        kept, held = holdout_interactions(data.train, ranker.holdout_share, ranker.seed)
+        return [
+            LabelStage(
+                history=kept, window=held, moment=None, available=np.ones(len(items), dtype=bool)
+            )
+        ]
+    length = data.test_cutoff - data.valid_cutoff
+    stages = [
+        LabelStage(
             history=data.history("valid"),
             window=data.valid,
             moment=data.valid_cutoff,
             available=data.available_items(data.valid_cutoff).to_numpy(bool),
         )
-    ranker = config.model.ranker
-    kept, held = holdout_interactions(data.train, ranker.holdout_share, ranker.seed)
-    return LabelStage(
-        history=kept, window=held, moment=None, available=np.ones(len(items), dtype=bool)
-    )
+    ]
+    train = data.train
+    for step in range(1, 1 if with_encoder else ranker.label_windows):
+        start = data.valid_cutoff - step * length
+        window = train[(train["ts"] >= start) & (train["ts"] < start + length)]
+        history = train[train["ts"] < start]
+        if window.empty or history.empty:
+            break
+        stages.append(
+            LabelStage(
+                history=history,
+                window=window,
+                moment=start,
+                available=data.available_items(start).to_numpy(bool),
+            )
+        )
+    return stages
+
+
+def label_stage(data: DataSplit, config: PipelineConfig) -> LabelStage:
+    """The latest label stage (the valid window, or the fixed split's holdout)."""
+    return label_stages(data, config)[0]
 
 
 def build_ranking_data(
@@ -81,47 +111,52 @@ def build_ranking_data(
     """
     started = time.perf_counter()
     data = read_split(Path(split_uri))
-    stage = label_stage(data, config)
+    use_encoder = train_window_encoder_uri is not None and data.protocol == "temporal"
+    stages = label_stages(data, config, with_encoder=use_encoder)
     ranker = config.model.ranker
     target = Path(run_dir) / "ranking"
-    encoder = index_folder = None
+    frames, recalls, users = [], [], 0
     with atomic_directory(target, overwrite=True) as staging:
-        if train_window_encoder_uri is not None and data.protocol == "temporal":
-            encoder = TrainedTwoTower.load(Path(train_window_encoder_uri))
-            listings = data.tables.items[stage.available]
-            index_folder = staging / "label_index"
-            build_annoy_index(
-                encoder.embed_items(listings, stage.moment),
-                listings["item_id"].astype(str).tolist(),
-                config.model.annoy,
-                index_folder,
+        for number, stage in enumerate(stages):
+            encoder = index_folder = None
+            if use_encoder:
+                encoder = TrainedTwoTower.load(Path(train_window_encoder_uri))  # type: ignore[arg-type]
+                listings = data.tables.items[stage.available]
+                index_folder = staging / "label_index"
+                build_annoy_index(
+                    encoder.embed_items(listings, stage.moment),
+                    listings["item_id"].astype(str).tolist(),
+                    config.model.annoy,
+                    index_folder,
+                )
+            stack = RetrievalStack.fit(
+                stage.history,
+                data.tables.items,
+                stage.moment,
+                stage.available,
+                config,
+                encoder=encoder,
+                index_folder=index_folder,
             )
-        stack = RetrievalStack.fit(
-            stage.history,
-            data.tables.items,
-            stage.moment,
-            stage.available,
-            config,
-            encoder=encoder,
-            index_folder=index_folder,
-        )
-        labels = graded_labels(stage.window, ranker)
-        users = labels["user_id"].drop_duplicates().tolist()
-        frames = stack.source_frames(users)
-        candidates = stack.candidates(users, frames)
-        recall = candidate_recall(candidates, stage.window, config.model.candidates.n)
-        features = feature_builder(stack, ranker).transform(candidates)
-        features = attach_labels(features, labels)
+            labels = graded_labels(stage.window, ranker)
+            stage_users = labels["user_id"].drop_duplicates().tolist()
+            candidates = stack.candidates(stage_users)
+            recalls.append(candidate_recall(candidates, stage.window, config.model.candidates.n))
+            features = attach_labels(feature_builder(stack, ranker).transform(candidates), labels)
+            frames.append(features.assign(label_window=np.int32(number)))
+            users += len(stage_users)
+        features = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         features.to_parquet(staging / "label_features.parquet", index=False)
-        write_json(staging / "categories.json", feature_builder_categories(features))
-    positives = features["label"].gt(0)
+    positives = features["label"].gt(0).groupby([features["label_window"], features["user_id"]])
+    latest = stages[0].moment
     return {
         "uri": str(target / "label_features.parquet"),
         "rows": len(features),
-        "users": len(users),
-        "users_with_positive_candidate": int(positives.groupby(features["user_id"]).any().sum()),
-        "label_candidate_recall": round(float(recall.get("combined", np.nan)), 4),
-        "label_moment": None if stage.moment is None else stage.moment.isoformat(),
+        "label_windows": len(stages),
+        "queries": users,
+        "queries_with_positive_candidate": int(positives.any().sum()),
+        "label_candidate_recall": round(float(recalls[0].get("combined", np.nan)), 4),
+        "label_moment": None if latest is None else latest.isoformat(),
         "seconds": round(time.perf_counter() - started, 2),
     }
 

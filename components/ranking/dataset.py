@@ -69,7 +69,8 @@ def query_groups(
     sample_negatives: bool = True,
     seed: int = 0,
 ) -> QueryGroups:
-    """Sort by user (then retrieval rank) and count rows per user.
+    """Sort by query (user, or label window and user) then retrieval rank; count rows per
+    query.
 
     With `training`: drop users without a positive label, keep every positive and (with
     `sample_negatives`) at most `config.max_negatives` random negatives per user (seeded),
@@ -79,8 +80,12 @@ def query_groups(
     if "user_id" not in frame or (training and "label" not in frame):
         raise ValueError("query_groups needs user_id (and label for training) columns")
     frame = frame.reset_index(drop=True)
+    query = frame["user_id"].astype(str)
+    if "label_window" in frame:
+        query = frame["label_window"].astype(str) + "|" + query
+    frame = frame.assign(_query=query.to_numpy(dtype=object))
     if training:
-        has_positive = frame["label"].gt(0).groupby(frame["user_id"]).transform("any")
+        has_positive = frame["label"].gt(0).groupby(frame["_query"]).transform("any")
         frame = frame[has_positive.to_numpy()]
         rng = np.random.default_rng(seed)
         noise = rng.random(len(frame))
@@ -88,18 +93,18 @@ def query_groups(
         # Positives first (best grade first), then negatives in random order.
         order_key = np.where(positive, -frame["label"].to_numpy(dtype=float), noise)
         frame = frame.assign(_positive=positive, _key=order_key)
-        frame = frame.sort_values(["user_id", "_positive", "_key"], ascending=[True, False, True])
-        negative_rank = (~frame["_positive"]).groupby(frame["user_id"]).cumsum()
+        frame = frame.sort_values(["_query", "_positive", "_key"], ascending=[True, False, True])
+        negative_rank = (~frame["_positive"]).groupby(frame["_query"]).cumsum()
         if sample_negatives:
             keep = frame["_positive"] | (negative_rank <= config.max_negatives)
             frame = frame[keep.to_numpy()]
-        position = frame.groupby("user_id").cumcount()
+        position = frame.groupby("_query").cumcount()
         frame = frame[(position < config.max_rows_per_query).to_numpy()]
         frame = frame.drop(columns=["_positive", "_key"])
-    sort_by = ["user_id", "retrieval_rank"] if "retrieval_rank" in frame else ["user_id"]
+    sort_by = ["_query", "retrieval_rank"] if "retrieval_rank" in frame else ["_query"]
     frame = frame.sort_values(sort_by, kind="stable").reset_index(drop=True)
-    sizes = frame.groupby("user_id", sort=False).size().to_numpy(dtype=np.int64)
-    return QueryGroups(frame=frame, sizes=sizes)
+    sizes = frame.groupby("_query", sort=False).size().to_numpy(dtype=np.int64)
+    return QueryGroups(frame=frame.drop(columns="_query"), sizes=sizes)
 
 
 def split_users(

@@ -276,7 +276,7 @@ def _relative_to_user_best(user_codes: np.ndarray, scores: np.ndarray) -> np.nda
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:
     """The model inputs of a transformed frame (everything but the ids and the label)."""
-    return [c for c in frame.columns if c not in CANDIDATE_KEYS and c != "label"]
+    return [c for c in frame.columns if c not in (*CANDIDATE_KEYS, "label", "label_window")]
 
 
 # ------------------------------------------------------------------------- tables

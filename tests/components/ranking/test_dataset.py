@@ -125,3 +125,14 @@ def test_holdout_is_seeded(share: float) -> None:
     a = holdout_interactions(train, share, seed=5)[1]["item_id"].tolist()
     assert a == holdout_interactions(train, share, seed=5)[1]["item_id"].tolist()
     assert len(a) == int(40 * share)
+
+
+def test_queries_are_a_user_in_one_label_window() -> None:
+    frame = _candidates({"a": 6, "b": 4}, {"a": 1, "b": 1})
+    frame = pd.concat(
+        [frame.assign(label_window=0), frame.assign(label_window=1)], ignore_index=True
+    )
+    groups = query_groups(frame, RankerConfig(max_negatives=2), seed=0)
+    assert groups.n_queries == 4 and groups.sizes.tolist() == [3, 3, 3, 3]
+    keys = list(zip(groups.frame["label_window"], groups.frame["user_id"], strict=True))
+    assert keys == sorted(keys)

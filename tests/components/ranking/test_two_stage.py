@@ -18,6 +18,7 @@ from components.ranking_steps import (
     assemble_two_stage,
     build_ranking_data,
     label_stage,
+    label_stages,
     retrieval_only,
     train_ranker_step,
 )
@@ -85,7 +86,7 @@ def test_served_features_equal_the_training_features(
     ranker = TrainedRanker.load(Path(trained["ranker"]["uri"]))
     TwoStageModel.assemble(stack, ranker, small_config.model.ranker).save(tmp_path / "served")
     served = TwoStageModel.load(tmp_path / "served")
-    training = pd.read_parquet(trained["data"]["uri"]).drop(columns=["label"])
+    training = pd.read_parquet(trained["data"]["uri"]).drop(columns=["label", "label_window"])
     users = sorted(training["user_id"].unique())[:25]
     got = served.candidate_features(users)
     want = training[training["user_id"].isin(users)]
@@ -139,3 +140,26 @@ def test_prediction_uses_the_trained_categories_whatever_the_callers_order(train
         frame["i_category"].astype(object), categories=categories[::-1]
     )
     np.testing.assert_allclose(ranker.predict(shuffled), ranker.predict(frame))
+
+
+def test_label_windows_tile_the_time_before_the_test_cut_off(
+    small_split: DataSplit, small_config: PipelineConfig
+) -> None:
+    config = small_config.model_copy(
+        update={
+            "model": small_config.model.model_copy(
+                update={"ranker": small_config.model.ranker.model_copy(update={"label_windows": 3})}
+            )
+        }
+    )
+    stages = label_stages(small_split, config)
+    assert len(stages) == 3
+    assert stages[0].moment == small_split.valid_cutoff
+    length = small_split.test_cutoff - small_split.valid_cutoff
+    for number, stage in enumerate(stages):
+        assert stage.moment == small_split.valid_cutoff - number * length
+        # Every label lies at or after the stage's moment, every feature input before it.
+        assert stage.history["ts"].max() < stage.moment <= stage.window["ts"].min()
+        assert stage.window["ts"].max() < stage.moment + length
+        assert (stage.window["ts"] < small_split.test_cutoff).all()
+    assert len(label_stages(small_split, config, with_encoder=True)) == 1
