@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,14 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
                 shutil.rmtree(staging)
                 return
             shutil.rmtree(target)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # A concurrent writer renamed the same content-addressed target first: keep
+            # theirs (same id, same content). Anything else is a real error.
+            if overwrite or not target.exists():
+                raise
+            shutil.rmtree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -69,6 +76,23 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staging)
         raise
+
+
+def fingerprint_files(paths: Iterable[Path]) -> str:
+    """Cheap fingerprint of input files: path, size and modification time of each (of each
+    file inside a folder). Equal fingerprints mean unchanged inputs, as `make` assumes;
+    reading whole files to hash them would cost more than most stages they guard."""
+    entries: list[list[object]] = []
+    for path in sorted(Path(p).resolve() for p in paths):
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        for file in files:
+            try:
+                stat = file.stat()
+            except FileNotFoundError:
+                entries.append([str(file), None, None])
+                continue
+            entries.append([str(file), stat.st_size, stat.st_mtime_ns])
+    return hash_json(entries)
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -1,12 +1,27 @@
 #!/usr/bin/env bash
 # Create the process work pool, deploy everything in prefect.yaml, and start a worker.
-# Needs a Prefect server: `prefect server start` in another terminal and
-# `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`.
+#
+# Needs a Prefect server (`.venv/bin/prefect server start` in another terminal) and
+# PREFECT_API_URL pointing at it (`.venv/bin/prefect config set
+# PREFECT_API_URL=http://127.0.0.1:4200/api`). Environment knobs:
+#   REWEAR_PROJECT_DIR  checkout the worker runs (default: this one)
+#   REWEAR_HOME         registry, artifacts, snapshots, task results (default: ./.rewear)
+#   REWEAR_WORK_POOL    work pool name (default: rewear-local, as in prefect.yaml)
+#   REWEAR_NO_WORKER=1  create the pool and deploy, but do not start the worker
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export REWEAR_PROJECT_DIR="${REWEAR_PROJECT_DIR:-$PWD}"
+REWEAR_HOME="$(mkdir -p "${REWEAR_HOME:-$PWD/.rewear}" && cd "${REWEAR_HOME:-$PWD/.rewear}" && pwd)"
+export REWEAR_HOME
+# Task results (what a resumed run re-uses) live under REWEAR_HOME, not in ~/.prefect.
+export PREFECT_RESULTS_LOCAL_STORAGE_PATH="${PREFECT_RESULTS_LOCAL_STORAGE_PATH:-$REWEAR_HOME/prefect/storage}"
 POOL="${REWEAR_WORK_POOL:-rewear-local}"
-PREFECT=".venv/bin/prefect"
-"$PREFECT" work-pool inspect "$POOL" >/dev/null 2>&1 || "$PREFECT" work-pool create "$POOL" --type process
+PREFECT="${PREFECT:-$REWEAR_PROJECT_DIR/.venv/bin/prefect}"
+
+"$PREFECT" work-pool inspect "$POOL" >/dev/null 2>&1 \
+  || "$PREFECT" work-pool create "$POOL" --type process
 "$PREFECT" --no-prompt deploy --all
+if [ "${REWEAR_NO_WORKER:-0}" = "1" ]; then
+  exit 0
+fi
 exec "$PREFECT" worker start --pool "$POOL"

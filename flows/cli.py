@@ -313,5 +313,76 @@ def recommendation_table(answer: Any, title: str) -> Table:
     return table
 
 
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML")]
+OverridesOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value: --set source.n_users=500"),
+]
+DEFAULT_CONFIG = Path("configs/synthetic.yaml")
+
+
+@app.command("refresh-index")
+def refresh_index_command(
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: OverridesOption = None,
+) -> None:
+    """Rebuild the champion's index from the newest data and publish it (no retraining)."""
+    _prepare_environment()
+    parsed = _checked_overrides(config, overrides)
+    from flows.refresh_index import refresh_index
+
+    result = _run_flow(refresh_index, config, parsed)
+    refresh = result.get("refresh", {})
+    console.print(
+        f"{result['status']}: v{result.get('source_version')} -> v{result.get('version')} "
+        f"(aliases {result.get('aliases')}), {refresh.get('new_listings')} new listings, "
+        f"{refresh.get('dropped_listings')} dropped, {refresh.get('available_listings')} "
+        f"indexed, {result['duration_s']:.1f}s"
+    )
+
+
+@app.command()
+def monitor(
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: OverridesOption = None,
+    thresholds: Annotated[
+        list[str] | None,
+        typer.Option("--threshold", help="A monitoring threshold: --threshold max_psi=0.1"),
+    ] = None,
+) -> None:
+    """Drift, champion quality and candidate recall on the newest data; exit 1 on an alert."""
+    _prepare_environment()
+    parsed = _checked_overrides(config, overrides)
+    from flows.monitor import monitor as monitor_flow
+
+    result = _run_flow(monitor_flow, config, parsed, _parse_overrides(thresholds or []))
+    console.print(
+        f"ok: PSI {result['drift']['psi']}, champion v{result['champion_version']} "
+        f"{result['quality']['metrics']}, candidate recall {result['quality']['candidate_recall']}"
+    )
+
+
+def _checked_overrides(config: Path, overrides: list[str] | None) -> dict[str, Any]:
+    """Parse --set values and validate the config before any flow is imported (exit 2)."""
+    from components.config import ConfigError, load_config
+
+    parsed = _parse_overrides(overrides or [])
+    try:
+        load_config(config, parsed)
+    except ConfigError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    return parsed
+
+
+def _run_flow(flow_fn: Any, config: Path, *args: Any) -> dict[str, Any]:
+    """Run the flow; exit 1 with the error on failure."""
+    try:
+        return flow_fn(str(config), *args)
+    except Exception as error:
+        errors.print(f"[red]{flow_fn.name} failed:[/red] {type(error).__name__}: {error}")
+        raise typer.Exit(1) from error
+
+
 def main() -> None:  # pragma: no cover - console script entry
     app(sys.argv[1:])

@@ -14,7 +14,6 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from components import retrieval_steps, steps
 from components.config import PipelineConfig, config_hash, load_config
@@ -33,30 +32,18 @@ from components.report import ModelRef, RunReport
 from components.retrieval_steps import TWO_TOWER
 from components.settings import RewearSettings
 from components.store import read_json
-
-LONG_TASK_TIMEOUT_S = 3600
-
-
-def _retry_on_io_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only transient I/O failures, not bad data or bad config."""
-    try:
-        state.result()
-    except OSError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-task_options: dict[str, Any] = {"cache_policy": NO_CACHE, "timeout_seconds": LONG_TASK_TIMEOUT_S}
-
-
-@task(
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=_retry_on_io_error,
-    **task_options,
+from flows.orchestration import (
+    SOURCE_OPTIONS,
+    STAGE_OPTIONS,
+    UNCACHED_OPTIONS,
+    task_runner_from_settings,
 )
+
+#: Pure stages cache on their inputs' content (see flows.orchestration); a re-run resumes.
+task_options: dict[str, Any] = STAGE_OPTIONS
+
+
+@task(**SOURCE_OPTIONS)
 def ingest_task(config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
     return steps.ingest(config, run_dir)
 
@@ -111,7 +98,7 @@ def evaluate_task(
     return steps.evaluate(split_uri, model_uri, config.evaluation, config.model, run_dir)
 
 
-@task(**task_options)
+@task(**UNCACHED_OPTIONS)
 def compare_with_champion_task(
     split_uri: str, model_uri: str, snapshot_id: str, config: PipelineConfig, run_dir: Path
 ) -> dict[str, Any] | None:
@@ -134,7 +121,7 @@ def compare_with_champion_task(
     )
 
 
-@task(**task_options)
+@task(**UNCACHED_OPTIONS)
 def register_task(
     split_uri: str,
     final_model_uri: str,
@@ -194,7 +181,7 @@ def promote_task(
     return {**decision.to_dict(), "aliases": version_aliases(client, name, version)}
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", log_prints=True, task_runner=task_runner_from_settings())
 def retrain(
     config_path: str = "configs/synthetic.yaml",
     overrides: dict[str, Any] | None = None,

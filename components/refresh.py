@@ -1,0 +1,232 @@
+"""Index refresh: the champion's bundle brought up to date with newer data, without retraining.
+
+Listings sell within days, so between two retrains the served index fills with sold
+listings and misses new ones. `refresh_bundle` keeps the champion's model files (encoder,
+popularity model, and any other file, e.g. a ranker, copied unchanged) and rebuilds what
+depends on the data: the Annoy index over the listings available now (every one embedded
+by the champion's item tower at the new moment, so new listings are retrievable at once
+and sold ones are gone), the catalogue with its availability, each user's masked items and
+recent history. Seconds to minutes, against a retrain's full pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.config import EvaluationConfig
+from components.data.schema import CanonicalTables
+from components.data.split import available_at, latest_moment
+from components.registry.bundle import TWO_TOWER_SOURCE, build_bundle
+from components.retrieval.popularity import RecentPopularity
+from components.store import atomic_directory, hash_json, read_json
+
+#: Files and folders `build_bundle` writes; everything else in a bundle is copied as is.
+REBUILT = ("bundle.json", "model", "items.parquet", "user_exclusions.parquet", "history.parquet")
+ENCODER = "encoder"
+INDEX = "index"
+
+
+class RefreshError(ValueError):
+    """The champion or the new data cannot be refreshed; the message says why and what to do."""
+
+
+def bundle_content_hash(folder: Path) -> str:
+    """Hash of every file's bytes in a folder (to prove two bundles share an encoder)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(folder)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def refresh_bundle(
+    champion_dir: Path,
+    tables: CanonicalTables,
+    target: Path,
+    evaluation: EvaluationConfig,
+    extra_metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write into `target` (atomically) the champion's bundle refreshed with `tables`.
+
+    Returns counts (new listings embedded, listings dropped as sold or unavailable,
+    listings indexed) and `changed: False` when `tables` hold nothing newer than the
+    champion's data (then `target` is not written).
+    """
+    champion_dir = Path(champion_dir)
+    metadata = read_json(champion_dir / "bundle.json")
+    built = metadata.get("data_until")
+    if built is None:
+        raise RefreshError(
+            f"the champion bundle at {champion_dir} records no data_until (its data had no "
+            "timestamps): an index refresh needs timestamped listings; retrain instead"
+        )
+    built_until = pd.Timestamp(str(built))
+    items, interactions = tables.items, tables.interactions
+    now = latest_moment(interactions, items)
+    if now is None or now <= built_until:
+        return {"changed": False, "built_until": built_until.isoformat(), "data_until": None}
+    started = time.perf_counter()
+    available = available_at(items, now)
+    previous = pd.read_parquet(champion_dir / "items.parquet", columns=["item_id", "available"])
+    was_available = set(previous.loc[previous["available"], "item_id"].astype(str))
+    available_ids = set(items.loc[available.to_numpy(bool), "item_id"].astype(str))
+    created = items["created_at"]
+    new_ids = set(items.loc[(created > built_until).fillna(False).to_numpy(bool), "item_id"])
+    exclusions = interactions
+    if not evaluation.mask_all_seen:
+        exclusions = interactions[interactions["event"].isin(evaluation.mask_events)]
+    two_tower = metadata.get("model_kind") == TWO_TOWER_SOURCE
+    kept_metadata = {k: v for k, v in metadata.items() if k not in ("format", "model_kind")}
+    refreshed_metadata = {
+        **kept_metadata,
+        "data_until": now.isoformat(),
+        "refreshed_from_data_until": built_until.isoformat(),
+        **(extra_metadata or {}),
+    }
+    with atomic_directory(Path(target), overwrite=True) as staging:
+        index_dir = history = None
+        if two_tower:
+            index_dir = staging.parent / f".{staging.name}.index"
+            length = _rebuild_index(champion_dir, items, available, now, index_dir)
+            history = _recent_history(interactions, length)
+        try:
+            build_bundle(
+                staging,
+                model=RecentPopularity.load(champion_dir / "model"),
+                items=items,
+                available=available,
+                user_exclusions=exclusions,
+                metadata=refreshed_metadata,
+                encoder_dir=champion_dir / ENCODER if two_tower else None,
+                index_dir=index_dir,
+                history=history,
+            )
+        finally:
+            if index_dir is not None:
+                shutil.rmtree(index_dir, ignore_errors=True)
+        for entry in champion_dir.iterdir():
+            if entry.name in (*REBUILT, ENCODER, INDEX) or (staging / entry.name).exists():
+                continue
+            copy = shutil.copytree if entry.is_dir() else shutil.copy2
+            copy(entry, staging / entry.name)
+    return {
+        "changed": True,
+        "built_until": built_until.isoformat(),
+        "data_until": now.isoformat(),
+        "model_kind": "two_tower" if two_tower else "recent_popularity",
+        "new_listings": len(new_ids & available_ids),
+        "dropped_listings": len(was_available - available_ids),
+        "available_listings": len(available_ids),
+        "encoder_sha256": bundle_content_hash(champion_dir / ENCODER) if two_tower else None,
+        "content_id": hash_json(sorted(available_ids)),
+        "refresh_s": round(time.perf_counter() - started, 3),
+    }
+
+
+def _rebuild_index(
+    champion_dir: Path,
+    items: pd.DataFrame,
+    available: pd.Series,
+    now: pd.Timestamp,
+    folder: Path,
+) -> int:
+    """Embed every listing available `now` with the champion's item tower and index them
+    with the champion's index settings; returns the encoder's history length."""
+    from components.config import AnnoyConfig
+    from components.retrieval.ann_index import AnnIndex, build_annoy_index
+    from components.retrieval.two_tower import TrainedTwoTower
+
+    trained = TrainedTwoTower.load(champion_dir / ENCODER)
+    old = AnnIndex.load(champion_dir / INDEX)
+    settings = AnnoyConfig(
+        n_trees=old.n_trees,
+        search_k=old.search_k,
+        search_k_factor=old.search_k_factor,
+        inner_product=old.inner_product,
+        seed=old.seed,
+    )
+    listings = items[available.to_numpy(bool)]
+    if listings.empty:
+        raise RefreshError(
+            f"no listing is available at {now.isoformat()} in the new data: nothing to "
+            "index; check the source's items table (created_at / sold_at)"
+        )
+    vectors = trained.embed_items(listings, now)
+    build_annoy_index(vectors, listings["item_id"].astype(str).tolist(), settings, folder)
+    return trained.config.history_length
+
+
+def _recent_history(interactions: pd.DataFrame, length: int) -> pd.DataFrame:
+    """Each user's last `length` interactions (what the user tower pools at serving)."""
+    ordered = interactions.sort_values(["user_id", "ts"], kind="stable")
+    return ordered.groupby("user_id", sort=False).tail(length).reset_index(drop=True)
+
+
+class SmokeTestError(RuntimeError):
+    """A refreshed version answered wrongly; it stays registered but never becomes champion."""
+
+
+def register_refreshed_version(
+    client: Any,
+    run_id: str,
+    bundle_dir: Path,
+    model_name: str,
+    tags: dict[str, str],
+    example_user_id: str | None,
+) -> int:
+    """Log the refreshed bundle as the run's pyfunc and register it as a new version, with
+    its tags and no alias: `challenger` stays on the last retrained version, and `champion`
+    moves only after the smoke test (`move_champion`)."""
+    import mlflow
+
+    from components.registry.pyfunc import model_signature
+    from components.registry.registration import (
+        COMPONENTS_DIR,
+        MODEL_CODE,
+        SERVING_REQUIREMENTS,
+    )
+
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={"bundle": str(bundle_dir)},
+            code_paths=[str(COMPONENTS_DIR)],
+            signature=model_signature(),
+            pip_requirements=SERVING_REQUIREMENTS,
+            input_example=None
+            if example_user_id is None
+            else pd.DataFrame({"user_id": [example_user_id]}),
+        )
+    created = client.create_model_version(
+        model_name, source=info.model_uri, run_id=run_id, tags=tags, await_creation_for=60
+    )
+    return int(created.version)
+
+
+def smoke_test(
+    model: Any, user_ids: list[str], unavailable_item_ids: set[str], k: int = 10
+) -> dict[str, Any]:
+    """Ask the loaded pyfunc for `k` items per user: every user answered, ranks 1..k,
+    finite scores, and not one unavailable (sold, removed) listing."""
+    answer = model.predict(pd.DataFrame({"user_id": user_ids}), params={"k": k})
+    problems = []
+    sizes = answer.groupby("user_id").size()
+    missing = [user for user in user_ids if sizes.get(user, 0) == 0]
+    if missing:
+        problems.append(f"no answer for users {missing[:5]}")
+    if not np.isfinite(answer["score"].to_numpy(float)).all():
+        problems.append("non-finite scores")
+    leaked = sorted(set(answer["item_id"].astype(str)) & unavailable_item_ids)
+    if leaked:
+        problems.append(f"{len(leaked)} unavailable listings recommended, e.g. {leaked[:5]}")
+    if problems:
+        raise SmokeTestError("refreshed bundle failed its smoke test: " + "; ".join(problems))
+    return {"users": len(user_ids), "rows": len(answer), "k": k}

@@ -1,0 +1,198 @@
+"""The `refresh_index` flow: the champion's index and serving tables rebuilt from the newest
+data, published as a new registered version, without retraining.
+
+ingest -> validate (cached like retrain's) -> fetch champion -> refresh bundle (embed the
+listings available now with the champion's item tower, drop sold ones, rebuild the Annoy
+index; every other bundle file copied) -> register a new version (tags: same encoder and
+ranker as the source version) -> smoke test -> move `champion` if it still is the version
+that was refreshed. A failure anywhere leaves `champion` where it was.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from prefect import flow, task
+
+from components.config import PipelineConfig
+from components.data.snapshot import read_tables
+from components.refresh import (
+    refresh_bundle,
+    register_refreshed_version,
+    smoke_test,
+)
+from components.registry.registration import (
+    CHAMPION,
+    current_alias_version,
+    download_alias_bundle,
+    git_commit,
+    model_uri,
+)
+from components.registry.tracking import configure_mlflow
+from components.settings import RewearSettings
+from components.store import read_json
+from flows.orchestration import (
+    UNCACHED_OPTIONS,
+    finish_tracked_run,
+    start_tracked_run,
+    task_runner_from_settings,
+)
+from flows.retrain import ingest_task, validate_task
+
+#: Version tags copied from the refreshed version: what made its model.
+LINEAGE_TAGS = ("snapshot_id", "git_commit", "config_hash", "dataset", "run_id")
+
+
+class NoChampionError(RuntimeError):
+    """There is nothing to refresh yet."""
+
+
+@task(**UNCACHED_OPTIONS)
+def fetch_champion_task(config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    """Download the current champion's bundle and read its version's tags."""
+    client, _ = configure_mlflow(RewearSettings(), config.registry.experiment)
+    name = config.registry.model_name
+    found = download_alias_bundle(client, name, CHAMPION, run_dir / "champion")
+    if found is None:
+        raise NoChampionError(
+            f"model {name!r} has no {CHAMPION!r} version yet: run the retrain flow "
+            "first (prefect deployment run 'retrain/daily' or `rewear retrain`)"
+        )
+    version, bundle_dir = found
+    tags = dict(client.get_model_version(name, str(version)).tags)
+    return {"version": version, "bundle_dir": str(bundle_dir), "tags": tags}
+
+
+@task(**UNCACHED_OPTIONS)
+def refresh_bundle_task(
+    champion_dir: str, validated_uri: str, config: PipelineConfig, run_dir: Path, version: int
+) -> dict[str, Any]:
+    folder = Path(validated_uri)
+    tables = read_tables(folder, source=read_json(folder / "source.json"))
+    result = refresh_bundle(
+        Path(champion_dir),
+        tables,
+        run_dir / "bundle",
+        config.evaluation,
+        extra_metadata={"refreshed_from_version": version},
+    )
+    result["uri"] = str(run_dir / "bundle")
+    if result["changed"]:
+        items = tables.items
+        result["example_user_id"] = str(tables.interactions["user_id"].iloc[-1])
+        available = _available_ids(run_dir / "bundle")
+        result["unavailable_ids"] = sorted(set(items["item_id"].astype(str)) - available)
+        result["smoke_users"] = _smoke_users(tables.interactions)
+    return result
+
+
+def _available_ids(bundle_dir: Path) -> set[str]:
+    catalogue = pd.read_parquet(bundle_dir / "items.parquet", columns=["item_id", "available"])
+    return set(catalogue.loc[catalogue["available"], "item_id"].astype(str))
+
+
+def _smoke_users(interactions: Any) -> list[str]:
+    """The three most active users and one never seen (the popularity fallback)."""
+    active = interactions["user_id"].astype(str).value_counts().index[:3].tolist()
+    return [*active, "rewear-smoke-test-unknown-user"]
+
+
+@task(**UNCACHED_OPTIONS)
+def register_and_promote_task(
+    refreshed: dict[str, Any],
+    champion: dict[str, Any],
+    config: PipelineConfig,
+    run_id: str,
+) -> dict[str, Any]:
+    """Register the refreshed bundle, smoke-test it, and move `champion` to it when the
+    champion is still the version that was refreshed (a retrain may have promoted another
+    meanwhile: then the refreshed version stays registered, unaliased)."""
+    client, _ = configure_mlflow(RewearSettings(), config.registry.experiment)
+    name = config.registry.model_name
+    source_version = champion["version"]
+    lineage = {k: champion["tags"][k] for k in LINEAGE_TAGS if k in champion["tags"]}
+    metric_tags = {k: v for k, v in champion["tags"].items() if k.startswith("metric.")}
+    tags = {
+        **lineage,
+        **metric_tags,
+        "kind": "index_refresh",
+        "refreshed_from_version": str(source_version),
+        "encoder_from_version": str(champion["tags"].get("encoder_from_version", source_version)),
+        "ranker_from_version": str(champion["tags"].get("ranker_from_version", source_version)),
+        "same_encoder": "true",
+        "same_ranker": "true",
+        "encoder_sha256": str(refreshed["encoder_sha256"]),
+        "index_data_until": str(refreshed["data_until"]),
+        "new_listings": str(refreshed["new_listings"]),
+        "dropped_listings": str(refreshed["dropped_listings"]),
+        "refresh_run_id": run_id,
+        "refresh_git_commit": git_commit(),
+    }
+    version = register_refreshed_version(
+        client, run_id, Path(refreshed["uri"]), name, tags, refreshed["example_user_id"]
+    )
+    mlflow.set_tracking_uri(RewearSettings().tracking_uri)
+    try:
+        model = mlflow.pyfunc.load_model(model_uri(name, version=version))
+        smoke = smoke_test(model, refreshed["smoke_users"], set(refreshed["unavailable_ids"]))
+    except Exception:
+        client.set_model_version_tag(name, str(version), "smoke_test", "failed")
+        raise
+    client.set_model_version_tag(name, str(version), "smoke_test", "passed")
+    current = current_alias_version(client, name, CHAMPION)
+    promoted = current == source_version
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+    aliases = sorted(client.get_model_version(name, str(version)).aliases)
+    return {
+        "version": version,
+        "aliases": aliases,
+        "promoted": promoted,
+        "champion_before": current,
+        "smoke_test": smoke,
+    }
+
+
+@flow(name="refresh-index", log_prints=True, task_runner=task_runner_from_settings())
+def refresh_index(
+    config_path: str = "configs/synthetic.yaml", overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Refresh the champion's index and serving tables from the newest data and publish it."""
+    started = time.perf_counter()
+    run = start_tracked_run("refresh-index", config_path, overrides)
+    config, client, run_id, run_dir = run.config, run.client, run.run_id, run.run_dir
+    report: dict[str, Any] = {"run_id": run_id, "kind": "refresh_index", "status": "failed"}
+    failed = True
+    try:
+        champion = fetch_champion_task(config, run_dir)
+        report["source_version"] = champion["version"]
+        raw = ingest_task(config, run_dir)
+        validated = validate_task(raw["uri"], config, run_dir)
+        refreshed = refresh_bundle_task(
+            champion["bundle_dir"], validated["uri"], config, run_dir, champion["version"]
+        )
+        report["refresh"] = {
+            k: v
+            for k, v in refreshed.items()
+            if k not in ("unavailable_ids", "smoke_users", "example_user_id")
+        }
+        if not refreshed["changed"]:
+            print(f"no data newer than the champion's ({refreshed['built_until']}): nothing to do")
+            report.update(status="unchanged", promoted=False, version=None)
+        else:
+            for key in ("new_listings", "dropped_listings", "available_listings", "refresh_s"):
+                client.log_metric(run_id, f"refresh.{key}", float(refreshed[key]))
+            registered = register_and_promote_task(refreshed, champion, config, run_id)
+            report.update(status="completed", **registered)
+        failed = False
+    except BaseException as error:
+        report["error"] = f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        report["duration_s"] = round(time.perf_counter() - started, 3)
+        finish_tracked_run(run, report, failed)
+    return report

@@ -1,0 +1,103 @@
+"""The monitor flow: quiet on data like the champion's, failing with an event on a shift."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from components.data.schema import CanonicalTables
+from components.monitoring import MonitoringAlertError
+from components.settings import RewearSettings
+from tests.flows.market_files import last_moment, small_market, write_market
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+FAST = {"evaluation.bootstrap_resamples": 50}
+
+
+def shifted(tables: CanonicalTables, since: pd.Timestamp) -> CanonicalTables:
+    """After `since`: half the views become purchases, and new listings are a new, five
+    times pricier category (a marketplace opening a luxury vertical)."""
+    interactions = tables.interactions.copy()
+    views = interactions.index[(interactions["ts"] >= since) & (interactions["event"] == "view")]
+    interactions.loc[views[::2], "event"] = "purchase"
+    items = tables.items.copy()
+    new = items["created_at"] >= since
+    items.loc[new, "price"] = items.loc[new, "price"] * 5
+    items.loc[new, "category"] = "luxury"
+    return CanonicalTables(interactions, items, tables.users, source=tables.source)
+
+
+def _alert_events(since: float) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    with get_client(sync_client=True) as client:
+        page = client.read_events(
+            EventFilter(event=EventNameFilter(name=["rewear.monitor.alert"])), limit=50
+        )
+    return [e for e in page.events if e.occurred.timestamp() >= since]
+
+
+@pytest.mark.slow
+def test_monitor_passes_on_similar_data_and_fails_with_an_event_on_a_shift(rewear_home, tmp_path):
+    from flows.monitor import monitor
+    from flows.retrain import retrain
+
+    tables = small_market()
+    cut = last_moment(tables) - pd.Timedelta("5D")
+    config = write_market(tables, tmp_path / "market", cut)
+    retrained = retrain(config_path=str(config), overrides=FAST)
+    assert retrained["status"] == "completed"
+    uri = RewearSettings().tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if not client.get_registered_model("rewear").aliases.get("champion"):
+        client.set_registered_model_alias("rewear", "champion", "1")
+
+    write_market(tables, tmp_path / "market")  # five more days, same marketplace
+    quiet = monitor(config_path=str(config), overrides=FAST)
+    assert quiet["status"] == "ok" and quiet["breaches"] == []
+    assert quiet["champion_version"] == 1
+    assert all(0 <= v < 0.25 for v in quiet["drift"]["psi"].values()), quiet["drift"]
+    assert quiet["drift"]["current_rows"] > 0 and quiet["drift"]["reference_rows"] > 0
+    assert quiet["quality"]["evaluated_users"] >= 20
+    assert 0 < quiet["quality"]["metrics"]["recall@20"] <= 1
+    assert 0 < quiet["quality"]["candidate_recall"] <= 1
+    assert quiet["event_id"]
+    metrics = client.get_run(quiet["run_id"]).data.metrics
+    assert metrics["drift.psi.price"] == pytest.approx(quiet["drift"]["psi"]["price"])
+    print("quiet", quiet["drift"]["psi"], quiet["quality"])
+
+    started = time.time()
+    write_market(shifted(tables, cut), tmp_path / "market")
+    with pytest.raises(MonitoringAlertError, match="category_mix drifted: PSI") as raised:
+        monitor(config_path=str(config), overrides=FAST)
+    message = str(raised.value)
+    assert "price drifted" in message and "event_mix drifted" in message
+    assert "rewear.monitor.alert" in message
+    report_paths = sorted(
+        (rewear_home / "runs").glob("*/report.json"), key=lambda p: p.stat().st_mtime
+    )
+    report = pd.read_json(report_paths[-1], typ="series")
+    assert report["status"] == "alert"
+    assert all(value > 0.25 for value in report["drift"]["psi"].values()), report["drift"]
+    print("shifted", report["drift"]["psi"], report["quality"])
+    deadline = time.time() + 60
+    while not (events := _alert_events(started)) and time.time() < deadline:
+        time.sleep(1)
+    assert events, "no rewear.monitor.alert event reached the Prefect API"
+    assert events[0].resource.id == "rewear.model.rewear"
+    assert events[0].payload["breaches"] == report["breaches"]
+    # A champion is untouched by monitoring.
+    assert int(client.get_registered_model("rewear").aliases["champion"]) == 1
+
+
+def test_thresholds_are_validated_with_a_clear_message(rewear_home, tmp_path):
+    from flows.monitor import monitor
+
+    config = write_market(small_market(n_users=20, n_days=7), Path(tmp_path) / "m")
+    with pytest.raises(Exception, match="max_psi"):
+        monitor(config_path=str(config), thresholds={"max_psi": -1})

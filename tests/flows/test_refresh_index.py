@@ -1,0 +1,104 @@
+"""The refresh_index flow: new listings retrievable, sold ones gone, same encoder, new version."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from components.refresh import bundle_content_hash
+from components.retrieval.ann_index import AnnIndex
+from components.settings import RewearSettings
+from tests.flows.market_files import TWO_TOWER_OVERRIDES, last_moment, small_market, write_market
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _client() -> MlflowClient:
+    uri = RewearSettings().tracking_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _answers(users: list[str], k: int = 100) -> pd.DataFrame:
+    model = mlflow.pyfunc.load_model("models:/rewear@champion")
+    return model.predict(pd.DataFrame({"user_id": users}), params={"k": k})
+
+
+@pytest.mark.slow
+def test_refresh_publishes_the_champion_without_sold_listings_and_with_new_ones(
+    rewear_home, tmp_path
+):
+    from flows.refresh_index import refresh_index
+    from flows.retrain import retrain
+
+    tables = small_market()
+    cut = last_moment(tables) - pd.Timedelta("2D")
+    config = write_market(tables, tmp_path / "market", cut)
+    started = time.perf_counter()
+    retrained = retrain(config_path=str(config), overrides=TWO_TOWER_OVERRIDES)
+    retrain_s = time.perf_counter() - started
+    client = _client()
+    if not client.get_registered_model("rewear").aliases.get("champion"):
+        client.set_registered_model_alias("rewear", "champion", str(retrained["model"]["version"]))
+    source = int(client.get_registered_model("rewear").aliases["champion"])
+    users = tables.interactions["user_id"].value_counts().index[:60].tolist()
+    items = tables.items
+    sold_since = set(items.loc[items["sold_at"] >= cut, "item_id"])
+    new_since = set(items.loc[(items["created_at"] >= cut) & items["sold_at"].isna(), "item_id"])
+    before = set(_answers(users)["item_id"])
+    assert before & sold_since, "precondition: the champion recommends listings sold later"
+
+    unchanged = refresh_index(config_path=str(config))  # no newer data yet
+    assert unchanged["status"] == "unchanged" and unchanged["version"] is None
+
+    write_market(tables, tmp_path / "market")  # two more days: sales and new listings
+    started = time.perf_counter()
+    result = refresh_index(config_path=str(config))
+    refresh_s = time.perf_counter() - started
+    print(f"retrain {retrain_s:.1f}s, refresh {refresh_s:.1f}s, {result['refresh']}")
+    assert result["status"] == "completed" and result["promoted"] is True
+    version = result["version"]
+    assert version == source + 1
+    assert result["aliases"] == ["champion"]
+    refresh = result["refresh"]
+    assert refresh["new_listings"] == len(new_since)
+    assert refresh["dropped_listings"] >= len(sold_since & before)
+
+    after = _answers(users)
+    assert not set(after["item_id"]) & sold_since
+    assert set(after["item_id"]) & new_since, "new listings are retrievable at once"
+    assert set(after.loc[after["user_id"] == users[0], "source"]) == {"two_tower"}
+
+    tags = client.get_model_version("rewear", str(version)).tags
+    assert tags["kind"] == "index_refresh"
+    assert tags["refreshed_from_version"] == str(source)
+    assert tags["encoder_from_version"] == str(source)
+    assert tags["same_encoder"] == "true" and tags["same_ranker"] == "true"
+    assert tags["smoke_test"] == "passed"
+    assert tags["snapshot_id"] == retrained["snapshot_id"]
+    source_dir = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/rewear/{source}", dst_path=str(tmp_path / "a")
+        )
+    )
+    new_dir = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/rewear/{version}", dst_path=str(tmp_path / "b")
+        )
+    )
+    old_bundle, new_bundle = source_dir / "artifacts" / "bundle", new_dir / "artifacts" / "bundle"
+    assert tags["encoder_sha256"] == bundle_content_hash(old_bundle / "encoder")
+    assert bundle_content_hash(new_bundle / "encoder") == bundle_content_hash(
+        old_bundle / "encoder"
+    )
+    indexed = set(AnnIndex.load(new_bundle / "index").item_ids)
+    assert not indexed & sold_since and new_since <= indexed
+    assert len(indexed) == refresh["available_listings"]
+    challenger = client.get_registered_model("rewear").aliases.get("challenger")
+    assert challenger is None or int(challenger) != version  # refresh never takes challenger
