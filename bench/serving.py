@@ -4,12 +4,15 @@
     .venv/bin/python bench/serving.py                     # ml-1m-lcfn, two-tower bundle
     .venv/bin/python bench/serving.py --model-uri models:/rewear@champion   # an existing one
     .venv/bin/python bench/serving.py --set model.two_tower.max_epochs=1 --requests 2000
+    .venv/bin/python bench/serving.py --bundle .rewear/bench/serving/runs/<run>/bundle
 
 Without `--model-uri` it builds the served bundle with the retrain flow's own steps (ingest,
 validate, snapshot, split, fit, train_encoder, build_index, bundle; no evaluation) and
 registers it in a registry of its own under `$REWEAR_HOME/bench/serving`, so the user's
-registry and champion are untouched. One request = one user (a known user drawn at random
-from the bundle, or an anonymous session of 5 recent listings), sent one after another.
+registry and champion are untouched (`--bundle` registers an already built bundle folder
+with the current code instead of training again). One request = one user (a known user
+drawn at random from the bundle, or an anonymous session of 5 recent listings), sent one
+after another, after a warm-up.
 """
 
 from __future__ import annotations
@@ -94,6 +97,23 @@ def build_and_register(config_path: Path, overrides: dict[str, Any], home: Path)
     return f"models:/rewear-bench/{registered.version}"
 
 
+def register_bundle(bundle: Path, home: Path) -> str:
+    """Register an already built bundle folder (with the code as it is now)."""
+    settings = RewearSettings(home=home).ensure()
+    client, experiment_id = configure_mlflow(settings, "bench-serving")
+    run_id = client.create_run(experiment_id, run_name="bench-serving-bundle").info.run_id
+    metadata = json.loads((bundle / "bundle.json").read_text())
+    tags = {
+        "snapshot_id": str(metadata.get("snapshot_id")),
+        "git_commit": git_commit(),
+        "config_hash": "bench",
+        "dataset": str(metadata.get("dataset")),
+    }
+    registered = log_and_register(client, run_id, bundle, "rewear-bench", tags)
+    client.set_terminated(run_id, "FINISHED")
+    return f"models:/rewear-bench/{registered.version}"
+
+
 def percentiles(latencies_ms: list[float]) -> dict[str, float]:
     ordered = sorted(latencies_ms)
     return {
@@ -132,7 +152,7 @@ def bench_in_process(model: Any, rows: list[dict], warmup: int) -> dict[str, flo
         return model.predict(pd.DataFrame([row]), params={"k": K})
 
     timed(ask, rows[:warmup])
-    return percentiles(timed(ask, rows))
+    return percentiles(timed(ask, rows[warmup:]))
 
 
 def bench_http(base_url: str, rows: list[dict], warmup: int) -> dict[str, float]:
@@ -151,7 +171,7 @@ def bench_http(base_url: str, rows: list[dict], warmup: int) -> dict[str, float]
 
     try:
         timed(ask, rows[:warmup])
-        return percentiles(timed(ask, rows))
+        return percentiles(timed(ask, rows[warmup:]))
     finally:
         connection.close()
 
@@ -167,6 +187,7 @@ def main() -> None:
         help="config override key=value (default adds model.kind=two_tower)",
     )
     parser.add_argument("--model-uri", help="bench this registered model instead of training")
+    parser.add_argument("--bundle", type=Path, help="register this bundle folder and bench it")
     parser.add_argument("--home", type=Path, help="REWEAR_HOME of --model-uri (default: env)")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--http-requests", type=int, default=500)
@@ -177,7 +198,10 @@ def main() -> None:
 
     settings = RewearSettings() if args.home is None else RewearSettings(home=args.home)
     model_uri = args.model_uri
-    if model_uri is None:
+    if model_uri is None and args.bundle is not None:
+        settings = RewearSettings(home=settings.home / "bench" / "serving")
+        model_uri = register_bundle(args.bundle.resolve(), settings.home)
+    elif model_uri is None:
         overrides: dict[str, Any] = {"model.kind": "two_tower"}
         for item in args.overrides:
             key, _, value = item.partition("=")
@@ -203,7 +227,9 @@ def main() -> None:
     }
     log = settings.home / "bench-serving-server.log"
     with model_server(model_uri, settings.tracking_uri, log) as base:
-        results["http_user"] = bench_http(base, known[: args.http_requests], args.warmup)
+        results["http_user"] = bench_http(
+            base, known[: args.http_requests + args.warmup], args.warmup
+        )
     results["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}"
     results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["commit"] = git_commit()

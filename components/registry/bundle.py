@@ -54,6 +54,8 @@ OUTPUT_COLUMNS = (
     *ITEM_DISPLAY_COLUMNS,
     "request",
 )
+#: Up to this many known users, the load encodes them all once (64-dim: 256 MB at 1M).
+MAX_PRECOMPUTED_USERS = 1_000_000
 #: Extra neighbours asked of the index beyond k and the user's masked items.
 ANN_MARGIN = 20
 TWO_STAGE_DIR = "two_stage"
@@ -129,6 +131,11 @@ class _Retrieval:
     known_users: frozenset[str]
     as_of: pd.Timestamp | None
     item_vector_cache: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    #: Every known user's vector, encoded once at load (row per user in `user_rows`); the
+    #: bundled histories are fixed, so a request needs only a lookup. None above
+    #: MAX_PRECOMPUTED_USERS users (then each request encodes its users).
+    user_matrix: np.ndarray | None = None
+    user_rows: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -425,10 +432,14 @@ class BundleRecommender:
         """Vectors of the requested users that have a history (row -> vector)."""
         if self.retrieval is None:
             return {}
-        rows = [row for row, user in enumerate(user_ids) if user in self.retrieval.known_users]
+        retrieval = self.retrieval
+        if retrieval.user_matrix is not None:
+            found = {row: retrieval.user_rows.get(user) for row, user in enumerate(user_ids)}
+            return {row: retrieval.user_matrix[at] for row, at in found.items() if at is not None}
+        rows = [row for row, user in enumerate(user_ids) if user in retrieval.known_users]
         if not rows:
             return {}
-        encoded = self.retrieval.encoder.encode([user_ids[row] for row in rows])  # type: ignore[attr-defined]
+        encoded = retrieval.encoder.encode([user_ids[row] for row in rows])  # type: ignore[attr-defined]
         return dict(zip(rows, encoded, strict=True))
 
     def _item_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
@@ -457,12 +468,18 @@ def _load_retrieval(
     as_of = None if until is None else pd.Timestamp(str(until)) + pd.Timedelta(microseconds=1)
     items = catalogue.drop(columns=["available"])
     encoder = trained.user_encoder(history, as_of, items)
+    users = sorted(set(history["user_id"].astype(str)))
+    user_matrix = None
+    if len(users) <= MAX_PRECOMPUTED_USERS:
+        user_matrix = encoder.encode(users)
     return _Retrieval(
         trained=trained,
         encoder=encoder,
         index=AnnIndex.load(folder / "index"),
-        known_users=frozenset(history["user_id"].astype(str)),
+        known_users=frozenset(users),
         as_of=as_of,
+        user_matrix=user_matrix,
+        user_rows={user: row for row, user in enumerate(users)} if user_matrix is not None else {},
     )
 
 

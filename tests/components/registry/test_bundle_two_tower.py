@@ -3,6 +3,7 @@ known user's history, and the popularity fallback (toy shoes-vs-bags marketplace
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -81,3 +82,13 @@ def test_a_session_of_unknown_listings_falls_back_to_popular_ones(recommender):
     answer = recommender.recommend(None, k=5, recent_item_ids=[["listed-after-the-bundle"]])
     assert set(answer["source"]) == {FALLBACK_SOURCE}
     assert len(answer) == 5
+
+
+def test_precomputed_user_vectors_equal_encoding_at_request_time(recommender):
+    retrieval = recommender.retrieval
+    users = ["u00", "u01", "u17"]
+    expected = retrieval.encoder.encode(users)
+    looked_up = recommender._user_vectors([*users, "never-seen"])
+    assert sorted(looked_up) == [0, 1, 2]
+    for row in range(3):
+        np.testing.assert_allclose(looked_up[row], expected[row], rtol=1e-6, atol=1e-6)
