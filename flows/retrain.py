@@ -154,7 +154,7 @@ def register_task(
     }
 
 
-@task(**task_options)
+@task(**UNCACHED_OPTIONS)
 def promote_task(
     registered: dict[str, Any],
     comparison: dict[str, Any] | None,
