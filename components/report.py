@@ -40,6 +40,9 @@ class RunReport(BaseModel):
     #: Encoder training (epochs, time), index builds (ANN recall vs exact, latency), and
     #: candidate generation figures.
     retrieval: dict[str, Any] = Field(default_factory=dict)
+    #: The ranker stage: label-stage figures, best iteration, training time and memory, the
+    #: top gain importances.
+    ranking: dict[str, Any] = Field(default_factory=dict)
     #: Challenger (this run) vs the current champion, paired over users on unseen data;
     #: null when there is no champion yet.
     champion_comparison: dict[str, Any] | None = None

@@ -10,14 +10,15 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from components import retrieval_steps, steps
+from components import ranking_steps, retrieval_steps, steps
 from components.config import PipelineConfig, config_hash, load_config
 from components.evaluation.summary import summary_markdown, summary_rows
+from components.ranking_steps import TWO_STAGE
 from components.registry import promotion
 from components.registry.registration import (
     CHAMPION,
@@ -92,15 +93,47 @@ def generate_candidates_task(
 
 
 @task(**task_options)
-def evaluate_task(
-    split_uri: str, model_uri: str, config: PipelineConfig, run_dir: Path
+def build_features_task(
+    split_uri: str, train_window_encoder_uri: str | None, config: PipelineConfig, run_dir: Path
 ) -> dict[str, Any]:
-    return steps.evaluate(split_uri, model_uri, config.evaluation, config.model, run_dir)
+    return ranking_steps.build_ranking_data(split_uri, train_window_encoder_uri, config, run_dir)
+
+
+@task(**task_options)
+def train_ranker_task(features_uri: str, config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    return ranking_steps.train_ranker_step(features_uri, config, run_dir)
+
+
+@task(**task_options)
+def assemble_two_stage_task(
+    split_uri: str,
+    encoder_uri: str | None,
+    index_uri: str | None,
+    ranker_uri: str,
+    config: PipelineConfig,
+    run_dir: Path,
+    purpose: Literal["evaluation", "serving"],
+) -> dict[str, Any]:
+    return ranking_steps.assemble_two_stage(
+        split_uri, encoder_uri, index_uri, ranker_uri, config, run_dir, purpose
+    )
+
+
+@task(**task_options)
+def evaluate_task(
+    split_uri: str, model_uri: str, config: PipelineConfig, run_dir: Path, kind: str
+) -> dict[str, Any]:
+    return steps.evaluate(split_uri, model_uri, config.evaluation, config.model, run_dir, kind)
 
 
 @task(**UNCACHED_OPTIONS)
 def compare_with_champion_task(
-    split_uri: str, model_uri: str, snapshot_id: str, config: PipelineConfig, run_dir: Path
+    split_uri: str,
+    model_uri: str,
+    snapshot_id: str,
+    config: PipelineConfig,
+    run_dir: Path,
+    kind: str,
 ) -> dict[str, Any] | None:
     """Paired comparison with the current champion on data neither model has seen."""
     client, _ = configure_mlflow(RewearSettings(), config.registry.experiment)
@@ -117,7 +150,7 @@ def compare_with_champion_task(
         version,
         snapshot_id,
         config.evaluation,
-        config.model.kind,
+        kind,
     )
 
 
@@ -131,11 +164,19 @@ def register_task(
     tags: dict[str, str],
     encoder_uri: str | None = None,
     serving_index_uri: str | None = None,
+    two_stage_uri: str | None = None,
 ) -> dict[str, Any]:
     settings = RewearSettings()
     client, _ = configure_mlflow(settings, config.registry.experiment)
     built = steps.bundle(
-        split_uri, final_model_uri, config, run_dir, encoder_uri, serving_index_uri, **tags
+        split_uri,
+        final_model_uri,
+        config,
+        run_dir,
+        encoder_uri,
+        serving_index_uri,
+        two_stage_uri=two_stage_uri,
+        **tags,
     )
     registered = log_and_register(
         client,
@@ -228,10 +269,12 @@ def retrain(
         with _timed(report, "fit"):
             fitted = fit_task(split["uri"], config, run_dir)
         model_uri, encoder_uri, indexes = fitted["evaluation_model_uri"], None, None
+        train_window_encoder_uri, scored_kind, serving_two_stage = None, config.model.kind, None
         if config.model.kind == TWO_TOWER:
             with _timed(report, "train_encoder"):
                 encoder = train_encoder_task(split["uri"], config, run_dir)
             model_uri = encoder_uri = encoder["uri"]
+            train_window_encoder_uri = encoder["train_window_uri"]
             with _timed(report, "build_index"):
                 indexes = build_index_task(split["uri"], encoder_uri, config, run_dir)
             report.retrieval = {
@@ -250,8 +293,41 @@ def retrain(
             )
         report.candidate_recall = candidates["candidate_recall"]
         report.retrieval["candidates"] = {k: candidates[k] for k in ("n", "users", "generation_s")}
+        if config.model.ranker.enabled:
+            with _timed(report, "build_features"):
+                ranking_data = build_features_task(
+                    split["uri"], train_window_encoder_uri, config, run_dir
+                )
+            with _timed(report, "train_ranker"):
+                ranker = train_ranker_task(ranking_data["uri"], config, run_dir)
+            report.ranking = {
+                "label_stage": {k: v for k, v in ranking_data.items() if k != "uri"},
+                **{k: v for k, v in ranker.items() if k not in ("uri", "curves")},
+            }
+            _log_ranker(client, run_id, ranker)
+            with _timed(report, "assemble_two_stage"):
+                index_uris = indexes or {}
+                model_uri = assemble_two_stage_task(
+                    split["uri"],
+                    encoder_uri,
+                    index_uris.get("evaluation_index_uri"),
+                    ranker["uri"],
+                    config,
+                    run_dir,
+                    "evaluation",
+                )["uri"]
+                serving_two_stage = assemble_two_stage_task(
+                    split["uri"],
+                    encoder_uri,
+                    index_uris.get("serving_index_uri"),
+                    ranker["uri"],
+                    config,
+                    run_dir,
+                    "serving",
+                )["uri"]
+            scored_kind = TWO_STAGE
         with _timed(report, "evaluate"):
-            evaluation = evaluate_task(split["uri"], model_uri, config, run_dir)
+            evaluation = evaluate_task(split["uri"], model_uri, config, run_dir, scored_kind)
         report.metrics = evaluation["metrics"]
         report.valid_metrics = evaluation["valid_metrics"] or _best_valid(report.retrieval)
         report.baselines = evaluation["baselines"]
@@ -261,7 +337,7 @@ def retrain(
         report.figures = evaluation["figures"]
         with _timed(report, "compare_with_champion"):
             report.champion_comparison = compare_with_champion_task(
-                split["uri"], model_uri, snap["snapshot_id"], config, run_dir
+                split["uri"], model_uri, snap["snapshot_id"], config, run_dir, scored_kind
             )
         _log_metrics(client, run_id, report)
         for figure in report.figures:
@@ -284,6 +360,7 @@ def retrain(
                 tags,
                 encoder_uri,
                 None if indexes is None else indexes["serving_index_uri"],
+                serving_two_stage,
             )
         report.model = ModelRef(
             name=registered["name"], version=registered["version"], aliases=registered["aliases"]
@@ -358,6 +435,18 @@ def _log_encoder(
     for key, value in indexes.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
             client.log_metric(run_id, f"index.{mlflow_key(key)}", float(value))
+
+
+def _log_ranker(client: Any, run_id: str, ranker: dict[str, Any]) -> None:
+    """LightGBM training curves (per boosting round), gain importances and timings."""
+    for curve, values in ranker["curves"].items():
+        for step, value in enumerate(values):
+            client.log_metric(run_id, f"ranker.{mlflow_key(curve)}", value, step=step)
+    for feature, gain in ranker["importance"].items():
+        client.log_metric(run_id, f"ranker.gain.{feature}", gain)
+    client.log_dict(run_id, ranker["importance"], "ranker/importance.json")
+    for key in ("best_iteration", "training_s", "peak_rss_mb", "fit_rows"):
+        client.log_metric(run_id, f"ranker.{key}", float(ranker[key]))
 
 
 def _best_valid(retrieval: dict[str, Any]) -> dict[str, float]:

@@ -51,10 +51,19 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
         "evaluate",
         "compare_with_champion",
         "generate_candidates",
+        "build_features",
+        "train_ranker",
+        "assemble_two_stage",
         "register",
         "promote",
     }
     assert (rewear_home / "snapshots" / first["snapshot_id"] / "manifest.json").is_file()
+    # The model is the re-ranked two-stage one, scored beside its retrieval-only order.
+    ranking = first["ranking"]
+    assert ranking["best_iteration"] >= 1 and ranking["fit_queries"] > 0
+    assert ranking["label_stage"]["label_moment"] == first["split"]["valid_cutoff"]
+    assert "retrieval_only" in first["baselines"]
+    assert "ndcg@10" in first["comparisons"]["retrieval_only"]
 
     # The readable reports: Prefect artifacts with stable keys, MLflow metrics and figures.
     from prefect.client.orchestration import get_client
@@ -80,6 +89,8 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
     run = client.get_run(first["run_id"])
     assert run.data.metrics["test.recall_at_20"] == pytest.approx(first["metrics"]["recall@20"])
     assert "baseline.covisitation.ndcg_at_10" in run.data.metrics
+    assert "ranker.best_iteration" in run.data.metrics
+    assert any(key.startswith("ranker.early_stopping.ndcg") for key in run.data.metrics)
     interval = first["comparisons"]["popularity"]["ndcg@10"]
     assert interval["low"] <= interval["difference"] <= interval["high"]
     assert first["segments"]["cold_users"]["users"] > 0
@@ -129,6 +140,13 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
     answer = model.predict(pd.DataFrame({"user_id": [buyer, "never-seen-user"]}), params={"k": 15})
     assert list(answer.columns[:5]) == ["user_id", "rank", "item_id", "score", "source"]
     assert (answer.groupby("user_id").size() == 15).all()
+    # A known user is ranked by the LightGBM ranker over the candidate sources; an unknown
+    # one gets popular available listings.
+    sources = set(answer.loc[answer["user_id"] == buyer, "source"])
+    assert sources <= {"covisitation", "popularity", "category_popularity", "linear"}
+    assert set(answer.loc[answer["user_id"] == "never-seen-user", "source"]) == {
+        "recent_popularity"
+    }
     sold = set(tables.items.loc[tables.items["sold_at"].notna(), "item_id"])
     assert not sold & set(answer["item_id"])
     bought = set(
