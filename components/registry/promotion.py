@@ -75,6 +75,9 @@ class PromotionDecision:
     champion_version: int | None
     checks: list[Check]
     smoke: SmokeResult
+    #: The compared metric: challenger and champion values, difference and its interval,
+    #: evaluated users (empty without a comparable champion).
+    figures: dict[str, float] = field(default_factory=dict)
 
     @property
     def promote(self) -> bool:
@@ -91,6 +94,7 @@ class PromotionDecision:
             "promoted": self.promote,
             "champion_version": self.champion_version,
             "reasons": self.reasons,
+            "figures": self.figures,
             "checks": [asdict(check) for check in self.checks],
             "smoke": asdict(self.smoke),
         }
@@ -178,7 +182,23 @@ def decide(
         decision = "forced"
     else:
         decision = "rejected"
-    return PromotionDecision(decision, champion_version, checks, smoke)
+    return PromotionDecision(
+        decision, champion_version, checks, smoke, _figures(comparison, config.metric)
+    )
+
+
+def _figures(comparison: dict[str, Any] | None, metric: str) -> dict[str, float]:
+    if not comparison or not comparison.get("comparable"):
+        return {}
+    interval = comparison.get("intervals", {}).get(metric)
+    if interval is None:
+        return {}
+    figures = {key: float(interval[key]) for key in ("difference", "low", "high")}
+    for side in ("challenger", "champion"):
+        if metric in comparison.get(side, {}):
+            figures[side] = float(comparison[side][metric])
+    figures["evaluated_users"] = float(comparison.get("evaluated_users") or 0)
+    return figures
 
 
 def _comparison_check(comparison: dict[str, Any] | None, config: PromotionConfig) -> Check:
@@ -278,9 +298,9 @@ def decision_tags(decision: PromotionDecision, metric: str) -> dict[str, str]:
         tags[f"{key}.passed"] = str(check.passed).lower()
         if isinstance(check.value, float | int):
             tags[f"{key}.value"] = f"{check.value:.6g}"
-    comparison = next(check for check in decision.checks if check.name.endswith("vs champion"))
-    if isinstance(comparison.value, float):
-        tags[f"{mlflow_key(metric)}.low"] = f"{comparison.value:.6f}"
+    for key, value in decision.figures.items():
+        name = key if key == "evaluated_users" else f"{mlflow_key(metric)}.{key}"
+        tags[name] = f"{value:.0f}" if key == "evaluated_users" else f"{value:.6f}"
     if decision.smoke.p50_ms is not None:
         tags["smoke_p50_ms"] = f"{decision.smoke.p50_ms:.2f}"
     return {f"{TAG_PREFIX}{key}": value for key, value in tags.items()}
@@ -308,7 +328,11 @@ def apply_decision(
             f"v{decision.champion_version}; retrain again to compare with it",
         )
         decision = PromotionDecision(
-            "rejected", decision.champion_version, [*decision.checks, stale], decision.smoke
+            "rejected",
+            decision.champion_version,
+            [*decision.checks, stale],
+            decision.smoke,
+            decision.figures,
         )
     for key, value in decision_tags(decision, metric).items():
         client.set_model_version_tag(model_name, str(version), key, value)

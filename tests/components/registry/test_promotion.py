@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
@@ -24,7 +25,8 @@ from components.settings import RewearSettings
 from tests.components.registry.conftest import write_tiny_bundle
 
 GOOD_SMOKE = SmokeResult(ok=True, load_s=1.0, requests=50, p50_ms=3.0, p99_ms=9.0)
-METRICS = {"coverage@20": 0.5, "ndcg@10": 0.2}
+#: numpy scalars, as the evaluation suite returns them: the decision must stay JSON-able.
+METRICS = {"coverage@20": np.float64(0.5), "ndcg@10": np.float64(0.2)}
 
 
 def comparison(low: float, difference: float = 0.0, users: int = 500) -> dict:
@@ -32,6 +34,8 @@ def comparison(low: float, difference: float = 0.0, users: int = 500) -> dict:
         "champion_version": 1,
         "comparable": True,
         "evaluated_users": users,
+        "challenger": {"ndcg@10": 0.2 + difference},
+        "champion": {"ndcg@10": 0.2},
         "intervals": {"ndcg@10": {"difference": difference, "low": low, "high": difference + 0.01}},
     }
 
@@ -77,6 +81,7 @@ def comparison(low: float, difference: float = 0.0, users: int = 500) -> dict:
 def test_decide_applies_the_margin_and_every_guardrail(compared, config, smoke, decision, reason):
     verdict = decide(compared, METRICS, smoke, config)
     assert verdict.decision == decision
+    assert json.loads(json.dumps(verdict.to_dict()))["decision"] == decision
     if reason is None:
         assert verdict.reasons == []
     else:
@@ -152,6 +157,11 @@ def test_gate_promotes_the_first_version_then_keeps_it_against_a_worse_one(rewea
     assert tags["promotion.decision"] == "rejected"
     assert tags["promotion.forced"] == "false"
     assert tags["promotion.ndcg_at_10.low"] == "-0.050000"
+    assert tags["promotion.ndcg_at_10.difference"] == "-0.030000"
+    assert tags["promotion.ndcg_at_10.high"] == "-0.020000"
+    assert tags["promotion.ndcg_at_10.challenger"] == "0.170000"
+    assert tags["promotion.ndcg_at_10.champion"] == "0.200000"
+    assert tags["promotion.evaluated_users"] == "500"
     assert "worse than champion v1" in tags["promotion.reasons"]
 
     verdict = _gate(client, settings, second, bundle, comparison(low=-0.05), force=True)
