@@ -6,27 +6,15 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from components.registry.registration import CHAMPION, log_and_register
-from components.registry.tracking import configure_mlflow
-from components.settings import RewearSettings
 from flows.cli import app
-from tests.components.registry.conftest import write_tiny_bundle
+from tests.components.registry.conftest import register_tiny_champion
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def champion(rewear_home, tmp_path) -> None:
-    client, experiment_id = configure_mlflow(RewearSettings(home=rewear_home), "rewear")
-    run = client.create_run(experiment_id)
-    registered = log_and_register(
-        client,
-        run.info.run_id,
-        write_tiny_bundle(tmp_path / "bundle"),
-        "rewear",
-        {"snapshot_id": "s", "git_commit": "c", "config_hash": "h", "dataset": "tiny"},
-    )
-    client.set_registered_model_alias("rewear", CHAMPION, str(registered.version))
+    register_tiny_champion(rewear_home, tmp_path / "bundle")
 
 
 def test_recommend_prints_item_title_category_price_score_and_source(champion, monkeypatch):

@@ -64,3 +64,24 @@ def write_tiny_bundle(folder: Path, *, unknown_attributes: bool = False) -> Path
 @pytest.fixture
 def tiny_bundle(tmp_path: Path) -> Path:
     return write_tiny_bundle(tmp_path / "bundle")
+
+
+def register_tiny_champion(home: Path, folder: Path) -> str:
+    """Register the tiny bundle as `models:/rewear@champion` in `home`'s registry; returns
+    the tracking URI."""
+    from components.registry.registration import CHAMPION, log_and_register
+    from components.registry.tracking import configure_mlflow
+    from components.settings import RewearSettings
+
+    settings = RewearSettings(home=home)
+    client, experiment_id = configure_mlflow(settings, "rewear")
+    registered = log_and_register(
+        client,
+        client.create_run(experiment_id).info.run_id,
+        write_tiny_bundle(folder),
+        "rewear",
+        {"snapshot_id": "s", "git_commit": "c", "config_hash": "h", "dataset": "tiny"},
+        example_user_id="u1",
+    )
+    client.set_registered_model_alias("rewear", CHAMPION, str(registered.version))
+    return settings.tracking_uri

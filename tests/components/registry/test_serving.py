@@ -11,11 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from components.registry.registration import CHAMPION, log_and_register
 from components.registry.serving import model_server
-from components.registry.tracking import configure_mlflow
-from components.settings import RewearSettings
-from tests.components.registry.conftest import SOLD, write_tiny_bundle
+from tests.components.registry.conftest import SOLD, register_tiny_champion
 
 
 def post(url: str, body: bytes | dict) -> tuple[int, dict]:
@@ -32,21 +29,8 @@ def post(url: str, body: bytes | dict) -> tuple[int, dict]:
 
 @pytest.fixture
 def champion_server(rewear_home: Path, tmp_path: Path) -> Iterator[str]:
-    settings = RewearSettings(home=rewear_home)
-    client, experiment_id = configure_mlflow(settings, "serving-test")
-    run = client.create_run(experiment_id)
-    registered = log_and_register(
-        client,
-        run.info.run_id,
-        write_tiny_bundle(tmp_path / "bundle"),
-        "rewear",
-        {"snapshot_id": "s", "git_commit": "c", "config_hash": "h", "dataset": "tiny"},
-        example_user_id="u1",
-    )
-    client.set_registered_model_alias("rewear", CHAMPION, str(registered.version))
-    with model_server(
-        "models:/rewear@champion", settings.tracking_uri, tmp_path / "server.log"
-    ) as base:
+    tracking_uri = register_tiny_champion(rewear_home, tmp_path / "bundle")
+    with model_server("models:/rewear@champion", tracking_uri, tmp_path / "server.log") as base:
         yield f"{base}/invocations"
 
 
