@@ -66,19 +66,7 @@ def log_and_register(
     gate (components.registry.promotion) moves it, after its checks. `parent_run_id` (the
     MLflow run that logged the bundle) is added to `tags`.
     """
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(MODEL_CODE),
-            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
-            code_paths=[str(COMPONENTS_DIR)],
-            signature=model_signature(),
-            pip_requirements=SERVING_REQUIREMENTS,
-            # MLflow runs the bundle on the example while logging: a smoke test for free.
-            input_example=None
-            if example_user_id is None
-            else pd.DataFrame({"user_id": [example_user_id]}),
-        )
+    source = log_bundle(run_id, bundle_dir, example_user_id)
     try:
         client.create_registered_model(model_name)
     except MlflowException as error:
@@ -87,7 +75,7 @@ def log_and_register(
     # Tags go in with the version itself, so no version ever exists without its lineage.
     created = client.create_model_version(
         model_name,
-        source=info.model_uri,
+        source=source,
         run_id=run_id,
         tags={**{key: str(value) for key, value in tags.items()}, PARENT_RUN_TAG: run_id},
         await_creation_for=60,
@@ -95,6 +83,25 @@ def log_and_register(
     version = int(created.version)
     client.set_registered_model_alias(model_name, CHALLENGER, str(version))
     return RegisteredVersion(model_name, version, version_aliases(client, model_name, version))
+
+
+def log_bundle(run_id: str, bundle_dir: Path, example_user_id: str | None = None) -> str:
+    """Log `bundle_dir` as the rewear pyfunc (models-from-code, with this code) under
+    `run_id`; returns the logged model's URI. With `example_user_id`, MLflow runs the bundle
+    on that request while logging (a smoke test for free)."""
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+            code_paths=[str(COMPONENTS_DIR)],
+            signature=model_signature(),
+            pip_requirements=SERVING_REQUIREMENTS,
+            input_example=None
+            if example_user_id is None
+            else pd.DataFrame({"user_id": [example_user_id]}),
+        )
+    return info.model_uri
 
 
 def version_aliases(client: MlflowClient, model_name: str, version: int) -> list[str]:
