@@ -260,8 +260,11 @@ class CandidatesConfig(StrictModel):
     per_source: int = Field(200, ge=1)
     #: Size of the merged set per user (the ranker's input); candidate recall is at this N.
     n: int = Field(200, ge=1)
+    #: `factors` is an iALS model beside `linear` (useful when `linear` is EASE: another
+    #: model family for the ranker to combine; off by default, it costs a fit per stage).
     sources: tuple[
-        Literal["ann", "covisitation", "popularity", "category_popularity", "linear"], ...
+        Literal["ann", "covisitation", "popularity", "category_popularity", "linear", "factors"],
+        ...,
     ] = (
         "ann",
         "covisitation",

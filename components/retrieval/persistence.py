@@ -65,7 +65,7 @@ def save_model(model: Any, folder: Path) -> None:
 
 
 def load_model(folder: Path) -> Any:
-    """Load what `save_model` wrote (arrays memory-mapped where they are dense)."""
+    """Load what `save_model` wrote (dense arrays in C order, ready for fast products)."""
     folder = Path(folder)
     meta = read_json(folder / "model.json")
     if meta.get("format") != FORMAT:

@@ -22,7 +22,7 @@ import pandas as pd
 from components.config import PipelineConfig
 from components.evaluation.protocol import Scorer
 from components.retrieval.ann_index import AnnIndex
-from components.retrieval.baselines import fit_baselines
+from components.retrieval.baselines import Ials, fit_baselines
 from components.retrieval.candidates import (
     AnnSource,
     CandidateFilter,
@@ -67,12 +67,15 @@ class RetrievalStack:
         if moment is not None and history["ts"].notna().any():
             history = history[history["ts"] < moment]
         history = history.reset_index(drop=True)
+        baselines = fit_baselines(history, config.evaluation.baselines, moment)
+        if "factors" in config.model.candidates.sources and "ials" not in baselines:
+            baselines["ials"] = Ials.fit(history, config.evaluation.baselines.ials, moment)
         return cls(
             history=history,
             items=items.reset_index(drop=True),
             moment=moment,
             available=np.asarray(available, dtype=bool),
-            baselines=fit_baselines(history, config.evaluation.baselines, moment),
+            baselines=baselines,
             config=config,
             encoder=encoder,
             index=None if index_folder is None else AnnIndex.load(Path(index_folder)),
@@ -117,6 +120,10 @@ class RetrievalStack:
                 linear = self.baselines.get("ease") or self.baselines.get("ials")
                 if linear is not None:
                     sources.append(ScorerSource("linear", linear, item_ids, self.filters))
+            elif name == "factors" and "ials" in self.baselines:
+                sources.append(
+                    ScorerSource("factors", self.baselines["ials"], item_ids, self.filters)
+                )
             elif name == "category_popularity" and self._has_categories:
                 sources.append(
                     CategoryPopularitySource.fit(
