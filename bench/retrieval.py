@@ -35,6 +35,12 @@ HEADLINE = ("recall@20", "ndcg@20", "recall@100")
 
 def run_dataset(name: str, scratch: Path) -> dict[str, Any]:
     config = load_config(REPO / "configs" / f"{name}.yaml", {"model.kind": "two_tower"})
+    sources = config.model.candidates.sources
+    if "ann" not in sources:  # a config tuned for another retrieval kind: add the ANN source
+        config = load_config(
+            REPO / "configs" / f"{name}.yaml",
+            {"model.kind": "two_tower", "model.candidates.sources": ["ann", *sources]},
+        )
     run_dir = scratch / name
     raw = steps.ingest(config, run_dir)
     validated = steps.validate(raw["uri"], config, run_dir)
