@@ -136,6 +136,8 @@ class _Retrieval:
     #: MAX_PRECOMPUTED_USERS users (then each request encodes its users).
     user_matrix: np.ndarray | None = None
     user_rows: dict[str, int] = field(default_factory=dict)
+    #: Catalogue row of each index position (-1: not in the catalogue), set at load.
+    index_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
 
 @dataclass
@@ -170,6 +172,10 @@ class BundleRecommender:
         self.display_columns["price"] = self.item_details["price"].to_numpy(
             dtype=np.float64, na_value=np.nan
         )
+        if self.retrieval is not None:
+            index = self.retrieval.index
+            every = np.arange(index.count)  # type: ignore[attr-defined]
+            self.retrieval.index_rows = self.positions.get_indexer(index.ids_at(every))  # type: ignore[attr-defined]
         categories = self.catalogue.get("category")
         if categories is None:
             self.category_codes = np.full(len(self.item_ids), -1, dtype=np.int64)
@@ -410,8 +416,7 @@ class BundleRecommender:
             found = index.query(user_vector[None, :], min(wanted, index.count))  # type: ignore[attr-defined]
             positions = found.positions[0]
             keep = positions >= 0
-            ids = index.ids_at(positions[keep])  # type: ignore[attr-defined]
-            rows = self.positions.get_indexer(ids)
+            rows = self.retrieval.index_rows[positions[keep]]
             usable = (rows >= 0) & ~blocked[np.maximum(rows, 0)]
             order = rows[usable][:k]
             scores = found.scores[0][keep][usable][:k].astype(np.float64)
