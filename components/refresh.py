@@ -7,6 +7,13 @@ depends on the data: the Annoy index over the listings available now (every one 
 by the champion's item tower at the new moment, so new listings are retrievable at once
 and sold ones are gone), the catalogue with its availability, each user's masked items and
 recent history. Seconds to minutes, against a retrain's full pipeline.
+
+A two-stage bundle's ranker and its retrieval stack (`two_stage/`) are copied unchanged:
+sold listings are still never served (the refreshed catalogue's availability masks every
+path), and sessions and unknown users reach new listings through the rebuilt index, but
+known users, whom the ranker answers from the stack's training-time candidates, see new
+listings only after the next retrain. Refreshing the stack itself (its index, catalogue
+and feature tables) is the next step.
 """
 
 from __future__ import annotations
@@ -183,30 +190,16 @@ def register_refreshed_version(
 ) -> int:
     """Log the refreshed bundle as the run's pyfunc and register it as a new version, with
     its tags and no alias: `challenger` stays on the last retrained version, and `champion`
-    moves only after the smoke test (`move_champion`)."""
-    import mlflow
+    moves only after the smoke test (flows.refresh_index)."""
+    from components.registry.registration import PARENT_RUN_TAG, log_bundle
 
-    from components.registry.pyfunc import model_signature
-    from components.registry.registration import (
-        COMPONENTS_DIR,
-        MODEL_CODE,
-        SERVING_REQUIREMENTS,
-    )
-
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(MODEL_CODE),
-            artifacts={"bundle": str(bundle_dir)},
-            code_paths=[str(COMPONENTS_DIR)],
-            signature=model_signature(),
-            pip_requirements=SERVING_REQUIREMENTS,
-            input_example=None
-            if example_user_id is None
-            else pd.DataFrame({"user_id": [example_user_id]}),
-        )
+    source = log_bundle(run_id, bundle_dir, example_user_id)
     created = client.create_model_version(
-        model_name, source=info.model_uri, run_id=run_id, tags=tags, await_creation_for=60
+        model_name,
+        source=source,
+        run_id=run_id,
+        tags={**tags, PARENT_RUN_TAG: run_id},
+        await_creation_for=60,
     )
     return int(created.version)
 

@@ -170,6 +170,11 @@ def refresh_index(
     try:
         champion = fetch_champion_task(config, run_dir)
         report["source_version"] = champion["version"]
+        # The refresh run is the new version's parent run: it carries the model's config
+        # hash and names the training run, so lineage walks through it to the snapshot.
+        for key, tag in (("rewear.config_hash", "config_hash"), ("rewear.training_run", "run_id")):
+            if tag in champion["tags"]:
+                client.set_tag(run_id, key, champion["tags"][tag])
         raw = ingest_task(config, run_dir)
         validated = validate_task(raw["uri"], config, run_dir)
         refreshed = refresh_bundle_task(

@@ -19,8 +19,11 @@ SMALL_MARKET = {
     "listings_per_day": 60,
     "initial_listings": 300,
 }
+#: The retrieval-only two-tower bundle, whose answers come through the index a refresh
+#: rebuilds (the two-stage stack keeps its training-time candidates; see components.refresh).
 TWO_TOWER_OVERRIDES = {
     "model.kind": "two_tower",
+    "model.ranker.enabled": False,
     "model.two_tower.max_epochs": 2,
     "model.two_tower.embedding_dim": 16,
     "model.two_tower.hidden_dim": 32,

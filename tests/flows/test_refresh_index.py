@@ -11,6 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from components.refresh import bundle_content_hash
+from components.registry.lineage import walk_lineage
 from components.retrieval.ann_index import AnnIndex
 from components.settings import RewearSettings
 from tests.flows.market_files import TWO_TOWER_OVERRIDES, last_moment, small_market, write_market
@@ -100,5 +101,8 @@ def test_refresh_publishes_the_champion_without_sold_listings_and_with_new_ones(
     indexed = set(AnnIndex.load(new_bundle / "index").item_ids)
     assert not indexed & sold_since and new_since <= indexed
     assert len(indexed) == refresh["available_listings"]
+    lineage = walk_lineage(client, "rewear", "champion", rewear_home / "snapshots")
+    assert lineage.version == version
+    assert lineage.snapshot.snapshot_id == retrained["snapshot_id"]
     challenger = client.get_registered_model("rewear").aliases.get("challenger")
     assert challenger is None or int(challenger) != version  # refresh never takes challenger
