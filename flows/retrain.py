@@ -316,15 +316,19 @@ def retrain(
                     run_dir,
                     "evaluation",
                 )["uri"]
-                serving_two_stage = assemble_two_stage_task(
-                    split["uri"],
-                    encoder_uri,
-                    index_uris.get("serving_index_uri"),
-                    ranker["uri"],
-                    config,
-                    run_dir,
-                    "serving",
-                )["uri"]
+                # Without the refit the registered model is the evaluated one, as for
+                # the single-model kinds (what `rewear evaluate` can then reproduce).
+                serving_two_stage = model_uri
+                if config.model.refit_on_all_data:
+                    serving_two_stage = assemble_two_stage_task(
+                        split["uri"],
+                        encoder_uri,
+                        index_uris.get("serving_index_uri"),
+                        ranker["uri"],
+                        config,
+                        run_dir,
+                        "serving",
+                    )["uri"]
             scored_kind = TWO_STAGE
         with _timed(report, "evaluate"):
             evaluation = evaluate_task(split["uri"], model_uri, config, run_dir, scored_kind)

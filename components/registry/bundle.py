@@ -219,7 +219,10 @@ class BundleRecommender:
         """The model saw interactions strictly before this time (None: no timestamps).
 
         For the two-tower kind the user tower reads the bundled histories, which run to
-        the end of the snapshot, so that is what counts."""
+        the end of the snapshot, so that is what counts; a two-stage model saw the history
+        before its retrieval stack's moment."""
+        if self.two_stage is not None:
+            return self.two_stage.stack.moment
         if self.retrieval is not None:
             until = self.metadata.get("data_until")
             return None if until is None else pd.Timestamp(str(until))

@@ -212,7 +212,7 @@ def test_bad_data_fails_before_training_and_leaves_the_registry_untouched(
 
 
 @pytest.mark.slow
-def test_two_tower_run_registers_an_ann_served_bundle(rewear_home):
+def test_two_tower_run_feeds_the_ranker_and_registers_a_two_stage_bundle(rewear_home):
     from flows.retrain import retrain
 
     overrides = {
@@ -235,7 +235,15 @@ def test_two_tower_run_registers_an_ann_served_bundle(rewear_home):
     retrieval = result["retrieval"]
     assert retrieval["ann_recall@100"] >= 0.9
     assert retrieval["encoder_epochs"] and retrieval["serving_items"] > 0
-    assert {"train_encoder", "build_index", "generate_candidates"} <= set(result["timings_s"])
+    assert {"train_encoder", "build_index", "generate_candidates", "train_ranker"} <= set(
+        result["timings_s"]
+    )
+    # The ranker learns from the encoder fitted before the valid window (the ANN source and
+    # the cosine features), one label window only (the encoder saw the earlier ones).
+    assert result["ranking"]["label_stage"]["label_windows"] == 1
+    assert any(name.endswith("_ann") for name in result["ranking"]["importance"]) or (
+        "x_cos_user" in result["ranking"]["importance"]
+    )
     run = _client().get_run(result["run_id"])
     assert "candidate_recall.combined" in run.data.metrics
     assert "index.ann_recall_at_100" in run.data.metrics
@@ -248,7 +256,16 @@ def test_two_tower_run_registers_an_ann_served_bundle(rewear_home):
     active = tables.interactions["user_id"].value_counts().index[:3].tolist()
     answer = model.predict(pd.DataFrame({"user_id": [*active, "never-seen"]}), params={"k": 10})
     sources = answer.groupby("user_id")["source"].agg(set)
-    assert all(sources[user] == {"two_tower"} for user in active)
+    # Known users: the ranker's order of the merged candidates, the ANN source among them.
+    assert all(
+        sources[user] <= {"ann", "covisitation", "popularity", "category_popularity", "linear"}
+        for user in active
+    )
+    from components.ranking.model import TwoStageModel
+
+    served = TwoStageModel.load(rewear_home / "runs" / result["run_id"] / "bundle" / "two_stage")
+    assert "ann" in [source.name for source in served.stack.sources]
+    assert served.stack.candidates(active)["rank_ann"].notna().any()
     assert sources["never-seen"] == {"popularity_fallback"}
     sold = set(tables.items.loc[tables.items["sold_at"].notna(), "item_id"])
     assert not sold & set(answer["item_id"])
