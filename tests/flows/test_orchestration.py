@@ -38,11 +38,16 @@ CACHED_STAGES = {"ingest_task", "validate_task", "snapshot_task", "split_task", 
 
 
 def _subprocess_env() -> dict[str, str]:
-    from prefect.settings import PREFECT_API_URL
+    """The child runs against this process's Prefect server and result storage: it stands
+    for the same worker before a crash (os.environ's PREFECT_HOME may differ from the one
+    this process's Prefect settings were built with, when an earlier in-process CLI test set
+    it first)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH
 
     return {
         **os.environ,
         "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PREFECT_LOCAL_STORAGE_PATH": str(PREFECT_LOCAL_STORAGE_PATH.value()),
         "PYTHONPATH": str(REPO),
     }
 
