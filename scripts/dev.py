@@ -44,6 +44,13 @@ def ensure_environment() -> None:
     stamp.write_text(wanted)
 
 
+#: Tests that `test` runs in a separate pytest process after the rest of the suite.
+ISOLATED_TESTS = [
+    "tests/flows/test_orchestration.py::"
+    "test_a_killed_run_resumes_from_its_finished_stages_with_the_same_artifacts",
+]
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("demo", "test", "setup"):
         print(__doc__)
@@ -55,7 +62,16 @@ def main(argv: list[str]) -> int:
     if command == "demo":
         args = rest or ["--config", "configs/synthetic.yaml"]
         return subprocess.run([str(BIN / "rewear"), "retrain", *args], cwd=ROOT).returncode
-    return subprocess.run([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT).returncode
+    pytest = [str(BIN / "python"), "-m", "pytest"]
+    if any(not arg.startswith("-") for arg in rest):  # the caller chose what to run
+        return subprocess.run([*pytest, *rest], cwd=ROOT).returncode
+    # The crash-and-resume test runs in a pytest process of its own: it passes alone but
+    # misses every cache after some of the other flow tests in the same session (the cause
+    # is not found yet; see the test's docstring).
+    deselect = [arg for test in ISOLATED_TESTS for arg in ("--deselect", test)]
+    suite = subprocess.run([*pytest, *deselect, *rest], cwd=ROOT).returncode
+    isolated = subprocess.run([*pytest, *ISOLATED_TESTS, *rest], cwd=ROOT).returncode
+    return suite or isolated
 
 
 if __name__ == "__main__":
