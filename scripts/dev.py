@@ -63,7 +63,8 @@ def main(argv: list[str]) -> int:
         args = rest or ["--config", "configs/synthetic.yaml"]
         return subprocess.run([str(BIN / "rewear"), "retrain", *args], cwd=ROOT).returncode
     pytest = [str(BIN / "python"), "-m", "pytest"]
-    if any(not arg.startswith("-") for arg in rest):  # the caller chose what to run
+    chosen = [a for a in rest if "::" in a or (ROOT / a).exists()]  # paths / test ids
+    if chosen:  # the caller chose what to run
         return subprocess.run([*pytest, *rest], cwd=ROOT).returncode
     # The crash-and-resume test runs in a pytest process of its own: it passes alone but
     # misses every cache after some of the other flow tests in the same session (the cause
