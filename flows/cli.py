@@ -64,14 +64,7 @@ def retrain(
 ) -> None:
     """Run the retrain flow and print a summary of the run report."""
     _prepare_environment()
-    from components.config import ConfigError, load_config
-
-    parsed = _parse_overrides(overrides or [])
-    try:
-        load_config(config, parsed)
-    except ConfigError as error:
-        errors.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from error
+    parsed = _checked_overrides(config, overrides)
 
     from flows.retrain import retrain as retrain_flow
 
