@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import RankerConfig
+from components.ids import IdPositions
 from components.store import read_json, write_json
 
 POPULARITY_WINDOWS = {"1d": "1D", "7d": "7D", "28d": "28D"}
@@ -39,6 +40,8 @@ CATEGORICAL_FEATURES = ("i_category", "i_condition")
 ITEM_TEXT_FEATURES = (*CATEGORICAL_FEATURES, *AFFINITY_COLUMNS)
 #: Columns of the merged candidate frame that are not features.
 CANDIDATE_KEYS = ("user_id", "item_id")
+#: Columns of the merged candidates that become retrieval_<name> features.
+RETRIEVAL_COLUMNS = ("score", "rank", "n_sources")
 DAY_SECONDS = 86_400.0
 
 
@@ -107,14 +110,32 @@ class PointInTimeFeatures:
         )
 
     def transform(self, candidates: pd.DataFrame) -> pd.DataFrame:
-        """One feature row per candidate row, same order; user_id and item_id kept.
+        """One feature row per candidate row, same order; user_id and item_id kept."""
+        retrieval = {
+            column: candidates[column].to_numpy(dtype=float)
+            for column in candidates.columns
+            if column in RETRIEVAL_COLUMNS or column.startswith(("score_", "rank_"))
+        }
+        columns = self.feature_columns(
+            candidates["user_id"].astype(str).to_numpy(dtype=object),
+            candidates["item_id"].astype(str).to_numpy(dtype=object),
+            retrieval,
+        )
+        frame = pd.DataFrame(columns)
+        for name, vocabulary in self.categories.items():
+            frame[name] = pd.Categorical(columns[name], categories=vocabulary)
+        return frame
 
-        Plain numpy lookups (no pandas joins): the served model calls this per request."""
-        users = candidates["user_id"].astype(str).to_numpy(dtype=object)
-        item_ids = candidates["item_id"].astype(str).to_numpy(dtype=object)
+    def feature_columns(
+        self, users: np.ndarray, item_ids: np.ndarray, retrieval: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """The feature columns of (users[i], item_ids[i]) pairs as arrays (categorical ones
+        as object arrays of their values): plain numpy lookups, no pandas joins, since the
+        served model calls this per request. `retrieval` holds the merged candidates'
+        score, rank, n_sources and score_<source> / rank_<source> columns."""
         lookups = self._lookups
-        user_rows = lookups["user_index"].get_indexer(users)
-        item_rows = lookups["item_index"].get_indexer(item_ids)
+        user_rows = lookups["user_index"].positions(users)
+        item_rows = lookups["item_index"].positions(item_ids)
         columns: dict[str, np.ndarray] = {"user_id": users, "item_id": item_ids}
         for table, rows in (("users", user_rows), ("items", item_rows)):
             for name, values in lookups[table].items():
@@ -141,27 +162,25 @@ class PointInTimeFeatures:
             np.nan_to_num(columns["u_log_price_std"], nan=0.0) + 0.25
         )
         columns["x_cos_user"], columns["x_cos_recent_max"] = self._similarities(users, item_ids)
-        for name in ("score", "rank", "n_sources"):
-            columns[f"retrieval_{name}"] = candidates[name].to_numpy(dtype=float)
+        for name in RETRIEVAL_COLUMNS:
+            columns[f"retrieval_{name}"] = np.asarray(retrieval[name], dtype=float)
         user_codes = pd.factorize(users)[0]
-        for column in candidates.columns:
-            if column.startswith(("score_", "rank_")):
-                columns[column] = candidates[column].to_numpy(dtype=float)
+        for column, values in retrieval.items():
+            if not column.startswith(("score_", "rank_")):
+                continue
+            columns[column] = np.asarray(values, dtype=float)
             if column.startswith("score_"):
                 # Scores relative to the user's best: comparable across users and across
                 # the label-stage and test-stage fits of a source.
                 columns[f"rel_{column}"] = _relative_to_user_best(user_codes, columns[column])
-        frame = pd.DataFrame(columns)
-        for name, vocabulary in self.categories.items():
-            frame[name] = pd.Categorical(columns[name], categories=vocabulary)
-        return frame
+        return columns
 
     @cached_property
     def _lookups(self) -> dict[str, Any]:
         """Index and column arrays of the tables, and affinities as dicts, built once."""
         return {
-            "user_index": pd.Index(self.users.index.to_numpy(dtype=object)),
-            "item_index": pd.Index(self.items.index.to_numpy(dtype=object)),
+            "user_index": IdPositions(self.users.index.to_numpy(dtype=object)),
+            "item_index": IdPositions(self.items.index.to_numpy(dtype=object)),
             "users": {c: self.users[c].to_numpy(dtype=float) for c in self.users.columns},
             "items": {
                 c: self.items[c].to_numpy(dtype=object if c in ITEM_TEXT_FEATURES else float)

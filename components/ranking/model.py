@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 
 from components.config import RankerConfig
+from components.ids import IdPositions
 from components.ranking.features import PointInTimeFeatures
 from components.ranking.ranker import TrainedRanker
+from components.retrieval.candidates import ranks_within_groups
 from components.retrieval.stack import RetrievalStack
 
 #: Items outside a user's candidates score below every candidate (then by popularity).
@@ -63,31 +65,45 @@ class TwoStageModel:
     def rank(self, user_ids: Sequence[str], k: int | None = None) -> pd.DataFrame:
         """Top-k of each user's candidates: user_id, item_id, score, rank, source (the source
         that ranked the item best), ranker scores when there is a ranker."""
-        candidates = self.stack.candidates(user_ids)
-        if not len(candidates):
-            return pd.DataFrame({column: [] for column in RANKED_COLUMNS})
-        if self.ranker is None:
-            scores = candidates["score"].to_numpy(dtype=float)
-        else:
-            scores = self.ranker.predict(self.features.transform(candidates))
-        frame = pd.DataFrame(
+        ranked = self.ranked(user_ids, k)
+        return pd.DataFrame(
             {
-                "user_id": candidates["user_id"].astype(str).to_numpy(dtype=object),
-                "item_id": candidates["item_id"].astype(str).to_numpy(dtype=object),
-                "score": scores,
-                "_fusion_rank": candidates["rank"].to_numpy(),
-                "source": best_sources(candidates),
-            }
+                "user_id": ranked.user_ids,
+                "item_id": ranked.item_ids,
+                "score": ranked.scores,
+                "rank": ranked.ranks,
+                "source": ranked.sources,
+            },
+            columns=list(RANKED_COLUMNS),
         )
-        frame = frame.sort_values(
-            ["user_id", "score", "_fusion_rank"], ascending=[True, False, True], kind="stable"
-        )
-        frame["rank"] = frame.groupby("user_id", sort=False).cumcount() + 1
+
+    def ranked(self, user_ids: Sequence[str], k: int | None = None) -> RankedCandidates:
+        """`rank` as arrays: users in request order, each user's candidates best first
+        (ranker score, then fusion rank). Plain arrays all the way, as the served model
+        calls this per request."""
+        merged = self.stack.candidate_arrays(user_ids)
+        if not len(merged):
+            return RankedCandidates.empty()
+        if self.ranker is None:
+            scores = merged.score
+        else:
+            columns = self.features.feature_columns(
+                merged.user_ids, merged.item_ids, merged.retrieval_columns()
+            )
+            scores = self.ranker.predict_columns(columns, len(merged))
+        requested = IdPositions(str(user) for user in user_ids)
+        user_order = requested.positions(merged.user_ids)
+        order = np.lexsort((merged.rank, -np.asarray(scores, dtype=np.float64), user_order))
+        ranks = ranks_within_groups(user_order[order])
         if k is not None:
-            frame = frame[frame["rank"] <= k]
-        order = pd.Index(pd.unique(np.asarray([str(u) for u in user_ids], dtype=object)))
-        frame = frame.iloc[np.argsort(order.get_indexer(frame["user_id"]), kind="stable")]
-        return frame[list(RANKED_COLUMNS)].reset_index(drop=True)
+            order, ranks = order[ranks <= k], ranks[ranks <= k]
+        return RankedCandidates(
+            user_ids=merged.user_ids[order],
+            item_ids=merged.item_ids[order],
+            scores=np.asarray(scores, dtype=np.float64)[order],
+            ranks=ranks.astype(np.int64),
+            sources=merged.best_sources()[order],
+        )
 
     def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         """(users, items) scores: candidates by the ranker (or fusion), the rest below them
@@ -139,11 +155,25 @@ class TwoStageModel:
         return cls(stack=stack, features=features, ranker=ranker)
 
 
-def best_sources(candidates: pd.DataFrame) -> np.ndarray:
-    """Per merged candidate, the source that ranked it best (first source on ties)."""
-    names = [c.removeprefix("rank_") for c in candidates.columns if c.startswith("rank_")]
-    if not names:
-        return np.full(len(candidates), "retrieval", dtype=object)
-    ranks = candidates[[f"rank_{name}" for name in names]].to_numpy(dtype=float)
-    ranks = np.where(np.isnan(ranks), np.inf, ranks)
-    return np.asarray(names, dtype=object)[ranks.argmin(axis=1)]
+@dataclass(frozen=True)
+class RankedCandidates:
+    """Ranked candidates as arrays, grouped by user in request order, best first."""
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    scores: np.ndarray
+    ranks: np.ndarray
+    sources: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def empty(cls) -> RankedCandidates:
+        return cls(
+            user_ids=np.zeros(0, dtype=object),
+            item_ids=np.zeros(0, dtype=object),
+            scores=np.zeros(0),
+            ranks=np.zeros(0, dtype=np.int64),
+            sources=np.zeros(0, dtype=object),
+        )

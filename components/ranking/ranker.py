@@ -10,7 +10,7 @@ file records pandas' categories, and `predict` rebuilds the columns with them.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ from components.store import read_json, write_json
 
 BOOSTER_FILE = "ranker.txt"
 META_FILE = "ranker.json"
+#: Predictions of at most this many rows run on one thread (0 above: OpenMP's default).
+SINGLE_THREAD_ROWS = 4096
 
 
 def lightgbm_params(config: RankerConfig) -> dict[str, Any]:
@@ -60,17 +62,31 @@ class TrainedRanker:
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
         """Scores for the rows of a `PointInTimeFeatures.transform` frame."""
-        if not len(features):
+        columns = {name: features[name] for name in self.feature_names if name in features}
+        return self.predict_columns(columns, len(features))
+
+    def predict_columns(self, columns: Mapping[str, Any], n_rows: int) -> np.ndarray:
+        """Scores for `n_rows` rows given as columns (`PointInTimeFeatures.feature_columns`).
+
+        Builds the float matrix LightGBM would make of a pandas frame itself (categorical
+        columns as codes in the trained vocabularies), without its per-call pandas overhead.
+        Features absent here (e.g. a source missing at serving time) are unknown (NaN)."""
+        if not n_rows:
             return np.zeros(0)
-        missing = [name for name in self.feature_names if name not in features.columns]
-        if missing:
-            # Sources absent at serving time (e.g. no encoder) are unknown, not errors.
-            features = features.assign(**{name: np.nan for name in missing})
-        # A float matrix with categorical columns as codes in the trained vocabularies: what
-        # LightGBM makes of a pandas frame itself, without its per-call pandas overhead.
-        matrix = categorical_codes(features[self.feature_names], self.categories)
+        matrix = np.full((n_rows, len(self.feature_names)), np.nan)
+        for position, name in enumerate(self.feature_names):
+            values = columns.get(name)
+            if values is None:
+                continue
+            if name in self.categories:
+                matrix[:, position] = category_codes(values, self.categories[name])
+            else:
+                matrix[:, position] = np.asarray(values, dtype=np.float64)
+        # One request's few hundred rows: OpenMP's thread start-up and, on a busy machine,
+        # its spinning cost ten times the prediction itself.
+        threads = 1 if n_rows <= SINGLE_THREAD_ROWS else 0
         return self.booster.predict(
-            matrix.to_numpy(dtype=np.float64), num_iteration=self.best_iteration or None
+            matrix, num_iteration=self.best_iteration or None, num_threads=threads
         )
 
     def importance(self) -> dict[str, float]:
@@ -114,18 +130,23 @@ def categorical_codes(frame: pd.DataFrame, categories: dict[str, list[str]]) -> 
     frame = frame.copy()
     for name, vocabulary in categories.items():
         if name in frame:
-            values = frame[name]
-            if not (
-                isinstance(values.dtype, pd.CategoricalDtype)
-                and list(values.cat.categories) == vocabulary
-            ):
-                values = pd.Categorical(values.astype(object), categories=vocabulary)
-            else:
-                values = values.array
-            codes = values.codes.astype(float)
-            codes[codes < 0] = np.nan
-            frame[name] = codes
+            frame[name] = category_codes(frame[name], vocabulary)
     return frame
+
+
+def category_codes(values: Any, vocabulary: Sequence[str]) -> np.ndarray:
+    """Float codes of `values` in `vocabulary` (NaN for missing or unseen values)."""
+    array = getattr(values, "array", values)
+    if isinstance(array, pd.Categorical) and list(array.categories) == list(vocabulary):
+        codes = array.codes.astype(np.float64)
+    else:
+        codes = (
+            pd.Index(list(vocabulary), dtype=object)
+            .get_indexer(np.asarray(values, dtype=object))
+            .astype(np.float64)
+        )
+    codes[codes < 0] = np.nan
+    return codes
 
 
 def _dataset(

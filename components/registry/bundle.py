@@ -319,12 +319,12 @@ class BundleRecommender:
         self, user_id: str, k: int, blocked: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """The ranker's order of the user's candidates; popularity fills what is left."""
-        ranked = self.two_stage.rank([user_id])
-        rows = self.positions.get_indexer(ranked["item_id"].astype(str))
+        ranked = self.two_stage.ranked([user_id])
+        rows = self.positions.get_indexer(ranked.item_ids)
         usable = (rows >= 0) & ~blocked[np.maximum(rows, 0)]
         order = rows[usable][:k]
-        scores = ranked["score"].to_numpy(dtype=np.float64)[usable][:k]
-        sources = [str(source) for source in ranked["source"].to_numpy()[usable][:k]]
+        scores = ranked.scores[usable][:k]
+        sources = [str(source) for source in ranked.sources[usable][:k]]
         if len(order) < k:
             rest = blocked.copy()
             rest[order] = True

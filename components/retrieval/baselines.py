@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
@@ -33,6 +34,7 @@ import scipy.sparse as sp
 
 from components.config import BaselinesConfig, CovisitationConfig, EaseConfig, IalsConfig
 from components.evaluation.protocol import Scorer
+from components.ids import IdPositions
 from components.retrieval.popularity import RecentPopularity
 
 #: Threads of implicit's ALS solver (BLAS is held at 1); small, to share the machine.
@@ -84,7 +86,7 @@ def user_item_matrix(
 
 def item_positions(
     cache: dict[int, tuple[Sequence[str], np.ndarray]],
-    model_items: pd.Index,
+    model_items: pd.Index | np.ndarray,
     item_ids: Sequence[str],
 ) -> np.ndarray:
     """Positions of `item_ids` in `model_items` (-1: unknown), remembered for the last
@@ -93,7 +95,7 @@ def item_positions(
     hit = cache.get(id(item_ids))
     if hit is not None and hit[0] is item_ids:
         return hit[1]
-    positions = model_items.get_indexer(pd.Index(np.asarray(item_ids, dtype=object)))
+    positions = pd.Index(model_items).get_indexer(pd.Index(np.asarray(item_ids, dtype=object)))
     cache.clear()
     cache[id(item_ids)] = (item_ids, positions)
     return positions
@@ -121,7 +123,7 @@ class _UserItemScorer:
 
     def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         """(len(user_ids), len(item_ids)) float32; unknown items 0, cold users popularity."""
-        rows = self.user_index.get_indexer(pd.Index(user_ids))
+        rows = self._user_rows.positions(user_ids)
         warm = rows >= 0
         model_scores = np.empty((len(rows), len(self.item_index)), dtype=np.float32)
         model_scores[~warm] = self.popularity
@@ -129,6 +131,10 @@ class _UserItemScorer:
             model_scores[warm] = self._warm_scores(rows[warm])
         positions = item_positions(self._positions, self.item_index, item_ids)
         return _aligned_scores(model_scores, positions)
+
+    @cached_property
+    def _user_rows(self) -> IdPositions:
+        return IdPositions(self.user_index)
 
     def _warm_scores(self, rows: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -41,6 +41,7 @@ import pandas as pd
 
 from components.config import CandidatesConfig
 from components.evaluation.protocol import Scorer
+from components.ids import IdPositions
 from components.retrieval.ann_index import AnnIndex
 from components.retrieval.baselines import history_before
 from components.retrieval.popularity import RecentPopularity
@@ -128,7 +129,7 @@ class CandidateFilter:
         return keep
 
     def excluded_pairs(
-        self, user_ids: Sequence[str], item_index: pd.Index
+        self, user_ids: Sequence[str], item_index: pd.Index | IdPositions
     ) -> tuple[np.ndarray, np.ndarray]:
         """(row, column) positions of excluded items for `user_ids` x `item_index`."""
         lists = [self.exclude.get(str(user), ()) for user in user_ids]
@@ -136,7 +137,9 @@ class CandidateFilter:
         if not lengths.sum():
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         rows = np.repeat(np.arange(len(lists), dtype=np.int64), lengths)
-        cols = item_index.get_indexer([item for items in lists for item in items])
+        if not isinstance(item_index, IdPositions):
+            item_index = IdPositions(item_index)
+        cols = item_index.positions([item for items in lists for item in items])
         known = cols >= 0
         return rows[known], cols[known].astype(np.int64)
 
@@ -145,9 +148,9 @@ class CandidateFilter:
     ) -> np.ndarray:
         """Boolean per (user, item) row: the pair may be recommended."""
         keep = self.allowed(item_ids)
-        user_codes, users = pd.factorize(pd.Series(user_ids))
-        item_codes, items = pd.factorize(pd.Series(item_ids))
-        rows, cols = self.excluded_pairs(list(users), pd.Index(items))
+        user_codes, users = pd.factorize(np.asarray(user_ids, dtype=object))
+        item_codes, items = pd.factorize(np.asarray(item_ids, dtype=object))
+        rows, cols = self.excluded_pairs(list(users), IdPositions(items))
         if len(rows):
             width = len(items)
             banned = np.sort(rows * width + cols)
@@ -180,25 +183,36 @@ class ScorerSource:
         return pd.Index(ids[self.filters.allowed(ids)])
 
     @cached_property
+    def _allowed_array(self) -> np.ndarray:
+        return self._allowed_items.to_numpy(dtype=object)
+
+    @cached_property
+    def _allowed_positions(self) -> IdPositions:
+        return IdPositions(self._allowed_array)
+
+    @cached_property
     def _allowed_list(self) -> list[str]:
         """One list object for every call, so scorers can reuse their column alignment."""
         return list(self._allowed_items)
 
     def candidates(self, user_ids: Sequence[str], n: int) -> pd.DataFrame:
+        return self.candidate_arrays(user_ids, n).frame()
+
+    def candidate_arrays(self, user_ids: Sequence[str], n: int) -> CandidateArrays:
         users = _unique_users(user_ids)
         allowed = self._allowed_items
-        parts: list[pd.DataFrame] = []
+        parts: list[CandidateArrays] = []
         if len(allowed) == 0:
-            return empty_candidates()
+            return CandidateArrays.empty()
         for batch in _batches(users, self.batch_size):
             scores = np.array(
                 self.scorer.score(list(batch), self._allowed_list), dtype=np.float32, copy=True
             )
-            rows, cols = self.filters.excluded_pairs(batch, allowed)
+            rows, cols = self.filters.excluded_pairs(batch, self._allowed_positions)
             scores[rows, cols] = -np.inf
             top, top_scores = top_n(scores, n)
-            parts.append(_frame_from_matrix(batch, top, top_scores, allowed.to_numpy()))
-        return _concat(parts)
+            parts.append(_arrays_from_matrix(batch, top, top_scores, self._allowed_array))
+        return CandidateArrays.concat(parts)
 
 
 @dataclass(frozen=True)
@@ -221,10 +235,17 @@ class AnnSource:
     def _allowed_positions(self) -> np.ndarray:
         return self.filters.allowed(self.index.item_ids)
 
+    @cached_property
+    def _index_positions(self) -> IdPositions:
+        return IdPositions(self.index.item_ids)
+
     def candidates(self, user_ids: Sequence[str], n: int) -> pd.DataFrame:
+        return self.candidate_arrays(user_ids, n).frame()
+
+    def candidate_arrays(self, user_ids: Sequence[str], n: int) -> CandidateArrays:
         users = _unique_users(user_ids)
-        parts: list[pd.DataFrame] = []
-        item_index = pd.Index(self.index.item_ids)
+        parts: list[CandidateArrays] = []
+        item_index = self._index_positions
         for batch in _batches(users, self.batch_size):
             vectors = np.asarray(self.user_vectors(list(batch)), dtype=np.float32)
             if vectors.shape[0] != len(batch):
@@ -235,8 +256,8 @@ class AnnSource:
             banned = np.sort(rows * self.index.count + cols)
             most_excluded = int(np.bincount(rows).max()) if len(rows) else 0
             top, top_scores = self._search(vectors, banned, n, most_excluded)
-            parts.append(_frame_from_matrix(batch, top, top_scores, self.index.item_ids))
-        return _concat(parts)
+            parts.append(_arrays_from_matrix(batch, top, top_scores, self.index.item_ids))
+        return CandidateArrays.concat(parts)
 
     def _search(
         self, vectors: np.ndarray, banned: np.ndarray, n: int, most_excluded: int
@@ -339,6 +360,9 @@ class CategoryPopularitySource:
         )
 
     def candidates(self, user_ids: Sequence[str], n: int) -> pd.DataFrame:
+        return self.candidate_arrays(user_ids, n).frame()
+
+    def candidate_arrays(self, user_ids: Sequence[str], n: int) -> CandidateArrays:
         users: list[str] = []
         item_ids: list[np.ndarray] = []
         scores: list[np.ndarray] = []
@@ -370,13 +394,13 @@ class CategoryPopularitySource:
             item_ids.append(user_items[order])
             scores.append(user_scores[order])
         if not users:
-            return empty_candidates()
+            return CandidateArrays.empty()
         lengths = np.array([len(ids) for ids in item_ids])
-        return _candidate_frame(
+        return CandidateArrays(
             np.repeat(np.array(users, dtype=object), lengths),
-            np.concatenate(item_ids),
-            np.concatenate(scores),
-            np.concatenate([np.arange(1, length + 1) for length in lengths]),
+            np.concatenate(item_ids).astype(object),
+            np.concatenate(scores).astype(np.float64),
+            np.concatenate([np.arange(1, length + 1) for length in lengths]).astype(np.int64),
         )
 
 
@@ -443,10 +467,25 @@ def run_sources(
     sources: Sequence[CandidateSource], user_ids: Sequence[str], n: int
 ) -> dict[str, pd.DataFrame]:
     """Each source's top-n frame, by source name (names must be unique)."""
+    return {name: hits.frame() for name, hits in run_source_arrays(sources, user_ids, n).items()}
+
+
+def run_source_arrays(
+    sources: Sequence[CandidateSource], user_ids: Sequence[str], n: int
+) -> dict[str, CandidateArrays]:
+    """Each source's top-n as arrays, by source name (names must be unique)."""
     names = [source.name for source in sources]
     if len(set(names)) != len(names):
         raise ValueError(f"candidate sources need unique names, got {names}")
-    return {source.name: source.candidates(user_ids, n) for source in sources}
+    return {source.name: source_arrays(source, user_ids, n) for source in sources}
+
+
+def source_arrays(source: CandidateSource, user_ids: Sequence[str], n: int) -> CandidateArrays:
+    """A source's candidates as arrays (sources that only answer frames are converted)."""
+    as_arrays = getattr(source, "candidate_arrays", None)
+    if as_arrays is not None:
+        return as_arrays(user_ids, n)
+    return CandidateArrays.from_frame(source.candidates(user_ids, n))
 
 
 def merge_candidates(
@@ -459,39 +498,61 @@ def merge_candidates(
 ) -> pd.DataFrame:
     """One row per (user, item) across sources, best n per user by reciprocal-rank fusion.
 
+    Columns: user_id, item_id, score (fusion), rank (1..n), n_sources, then score_<source>
+    and rank_<source> per source (NaN where the source did not return the pair). The
+    fusion itself is `merge_candidate_arrays`.
+    """
+    hits = {name: CandidateArrays.from_frame(frame) for name, frame in frames.items()}
+    return merge_candidate_arrays(hits, n, filters=filters, rrf_k=rrf_k, weights=weights).frame()
+
+
+def merge_candidate_arrays(
+    hits: Mapping[str, CandidateArrays],
+    n: int,
+    *,
+    filters: CandidateFilter | None = None,
+    rrf_k: int = 60,
+    weights: Mapping[str, float] | None = None,
+) -> MergedCandidates:
+    """One row per (user, item) across sources, best n per user by reciprocal-rank fusion.
+
     Fusion score = sum over the sources that returned the pair of w_s / (rrf_k + rank_s)
     (Cormack et al. 2009; w_s from `weights`, default 1): it needs no calibration between
     sources whose scores live on different scales, and rewards items several sources agree
-    on. Columns: user_id, item_id, score (fusion), rank (1..n),
-    n_sources, then score_<source> and rank_<source> per source (NaN where the source did
-    not return the pair). `filters`, when given, is applied again first. Ties go to the
-    better best rank, then to the earlier source in `frames`.
+    on. `filters`, when given, is applied again first. Ties go to the better best rank,
+    then to the earlier source in `hits`. Plain arrays throughout: the served model runs
+    this per request.
     """
-    names = list(frames)
+    names = list(hits)
     negative = {name: w for name, w in (weights or {}).items() if w < 0}
     if negative:
         raise ValueError(f"fusion weights must be >= 0, got {negative}; use 0 to mute a source")
-    parts = [
-        frames[name][list(CANDIDATE_COLUMNS)].assign(source=code) for code, name in enumerate(names)
-    ]
-    long = pd.concat(parts, ignore_index=True) if parts else None
-    if long is None or long.empty:
-        return _merged_frame_empty(names)
-    long = long.astype({"user_id": "string", "item_id": "string"})
+    parts = [hits[name] for name in names]
+    if not parts or not sum(len(part) for part in parts):
+        return MergedCandidates.empty(names)
+    user_ids = np.concatenate([part.user_ids for part in parts])
+    item_ids = np.concatenate([part.item_ids for part in parts])
+    source = np.repeat(np.arange(len(names)), [len(part) for part in parts])
+    score = np.concatenate([part.scores for part in parts])
+    rank = np.concatenate([part.ranks for part in parts])
     if filters is not None:
-        long = long[filters.keep(long["user_id"], long["item_id"])]
+        keep = filters.keep(user_ids, item_ids)
+        user_ids, item_ids, source = user_ids[keep], item_ids[keep], source[keep]
+        score, rank = score[keep], rank[keep]
+        if not len(user_ids):
+            return MergedCandidates.empty(names)
     # User codes in order of first appearance (the sources' user order); item codes sorted.
-    user_codes, users = pd.factorize(long["user_id"])
-    item_codes, items = pd.factorize(long["item_id"], sort=True)
+    user_codes, users = pd.factorize(user_ids)
+    item_codes, items = pd.factorize(item_ids, sort=True)
     pair_codes, pair_keys = pd.factorize(user_codes.astype(np.int64) * len(items) + item_codes)
     # Best rank assigned last, so a source repeating a pair keeps its best rank.
-    worst_first = np.argsort(-long["rank"].to_numpy(), kind="stable")
+    worst_first = np.argsort(-rank, kind="stable")
     pair_codes = pair_codes[worst_first]
-    source_codes = long["source"].to_numpy()[worst_first]
+    source_codes = source[worst_first]
     scores = np.full((len(pair_keys), len(names)), np.nan)
     ranks = np.full((len(pair_keys), len(names)), np.nan)
-    scores[pair_codes, source_codes] = long["score"].to_numpy()[worst_first]
-    ranks[pair_codes, source_codes] = long["rank"].to_numpy()[worst_first]
+    scores[pair_codes, source_codes] = score[worst_first]
+    ranks[pair_codes, source_codes] = rank[worst_first]
     present = ~np.isnan(ranks)
     source_weights = np.array([(weights or {}).get(name, 1.0) for name in names])
     fusion = np.where(present, source_weights / (rrf_k + np.where(present, ranks, 0.0)), 0.0)
@@ -510,25 +571,28 @@ def merge_candidates(
             pair_user.astype(np.min_scalar_type(len(users))),
         )
     )
-    sorted_users = pair_user[order]
-    group_start = np.r_[0, np.flatnonzero(np.diff(sorted_users)) + 1]
-    starts = np.repeat(group_start, np.diff(np.r_[group_start, len(order)]))
-    merged_rank = np.arange(len(order)) - starts + 1
+    merged_rank = ranks_within_groups(pair_user[order])
     keep = merged_rank <= n
     order, merged_rank = order[keep], merged_rank[keep]
-    result = pd.DataFrame(
-        {
-            "user_id": users.take(pair_user[order]).astype("string"),
-            "item_id": items.take(pair_item[order]).astype("string"),
-            "score": fusion[order],
-            "rank": merged_rank.astype(np.int64),
-            "n_sources": present[order].sum(axis=1).astype(np.int64),
-        }
+    return MergedCandidates(
+        user_ids=np.asarray(users, dtype=object)[pair_user[order]],
+        item_ids=np.asarray(items, dtype=object)[pair_item[order]],
+        score=fusion[order],
+        rank=merged_rank.astype(np.int64),
+        n_sources=present[order].sum(axis=1).astype(np.int64),
+        source_names=tuple(names),
+        source_scores=scores[order],
+        source_ranks=ranks[order],
     )
-    for code, name in enumerate(names):
-        result[f"score_{name}"] = scores[order, code]
-        result[f"rank_{name}"] = ranks[order, code]
-    return result
+
+
+def ranks_within_groups(sorted_groups: np.ndarray) -> np.ndarray:
+    """1-based position of each row inside its run of equal (sorted) group codes."""
+    if not len(sorted_groups):
+        return np.zeros(0, dtype=np.int64)
+    group_start = np.r_[0, np.flatnonzero(np.diff(sorted_groups)) + 1]
+    starts = np.repeat(group_start, np.diff(np.r_[group_start, len(sorted_groups)]))
+    return np.arange(len(sorted_groups)) - starts + 1
 
 
 def generate_candidates(
@@ -604,10 +668,116 @@ def candidate_recall(
 # ------------------------------------------------------------------------- frames
 
 
+@dataclass(frozen=True)
+class CandidateArrays:
+    """One source's candidates as parallel arrays (what `candidates` puts in a frame):
+    user and item ids (object arrays of str), scores (float64) and 1-based ranks (int64)."""
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    scores: np.ndarray
+    ranks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def empty(cls) -> CandidateArrays:
+        return cls(
+            np.zeros(0, dtype=object),
+            np.zeros(0, dtype=object),
+            np.zeros(0, dtype=np.float64),
+            np.zeros(0, dtype=np.int64),
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[CandidateArrays]) -> CandidateArrays:
+        if not parts:
+            return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            np.concatenate([part.user_ids for part in parts]),
+            np.concatenate([part.item_ids for part in parts]),
+            np.concatenate([part.scores for part in parts]),
+            np.concatenate([part.ranks for part in parts]),
+        )
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> CandidateArrays:
+        return cls(
+            _as_strings(frame["user_id"]),
+            _as_strings(frame["item_id"]),
+            frame["score"].to_numpy(dtype=np.float64),
+            frame["rank"].to_numpy(dtype=np.int64),
+        )
+
+    def frame(self) -> pd.DataFrame:
+        return _candidate_frame(self.user_ids, self.item_ids, self.scores, self.ranks)
+
+
+@dataclass(frozen=True)
+class MergedCandidates:
+    """The fused candidates as arrays: rows grouped by user, best fusion score first."""
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    score: np.ndarray
+    rank: np.ndarray
+    n_sources: np.ndarray
+    source_names: tuple[str, ...]
+    #: (rows, sources) score and rank of each source, NaN where it did not return the pair.
+    source_scores: np.ndarray
+    source_ranks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def empty(cls, names: Sequence[str]) -> MergedCandidates:
+        return cls(
+            user_ids=np.zeros(0, dtype=object),
+            item_ids=np.zeros(0, dtype=object),
+            score=np.zeros(0),
+            rank=np.zeros(0, dtype=np.int64),
+            n_sources=np.zeros(0, dtype=np.int64),
+            source_names=tuple(names),
+            source_scores=np.zeros((0, len(names))),
+            source_ranks=np.zeros((0, len(names))),
+        )
+
+    def retrieval_columns(self) -> dict[str, np.ndarray]:
+        """score, rank, n_sources, then score_<source> and rank_<source> per source."""
+        columns: dict[str, np.ndarray] = {
+            "score": self.score,
+            "rank": self.rank,
+            "n_sources": self.n_sources,
+        }
+        for code, name in enumerate(self.source_names):
+            columns[f"score_{name}"] = self.source_scores[:, code]
+            columns[f"rank_{name}"] = self.source_ranks[:, code]
+        return columns
+
+    def best_sources(self) -> np.ndarray:
+        """Per row, the source that ranked the item best (first source on ties)."""
+        if not self.source_names:
+            return np.full(len(self), "retrieval", dtype=object)
+        ranks = np.where(np.isnan(self.source_ranks), np.inf, self.source_ranks)
+        return np.asarray(self.source_names, dtype=object)[ranks.argmin(axis=1)]
+
+    def frame(self) -> pd.DataFrame:
+        frame = _candidate_frame(self.user_ids, self.item_ids, self.score, self.rank)
+        columns = self.retrieval_columns()
+        frame["n_sources"] = columns.pop("n_sources")
+        for name in ("score", "rank"):
+            columns.pop(name)
+        for name, values in columns.items():
+            frame[name] = values
+        return frame
+
+
 def empty_candidates() -> pd.DataFrame:
-    return _candidate_frame(
-        np.zeros(0, dtype=object), np.zeros(0, dtype=object), np.zeros(0), np.zeros(0)
-    )
+    return CandidateArrays.empty().frame()
 
 
 def _candidate_frame(
@@ -623,27 +793,25 @@ def _candidate_frame(
     )
 
 
-def _frame_from_matrix(
+def _arrays_from_matrix(
     users: np.ndarray, top: np.ndarray, top_scores: np.ndarray, item_ids: np.ndarray
-) -> pd.DataFrame:
-    """Flatten (users x n) positions (-1 padded at the end) into a candidate frame."""
+) -> CandidateArrays:
+    """Flatten (users x n) positions (-1 padded at the end) into candidate arrays."""
     valid = top >= 0
     rows, cols = np.nonzero(valid)
-    return _candidate_frame(
-        users[rows], item_ids[top[valid]], top_scores[valid], cols.astype(np.int64) + 1
+    return CandidateArrays(
+        users[rows],
+        np.asarray(item_ids, dtype=object)[top[valid]],
+        top_scores[valid].astype(np.float64),
+        cols.astype(np.int64) + 1,
     )
 
 
-def _merged_frame_empty(names: Sequence[str]) -> pd.DataFrame:
-    frame = empty_candidates().assign(n_sources=np.zeros(0, dtype=np.int64))
-    for name in names:
-        frame[f"score_{name}"] = np.zeros(0)
-        frame[f"rank_{name}"] = np.zeros(0)
-    return frame
-
-
-def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    return pd.concat(parts, ignore_index=True) if parts else empty_candidates()
+def _as_strings(values: pd.Series | np.ndarray) -> np.ndarray:
+    """Ids as an object array of str (what every source and the merge key on)."""
+    if isinstance(getattr(values, "dtype", None), pd.StringDtype):
+        return np.asarray(values, dtype=object)
+    return np.array([str(value) for value in np.asarray(values, dtype=object)], dtype=object)
 
 
 def _unique_users(user_ids: Sequence[str]) -> np.ndarray:

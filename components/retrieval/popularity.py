@@ -73,7 +73,7 @@ class RecentPopularity:
     def item_scores(self, item_ids: Sequence[str]) -> np.ndarray:
         from components.retrieval.baselines import item_positions
 
-        positions = item_positions(self._positions, pd.Index(self.item_ids), item_ids)
+        positions = item_positions(self._positions, self.item_ids, item_ids)
         scores = np.zeros(len(positions), dtype=np.float32)
         known = positions >= 0
         scores[known] = self.scores[positions[known]]

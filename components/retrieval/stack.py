@@ -25,11 +25,14 @@ from components.retrieval.ann_index import AnnIndex
 from components.retrieval.baselines import Ials, fit_baselines
 from components.retrieval.candidates import (
     AnnSource,
+    CandidateArrays,
     CandidateFilter,
     CandidateSource,
     CategoryPopularitySource,
+    MergedCandidates,
     ScorerSource,
-    merge_candidates,
+    merge_candidate_arrays,
+    run_source_arrays,
     run_sources,
 )
 from components.retrieval.persistence import load_model, save_model
@@ -148,12 +151,22 @@ class RetrievalStack:
     def candidates(
         self, user_ids: Sequence[str], frames: dict[str, pd.DataFrame] | None = None
     ) -> pd.DataFrame:
-        """The merged candidates of `user_ids` (one row per user and item, best n each)."""
-        settings = self.config.model.candidates
+        """The merged candidates of `user_ids` (one row per user and item, best n each);
+        `frames`: the sources' own frames, when the caller already ran them."""
         if frames is None:
-            frames = self.source_frames(user_ids)
-        return merge_candidates(
-            frames,
+            return self.candidate_arrays(user_ids).frame()
+        hits = {name: CandidateArrays.from_frame(frame) for name, frame in frames.items()}
+        return self._merge(hits).frame()
+
+    def candidate_arrays(self, user_ids: Sequence[str]) -> MergedCandidates:
+        """`candidates` as arrays, without building a frame (the per-request path)."""
+        per_source = self.config.model.candidates.per_source
+        return self._merge(run_source_arrays(self.sources, user_ids, per_source))
+
+    def _merge(self, hits: dict[str, CandidateArrays]) -> MergedCandidates:
+        settings = self.config.model.candidates
+        return merge_candidate_arrays(
+            hits,
             settings.n,
             filters=self.filters,
             rrf_k=settings.rrf_k,

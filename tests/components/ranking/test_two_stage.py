@@ -13,7 +13,7 @@ from components.config import PipelineConfig
 from components.data.split import DataSplit, write_split
 from components.evaluation.suite import evaluate_models
 from components.ranking.model import TwoStageModel
-from components.ranking.ranker import TrainedRanker
+from components.ranking.ranker import SINGLE_THREAD_ROWS, TrainedRanker
 from components.ranking_steps import (
     assemble_two_stage,
     build_ranking_data,
@@ -119,6 +119,46 @@ def test_rank_returns_available_unbought_items_with_their_source(
     for _, rows in ranked.groupby("user_id"):
         assert rows["rank"].tolist() == list(range(1, len(rows) + 1))
         assert rows["score"].is_monotonic_decreasing
+
+
+def test_one_users_answer_does_not_depend_on_the_batch(
+    trained: dict, small_split: DataSplit
+) -> None:
+    """The served model ranks one user per request; offline evaluation ranks thousands at
+    once. Both must give each user the same items, order, scores and sources."""
+    model = TwoStageModel.load(Path(trained["model_uri"]))
+    users = small_split.history("test")["user_id"].astype(str).unique()[:40].tolist()
+    batch = model.rank([*users, "nobody"], k=25)
+    assert batch["user_id"].unique().tolist() == [*users, "nobody"]  # request order
+    for user in [*users[::7], "nobody"]:  # a user without history gets popular items
+        alone = model.ranked([user], k=25)
+        want = batch[batch["user_id"] == user]
+        assert alone.item_ids.tolist() == want["item_id"].tolist()
+        assert alone.sources.tolist() == want["source"].tolist()
+        assert alone.ranks.tolist() == list(range(1, len(want) + 1))
+        np.testing.assert_allclose(alone.scores, want["score"].to_numpy())
+
+
+def test_prediction_from_columns_equals_prediction_from_the_frame(trained: dict) -> None:
+    """`predict_columns` (the per-request path, one thread) and `predict` on a frame (the
+    batch path, OpenMP above SINGLE_THREAD_ROWS rows) give the same scores."""
+    ranker = TrainedRanker.load(Path(trained["ranker"]["uri"]))
+    frame = pd.read_parquet(trained["data"]["uri"])
+    frame = pd.concat([frame] * (1 + SINGLE_THREAD_ROWS // max(1, len(frame))), ignore_index=True)
+    assert len(frame) > SINGLE_THREAD_ROWS
+    columns = {name: frame[name].to_numpy(dtype=object) for name in ("i_category", "i_condition")}
+    columns |= {
+        name: frame[name].to_numpy(dtype=float)
+        for name in ranker.feature_names
+        if name not in columns
+    }
+    many = ranker.predict(frame)
+    np.testing.assert_allclose(ranker.predict_columns(columns, len(frame)), many)
+    head = {name: values[:50] for name, values in columns.items()}
+    np.testing.assert_allclose(ranker.predict_columns(head, 50), many[:50])
+    # A feature the caller lacks is unknown, not an error.
+    del head[ranker.feature_names[0]]
+    assert np.isfinite(ranker.predict_columns(head, 50)).all()
 
 
 def test_training_is_deterministic(
