@@ -1,13 +1,15 @@
 """Serving latency: single-request p50 / p99 of the registered pyfunc, in-process and behind
 `mlflow models serve`, for k = 20.
 
-    .venv/bin/python bench/serving.py                     # ml-1m-lcfn, two-tower bundle
+    .venv/bin/python bench/serving.py                     # ml-1m-lcfn, two-stage bundle
     .venv/bin/python bench/serving.py --model-uri models:/rewear@champion   # an existing one
-    .venv/bin/python bench/serving.py --set model.two_tower.max_epochs=1 --requests 2000
+    .venv/bin/python bench/serving.py --set model.kind=two_tower      # two-tower + Annoy only
     .venv/bin/python bench/serving.py --bundle .rewear/bench/serving/runs/<run>/bundle
 
 Without `--model-uri` it builds the served bundle with the retrain flow's own steps (ingest,
-validate, snapshot, split, fit, train_encoder, build_index, bundle; no evaluation) and
+validate, snapshot, split, fit, train_encoder and build_index for the two-tower kind,
+build_features, train_ranker, assemble_two_stage for serving, bundle; no evaluation) from
+`configs/ml-1m-lcfn.yaml`, i.e. the model `rewear retrain` registers for that dataset, and
 registers it in a registry of its own under `$REWEAR_HOME/bench/serving`, so the user's
 registry and champion are untouched (`--bundle` registers an already built bundle folder
 with the current code instead of training again). One request = one user (a known user
@@ -37,7 +39,7 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from components import retrieval_steps, steps  # noqa: E402
+from components import ranking_steps, retrieval_steps, steps  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.registry.registration import git_commit, log_and_register  # noqa: E402
 from components.registry.serving import model_server  # noqa: E402
@@ -61,15 +63,23 @@ def build_and_register(config_path: Path, overrides: dict[str, Any], home: Path)
     snap = steps.snapshot(validated["uri"], settings.snapshots)
     split = steps.split(snap["uri"], config.split, run_dir)
     fitted = steps.fit(split["uri"], config.model, run_dir)
-    encoder_uri = index_uri = None
+    encoder_uri = index_uri = train_window_encoder_uri = two_stage_uri = None
     if config.model.kind == retrieval_steps.TWO_TOWER:
         encoder = retrieval_steps.train_encoder(
             split["uri"], config.model, config.evaluation, run_dir
         )
-        encoder_uri = encoder["uri"]
+        encoder_uri, train_window_encoder_uri = encoder["uri"], encoder["train_window_uri"]
         index_uri = retrieval_steps.build_indexes(split["uri"], encoder_uri, config, run_dir)[
             "serving_index_uri"
         ]
+    if config.model.ranker.enabled:
+        data = ranking_steps.build_ranking_data(
+            split["uri"], train_window_encoder_uri, config, run_dir
+        )
+        ranker = ranking_steps.train_ranker_step(data["uri"], config, run_dir)
+        two_stage_uri = ranking_steps.assemble_two_stage(
+            split["uri"], encoder_uri, index_uri, ranker["uri"], config, run_dir, "serving"
+        )["uri"]
     built = steps.bundle(
         split["uri"],
         fitted["final_model_uri"],
@@ -77,6 +87,7 @@ def build_and_register(config_path: Path, overrides: dict[str, Any], home: Path)
         run_dir,
         encoder_uri,
         index_uri,
+        two_stage_uri=two_stage_uri,
         snapshot_id=snap["snapshot_id"],
     )
     tags = {
@@ -136,7 +147,9 @@ def timed(call: Callable[[dict[str, Any]], object], rows: list[dict[str, Any]]) 
 def request_rows(recommender: Any, n: int, seed: int) -> tuple[list[dict], list[dict]]:
     """`n` known-user rows and `n` anonymous-session rows, drawn at random."""
     rng = random.Random(seed)
-    if recommender.retrieval is not None:
+    if recommender.two_stage is not None:  # the users the ranker answers
+        users = sorted(str(user) for user in recommender.two_stage.features.users.index)
+    elif recommender.retrieval is not None:
         users = sorted(recommender.retrieval.known_users)
     else:
         users = sorted(recommender.exclusions)
@@ -184,7 +197,7 @@ def main() -> None:
         action="append",
         default=[],
         dest="overrides",
-        help="config override key=value (default adds model.kind=two_tower)",
+        help="config override key=value, e.g. model.kind=two_tower",
     )
     parser.add_argument("--model-uri", help="bench this registered model instead of training")
     parser.add_argument("--bundle", type=Path, help="register this bundle folder and bench it")
@@ -202,7 +215,7 @@ def main() -> None:
         settings = RewearSettings(home=settings.home / "bench" / "serving")
         model_uri = register_bundle(args.bundle.resolve(), settings.home)
     elif model_uri is None:
-        overrides: dict[str, Any] = {"model.kind": "two_tower"}
+        overrides: dict[str, Any] = {}
         for item in args.overrides:
             key, _, value = item.partition("=")
             overrides[key] = yaml.safe_load(value)
