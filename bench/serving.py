@@ -232,6 +232,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "model_uri": model_uri,
         "model_kind": recommender.metadata.get("model_kind"),
+        "ranker": recommender.two_stage is not None,
         "catalogue_items": len(recommender.item_ids),
         "available_items": int(recommender.available.sum()),
         "load_s": load_s,
@@ -247,7 +248,8 @@ def main() -> None:
     results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["commit"] = git_commit()
 
-    print(f"\n{model_uri} ({results['model_kind']}, {results['available_items']} items on sale)")
+    kind = results["model_kind"] + (" candidates + LightGBM ranker" if results["ranker"] else "")
+    print(f"\n{model_uri} ({kind}, {results['available_items']} items on sale)")
     print(f"{'single request, k=20':<34}{'n':>6}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
     for key in ("in_process_user", "in_process_session", "http_user"):
         row = results[key]
