@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from components.ids import IdPositions
 from components.retrieval.popularity import RecentPopularity
 from components.store import read_json, write_json
 
@@ -157,12 +158,14 @@ class BundleRecommender:
     #: Request-side lookups built once at load: catalogue position of each item id,
     #: popularity per catalogue row, category code per row (-1: none).
     positions: pd.Index = field(init=False, repr=False)
+    item_rows: IdPositions = field(init=False, repr=False)
     popularity: np.ndarray = field(init=False, repr=False)
     category_codes: np.ndarray = field(init=False, repr=False)
     display_columns: dict[str, np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.positions = pd.Index(self.item_ids)
+        self.item_rows = IdPositions(self.item_ids)
         self.popularity = self.model.item_scores(self.item_ids).astype(np.float64)
         # Missing values: None for text (JSON null), NaN for the price.
         self.display_columns = {
@@ -320,7 +323,7 @@ class BundleRecommender:
     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """The ranker's order of the user's candidates; popularity fills what is left."""
         ranked = self.two_stage.ranked([user_id])
-        rows = self.positions.get_indexer(ranked.item_ids)
+        rows = self.item_rows.positions(ranked.item_ids)
         usable = (rows >= 0) & ~blocked[np.maximum(rows, 0)]
         order = rows[usable][:k]
         scores = ranked.scores[usable][:k]

@@ -140,6 +140,10 @@ class RetrievalStack:
                 )
         return sources
 
+    @cached_property
+    def _source_names(self) -> set[str]:
+        return {source.name for source in self.sources}
+
     @property
     def _has_categories(self) -> bool:
         column = self.config.model.candidates.category_column
@@ -165,10 +169,13 @@ class RetrievalStack:
 
     def _merge(self, hits: dict[str, CandidateArrays]) -> MergedCandidates:
         settings = self.config.model.candidates
+        # Every source of the stack applies this very filter itself; checking the merged
+        # pairs again would cost a request about a millisecond for nothing.
+        own = all(getattr(source, "filters", None) is self.filters for source in self.sources)
         return merge_candidate_arrays(
             hits,
             settings.n,
-            filters=self.filters,
+            filters=None if own and set(hits) <= self._source_names else self.filters,
             rrf_k=settings.rrf_k,
             weights=settings.source_weights,
         )
