@@ -340,6 +340,10 @@ class RankerConfig(StrictModel):
     recent_items: int = Field(5, ge=1)
     num_threads: int = Field(2, ge=1)
     seed: int = 0
+    #: Rankers trained with seeds seed, seed + 1, ... (each with its own early-stopping
+    #: users and negatives) whose scores are averaged: on data with a few hundred label
+    #: users a single ranker's quality varies with its seed as much as with any setting.
+    ensemble_size: int = Field(1, ge=1, le=20)
     #: A Dask scheduler address (e.g. tcp://host:8786): train with DaskLGBMRanker there.
     dask_address: str | None = None
 

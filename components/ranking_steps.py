@@ -21,9 +21,10 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from components.config import PipelineConfig
+from components.config import PipelineConfig, RankerConfig
 from components.data.split import DataSplit, available_at, latest_moment, read_split
 from components.ranking.dataset import (
+    QueryGroups,
     attach_labels,
     graded_labels,
     holdout_interactions,
@@ -32,7 +33,7 @@ from components.ranking.dataset import (
 )
 from components.ranking.features import CATEGORICAL_FEATURES, feature_columns
 from components.ranking.model import TwoStageModel, feature_builder
-from components.ranking.ranker import TrainedRanker, train_ranker
+from components.ranking.ranker import RankerEnsemble, TrainedRanker, load_ranker, train_ranker
 from components.retrieval.ann_index import build_annoy_index
 from components.retrieval.candidates import candidate_recall
 from components.retrieval.stack import RetrievalStack
@@ -170,9 +171,52 @@ def feature_builder_categories(features: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def train_ranker_step(features_uri: str, config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
-    """Fit the LightGBM ranker on the label-stage users, early-stopped on a held-out part."""
+    """Fit the LightGBM ranker on the label-stage users, early-stopped on a held-out part;
+    with `ensemble_size` > 1, that many rankers with consecutive seeds, averaged."""
     ranker_config = config.model.ranker
     frame = pd.read_parquet(features_uri)
+    names = [c for c in feature_columns(frame) if frame[c].notna().any()]
+    categories = feature_builder_categories(frame)
+    members: list[TrainedRanker] = []
+    for offset in range(ranker_config.ensemble_size):
+        seeded = ranker_config.model_copy(update={"seed": ranker_config.seed + offset})
+        member, fit, stop = _train_one_ranker(frame, names, categories, seeded)
+        members.append(member)
+        if offset == 0:
+            first_fit, first_stop = fit, stop
+    trained = members[0] if len(members) == 1 else RankerEnsemble(members)
+    target = Path(run_dir) / "models" / "ranker"
+    with atomic_directory(target, overwrite=True) as staging:
+        trained.save(staging)
+    metric = f"early_stopping.ndcg@{ranker_config.eval_at}"
+    stopped_at = [
+        round(m.curves[metric][m.best_iteration - 1], 4) if m.curves.get(metric) else None
+        for m in members
+    ]
+    return {
+        "uri": str(target),
+        "fit_rows": len(first_fit.frame),
+        "fit_queries": first_fit.n_queries,
+        "early_stopping_queries": first_stop.n_queries,
+        "ensemble_size": len(members),
+        "best_iteration": members[0].best_iteration,
+        "member_best_iterations": [m.best_iteration for m in members],
+        f"early_stopping_ndcg@{ranker_config.eval_at}": stopped_at[0],
+        f"member_early_stopping_ndcg@{ranker_config.eval_at}": stopped_at,
+        "training_s": trained.training_s,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "importance": {k: round(v, 2) for k, v in list(trained.importance().items())[:15]},
+        "curves": trained.curves,
+    }
+
+
+def _train_one_ranker(
+    frame: pd.DataFrame,
+    names: list[str],
+    categories: dict[str, list[str]],
+    ranker_config: RankerConfig,
+) -> tuple[TrainedRanker, QueryGroups, QueryGroups]:
+    """One ranker: its seed picks the early-stopping users and the fit's negatives."""
     fit_users, _ = split_users(
         frame["user_id"], ranker_config.early_stopping_user_share, ranker_config.seed
     )
@@ -181,33 +225,11 @@ def train_ranker_step(features_uri: str, config: PipelineConfig, run_dir: Path) 
     stop = query_groups(
         frame[~in_fit], ranker_config, seed=ranker_config.seed, sample_negatives=False
     )
-    names = [c for c in feature_columns(frame) if frame[c].notna().any()]
     if ranker_config.dask_address is not None:
         from components.ranking.distributed import train_ranker_on_dask
 
-        trained = train_ranker_on_dask(
-            fit, stop, names, feature_builder_categories(frame), ranker_config
-        )
-    else:
-        trained = train_ranker(fit, stop, names, feature_builder_categories(frame), ranker_config)
-    target = Path(run_dir) / "models" / "ranker"
-    with atomic_directory(target, overwrite=True) as staging:
-        trained.save(staging)
-    best = trained.curves.get(f"early_stopping.ndcg@{ranker_config.eval_at}", [])
-    return {
-        "uri": str(target),
-        "fit_rows": len(fit.frame),
-        "fit_queries": fit.n_queries,
-        "early_stopping_queries": stop.n_queries,
-        "best_iteration": trained.best_iteration,
-        f"early_stopping_ndcg@{ranker_config.eval_at}": (
-            round(best[trained.best_iteration - 1], 4) if best else None
-        ),
-        "training_s": trained.training_s,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "importance": {k: round(v, 2) for k, v in list(trained.importance().items())[:15]},
-        "curves": trained.curves,
-    }
+        return train_ranker_on_dask(fit, stop, names, categories, ranker_config), fit, stop
+    return train_ranker(fit, stop, names, categories, ranker_config), fit, stop
 
 
 def assemble_two_stage(
@@ -241,7 +263,7 @@ def assemble_two_stage(
         encoder=TrainedTwoTower.load(Path(encoder_uri)) if use_encoder else None,  # type: ignore[arg-type]
         index_folder=Path(index_uri) if use_encoder and index_uri else None,
     )
-    ranker = None if ranker_uri is None else TrainedRanker.load(Path(ranker_uri))
+    ranker = None if ranker_uri is None else load_ranker(Path(ranker_uri))
     model = TwoStageModel.assemble(stack, ranker, config.model.ranker)
     target = Path(run_dir) / "models" / f"two_stage_{purpose}"
     with atomic_directory(target, overwrite=True) as staging:

@@ -449,7 +449,7 @@ def _log_ranker(client: Any, run_id: str, ranker: dict[str, Any]) -> None:
     for feature, gain in ranker["importance"].items():
         client.log_metric(run_id, f"ranker.gain.{feature}", gain)
     client.log_dict(run_id, ranker["importance"], "ranker/importance.json")
-    for key in ("best_iteration", "training_s", "peak_rss_mb", "fit_rows"):
+    for key in ("best_iteration", "training_s", "peak_rss_mb", "fit_rows", "ensemble_size"):
         client.log_metric(run_id, f"ranker.{key}", float(ranker[key]))
 
 

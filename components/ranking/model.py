@@ -18,7 +18,7 @@ import pandas as pd
 from components.config import RankerConfig
 from components.ids import IdPositions
 from components.ranking.features import PointInTimeFeatures
-from components.ranking.ranker import TrainedRanker
+from components.ranking.ranker import RankerEnsemble, TrainedRanker, load_ranker
 from components.retrieval.candidates import ranks_within_groups
 from components.retrieval.stack import RetrievalStack
 
@@ -47,12 +47,15 @@ def feature_builder(
 class TwoStageModel:
     stack: RetrievalStack
     features: PointInTimeFeatures
-    ranker: TrainedRanker | None
+    ranker: TrainedRanker | RankerEnsemble | None
     _popularity: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def assemble(
-        cls, stack: RetrievalStack, ranker: TrainedRanker | None, config: RankerConfig
+        cls,
+        stack: RetrievalStack,
+        ranker: TrainedRanker | RankerEnsemble | None,
+        config: RankerConfig,
     ) -> TwoStageModel:
         categories = None if ranker is None else ranker.categories
         return cls(stack=stack, features=feature_builder(stack, config, categories), ranker=ranker)
@@ -151,7 +154,7 @@ class TwoStageModel:
             user_vectors=None if vectors is None else vectors.user_vectors,
             item_vectors=None if vectors is None else vectors.item_vectors,
         )
-        ranker = TrainedRanker.load(folder / "ranker") if (folder / "ranker").is_dir() else None
+        ranker = load_ranker(folder / "ranker") if (folder / "ranker").is_dir() else None
         return cls(stack=stack, features=features, ranker=ranker)
 
 

@@ -25,6 +25,7 @@ from components.store import read_json, write_json
 
 BOOSTER_FILE = "ranker.txt"
 META_FILE = "ranker.json"
+ENSEMBLE_FILE = "ensemble.json"
 #: Predictions of at most this many rows run on one thread (0 above: OpenMP's default).
 SINGLE_THREAD_ROWS = 4096
 
@@ -123,6 +124,77 @@ class TrainedRanker:
             curves=meta.get("curves", {}),
             training_s=float(meta.get("training_s", 0.0)),
         )
+
+
+@dataclass
+class RankerEnsemble:
+    """Rankers trained with different seeds; a pair's score is the mean of theirs.
+
+    Each member saw its own early-stopping users and negatives, so the mean is a bagged
+    ranker: steadier than any one member when the label users number a few hundred."""
+
+    members: list[TrainedRanker]
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ValueError("a ranker ensemble needs at least one member")
+        first = self.members[0]
+        for member in self.members[1:]:
+            if member.feature_names != first.feature_names or (
+                member.categories != first.categories
+            ):
+                raise ValueError("ensemble members must share features and categories")
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.members[0].feature_names
+
+    @property
+    def categories(self) -> dict[str, list[str]]:
+        return self.members[0].categories
+
+    @property
+    def best_iteration(self) -> int:
+        return self.members[0].best_iteration
+
+    @property
+    def curves(self) -> dict[str, list[float]]:
+        return self.members[0].curves
+
+    @property
+    def training_s(self) -> float:
+        return round(sum(member.training_s for member in self.members), 2)
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        columns = {name: features[name] for name in self.feature_names if name in features}
+        return self.predict_columns(columns, len(features))
+
+    def predict_columns(self, columns: Mapping[str, Any], n_rows: int) -> np.ndarray:
+        scores = [member.predict_columns(columns, n_rows) for member in self.members]
+        return np.mean(scores, axis=0) if n_rows else np.zeros(0)
+
+    def importance(self) -> dict[str, float]:
+        """Mean total gain per feature over the members, largest first."""
+        totals: dict[str, float] = {}
+        for member in self.members:
+            for name, gain in member.importance().items():
+                totals[name] = totals.get(name, 0.0) + gain / len(self.members)
+        return dict(sorted(totals.items(), key=lambda pair: -pair[1]))
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        for position, member in enumerate(self.members):
+            member.save(folder / f"member-{position}")
+        write_json(folder / ENSEMBLE_FILE, {"members": len(self.members)})
+
+
+def load_ranker(folder: Path) -> TrainedRanker | RankerEnsemble:
+    """A saved ranker: one LightGBM model, or an ensemble of them."""
+    folder = Path(folder)
+    if (folder / ENSEMBLE_FILE).is_file():
+        count = int(read_json(folder / ENSEMBLE_FILE)["members"])
+        return RankerEnsemble([TrainedRanker.load(folder / f"member-{i}") for i in range(count)])
+    return TrainedRanker.load(folder)
 
 
 def categorical_codes(frame: pd.DataFrame, categories: dict[str, list[str]]) -> pd.DataFrame:

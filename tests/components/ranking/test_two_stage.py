@@ -13,7 +13,12 @@ from components.config import PipelineConfig
 from components.data.split import DataSplit, write_split
 from components.evaluation.suite import evaluate_models
 from components.ranking.model import TwoStageModel
-from components.ranking.ranker import SINGLE_THREAD_ROWS, TrainedRanker
+from components.ranking.ranker import (
+    SINGLE_THREAD_ROWS,
+    RankerEnsemble,
+    TrainedRanker,
+    load_ranker,
+)
 from components.ranking_steps import (
     assemble_two_stage,
     build_ranking_data,
@@ -169,6 +174,37 @@ def test_training_is_deterministic(
     first = TrainedRanker.load(Path(trained["ranker"]["uri"])).predict(frame)
     second = TrainedRanker.load(Path(again["uri"])).predict(frame)
     np.testing.assert_array_equal(first, second)
+
+
+def test_an_ensemble_averages_rankers_trained_with_consecutive_seeds(
+    trained: dict, small_split: DataSplit, small_config: PipelineConfig, tmp_path: Path
+) -> None:
+    ranker_config = small_config.model.ranker.model_copy(update={"ensemble_size": 3})
+    config = small_config.model_copy(
+        update={"model": small_config.model.model_copy(update={"ranker": ranker_config})}
+    )
+    step = train_ranker_step(trained["data"]["uri"], config, tmp_path)
+    assert step["ensemble_size"] == 3 and len(step["member_best_iterations"]) == 3
+    ensemble = load_ranker(Path(step["uri"]))
+    assert isinstance(ensemble, RankerEnsemble) and len(ensemble.members) == 3
+    # Member 0 is the single ranker of the same seed.
+    frame = pd.read_parquet(trained["data"]["uri"]).head(400)
+    single = TrainedRanker.load(Path(trained["ranker"]["uri"]))
+    np.testing.assert_array_equal(ensemble.members[0].predict(frame), single.predict(frame))
+    each = np.array([member.predict(frame) for member in ensemble.members])
+    assert not np.allclose(each[0], each[1])  # other early-stopping users, other negatives
+    np.testing.assert_allclose(ensemble.predict(frame), each.mean(axis=0))
+    assert step["training_s"] == pytest.approx(sum(m.training_s for m in ensemble.members))
+    # The two-stage model saves and loads it, and ranks with it.
+    model = assemble_two_stage(trained["split_uri"], None, None, step["uri"], config, tmp_path)
+    loaded = TwoStageModel.load(Path(model["uri"]))
+    assert isinstance(loaded.ranker, RankerEnsemble)
+    users = small_split.history("test")["user_id"].astype(str).unique()[:5].tolist()
+    ranked = loaded.rank(users, k=10)
+    assert (
+        len(ranked)
+        and ranked.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
+    )
 
 
 def test_prediction_uses_the_trained_categories_whatever_the_callers_order(trained: dict) -> None:
