@@ -82,6 +82,34 @@ class DataSplit:
             test_cutoff=cutoff,
         )
 
+    def windows_back(self, back: int) -> DataSplit:
+        """A split for tuning without the test window: its test window is the `back`-th
+        window of the valid window's length before this split's test window (1: the valid
+        window itself), the window before that is its valid window, and nothing at or
+        after the end of its test window is kept (temporal protocol only)."""
+        if self.protocol != "temporal" or self.valid_cutoff is None or self.test_cutoff is None:
+            raise SplitError("windows_back needs a temporal split (split.protocol: temporal)")
+        if back < 1:
+            raise SplitError(f"windows_back counts windows from 1, got {back}")
+        length = self.test_cutoff - self.valid_cutoff
+        end = self.test_cutoff - (back - 1) * length
+        test_cutoff, valid_cutoff = end - length, end - 2 * length
+        seen = self.history("test")
+        kept = seen[seen["ts"] < end].reset_index(drop=True)
+        ts = kept["ts"]
+        train = kept[ts < valid_cutoff].reset_index(drop=True)
+        if train.empty:
+            raise SplitError(f"no interaction before {valid_cutoff}: go back fewer windows")
+        return DataSplit(
+            protocol="temporal",
+            tables=self.tables.replace(interactions=kept),
+            train=train,
+            valid=kept[(ts >= valid_cutoff) & (ts < test_cutoff)].reset_index(drop=True),
+            test=kept[ts >= test_cutoff].reset_index(drop=True),
+            valid_cutoff=valid_cutoff,
+            test_cutoff=test_cutoff,
+        )
+
     def available_items(self, at: pd.Timestamp | None) -> pd.Series:
         """Boolean per row of `tables.items`: listed and not yet sold at `at` (None: all)."""
         return available_at(self.tables.items, at)

@@ -30,6 +30,28 @@ def test_temporal_split_by_fraction_of_time():
     assert split.valid_cutoff == split.test_cutoff - span * 0.2
 
 
+def test_windows_back_never_keeps_the_test_window():
+    """The tuning split of `windows_back`: its test window is the real valid window (or an
+    earlier one), its windows keep their length, and no interaction at or after the real
+    test cut-off survives."""
+    real = split_tables(make_tables(EVENTS), SplitConfig(valid_duration="5D", test_duration="5D"))
+    one = real.windows_back(1)
+    assert one.test_cutoff == real.valid_cutoff
+    assert one.test_cutoff - one.valid_cutoff == real.test_cutoff - real.valid_cutoff
+    pd.testing.assert_frame_equal(one.test, real.valid)
+    for tuning in (one, real.windows_back(2)):
+        every = tuning.all_interactions()
+        assert every["ts"].max() < real.test_cutoff
+        assert len(tuning.tables.interactions) == len(every)
+        assert tuning.train["ts"].max() < tuning.valid_cutoff <= tuning.valid["ts"].min()
+        assert tuning.valid["ts"].max() < tuning.test_cutoff <= tuning.test["ts"].min()
+    assert real.windows_back(2).test_cutoff == real.valid_cutoff - pd.Timedelta("5D")
+    with pytest.raises(SplitError, match="fewer windows"):
+        real.windows_back(6)
+    with pytest.raises(SplitError, match="from 1"):
+        real.windows_back(0)
+
+
 def test_an_empty_window_asks_for_shorter_durations():
     with pytest.raises(SplitError, match="train window empty"):
         split_tables(make_tables(EVENTS), SplitConfig(valid_duration="20D", test_duration="20D"))

@@ -1,0 +1,103 @@
+"""Tune the ranker on windows before the test window, without ever reading the test window.
+
+    .venv/bin/python bench/tune_windows.py --config configs/movielens-100k.yaml
+    .venv/bin/python bench/tune_windows.py --config configs/movielens-100k.yaml \\
+        --set model.ranker.ensemble_size=1 --set model.ranker.seed=3 --windows 2
+
+In the temporal protocol the ranker learns from the valid window (and the label windows
+before it), so scoring a setting on the valid window would score it on its own labels.
+This script drops the test window and everything after it, then for w = 1..`--windows`
+treats the w-th window before the real test window (same length; w = 1 is the real valid
+window) as a test window: the window before it becomes the valid window and everything
+earlier the training history. It runs the flow's own steps on that split (ranking data,
+ranker, the two-stage model at the cut-off) and prints re-ranked vs retrieval-only NDCG@10
+with the paired bootstrap interval over users. Temporal configs with the recent_popularity
+kind only; nothing is registered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import yaml  # noqa: E402
+
+from components import ranking_steps, steps  # noqa: E402
+from components.config import PipelineConfig, load_config  # noqa: E402
+from components.data.split import DataSplit, read_split, write_split  # noqa: E402
+from components.evaluation.suite import evaluate_models  # noqa: E402
+from components.ranking.model import TwoStageModel  # noqa: E402
+
+METRICS = ("ndcg@10", "recall@20", "ndcg@20")
+
+
+def score_window(data: DataSplit, config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    """Ranking data, ranker and the two-stage model on `data`; metrics on its test window."""
+    write_split(data, run_dir / "split")
+    split_uri = str(run_dir / "split")
+    ranking = ranking_steps.build_ranking_data(split_uri, None, config, run_dir)
+    ranker = ranking_steps.train_ranker_step(ranking["uri"], config, run_dir)
+    built = ranking_steps.assemble_two_stage(split_uri, None, None, ranker["uri"], config, run_dir)
+    model = TwoStageModel.load(Path(built["uri"]))
+    scorers = {"model": model, "retrieval_only": ranking_steps.retrieval_only(model)}
+    written = read_split(Path(split_uri))
+    suite = evaluate_models("model", scorers, written, "test", config.evaluation)
+    return {
+        "users": suite.n_users,
+        "model": suite.model.metrics,
+        "retrieval_only": suite.baselines["retrieval_only"].metrics,
+        "delta": suite.comparisons["retrieval_only"],
+        "best_iterations": ranker["member_best_iterations"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--windows", type=int, default=2)
+    args = parser.parse_args()
+    overrides = {}
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    config = load_config(args.config, overrides)
+    if config.model.kind != "recent_popularity" or not config.model.ranker.enabled:
+        raise SystemExit("tune_windows tunes the ranker of the recent_popularity kind only")
+    with tempfile.TemporaryDirectory(prefix="rewear-tune-") as scratch:
+        root = Path(scratch)
+        raw = steps.ingest(config, root)
+        validated = steps.validate(raw["uri"], config, root)
+        snap = steps.snapshot(validated["uri"], root / "snapshots")
+        real = read_split(Path(steps.split(snap["uri"], config.split, root)["uri"]))
+        label = f"{config.name} {overrides}" if overrides else config.name
+        print(f"{label}: the real test window (never read) starts at {real.test_cutoff}")
+        for back in range(1, args.windows + 1):
+            started = time.perf_counter()
+            data = real.windows_back(back)
+            result = score_window(data, config, root / f"window-{back}")
+            delta = result["delta"]
+            end = data.tables.interactions["ts"].max()
+            print(
+                f"window -{back}: test {data.test_cutoff} to {end}, {result['users']} users, "
+                f"best iterations {result['best_iterations']}, "
+                f"{time.perf_counter() - started:.0f} s"
+            )
+            for metric in METRICS:
+                d = delta[metric]
+                print(
+                    f"  {metric:<10} model {result['model'][metric]:.4f}  retrieval_only "
+                    f"{result['retrieval_only'][metric]:.4f}  Δ {d['difference']:+.4f} "
+                    f"[{d['low']:+.4f}, {d['high']:+.4f}]"
+                )
+
+
+if __name__ == "__main__":
+    main()
