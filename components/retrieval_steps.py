@@ -149,9 +149,10 @@ def generate_candidates(
     window = positive_window(data.test, config.evaluation)
     users = window["user_id"].drop_duplicates().astype(str).tolist()
     started = time.perf_counter()
-    frames = stack.source_frames(users)
-    merged = stack.candidates(users, frames)
+    hits = stack.source_arrays(users)
+    merged = stack.candidate_arrays(users, hits).frame()
     seconds = time.perf_counter() - started
+    frames = {name: source_hits.frame() for name, source_hits in hits.items()}
     recall = candidate_recall(merged, window, settings.n, sources=frames)
     target = Path(run_dir) / "candidates"
     with atomic_directory(target, overwrite=True) as staging:

@@ -88,22 +88,22 @@ class TwoStageModel:
         if not len(merged):
             return RankedCandidates.empty()
         if self.ranker is None:
-            scores = merged.score
+            scores = np.asarray(merged.score, dtype=np.float64)
         else:
             columns = self.features.feature_columns(
                 merged.user_ids, merged.item_ids, merged.retrieval_columns()
             )
-            scores = self.ranker.predict_columns(columns, len(merged))
+            scores = np.asarray(self.ranker.predict_columns(columns, len(merged)), np.float64)
         requested = IdPositions(str(user) for user in user_ids)
         user_order = requested.positions(merged.user_ids)
-        order = np.lexsort((merged.rank, -np.asarray(scores, dtype=np.float64), user_order))
+        order = np.lexsort((merged.rank, -scores, user_order))
         ranks = ranks_within_groups(user_order[order])
         if k is not None:
             order, ranks = order[ranks <= k], ranks[ranks <= k]
         return RankedCandidates(
             user_ids=merged.user_ids[order],
             item_ids=merged.item_ids[order],
-            scores=np.asarray(scores, dtype=np.float64)[order],
+            scores=scores[order],
             ranks=ranks.astype(np.int64),
             sources=merged.best_sources()[order],
         )

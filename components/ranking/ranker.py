@@ -63,8 +63,7 @@ class TrainedRanker:
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
         """Scores for the rows of a `PointInTimeFeatures.transform` frame."""
-        columns = {name: features[name] for name in self.feature_names if name in features}
-        return self.predict_columns(columns, len(features))
+        return self.predict_columns(_frame_columns(features, self.feature_names), len(features))
 
     def predict_columns(self, columns: Mapping[str, Any], n_rows: int) -> np.ndarray:
         """Scores for `n_rows` rows given as columns (`PointInTimeFeatures.feature_columns`).
@@ -166,8 +165,7 @@ class RankerEnsemble:
         return round(sum(member.training_s for member in self.members), 2)
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
-        columns = {name: features[name] for name in self.feature_names if name in features}
-        return self.predict_columns(columns, len(features))
+        return self.predict_columns(_frame_columns(features, self.feature_names), len(features))
 
     def predict_columns(self, columns: Mapping[str, Any], n_rows: int) -> np.ndarray:
         scores = [member.predict_columns(columns, n_rows) for member in self.members]
@@ -195,6 +193,11 @@ def load_ranker(folder: Path) -> TrainedRanker | RankerEnsemble:
         count = int(read_json(folder / ENSEMBLE_FILE)["members"])
         return RankerEnsemble([TrainedRanker.load(folder / f"member-{i}") for i in range(count)])
     return TrainedRanker.load(folder)
+
+
+def _frame_columns(features: pd.DataFrame, names: Sequence[str]) -> dict[str, pd.Series]:
+    """The columns of `features` a ranker reads (absent ones are left to be unknown)."""
+    return {name: features[name] for name in names if name in features}
 
 
 def categorical_codes(frame: pd.DataFrame, categories: dict[str, list[str]]) -> pd.DataFrame:

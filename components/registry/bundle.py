@@ -157,14 +157,12 @@ class BundleRecommender:
     two_stage: Any = None
     #: Request-side lookups built once at load: catalogue position of each item id,
     #: popularity per catalogue row, category code per row (-1: none).
-    positions: pd.Index = field(init=False, repr=False)
     item_rows: IdPositions = field(init=False, repr=False)
     popularity: np.ndarray = field(init=False, repr=False)
     category_codes: np.ndarray = field(init=False, repr=False)
     display_columns: dict[str, np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.positions = pd.Index(self.item_ids)
         self.item_rows = IdPositions(self.item_ids)
         self.popularity = self.model.item_scores(self.item_ids).astype(np.float64)
         # Missing values: None for text (JSON null), NaN for the price.
@@ -178,7 +176,7 @@ class BundleRecommender:
         if self.retrieval is not None:
             index = self.retrieval.index
             every = np.arange(index.count)  # type: ignore[attr-defined]
-            self.retrieval.index_rows = self.positions.get_indexer(index.ids_at(every))  # type: ignore[attr-defined]
+            self.retrieval.index_rows = self.item_rows.positions(index.ids_at(every))  # type: ignore[attr-defined]
         categories = self.catalogue.get("category")
         if categories is None:
             self.category_codes = np.full(len(self.item_ids), -1, dtype=np.int64)
@@ -268,7 +266,7 @@ class BundleRecommender:
         requests = parse_requests(user_ids, recent_item_ids)
         excluded = validate_item_ids(exclude_item_ids, "exclude_item_ids", MAX_EXCLUDED_ITEMS)
         blocked = ~self.available
-        rows = self.positions.get_indexer(list(excluded))
+        rows = self.item_rows.positions(list(excluded))
         blocked[rows[rows >= 0]] = True
         vectors = self._request_vectors(requests)
         answers = []
@@ -344,7 +342,7 @@ class BundleRecommender:
         a session may hold listings newer than the bundle)."""
         if not request.recent_item_ids:
             return np.empty(0, dtype=np.int64)
-        rows = self.positions.get_indexer(list(request.recent_item_ids))
+        rows = self.item_rows.positions(list(request.recent_item_ids))
         return rows[rows >= 0]
 
     def _rank_in_context(
@@ -385,7 +383,7 @@ class BundleRecommender:
         retrieval = self.retrieval
         if retrieval is None or not recent_item_ids:
             return None
-        known = [item for item in recent_item_ids if item in self.positions]
+        known = [item for item in recent_item_ids if item in self.item_rows]
         if not known:
             return None
         stamps: pd.Series = pd.Series(pd.NaT, index=range(len(known)), dtype="datetime64[ns, UTC]")
@@ -402,7 +400,7 @@ class BundleRecommender:
                 "weight": 1.0,
             }
         )
-        items = self.catalogue.iloc[self.positions.get_indexer(known)].drop(columns="available")
+        items = self.catalogue.iloc[self.item_rows.positions(known)].drop(columns="available")
         encoder = retrieval.trained.user_encoder(session, retrieval.as_of, items)  # type: ignore[attr-defined]
         return encoder.encode([SESSION_USER])[0]
 

@@ -129,7 +129,7 @@ class CandidateFilter:
         return keep
 
     def excluded_pairs(
-        self, user_ids: Sequence[str], item_index: pd.Index | IdPositions
+        self, user_ids: Sequence[str], item_index: IdPositions
     ) -> tuple[np.ndarray, np.ndarray]:
         """(row, column) positions of excluded items for `user_ids` x `item_index`."""
         lists = [self.exclude.get(str(user), ()) for user in user_ids]
@@ -137,8 +137,6 @@ class CandidateFilter:
         if not lengths.sum():
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         rows = np.repeat(np.arange(len(lists), dtype=np.int64), lengths)
-        if not isinstance(item_index, IdPositions):
-            item_index = IdPositions(item_index)
         cols = item_index.positions([item for items in lists for item in items])
         known = cols >= 0
         return rows[known], cols[known].astype(np.int64)
@@ -178,13 +176,9 @@ class ScorerSource:
     batch_size: int = USER_BATCH
 
     @cached_property
-    def _allowed_items(self) -> pd.Index:
-        ids = np.asarray(self.item_ids, dtype=object)
-        return pd.Index(ids[self.filters.allowed(ids)])
-
-    @cached_property
     def _allowed_array(self) -> np.ndarray:
-        return self._allowed_items.to_numpy(dtype=object)
+        ids = np.asarray(self.item_ids, dtype=object)
+        return ids[self.filters.allowed(ids)]
 
     @cached_property
     def _allowed_positions(self) -> IdPositions:
@@ -193,16 +187,15 @@ class ScorerSource:
     @cached_property
     def _allowed_list(self) -> list[str]:
         """One list object for every call, so scorers can reuse their column alignment."""
-        return list(self._allowed_items)
+        return list(self._allowed_array)
 
     def candidates(self, user_ids: Sequence[str], n: int) -> pd.DataFrame:
         return self.candidate_arrays(user_ids, n).frame()
 
     def candidate_arrays(self, user_ids: Sequence[str], n: int) -> CandidateArrays:
         users = _unique_users(user_ids)
-        allowed = self._allowed_items
         parts: list[CandidateArrays] = []
-        if len(allowed) == 0:
+        if len(self._allowed_array) == 0:
             return CandidateArrays.empty()
         for batch in _batches(users, self.batch_size):
             scores = np.array(

@@ -33,7 +33,6 @@ from components.retrieval.candidates import (
     ScorerSource,
     merge_candidate_arrays,
     run_source_arrays,
-    run_sources,
 )
 from components.retrieval.persistence import load_model, save_model
 from components.retrieval.two_tower import TrainedTwoTower, TwoTowerScorer
@@ -140,45 +139,41 @@ class RetrievalStack:
                 )
         return sources
 
-    @cached_property
-    def _source_names(self) -> set[str]:
-        return {source.name for source in self.sources}
-
     @property
     def _has_categories(self) -> bool:
         column = self.config.model.candidates.category_column
         return "popularity" in self.baselines and bool(self.items[column].notna().any())
 
-    def source_frames(self, user_ids: Sequence[str]) -> dict[str, pd.DataFrame]:
-        return run_sources(self.sources, user_ids, self.config.model.candidates.per_source)
-
-    def candidates(
-        self, user_ids: Sequence[str], frames: dict[str, pd.DataFrame] | None = None
-    ) -> pd.DataFrame:
-        """The merged candidates of `user_ids` (one row per user and item, best n each);
-        `frames`: the sources' own frames, when the caller already ran them."""
-        if frames is None:
-            return self.candidate_arrays(user_ids).frame()
-        hits = {name: CandidateArrays.from_frame(frame) for name, frame in frames.items()}
-        return self._merge(hits).frame()
-
-    def candidate_arrays(self, user_ids: Sequence[str]) -> MergedCandidates:
-        """`candidates` as arrays, without building a frame (the per-request path)."""
+    def source_arrays(self, user_ids: Sequence[str]) -> dict[str, CandidateArrays]:
+        """Each source's own top `per_source` for `user_ids`, by source name."""
         per_source = self.config.model.candidates.per_source
-        return self._merge(run_source_arrays(self.sources, user_ids, per_source))
+        return run_source_arrays(self.sources, user_ids, per_source)
 
-    def _merge(self, hits: dict[str, CandidateArrays]) -> MergedCandidates:
+    def candidates(self, user_ids: Sequence[str]) -> pd.DataFrame:
+        """The merged candidates of `user_ids` (one row per user and item, best n each)."""
+        return self.candidate_arrays(user_ids).frame()
+
+    def candidate_arrays(
+        self, user_ids: Sequence[str], hits: dict[str, CandidateArrays] | None = None
+    ) -> MergedCandidates:
+        """`candidates` as arrays, without building a frame (the per-request path);
+        `hits`: the sources' own arrays, when the caller already ran them."""
+        if hits is None:
+            hits = self.source_arrays(user_ids)
         settings = self.config.model.candidates
-        # Every source of the stack applies this very filter itself; checking the merged
-        # pairs again would cost a request about a millisecond for nothing.
-        own = all(getattr(source, "filters", None) is self.filters for source in self.sources)
         return merge_candidate_arrays(
             hits,
             settings.n,
-            filters=None if own and set(hits) <= self._source_names else self.filters,
+            filters=None if self._sources_apply_filters else self.filters,
             rrf_k=settings.rrf_k,
             weights=settings.source_weights,
         )
+
+    @cached_property
+    def _sources_apply_filters(self) -> bool:
+        """Every source applies the stack's own filter itself, so checking the merged pairs
+        again would cost a request about a millisecond for nothing."""
+        return all(getattr(source, "filters", None) is self.filters for source in self.sources)
 
     def save(self, folder: Path) -> None:
         """History, listings, availability, each fitted baseline, encoder and index."""
