@@ -338,6 +338,9 @@ class RankerConfig(StrictModel):
     rating_low: int = Field(1, ge=1)
     #: How many of the user's last items the "similar to recent" feature compares with.
     recent_items: int = Field(5, ge=1)
+    #: Windows of the item's graded-popularity features (i_pop_<window>, pandas offsets),
+    #: besides all time: match them to how fast the catalogue turns over.
+    popularity_windows: tuple[str, ...] = ("1D", "7D", "28D")
     num_threads: int = Field(2, ge=1)
     seed: int = 0
     #: Rankers trained with seeds seed, seed + 1, ... (each with its own early-stopping
@@ -346,6 +349,25 @@ class RankerConfig(StrictModel):
     ensemble_size: int = Field(1, ge=1, le=20)
     #: A Dask scheduler address (e.g. tcp://host:8786): train with DaskLGBMRanker there.
     dask_address: str | None = None
+
+    @model_validator(mode="after")
+    def _popularity_windows_are_durations(self) -> RankerConfig:
+        import pandas as pd  # only here: the config module stays light to import
+
+        for window in self.popularity_windows:
+            try:
+                positive = pd.Timedelta(window) > pd.Timedelta(0)
+            except ValueError:
+                positive = False
+            if not positive:
+                raise ValueError(
+                    f"model.ranker.popularity_windows: {window!r} is not a positive duration; "
+                    "write e.g. '7D' or '12h'"
+                )
+        names = [window.lower() for window in self.popularity_windows]
+        if len(set(names)) < len(names):
+            raise ValueError(f"model.ranker.popularity_windows repeats a window: {names}")
+        return self
 
 
 class ModelConfig(StrictModel):

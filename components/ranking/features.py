@@ -10,7 +10,9 @@ Features (NaN where unknown, e.g. no timestamps or no listing attributes):
 - user: events, purchases, distinct items, days since first / last event, mean and spread
   of the log prices they interacted with;
 - item: log price, age in days, condition and category (categorical), seller's listings and
-  sales before `moment`, graded popularity over 1 / 7 / 28 days and all time, distinct users;
+  sales before `moment`, graded popularity over `config.popularity_windows` (1 / 7 / 28 days
+  by default) and all time, each also as a share of all activity in its window, distinct
+  users;
 - user x item: share of the user's (graded) activity in the item's category, brand, size;
   price z-score against the user's usual prices; two-tower cosine of user and item, and
   best cosine to the user's last `recent_items` items;
@@ -33,7 +35,6 @@ from components.config import RankerConfig
 from components.ids import IdPositions
 from components.store import read_json, write_json
 
-POPULARITY_WINDOWS = {"1d": "1D", "7d": "7D", "28d": "28D"}
 AFFINITY_COLUMNS = ("category", "brand", "size")
 CATEGORICAL_FEATURES = ("i_category", "i_condition")
 #: Item table columns that hold strings (the rest are numbers).
@@ -101,7 +102,7 @@ class PointInTimeFeatures:
         return cls(
             moment=moment,
             users=_user_table(history, catalogue, moment),
-            items=_item_table(history, catalogue, moment),
+            items=_item_table(history, catalogue, moment, config.popularity_windows),
             affinity=_affinities(history, catalogue),
             recent=_recent_items(history, config.recent_items),
             categories={name: list(values) for name, values in categories.items()},
@@ -364,7 +365,10 @@ def _user_table(
 
 
 def _item_table(
-    history: pd.DataFrame, catalogue: pd.DataFrame, moment: pd.Timestamp | None
+    history: pd.DataFrame,
+    catalogue: pd.DataFrame,
+    moment: pd.Timestamp | None,
+    popularity_windows: Sequence[str],
 ) -> pd.DataFrame:
     table = catalogue.set_index("item_id")
     result = pd.DataFrame(index=table.index)
@@ -394,17 +398,26 @@ def _item_table(
             result[name] = np.nan
     item_ids = history["item_id"].astype(str).to_numpy(dtype=object)
     grades = pd.Series(history["_grade"].to_numpy(), index=item_ids)
-    result["i_pop_all"] = grades.groupby(level=0).sum().reindex(result.index).fillna(0.0)
     users = pd.Series(history["user_id"].astype(str).to_numpy(dtype=object), index=item_ids)
     result["i_users"] = users.groupby(level=0).nunique().reindex(result.index).fillna(0.0)
     has_time = moment is not None and history["ts"].notna().any()
-    for name, window in POPULARITY_WINDOWS.items():
+    popularity: dict[str, pd.Series | None] = {"all": grades.groupby(level=0).sum()}
+    for window in popularity_windows:
         if not has_time:
-            result[f"i_pop_{name}"] = np.nan
+            popularity[window.lower()] = None
             continue
         recent = (history["ts"] >= moment - pd.Timedelta(window)).to_numpy()
-        counts = grades[recent].groupby(level=0).sum()
+        popularity[window.lower()] = grades[recent].groupby(level=0).sum()
+    for name, counts in popularity.items():
+        if counts is None:
+            result[f"i_pop_{name}"] = result[f"i_pop_share_{name}"] = np.nan
+            continue
         result[f"i_pop_{name}"] = counts.reindex(result.index).fillna(0.0)
+        # The same count as a share of all graded activity in the window: the ranker learns
+        # from label windows whose activity volume differs from the serving moment's, and a
+        # share means the same there and here where a raw count does not.
+        total = float(counts.sum())
+        result[f"i_pop_share_{name}"] = result[f"i_pop_{name}"] / total if total > 0 else 0.0
     result.index = result.index.astype(object)
     result.index.name = "item_id"
     return result

@@ -99,6 +99,10 @@ def test_hand_computed_features_at_a_moment() -> None:
     assert u1a["x_size_share"] == pytest.approx(3 / 7)
     # Item a: u1's view (1) and u2's view (1) before the moment; the later purchase unseen.
     assert u1a["i_pop_all"] == 2 and u1a["i_users"] == 2 and u1a["i_pop_7d"] == 1
+    # Shares of all graded activity before the moment (view 1, purchase 4, like 2, view 1 =
+    # 8) and in the last 7 days (u1's view, purchase and like = 7).
+    assert u1a["i_pop_share_all"] == pytest.approx(2 / 8)
+    assert u1a["i_pop_share_7d"] == pytest.approx(1 / 7)
     # Seller s1: a and b listed before the moment, b sold before it.
     assert u1a["i_seller_listings"] == 2 and u1a["i_seller_sales"] == 1
     u1c = frame.loc[("u1", "c")]
@@ -113,6 +117,26 @@ def test_hand_computed_features_at_a_moment() -> None:
     # Source scores 1, .75 (u1) and .5 (u2), each relative to the user's best.
     assert frame["rel_score_popularity"].tolist() == pytest.approx([1.0, 0.75, 1.0])
     assert str(frame["i_category"].dtype) == "category"
+
+
+def test_popularity_windows_come_from_the_config() -> None:
+    tables = _tables()
+    config = RankerConfig(popularity_windows=("2D", "12h", "60D"))
+    features = PointInTimeFeatures.build(tables.interactions, tables.items, MOMENT, config)
+    frame = features.transform(_candidates([("u1", "a"), ("u1", "c")])).set_index("item_id")
+    assert not any(c in frame for c in ("i_pop_1d", "i_pop_7d", "i_pop_28d"))
+    # Before 03-10: a was viewed 03-05 (u1, grade 1) and 02-20 (u2, grade 1); c liked 03-09.
+    assert frame.loc["a", ["i_pop_2d", "i_pop_12h", "i_pop_60d"]].tolist() == [0, 0, 2]
+    assert frame.loc["c", ["i_pop_2d", "i_pop_12h", "i_pop_60d"]].tolist() == [2, 0, 2]
+    # Nothing happened in the last 12 hours: every share of that window is 0, not NaN.
+    assert frame["i_pop_share_12h"].tolist() == [0.0, 0.0]
+    assert frame.loc["c", "i_pop_share_2d"] == 1.0
+
+
+@pytest.mark.parametrize("windows", [("7D", "soon"), ("0D",), ("7D", "7d")])
+def test_popularity_windows_must_be_distinct_positive_durations(windows) -> None:
+    with pytest.raises(ValueError, match="popularity_windows"):
+        RankerConfig(popularity_windows=windows)
 
 
 def test_events_at_or_after_the_moment_never_change_the_features() -> None:
@@ -174,6 +198,8 @@ def test_no_timestamps_leave_time_features_unknown() -> None:
     assert np.isnan(frame["u_days_since_last"].iloc[0])
     assert np.isnan(frame["i_pop_7d"].iloc[0])
     assert frame["i_pop_all"].iloc[0] == 2 + 4  # grades of all of a's events
+    assert np.isnan(frame["i_pop_share_7d"].iloc[0])
+    assert frame["i_pop_share_all"].iloc[0] == pytest.approx(6 / 16)  # of all six events' 16
     assert "label" not in feature_columns(frame) and "user_id" not in feature_columns(frame)
 
 
