@@ -3,16 +3,19 @@
     .venv/bin/python bench/tune_windows.py --config configs/movielens-100k.yaml
     .venv/bin/python bench/tune_windows.py --config configs/movielens-100k.yaml \\
         --set model.ranker.ensemble_size=1 --set model.ranker.seed=3 --windows 2
+    .venv/bin/python bench/tune_windows.py --config configs/ml-1m-lcfn.yaml --windows 1
 
 In the temporal protocol the ranker learns from the valid window (and the label windows
 before it), so scoring a setting on the valid window would score it on its own labels.
 This script drops the test window and everything after it, then for w = 1..`--windows`
 treats the w-th window before the real test window (same length; w = 1 is the real valid
 window) as a test window: the window before it becomes the valid window and everything
-earlier the training history. It runs the flow's own steps on that split (ranking data,
-ranker, the two-stage model at the cut-off) and prints re-ranked vs retrieval-only NDCG@10
-with the paired bootstrap interval over users. Temporal configs with the recent_popularity
-kind only; nothing is registered.
+earlier the training history. A fixed split has one such window: its valid file, scored
+against models fitted on the train file (the ranker's labels are a holdout of the train
+file, so the valid file is unseen). It runs the flow's own steps on that split (ranking
+data, ranker, the two-stage model at the cut-off) and prints re-ranked vs retrieval-only
+metrics with the paired bootstrap interval over users, and the evaluation's popularity
+baseline. Configs of the recent_popularity kind only; nothing is registered.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from components.config import PipelineConfig, load_config  # noqa: E402
 from components.data.split import DataSplit, read_split, write_split  # noqa: E402
 from components.evaluation.suite import evaluate_models  # noqa: E402
 from components.ranking.model import TwoStageModel  # noqa: E402
+from components.retrieval.popularity import RecentPopularity  # noqa: E402
 
 METRICS = ("ndcg@10", "recall@20", "ndcg@20")
 
@@ -46,13 +50,21 @@ def score_window(data: DataSplit, config: PipelineConfig, run_dir: Path) -> dict
     ranker = ranking_steps.train_ranker_step(ranking["uri"], config, run_dir)
     built = ranking_steps.assemble_two_stage(split_uri, None, None, ranker["uri"], config, run_dir)
     model = TwoStageModel.load(Path(built["uri"]))
-    scorers = {"model": model, "retrieval_only": ranking_steps.retrieval_only(model)}
     written = read_split(Path(split_uri))
+    popularity = RecentPopularity.fit(
+        written.history("test"), config.evaluation.baselines.popularity, written.test_cutoff
+    )
+    scorers = {
+        "model": model,
+        "retrieval_only": ranking_steps.retrieval_only(model),
+        "popularity": popularity,
+    }
     suite = evaluate_models("model", scorers, written, "test", config.evaluation)
     return {
         "users": suite.n_users,
         "model": suite.model.metrics,
         "retrieval_only": suite.baselines["retrieval_only"].metrics,
+        "popularity": suite.baselines["popularity"].metrics,
         "delta": suite.comparisons["retrieval_only"],
         "best_iterations": ranker["member_best_iterations"],
     }
@@ -71,6 +83,8 @@ def main() -> None:
     config = load_config(args.config, overrides)
     if config.model.kind != "recent_popularity" or not config.model.ranker.enabled:
         raise SystemExit("tune_windows tunes the ranker of the recent_popularity kind only")
+    if config.split.protocol == "fixed" and args.windows != 1:
+        raise SystemExit("a fixed split has one window to tune on (its valid file): --windows 1")
     with tempfile.TemporaryDirectory(prefix="rewear-tune-") as scratch:
         root = Path(scratch)
         raw = steps.ingest(config, root)
@@ -78,15 +92,17 @@ def main() -> None:
         snap = steps.snapshot(validated["uri"], root / "snapshots")
         real = read_split(Path(steps.split(snap["uri"], config.split, root)["uri"]))
         label = f"{config.name} {overrides}" if overrides else config.name
-        print(f"{label}: the real test window (never read) starts at {real.test_cutoff}")
+        start = "file" if real.protocol == "fixed" else f"window starts at {real.test_cutoff}"
+        print(f"{label}: the real test {start} (never read)")
         for back in range(1, args.windows + 1):
             started = time.perf_counter()
             data = real.windows_back(back)
             result = score_window(data, config, root / f"window-{back}")
             delta = result["delta"]
             end = data.tables.interactions["ts"].max()
+            span = "the valid file" if data.protocol == "fixed" else f"{data.test_cutoff} to {end}"
             print(
-                f"window -{back}: test {data.test_cutoff} to {end}, {result['users']} users, "
+                f"window -{back}: test {span}, {result['users']} users, "
                 f"best iterations {result['best_iterations']}, "
                 f"{time.perf_counter() - started:.0f} s"
             )
@@ -95,7 +111,8 @@ def main() -> None:
                 print(
                     f"  {metric:<10} model {result['model'][metric]:.4f}  retrieval_only "
                     f"{result['retrieval_only'][metric]:.4f}  Δ {d['difference']:+.4f} "
-                    f"[{d['low']:+.4f}, {d['high']:+.4f}]"
+                    f"[{d['low']:+.4f}, {d['high']:+.4f}]  popularity baseline "
+                    f"{result['popularity'][metric]:.4f}"
                 )
 
 

@@ -86,11 +86,28 @@ class DataSplit:
         """A split for tuning without the test window: its test window is the `back`-th
         window of the valid window's length before this split's test window (1: the valid
         window itself), the window before that is its valid window, and nothing at or
-        after the end of its test window is kept (temporal protocol only)."""
-        if self.protocol != "temporal" or self.valid_cutoff is None or self.test_cutoff is None:
-            raise SplitError("windows_back needs a temporal split (split.protocol: temporal)")
+        after the end of its test window is kept.
+
+        A fixed split has one such window, its valid file: the test file is dropped and the
+        valid file scored in its place, against models fitted on the train file as before.
+        """
         if back < 1:
             raise SplitError(f"windows_back counts windows from 1, got {back}")
+        if self.protocol == "fixed":
+            if back != 1:
+                raise SplitError(
+                    f"a fixed split has one window before its test file (valid), not {back}"
+                )
+            kept = pd.concat([self.train, self.valid], ignore_index=True)
+            return DataSplit(
+                protocol="fixed",
+                tables=self.tables.replace(interactions=kept),
+                train=self.train,
+                valid=self.valid,
+                test=self.valid,
+            )
+        if self.valid_cutoff is None or self.test_cutoff is None:
+            raise SplitError("windows_back needs a split with valid and test cut-offs")
         length = self.test_cutoff - self.valid_cutoff
         end = self.test_cutoff - (back - 1) * length
         test_cutoff, valid_cutoff = end - length, end - 2 * length

@@ -86,6 +86,14 @@ def test_fixed_split_passes_through_and_masks_nothing_of_its_own():
     assert split.history("test") is split.train  # published protocol: fit on train only
     with pytest.raises(SplitError, match="no timestamps"):
         split_tables(tables.replace(interactions=frame), SplitConfig())
+    # Its tuning split scores the valid file in place of the test file, which it drops.
+    tuning = split.windows_back(1)
+    pd.testing.assert_frame_equal(tuning.test, split.valid)
+    assert tuning.history("test") is split.train
+    assert len(tuning.tables.interactions) == 25
+    assert not tuning.tables.interactions[SPLIT_COLUMN].eq("test").any()
+    with pytest.raises(SplitError, match="one window before its test file"):
+        split.windows_back(2)
 
 
 def test_write_and_read_split_round_trip(tmp_path):
