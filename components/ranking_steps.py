@@ -246,29 +246,55 @@ def assemble_two_stage(
     data = read_split(Path(split_uri))
     items = data.tables.items
     use_encoder = encoder_uri is not None and data.protocol == "temporal"
+    encoder = TrainedTwoTower.load(Path(encoder_uri)) if use_encoder else None  # type: ignore[arg-type]
+    index_folder = Path(index_uri) if use_encoder and index_uri else None
+    ranker = None if ranker_uri is None else load_ranker(Path(ranker_uri))
     if purpose == "evaluation":
-        history, moment = data.history("test"), data.test_cutoff
-        available = data.available_items(moment).to_numpy(bool)
+        moment = data.test_cutoff
+        stack = RetrievalStack.fit(
+            data.history("test"),
+            items,
+            moment,
+            data.available_items(moment).to_numpy(bool),
+            config,
+            encoder=encoder,
+            index_folder=index_folder,
+        )
+        model = TwoStageModel.assemble(stack, ranker, config.model.ranker)
     else:
         history = data.serving_history()
-        latest = latest_moment(history, items)
-        moment = None if latest is None else latest + AFTER_LAST_EVENT
-        available = available_at(items, latest).to_numpy(bool)
-    stack = RetrievalStack.fit(
-        history,
-        items,
-        moment,
-        available,
-        config,
-        encoder=TrainedTwoTower.load(Path(encoder_uri)) if use_encoder else None,  # type: ignore[arg-type]
-        index_folder=Path(index_uri) if use_encoder and index_uri else None,
-    )
-    ranker = None if ranker_uri is None else load_ranker(Path(ranker_uri))
-    model = TwoStageModel.assemble(stack, ranker, config.model.ranker)
+        model = serving_two_stage(
+            history, items, config, ranker, encoder=encoder, index_folder=index_folder
+        )
     target = Path(run_dir) / "models" / f"two_stage_{purpose}"
     with atomic_directory(target, overwrite=True) as staging:
         model.save(staging)
     return {"uri": str(target)}
+
+
+def serving_two_stage(
+    history: pd.DataFrame,
+    items: pd.DataFrame,
+    config: PipelineConfig,
+    ranker: TrainedRanker | RankerEnsemble | None,
+    *,
+    encoder: TrainedTwoTower | None = None,
+    index_folder: Path | None = None,
+) -> TwoStageModel:
+    """The two-stage model just after the last event of `history`, over the listings
+    available then: what a retrain registers, and what an index refresh rebuilds around the
+    champion's ranker (and encoder) from newer data."""
+    latest = latest_moment(history, items)
+    stack = RetrievalStack.fit(
+        history,
+        items,
+        None if latest is None else latest + AFTER_LAST_EVENT,
+        available_at(items, latest).to_numpy(bool),
+        config,
+        encoder=encoder,
+        index_folder=index_folder,
+    )
+    return TwoStageModel.assemble(stack, ranker, config.model.ranker)
 
 
 def retrieval_only(model: TwoStageModel) -> TwoStageModel:

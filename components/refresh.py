@@ -2,18 +2,20 @@
 
 Listings sell within days, so between two retrains the served index fills with sold
 listings and misses new ones. `refresh_bundle` keeps the champion's model files (encoder,
-popularity model, and any other file, e.g. a ranker, copied unchanged) and rebuilds what
+popularity model, and any other file copied unchanged) and rebuilds what
 depends on the data: the Annoy index over the listings available now (every one embedded
 by the champion's item tower at the new moment, so new listings are retrievable at once
 and sold ones are gone), the catalogue with its availability, each user's masked items and
 recent history. Seconds to minutes, against a retrain's full pipeline.
 
-A two-stage bundle's ranker and its retrieval stack (`two_stage/`) are copied unchanged:
-sold listings are still never served (the refreshed catalogue's availability masks every
-path), and sessions and unknown users reach new listings through the rebuilt index, but
-known users, whom the ranker answers from the stack's training-time candidates, see new
-listings only after the next retrain. Refreshing the stack itself (its index, catalogue
-and feature tables) is the next step.
+A two-stage bundle (`two_stage/`) keeps its LightGBM ranker (and encoder) and gets the
+rest rebuilt at the new moment the way a retrain builds it (`ranking_steps.
+serving_two_stage`): the retrieval stack's candidate models (popularity, co-visitation,
+EASE / iALS refitted on the new data; no label stage, no ranker training), its Annoy index
+when it has one, its listings and availability, and the feature tables. Known users,
+whom the ranker answers, then get new listings as candidates at once, users who arrived
+since the retrain are ranked too, and the features describe the present (recent
+popularity, the user's latest activity) instead of the retrain's moment.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pandas as pd
 from components.config import EvaluationConfig
 from components.data.schema import CanonicalTables
 from components.data.split import available_at, latest_moment
-from components.registry.bundle import TWO_TOWER_SOURCE, build_bundle
+from components.registry.bundle import TWO_STAGE_DIR, TWO_TOWER_SOURCE, build_bundle
 from components.retrieval.popularity import RecentPopularity
 from components.store import atomic_directory, hash_json, read_json
 
@@ -118,6 +120,11 @@ def refresh_bundle(
         finally:
             if index_dir is not None:
                 shutil.rmtree(index_dir, ignore_errors=True)
+        two_stage = (champion_dir / TWO_STAGE_DIR).is_dir()
+        if two_stage:
+            _refresh_two_stage(
+                champion_dir / TWO_STAGE_DIR, staging / TWO_STAGE_DIR, tables, available, now
+            )
         for entry in champion_dir.iterdir():
             if entry.name in (*REBUILT, ENCODER, INDEX) or (staging / entry.name).exists():
                 continue
@@ -128,6 +135,7 @@ def refresh_bundle(
         "built_until": built_until.isoformat(),
         "data_until": now.isoformat(),
         "model_kind": "two_tower" if two_tower else "recent_popularity",
+        "two_stage_rebuilt": two_stage,
         "new_listings": len(new_ids & available_ids),
         "dropped_listings": len(was_available - available_ids),
         "available_listings": len(available_ids),
@@ -137,6 +145,35 @@ def refresh_bundle(
     }
 
 
+def _refresh_two_stage(
+    source: Path, target: Path, tables: CanonicalTables, available: pd.Series, now: pd.Timestamp
+) -> None:
+    """The champion's two-stage model rebuilt from `tables` with its own ranker, encoder and
+    config; its stack's Annoy index (if any) re-embedded with that encoder at `now`."""
+    from components.ranking.model import TwoStageModel
+    from components.ranking_steps import serving_two_stage
+
+    champion = TwoStageModel.load(source)
+    stack = champion.stack
+    index_dir = None
+    try:
+        if stack.index is not None and stack.encoder is not None:
+            index_dir = target.parent / f".{target.name}.index"
+            _rebuild_index(source / "retrieval", tables.items, available, now, index_dir)
+        model = serving_two_stage(
+            tables.interactions,
+            tables.items,
+            stack.config,
+            champion.ranker,
+            encoder=stack.encoder,
+            index_folder=index_dir,
+        )
+        model.save(target)
+    finally:
+        if index_dir is not None:
+            shutil.rmtree(index_dir, ignore_errors=True)
+
+
 def _rebuild_index(
     champion_dir: Path,
     items: pd.DataFrame,
@@ -144,8 +181,9 @@ def _rebuild_index(
     now: pd.Timestamp,
     folder: Path,
 ) -> int:
-    """Embed every listing available `now` with the champion's item tower and index them
-    with the champion's index settings; returns the encoder's history length."""
+    """Embed every listing available `now` with the item tower in `champion_dir/encoder` and
+    index them with the settings of `champion_dir/index` (a bundle, or a two-stage stack);
+    returns the encoder's history length."""
     from components.config import AnnoyConfig
     from components.retrieval.ann_index import AnnIndex, build_annoy_index
     from components.retrieval.two_tower import TrainedTwoTower

@@ -3,7 +3,8 @@ data, published as a new registered version, without retraining.
 
 ingest -> validate (cached like retrain's) -> fetch champion -> refresh bundle (embed the
 listings available now with the champion's item tower, drop sold ones, rebuild the Annoy
-index; every other bundle file copied) -> register a new version (tags: same encoder and
+index; a two-stage model's candidate stack and feature tables rebuilt around its unchanged
+ranker; every other bundle file copied) -> register a new version (tags: same encoder and
 ranker as the source version) -> smoke test -> move `champion` if it still is the version
 that was refreshed. A failure anywhere leaves `champion` where it was.
 """

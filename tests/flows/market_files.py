@@ -20,7 +20,7 @@ SMALL_MARKET = {
     "initial_listings": 300,
 }
 #: The retrieval-only two-tower bundle, whose answers come through the index a refresh
-#: rebuilds (the two-stage stack keeps its training-time candidates; see components.refresh).
+#: rebuilds (the default two-stage bundle has its own refresh test).
 TWO_TOWER_OVERRIDES = {
     "model.kind": "two_tower",
     "model.ranker.enabled": False,

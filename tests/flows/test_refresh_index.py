@@ -1,4 +1,5 @@
-"""The refresh_index flow: new listings retrievable, sold ones gone, same encoder, new version."""
+"""The refresh_index flow: new listings retrievable, sold ones gone, same encoder and ranker,
+new version."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from components.ranking.model import TwoStageModel
 from components.refresh import bundle_content_hash
+from components.registry.bundle import FALLBACK_SOURCE
 from components.registry.lineage import walk_lineage
 from components.retrieval.ann_index import AnnIndex
 from components.settings import RewearSettings
@@ -106,3 +109,52 @@ def test_refresh_publishes_the_champion_without_sold_listings_and_with_new_ones(
     assert lineage.snapshot.snapshot_id == retrained["snapshot_id"]
     challenger = client.get_registered_model("rewear").aliases.get("challenger")
     assert challenger is None or int(challenger) != version  # refresh never takes challenger
+
+
+@pytest.mark.slow
+def test_refresh_rebuilds_the_two_stage_model_around_the_champions_ranker(rewear_home, tmp_path):
+    """The default bundle (candidates re-ranked by LightGBM): after a refresh the ranker
+    itself answers known users with listings created since the retrain, never sold ones,
+    with the same booster files and a stack at the new moment."""
+    from flows.refresh_index import refresh_index
+    from flows.retrain import retrain
+
+    tables = small_market()
+    cut = last_moment(tables) - pd.Timedelta("2D")
+    config = write_market(tables, tmp_path / "market", cut)
+    retrained = retrain(config_path=str(config), overrides={"evaluation.bootstrap_resamples": 50})
+    client = _client()
+    if not client.get_registered_model("rewear").aliases.get("champion"):
+        client.set_registered_model_alias("rewear", "champion", str(retrained["model"]["version"]))
+    source = int(client.get_registered_model("rewear").aliases["champion"])
+    known = tables.interactions[tables.interactions["ts"] < cut]
+    users = known["user_id"].value_counts().index[:60].tolist()
+    items = tables.items
+    sold_since = set(items.loc[items["sold_at"] >= cut, "item_id"])
+    new_since = set(items.loc[(items["created_at"] >= cut) & items["sold_at"].isna(), "item_id"])
+    before = _answers(users)
+    firsts = before.groupby("user_id")["source"].first()
+    assert (firsts != FALLBACK_SOURCE).all(), "precondition: the ranker answers them"
+
+    write_market(tables, tmp_path / "market")
+    result = refresh_index(config_path=str(config))
+    assert result["status"] == "completed" and result["promoted"] is True
+    assert result["refresh"]["two_stage_rebuilt"] is True
+
+    after = _answers(users)
+    ranked = after[after["source"] != FALLBACK_SOURCE]
+    assert not set(after["item_id"]) & sold_since
+    assert set(ranked["item_id"]) & new_since, "the ranker's candidates hold new listings"
+
+    bundles = {}
+    for version in (source, result["version"]):
+        folder = mlflow.artifacts.download_artifacts(
+            f"models:/rewear/{version}", dst_path=str(tmp_path / f"v{version}")
+        )
+        bundles[version] = Path(folder) / "artifacts" / "bundle" / "two_stage"
+    old, new = bundles[source], bundles[result["version"]]
+    assert bundle_content_hash(new / "ranker") == bundle_content_hash(old / "ranker")
+    old_model, new_model = TwoStageModel.load(old), TwoStageModel.load(new)
+    assert new_model.stack.moment > old_model.stack.moment >= cut - pd.Timedelta("1D")
+    assert new_model.stack.moment > last_moment(tables)
+    assert new_model.features.categories == old_model.features.categories
