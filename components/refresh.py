@@ -1,12 +1,13 @@
 """Index refresh: the champion's bundle brought up to date with newer data, without retraining.
 
 Listings sell within days, so between two retrains the served index fills with sold
-listings and misses new ones. `refresh_bundle` keeps the champion's model files (encoder,
-popularity model, and any other file copied unchanged) and rebuilds what
-depends on the data: the Annoy index over the listings available now (every one embedded
-by the champion's item tower at the new moment, so new listings are retrievable at once
-and sold ones are gone), the catalogue with its availability, each user's masked items and
-recent history. Seconds to minutes, against a retrain's full pipeline.
+listings and misses new ones. `refresh_bundle` keeps the champion's learned files (the
+encoder, and any other file copied unchanged) and rebuilds what depends on the data: the
+Annoy index over the listings available now (every one embedded by the champion's item
+tower at the new moment, so new listings are retrievable at once and sold ones are gone),
+the recent popularity that answers unknown users (with the champion's settings), the
+catalogue with its availability, each user's masked items and recent history. Seconds to
+minutes, against a retrain's full pipeline.
 
 A two-stage bundle (`two_stage/`) keeps its LightGBM ranker (and encoder) and gets the
 rest rebuilt at the new moment the way a retrain builds it (`ranking_steps.
@@ -106,9 +107,12 @@ def refresh_bundle(
             length = _rebuild_index(champion_dir, items, available, now, index_dir)
             history = _recent_history(interactions, length)
         try:
+            # Popularity is a statistic of the data, not a learned model: refit it with the
+            # champion's settings, or unknown users would get the retrain's bestsellers.
+            popularity = RecentPopularity.load(champion_dir / "model").config
             build_bundle(
                 staging,
-                model=RecentPopularity.load(champion_dir / "model"),
+                model=RecentPopularity.fit(interactions, popularity),
                 items=items,
                 available=available,
                 user_exclusions=exclusions,

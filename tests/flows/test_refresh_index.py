@@ -16,6 +16,7 @@ from components.refresh import bundle_content_hash
 from components.registry.bundle import FALLBACK_SOURCE
 from components.registry.lineage import walk_lineage
 from components.retrieval.ann_index import AnnIndex
+from components.retrieval.popularity import RecentPopularity
 from components.settings import RewearSettings
 from tests.flows.market_files import TWO_TOWER_OVERRIDES, last_moment, small_market, write_market
 
@@ -158,3 +159,9 @@ def test_refresh_rebuilds_the_two_stage_model_around_the_champions_ranker(rewear
     assert new_model.stack.moment > old_model.stack.moment >= cut - pd.Timedelta("1D")
     assert new_model.stack.moment > last_moment(tables)
     assert new_model.features.categories == old_model.features.categories
+    # The unknown users' popularity is refitted with the champion's settings.
+    old_popularity = RecentPopularity.load(old.parent / "model")
+    new_popularity = RecentPopularity.load(new.parent / "model")
+    assert new_popularity.config == old_popularity.config
+    assert new_popularity.as_of > old_popularity.as_of + pd.Timedelta("1D")
+    assert set(new_popularity.item_ids) & new_since
