@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -64,3 +66,45 @@ def test_dask_ranker_matches_the_local_ranker(
     assert remote.best_iteration >= 1 and not remote.booster.pandas_categorical
     assert remote_ndcg > 0.05
     assert abs(remote_ndcg - local_ndcg) < 0.05, (local_ndcg, remote_ndcg)
+
+
+def test_an_ensemble_trains_every_member_on_the_cluster_at_dask_address(
+    small_split, small_config: PipelineConfig, tmp_path, monkeypatch
+) -> None:
+    """`model.ranker.dask_address` with `ensemble_size` 2 through the flow's step: each
+    member trains on that cluster with its own seed, and the averaged model saves and loads."""
+    from components.data.split import write_split
+
+    distributed = pytest.importorskip("distributed")
+    from components.ranking import distributed as dask_path
+    from components.ranking.ranker import RankerEnsemble, load_ranker
+    from components.ranking_steps import train_ranker_step
+
+    write_split(small_split, tmp_path / "split")
+    data = build_ranking_data(str(tmp_path / "split"), None, small_config, tmp_path)
+    seeds: list[int] = []
+    real = dask_path.train_ranker_on_dask
+
+    def spy(*args, **kwargs):
+        seeds.append(args[4].seed)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dask_path, "train_ranker_on_dask", spy)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        ranker = small_config.model.ranker.model_copy(
+            update={"dask_address": cluster.scheduler_address, "ensemble_size": 2}
+        )
+        config = small_config.model_copy(
+            update={"model": small_config.model.model_copy(update={"ranker": ranker})}
+        )
+        result = train_ranker_step(data["uri"], config, tmp_path)
+    assert seeds == [ranker.seed, ranker.seed + 1]
+    assert result["ensemble_size"] == 2 and len(result["member_best_iterations"]) == 2
+    loaded = load_ranker(Path(result["uri"]))
+    assert isinstance(loaded, RankerEnsemble)
+    frame = pd.read_parquet(data["uri"]).head(500)
+    first, second = (member.predict(frame) for member in loaded.members)
+    assert not np.allclose(first, second)
+    np.testing.assert_allclose(loaded.predict(frame), (first + second) / 2, rtol=1e-6)
