@@ -126,9 +126,7 @@ def refresh_bundle(
                 shutil.rmtree(index_dir, ignore_errors=True)
         two_stage = (champion_dir / TWO_STAGE_DIR).is_dir()
         if two_stage:
-            _refresh_two_stage(
-                champion_dir / TWO_STAGE_DIR, staging / TWO_STAGE_DIR, tables, available, now
-            )
+            _refresh_two_stage(champion_dir, staging, tables, available, now)
         for entry in champion_dir.iterdir():
             if entry.name in (*REBUILT, ENCODER, INDEX) or (staging / entry.name).exists():
                 continue
@@ -150,20 +148,30 @@ def refresh_bundle(
 
 
 def _refresh_two_stage(
-    source: Path, target: Path, tables: CanonicalTables, available: pd.Series, now: pd.Timestamp
+    champion_dir: Path,
+    staging: Path,
+    tables: CanonicalTables,
+    available: pd.Series,
+    now: pd.Timestamp,
 ) -> None:
-    """The champion's two-stage model rebuilt from `tables` with its own ranker, encoder and
-    config; its stack's Annoy index (if any) re-embedded with that encoder at `now`."""
+    """The champion's two-stage model rebuilt from `tables` into `staging` with its own
+    ranker, encoder and config. Its stack's Annoy index is the one just rebuilt for the
+    bundle when the stack holds the bundle's very encoder and index (a retrain gives both
+    the same), else its own, re-embedded with its encoder at `now`."""
     from components.ranking.model import TwoStageModel
     from components.ranking_steps import serving_two_stage
 
+    source = champion_dir / TWO_STAGE_DIR
     champion = TwoStageModel.load(source)
     stack = champion.stack
-    index_dir = None
+    index_dir = own_index = None
     try:
         if stack.index is not None and stack.encoder is not None:
-            index_dir = target.parent / f".{target.name}.index"
-            _rebuild_index(source / "retrieval", tables.items, available, now, index_dir)
+            if _same_folders(source / "retrieval", champion_dir, (ENCODER, INDEX)):
+                index_dir = staging / INDEX
+            else:
+                index_dir = own_index = staging / f".{TWO_STAGE_DIR}.index"
+                _rebuild_index(source / "retrieval", tables.items, available, now, own_index)
         model = serving_two_stage(
             tables.interactions,
             tables.items,
@@ -172,10 +180,20 @@ def _refresh_two_stage(
             encoder=stack.encoder,
             index_folder=index_dir,
         )
-        model.save(target)
+        model.save(staging / TWO_STAGE_DIR)
     finally:
-        if index_dir is not None:
-            shutil.rmtree(index_dir, ignore_errors=True)
+        if own_index is not None:
+            shutil.rmtree(own_index, ignore_errors=True)
+
+
+def _same_folders(left: Path, right: Path, names: tuple[str, ...]) -> bool:
+    """Whether each of `names` is a folder in both, with the same files byte for byte."""
+    return all(
+        (left / name).is_dir()
+        and (right / name).is_dir()
+        and bundle_content_hash(left / name) == bundle_content_hash(right / name)
+        for name in names
+    )
 
 
 def _rebuild_index(
