@@ -250,17 +250,16 @@ def assemble_two_stage(
     index_folder = Path(index_uri) if use_encoder and index_uri else None
     ranker = None if ranker_uri is None else load_ranker(Path(ranker_uri))
     if purpose == "evaluation":
-        moment = data.test_cutoff
-        stack = RetrievalStack.fit(
+        model = two_stage_at(
             data.history("test"),
             items,
-            moment,
-            data.available_items(moment).to_numpy(bool),
+            data.test_cutoff,
+            data.available_items(data.test_cutoff).to_numpy(bool),
             config,
+            ranker,
             encoder=encoder,
             index_folder=index_folder,
         )
-        model = TwoStageModel.assemble(stack, ranker, config.model.ranker)
     else:
         history = data.serving_history()
         model = serving_two_stage(
@@ -285,14 +284,33 @@ def serving_two_stage(
     available then: what a retrain registers, and what an index refresh rebuilds around the
     champion's ranker (and encoder) from newer data."""
     latest = latest_moment(history, items)
-    stack = RetrievalStack.fit(
+    return two_stage_at(
         history,
         items,
         None if latest is None else latest + AFTER_LAST_EVENT,
         available_at(items, latest).to_numpy(bool),
         config,
+        ranker,
         encoder=encoder,
         index_folder=index_folder,
+    )
+
+
+def two_stage_at(
+    history: pd.DataFrame,
+    items: pd.DataFrame,
+    moment: pd.Timestamp | None,
+    available: np.ndarray,
+    config: PipelineConfig,
+    ranker: TrainedRanker | RankerEnsemble | None,
+    *,
+    encoder: TrainedTwoTower | None = None,
+    index_folder: Path | None = None,
+) -> TwoStageModel:
+    """The retrieval stack fitted on `history` before `moment` over the `available`
+    listings, with `ranker` (None: fusion order) on features at that moment."""
+    stack = RetrievalStack.fit(
+        history, items, moment, available, config, encoder=encoder, index_folder=index_folder
     )
     return TwoStageModel.assemble(stack, ranker, config.model.ranker)
 
