@@ -4,9 +4,10 @@ Recall@20 / NDCG@20 / candidate Recall@N per source and combined, per dataset.
     .venv/bin/python bench/retrieval.py                       # synthetic and ml-1m-lcfn
     .venv/bin/python bench/retrieval.py --only synthetic
 
-Runs the retrain flow's steps in-process with `model.kind: two_tower` (nothing is
-registered). Temporal datasets also get the cold-start figure: positives on listings
-created inside the test window, two-tower vs popularity on the same positives.
+Runs the retrain flow's retrieval steps in-process (nothing is registered); the two-tower
+source is added to a config that lacks it. Temporal datasets also get the cold-start
+figure: positives on listings created inside the test window, two-tower vs popularity on
+the same positives.
 """
 
 from __future__ import annotations
@@ -26,36 +27,40 @@ from components import retrieval_steps, steps  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.data.split import read_split  # noqa: E402
 from components.evaluation.protocol import evaluate_scorer  # noqa: E402
+from components.evaluation.suite import evaluate_models  # noqa: E402
+from components.retrieval.baselines import fit_baselines  # noqa: E402
 from components.retrieval.popularity import RecentPopularity  # noqa: E402
 from components.retrieval.two_tower import cold_start_task  # noqa: E402
 
-DATASETS = ("synthetic", "ml-1m-lcfn", "movielens-100k")
+DATASETS = ("synthetic", "ml-1m-lcfn", "movielens-100k", "gowalla")
 HEADLINE = ("recall@20", "ndcg@20", "recall@100")
 
 
 def run_dataset(name: str, scratch: Path) -> dict[str, Any]:
-    config = load_config(REPO / "configs" / f"{name}.yaml", {"model.kind": "two_tower"})
+    config = load_config(REPO / "configs" / f"{name}.yaml")
     sources = config.model.candidates.sources
-    if "ann" not in sources:  # a config tuned for another retrieval kind: add the ANN source
+    if "two_tower" not in sources:
         config = load_config(
             REPO / "configs" / f"{name}.yaml",
-            {"model.kind": "two_tower", "model.candidates.sources": ["ann", *sources]},
+            {"model.candidates.sources": ["two_tower", *sources]},
         )
     run_dir = scratch / name
     raw = steps.ingest(config, run_dir)
     validated = steps.validate(raw["uri"], config, run_dir)
     snap = steps.snapshot(validated["uri"], scratch / "snapshots")
     split = steps.split(snap["uri"], config.split, run_dir)
-    fitted = steps.fit(split["uri"], config.model, run_dir)
     encoder = retrieval_steps.train_encoder(split["uri"], config.model, config.evaluation, run_dir)
     indexes = retrieval_steps.build_indexes(split["uri"], encoder["uri"], config, run_dir)
     candidates = retrieval_steps.generate_candidates(
         split["uri"], encoder["uri"], indexes["evaluation_index_uri"], config, run_dir
     )
     started = time.perf_counter()
-    evaluation = steps.evaluate(
-        split["uri"], encoder["uri"], config.evaluation, config.model, run_dir
-    )
+    data = read_split(Path(split["uri"]))
+    scorers = {
+        "two_tower": retrieval_steps.evaluation_scorer("two_tower", encoder["uri"], data),
+        **fit_baselines(data.history("test"), config.evaluation.baselines, data.test_cutoff),
+    }
+    evaluation = evaluate_models("two_tower", scorers, data, "test", config.evaluation)
     evaluation_s = time.perf_counter() - started
     result: dict[str, Any] = {
         "dataset": name,
@@ -66,12 +71,12 @@ def run_dataset(name: str, scratch: Path) -> dict[str, Any]:
         "candidate_recall": candidates["candidate_recall"],
         "candidate_n": candidates["n"],
         "candidate_generation_s": candidates["generation_s"],
-        "two_tower": {k: round(evaluation["metrics"][k], 4) for k in HEADLINE},
+        "two_tower": {k: round(evaluation.model.metrics[k], 4) for k in HEADLINE},
         "baselines": {
-            b: {k: round(m[k], 4) for k in HEADLINE} for b, m in evaluation["baselines"].items()
+            b: {k: round(m[k], 4) for k in HEADLINE}
+            for b, m in evaluation.baseline_metrics().items()
         },
         "evaluation_s": round(evaluation_s, 1),
-        "popularity_model_uri": fitted["evaluation_model_uri"],
     }
     if split["protocol"] == "temporal":
         result["cold_start"] = cold_start(split["uri"], encoder["uri"], config)

@@ -3,11 +3,11 @@
 
     .venv/bin/python bench/serving.py                     # ml-1m-lcfn, two-stage bundle
     .venv/bin/python bench/serving.py --model-uri models:/rewear@champion   # an existing one
-    .venv/bin/python bench/serving.py --set model.kind=two_tower      # two-tower + Annoy only
+    .venv/bin/python bench/serving.py --set model.ranker.enabled=false  # fusion, no ranker
     .venv/bin/python bench/serving.py --bundle .rewear/bench/serving/runs/<run>/bundle
 
 Without `--model-uri` it builds the served bundle with the retrain flow's own steps (ingest,
-validate, snapshot, split, fit, train_encoder and build_index for the two-tower kind,
+validate, snapshot, split, fit, train_encoder and build_index for the two-tower source,
 build_features, train_ranker, assemble_two_stage for serving, bundle; no evaluation) from
 `configs/ml-1m-lcfn.yaml`, i.e. the model `rewear retrain` registers for that dataset, and
 registers it in a registry of its own under `$REWEAR_HOME/bench/serving`, so the user's
@@ -41,7 +41,11 @@ import yaml  # noqa: E402
 
 from components import ranking_steps, retrieval_steps, steps  # noqa: E402
 from components.config import load_config  # noqa: E402
-from components.registry.registration import git_commit, log_and_register  # noqa: E402
+from components.registry.registration import (  # noqa: E402
+    git_commit,
+    log_and_register,
+    model_tags,
+)
 from components.registry.serving import model_server  # noqa: E402
 from components.registry.tracking import configure_mlflow  # noqa: E402
 from components.settings import RewearSettings  # noqa: E402
@@ -63,8 +67,8 @@ def build_and_register(config_path: Path, overrides: dict[str, Any], home: Path)
     snap = steps.snapshot(validated["uri"], settings.snapshots)
     split = steps.split(snap["uri"], config.split, run_dir)
     fitted = steps.fit(split["uri"], config.model, run_dir)
-    encoder_uri = index_uri = train_window_encoder_uri = two_stage_uri = None
-    if config.model.kind == retrieval_steps.TWO_TOWER:
+    encoder_uri = index_uri = train_window_encoder_uri = ranker_uri = None
+    if config.model.uses_two_tower:
         encoder = retrieval_steps.train_encoder(
             split["uri"], config.model, config.evaluation, run_dir
         )
@@ -76,10 +80,10 @@ def build_and_register(config_path: Path, overrides: dict[str, Any], home: Path)
         data = ranking_steps.build_ranking_data(
             split["uri"], train_window_encoder_uri, config, run_dir
         )
-        ranker = ranking_steps.train_ranker_step(data["uri"], config, run_dir)
-        two_stage_uri = ranking_steps.assemble_two_stage(
-            split["uri"], encoder_uri, index_uri, ranker["uri"], config, run_dir, "serving"
-        )["uri"]
+        ranker_uri = ranking_steps.train_ranker_step(data["uri"], config, run_dir)["uri"]
+    two_stage_uri = ranking_steps.assemble_two_stage(
+        split["uri"], encoder_uri, index_uri, ranker_uri, config, run_dir, "serving"
+    )["uri"]
     built = steps.bundle(
         split["uri"],
         fitted["final_model_uri"],
@@ -89,6 +93,7 @@ def build_and_register(config_path: Path, overrides: dict[str, Any], home: Path)
         index_uri,
         two_stage_uri=two_stage_uri,
         snapshot_id=snap["snapshot_id"],
+        **model_tags(config.model),
     )
     tags = {
         "snapshot_id": snap["snapshot_id"],
@@ -101,7 +106,7 @@ def build_and_register(config_path: Path, overrides: dict[str, Any], home: Path)
     )
     client.set_terminated(run_id, "FINISHED")
     print(
-        f"built and registered rewear-bench v{registered.version} ({config.model.kind}) in "
+        f"built and registered rewear-bench v{registered.version} ({config.model.summary()}) in "
         f"{time.perf_counter() - started:.0f} s",
         flush=True,
     )
@@ -197,7 +202,7 @@ def main() -> None:
         action="append",
         default=[],
         dest="overrides",
-        help="config override key=value, e.g. model.kind=two_tower",
+        help="config override key=value, e.g. model.ranker.enabled=false",
     )
     parser.add_argument("--model-uri", help="bench this registered model instead of training")
     parser.add_argument("--bundle", type=Path, help="register this bundle folder and bench it")
@@ -231,7 +236,7 @@ def main() -> None:
     known, sessions = request_rows(recommender, args.requests + args.warmup, args.seed)
     results: dict[str, Any] = {
         "model_uri": model_uri,
-        "model_kind": recommender.metadata.get("model_kind"),
+        "model": recommender.metadata.get("model", recommender.metadata.get("model_kind")),
         "ranker": recommender.two_stage is not None,
         "catalogue_items": len(recommender.item_ids),
         "available_items": int(recommender.available.sum()),
@@ -248,8 +253,7 @@ def main() -> None:
     results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["commit"] = git_commit()
 
-    kind = results["model_kind"] + (" candidates + LightGBM ranker" if results["ranker"] else "")
-    print(f"\n{model_uri} ({kind}, {results['available_items']} items on sale)")
+    print(f"\n{model_uri} ({results['model']}, {results['available_items']} items on sale)")
     print(f"{'single request, k=20':<34}{'n':>6}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}")
     for key in ("in_process_user", "in_process_session", "http_user"):
         row = results[key]

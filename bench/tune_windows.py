@@ -15,7 +15,8 @@ against models fitted on the train file (the ranker's labels are a holdout of th
 file, so the valid file is unseen). It runs the flow's own steps on that split (ranking
 data, ranker, the two-stage model at the cut-off) and prints re-ranked vs retrieval-only
 metrics with the paired bootstrap interval over users, and the evaluation's popularity
-baseline. Configs of the recent_popularity kind only; nothing is registered.
+baseline; with the two-tower among the sources it trains the encoder and builds the index
+on that split too. Configs with the ranker on only; nothing is registered.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from components import ranking_steps, steps  # noqa: E402
+from components import ranking_steps, retrieval_steps, steps  # noqa: E402
 from components.config import PipelineConfig, load_config  # noqa: E402
 from components.data.split import DataSplit, read_split, write_split  # noqa: E402
 from components.evaluation.suite import evaluate_models  # noqa: E402
@@ -46,9 +47,17 @@ def score_window(data: DataSplit, config: PipelineConfig, run_dir: Path) -> dict
     """Ranking data, ranker and the two-stage model on `data`; metrics on its test window."""
     write_split(data, run_dir / "split")
     split_uri = str(run_dir / "split")
-    ranking = ranking_steps.build_ranking_data(split_uri, None, config, run_dir)
+    encoder_uri = train_window_uri = index_uri = None
+    if config.model.uses_two_tower:
+        encoder = retrieval_steps.train_encoder(split_uri, config.model, config.evaluation, run_dir)
+        encoder_uri, train_window_uri = encoder["uri"], encoder["train_window_uri"]
+        indexes = retrieval_steps.build_indexes(split_uri, encoder_uri, config, run_dir)
+        index_uri = indexes["evaluation_index_uri"]
+    ranking = ranking_steps.build_ranking_data(split_uri, train_window_uri, config, run_dir)
     ranker = ranking_steps.train_ranker_step(ranking["uri"], config, run_dir)
-    built = ranking_steps.assemble_two_stage(split_uri, None, None, ranker["uri"], config, run_dir)
+    built = ranking_steps.assemble_two_stage(
+        split_uri, encoder_uri, index_uri, ranker["uri"], config, run_dir
+    )
     model = TwoStageModel.load(Path(built["uri"]))
     written = read_split(Path(split_uri))
     popularity = RecentPopularity.fit(
@@ -81,8 +90,8 @@ def main() -> None:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
     config = load_config(args.config, overrides)
-    if config.model.kind != "recent_popularity" or not config.model.ranker.enabled:
-        raise SystemExit("tune_windows tunes the ranker of the recent_popularity kind only")
+    if not config.model.ranker.enabled:
+        raise SystemExit("tune_windows tunes the ranker: use a config with model.ranker.enabled")
     if config.split.protocol == "fixed" and args.windows != 1:
         raise SystemExit("a fixed split has one window to tune on (its valid file): --windows 1")
     with tempfile.TemporaryDirectory(prefix="rewear-tune-") as scratch:

@@ -253,25 +253,72 @@ class AnnoyConfig(StrictModel):
     recall_k: int = Field(100, ge=1)
 
 
+class CovisitationConfig(StrictModel):
+    """Item-to-item co-visitation: items that share a user session, recently."""
+
+    #: Interactions of one user closer than this in time belong to one session.
+    session_gap: str = "30min"
+    #: Only sessions inside this trailing window count (null: all of the history).
+    window: str | None = "28D"
+    #: How many of the user's most recent items seed their recommendations.
+    recent_items: int = Field(20, ge=1)
+    event_weights: dict[str, float] = Field(default_factory=dict)
+
+
+class EaseConfig(StrictModel):
+    """EASE (Steck 2019): closed-form linear item-item model; needs items^2 memory."""
+
+    l2: float = Field(500.0, gt=0)
+    #: Above this many items the catalogue does not fit in memory: iALS is used instead.
+    max_items: int = Field(20_000, ge=10)
+
+
+class IalsConfig(StrictModel):
+    """Implicit ALS (Hu, Koren, Volinsky 2008) via the `implicit` package."""
+
+    factors: int = Field(64, ge=1)
+    iterations: int = Field(15, ge=1)
+    regularization: float = Field(0.05, ge=0)
+    alpha: float = Field(10.0, gt=0)
+    seed: int = 0
+
+
+#: The candidate models a retrieval stack can merge, by name (`model.candidates.sources`).
+SourceName = Literal[
+    "two_tower", "covisitation", "popularity", "category_popularity", "linear", "factors"
+]
+
+
 class CandidatesConfig(StrictModel):
-    """Multi-source candidate generation and merging."""
+    """The retrieval stage: which candidate models run, their settings, and the merge.
+
+    Each source named in `sources` is fitted from its own settings below (the baselines in
+    `evaluation.baselines` are yardsticks with settings of their own, never a source).
+    """
 
     #: Candidates kept per source and per user.
     per_source: int = Field(200, ge=1)
     #: Size of the merged set per user (the ranker's input); candidate recall is at this N.
     n: int = Field(200, ge=1)
-    #: `factors` is an iALS model beside `linear` (useful when `linear` is EASE: another
-    #: model family for the ranker to combine; off by default, it costs a fit per stage).
-    sources: tuple[
-        Literal["ann", "covisitation", "popularity", "category_popularity", "linear", "factors"],
-        ...,
-    ] = (
-        "ann",
+    #: The candidate models, merged by reciprocal-rank fusion:
+    #: - two_tower: the content-aware two-tower encoder (`model.two_tower`) through the
+    #:   Annoy index (`model.annoy`); its similarities are also ranking features;
+    #: - covisitation: items sharing recent sessions with the user's (`covisitation`);
+    #: - popularity: popular listings in a recent window (`popularity`);
+    #: - category_popularity: popular listings in the user's top categories;
+    #: - linear: EASE when the catalogue fits `ease.max_items`, iALS (`ials`) otherwise;
+    #: - factors: iALS beside an EASE `linear` (another model family for the ranker).
+    sources: tuple[SourceName, ...] = (
+        "two_tower",
         "covisitation",
         "popularity",
         "category_popularity",
         "linear",
     )
+    popularity: PopularityConfig = PopularityConfig(half_life=None, event_weights={})
+    covisitation: CovisitationConfig = CovisitationConfig()
+    ease: EaseConfig = EaseConfig()
+    ials: IalsConfig = IalsConfig()
     #: How many of the user's top categories feed `category_popularity`.
     top_categories: int = Field(3, ge=1)
     #: The items column that `category_popularity` groups by.
@@ -371,11 +418,11 @@ class RankerConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    """`kind` is the retrieval model: recent popularity, or the two-tower encoder through
-    the Annoy index. With `ranker.enabled` the registered model re-ranks the merged
-    candidates of every source with LightGBM; otherwise it ranks by `kind` alone."""
+    """The registered recommender: candidates from every source in `candidates.sources`
+    (the two-tower encoder and its Annoy index among them), merged, then re-ranked by the
+    LightGBM ranker when `ranker.enabled` (otherwise served in fusion order). Recent
+    popularity (`popularity`) answers unknown users and fills short lists."""
 
-    kind: Literal["recent_popularity", "two_tower"] = "recent_popularity"
     popularity: PopularityConfig = PopularityConfig()
     two_tower: TwoTowerConfig = TwoTowerConfig()
     annoy: AnnoyConfig = AnnoyConfig()
@@ -384,39 +431,57 @@ class ModelConfig(StrictModel):
     #: Register a model refitted on all snapshot data (evaluation always uses the held-out fit).
     refit_on_all_data: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_keys(cls, raw: Any) -> Any:
+        """Configs written for the old vocabulary fail with the words that replaced it."""
+        if not isinstance(raw, dict):
+            return raw
+        if "kind" in raw:
+            raise ValueError(
+                "model.kind was replaced: list the candidate models in "
+                "model.candidates.sources (e.g. [two_tower, covisitation, popularity, "
+                "category_popularity, linear]; two_tower trains the encoder and builds the "
+                "Annoy index) and turn the LightGBM ranker on or off with "
+                "model.ranker.enabled"
+            )
+        candidates = raw.get("candidates")
+        sources = candidates.get("sources") if isinstance(candidates, dict) else None
+        if isinstance(sources, list | tuple) and "ann" in sources:
+            raise ValueError(
+                "model.candidates.sources: the source 'ann' is now called 'two_tower' "
+                "(the two-tower encoder through the Annoy index)"
+            )
+        return raw
 
-class CovisitationConfig(StrictModel):
-    """Item-to-item co-visitation: items that share a user session, recently."""
+    @property
+    def uses_two_tower(self) -> bool:
+        """Whether the retrain trains the encoder and builds the Annoy index."""
+        return "two_tower" in self.candidates.sources
 
-    #: Interactions of one user closer than this in time belong to one session.
-    session_gap: str = "30min"
-    #: Only sessions inside this trailing window count (null: all of the history).
-    window: str | None = "28D"
-    #: How many of the user's most recent items seed their recommendations.
-    recent_items: int = Field(20, ge=1)
-    event_weights: dict[str, float] = Field(default_factory=dict)
+    def describe(self) -> dict[str, Any]:
+        """What the registered model is, for reports, run params and version tags."""
+        ranked = self.ranker.enabled
+        return {
+            "kind": "two_stage" if ranked else "retrieval_fusion",
+            "sources": list(self.candidates.sources),
+            "ranker": "lightgbm" if ranked else None,
+        }
+
+    def summary(self) -> str:
+        """One line, e.g. `two_stage: two_tower+covisitation -> lightgbm`."""
+        return recommender_line(self.describe())
 
 
-class EaseConfig(StrictModel):
-    """EASE (Steck 2019): closed-form linear item-item model; needs items^2 memory."""
-
-    l2: float = Field(500.0, gt=0)
-    #: Above this many items the catalogue does not fit in memory: iALS is used instead.
-    max_items: int = Field(20_000, ge=10)
-
-
-class IalsConfig(StrictModel):
-    """Implicit ALS (Hu, Koren, Volinsky 2008) via the `implicit` package."""
-
-    factors: int = Field(64, ge=1)
-    iterations: int = Field(15, ge=1)
-    regularization: float = Field(0.05, ge=0)
-    alpha: float = Field(10.0, gt=0)
-    seed: int = 0
+def recommender_line(described: dict[str, Any]) -> str:
+    """`ModelConfig.describe()` (or a report's `recommender`) as one line."""
+    line = f"{described.get('kind', '?')}: {'+'.join(described.get('sources', []))}"
+    return line + (f" -> {described['ranker']}" if described.get("ranker") else "")
 
 
 class BaselinesConfig(StrictModel):
-    """Baselines that always run beside the model (EVALUATION.md)."""
+    """Baselines that always run beside the model (EVALUATION.md): yardsticks with their own
+    settings, fitted on the same history as the model; never a candidate source."""
 
     enabled: tuple[Literal["popularity", "covisitation", "linear"], ...] = (
         "popularity",

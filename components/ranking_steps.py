@@ -106,13 +106,13 @@ def build_ranking_data(
 ) -> dict[str, Any]:
     """Candidates, features and graded labels of the label stage, as one parquet file.
 
-    The ANN source and the embedding features use the encoder fitted before the valid
-    window (temporal protocol only: on a fixed split every encoder saw the held-out labels,
-    so the two-stage model does without it).
+    The two-tower source and the embedding features use the encoder that never saw the
+    labels: fitted before the valid window (temporal) or on what the holdout keeps of the
+    train file (fixed split; `retrieval_steps.train_label_stage_encoders`).
     """
     started = time.perf_counter()
     data = read_split(Path(split_uri))
-    use_encoder = train_window_encoder_uri is not None and data.protocol == "temporal"
+    use_encoder = train_window_encoder_uri is not None
     stages = label_stages(data, config, with_encoder=use_encoder)
     ranker = config.model.ranker
     target = Path(run_dir) / "ranking"
@@ -245,9 +245,8 @@ def assemble_two_stage(
     data (what gets registered), saved under run_dir/models/two_stage_<purpose>."""
     data = read_split(Path(split_uri))
     items = data.tables.items
-    use_encoder = encoder_uri is not None and data.protocol == "temporal"
-    encoder = TrainedTwoTower.load(Path(encoder_uri)) if use_encoder else None  # type: ignore[arg-type]
-    index_folder = Path(index_uri) if use_encoder and index_uri else None
+    encoder = None if encoder_uri is None else TrainedTwoTower.load(Path(encoder_uri))
+    index_folder = Path(index_uri) if encoder is not None and index_uri else None
     ranker = None if ranker_uri is None else load_ranker(Path(ranker_uri))
     if purpose == "evaluation":
         model = two_stage_at(

@@ -26,7 +26,9 @@ class RunReport(BaseModel):
     git_commit: str
     snapshot_id: str | None = None
     protocol: Literal["temporal", "fixed"]
-    model_kind: str
+    #: What the registered recommender is: kind (two_stage or retrieval_fusion), its
+    #: candidate sources, and its ranker (ModelConfig.describe).
+    recommender: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
     valid_metrics: dict[str, float] = Field(default_factory=dict)
     baselines: dict[str, dict[str, float]] = Field(default_factory=dict)

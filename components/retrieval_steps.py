@@ -4,7 +4,9 @@ as plain functions over paths and configs, like `components.steps`.
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pandas as pd
 from components.config import EvaluationConfig, ModelConfig, PipelineConfig
 from components.data.split import DataSplit, available_at, latest_moment, read_split
 from components.evaluation.protocol import Scorer
+from components.ranking.dataset import holdout_interactions
 from components.retrieval.ann_index import AnnIndex, ann_recall, build_annoy_index
 from components.retrieval.candidates import (
     candidate_recall,
@@ -28,20 +31,22 @@ from components.retrieval.two_tower import (
 from components.store import atomic_directory
 
 TWO_TOWER = "two_tower"
+logger = logging.getLogger(__name__)
 
 
 def train_encoder(
     split_uri: str, config: ModelConfig, evaluation: EvaluationConfig, run_dir: Path
 ) -> dict[str, Any]:
-    """Train the two-tower encoder (early-stopped on the valid window) and save it."""
+    """Train the two-tower encoder twice and save both: one that never saw the ranker's
+    labels (the label stage's ANN source and similarity features) and the one the test
+    stage and serving use (see `train_label_stage_encoders`)."""
     data = read_split(Path(split_uri))
     started = time.perf_counter()
-    fitted, trained = train_two_tower_stages(data, config.two_tower, "test", evaluation)
+    fitted, trained = train_label_stage_encoders(data, config, evaluation)
     seconds = time.perf_counter() - started
     target = Path(run_dir) / "models" / "encoder"
     with atomic_directory(target, overwrite=True) as staging:
         trained.save(staging)
-    # The encoder that never saw the valid window: the ranker's label-stage features.
     fit_target = Path(run_dir) / "models" / "encoder_train_window"
     with atomic_directory(fit_target, overwrite=True) as staging:
         fitted.save(staging)
@@ -51,6 +56,48 @@ def train_encoder(
         "epochs": trained.epochs,
         "training_s": round(seconds, 2),
     }
+
+
+def train_label_stage_encoders(
+    data: DataSplit, config: ModelConfig, evaluation: EvaluationConfig
+) -> tuple[TrainedTwoTower, TrainedTwoTower]:
+    """(encoder for the ranker's label stage, encoder for the test stage and serving).
+
+    Temporal: fitted on the history before the valid window, early-stopped on it (the
+    ranker's labels), then refitted on train + valid (`train_two_tower_stages`). Fixed
+    split: fitted on what the ranker's holdout keeps of the train file, early-stopped on
+    the held-out part (the ranker's labels: the test file is never touched), then refitted
+    on the whole train file for the epochs chosen, so that both stages get the two-tower.
+    """
+    if data.protocol == "temporal":
+        return train_two_tower_stages(data, config.two_tower, "test", evaluation)
+    kept, held = holdout_interactions(data.train, config.ranker.holdout_share, config.ranker.seed)
+    label_split = replace(data, train=kept, valid=held, test=held)
+    fitted = train_two_tower_stages(label_split, config.two_tower, "valid", evaluation)[0]
+    epochs = best_epoch(fitted.epochs)
+    logger.info("two-tower: refitting on the whole train file for %d epochs", epochs)
+    whole = replace(data, valid=data.valid.iloc[:0])
+    refit = config.two_tower.model_copy(update={"max_epochs": epochs})
+    trained = train_two_tower_stages(whole, refit, "test", evaluation)[1]
+    trained.epochs = [
+        *fitted.epochs,
+        *({**record, "phase": "refit"} for record in trained.epochs),
+    ]
+    return fitted, trained
+
+
+def best_epoch(records: list[dict[str, Any]]) -> int:
+    """The early-stopped epoch count: the best monitored epoch (the last one if none)."""
+    monitored = [
+        (value, record["epoch"])
+        for record in records
+        for key, value in record.items()
+        if key.startswith("valid_recall@")
+    ]
+    if not monitored:
+        return max(1, len(records))
+    best = max(value for value, _ in monitored)
+    return min(epoch for value, epoch in monitored if value == best)
 
 
 def evaluation_scorer(kind: str, model_uri: str, data: DataSplit) -> Scorer:

@@ -14,7 +14,6 @@ from components.config import EvaluationConfig, ModelConfig, PipelineConfig, Spl
 from components.data.adapters import load_source
 from components.data.snapshot import read_tables, snapshot_id_of, write_snapshot, write_tables
 from components.data.split import (
-    DataSplit,
     Stage,
     available_at,
     latest_moment,
@@ -24,14 +23,13 @@ from components.data.split import (
 )
 from components.data.validation import enforce_bad_share, validate_tables
 from components.evaluation.figures import FIGURE_FILES, render_figures
-from components.evaluation.protocol import Scorer, build_evaluation_task, evaluate_scorer
+from components.evaluation.protocol import Scorer
 from components.evaluation.suite import evaluate_models
 from components.ranking.model import TwoStageModel
-from components.ranking_steps import TWO_STAGE, retrieval_only
+from components.ranking_steps import retrieval_only
 from components.registry.bundle import BundleRecommender, build_bundle
 from components.retrieval.baselines import fit_baselines
 from components.retrieval.popularity import RecentPopularity
-from components.retrieval_steps import evaluation_scorer
 from components.store import atomic_directory, read_json, write_json
 
 
@@ -103,49 +101,36 @@ def fit(split_uri: str, config: ModelConfig, run_dir: Path) -> dict[str, Any]:
     return {"evaluation_model_uri": str(models / "evaluation"), "final_model_uri": str(final_uri)}
 
 
-def held_out_scorers(kind: str, model_uri: str, data: DataSplit) -> dict[str, Scorer]:
-    """The run's held-out model as "model"; a two-stage model also brings "retrieval_only"
+def held_out_scorers(model_uri: str) -> dict[str, Scorer]:
+    """The run's held-out two-stage model as "model"; with a ranker also "retrieval_only"
     (its candidates in fusion order), the comparison that tells what the ranker adds."""
-    if kind == TWO_STAGE:
-        two_stage = TwoStageModel.load(Path(model_uri))
-        return {"model": two_stage, "retrieval_only": retrieval_only(two_stage)}
-    return {"model": evaluation_scorer(kind, model_uri, data)}
+    two_stage = TwoStageModel.load(Path(model_uri))
+    if two_stage.ranker is None:
+        return {"model": two_stage}
+    return {"model": two_stage, "retrieval_only": retrieval_only(two_stage)}
 
 
 def evaluate(
     split_uri: str,
     evaluation_model_uri: str,
     config: EvaluationConfig,
-    model: ModelConfig,
     run_dir: Path,
-    kind: str | None = None,
 ) -> dict[str, Any]:
-    """Score the model beside every baseline on the test window with the same code; write
-    per-user metrics and figures to `run_dir/evaluation`. Valid metrics come from a model
-    fitted before the valid cut-off (for tuning; the test window is reported once).
-
-    `kind` is what `evaluation_model_uri` holds (default `model.kind`; "two_stage" for the
-    re-ranked model)."""
+    """Score the held-out two-stage model beside every baseline on the test window with the
+    same code; write per-user metrics and figures to `run_dir/evaluation`."""
     data = read_split(Path(split_uri))
     scorers = {
-        **held_out_scorers(kind or model.kind, evaluation_model_uri, data),
+        **held_out_scorers(evaluation_model_uri),
         **fit_baselines(data.history("test"), config.baselines, data.test_cutoff),
     }
     suite = evaluate_models("model", scorers, data, "test", config)
-    valid_metrics: dict[str, float] = {}
-    if (kind or model.kind) == "recent_popularity":
-        valid_model = RecentPopularity.fit(
-            data.history("valid"), model.popularity, data.valid_cutoff
-        )
-        valid_task = build_evaluation_task(data, "valid", config)
-        valid_metrics = evaluate_scorer(valid_model, valid_task, config.ks).metrics
     target = Path(run_dir) / "evaluation"
     with atomic_directory(target, overwrite=True) as staging:
         suite.per_user_frame().to_parquet(staging / "per_user.parquet", index=False)
         render_figures(suite, staging)
     return {
         "metrics": suite.model.metrics,
-        "valid_metrics": valid_metrics,
+        "valid_metrics": {},
         "baselines": suite.baseline_metrics(),
         "comparisons": suite.comparisons,
         "segments": suite.segments(),
@@ -162,7 +147,6 @@ def compare_with_champion(
     champion_version: int,
     snapshot_id: str,
     config: EvaluationConfig,
-    kind: str = "recent_popularity",
 ) -> dict[str, Any]:
     """Challenger vs champion, paired over users, on data neither has seen.
 
@@ -186,7 +170,7 @@ def compare_with_champion(
         data = data.with_test_cutoff(start)
         base["window_start"] = start.isoformat()
     scorers = {
-        "challenger": held_out_scorers(kind, evaluation_model_uri, data)["model"],
+        "challenger": held_out_scorers(evaluation_model_uri)["model"],
         "champion": champion,
     }
     suite = evaluate_models("challenger", scorers, data, "test", config)

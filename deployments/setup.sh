@@ -15,6 +15,8 @@ REWEAR_HOME="$(mkdir -p "${REWEAR_HOME:-$PWD/.rewear}" && cd "${REWEAR_HOME:-$PW
 export REWEAR_HOME
 # Task results (what a resumed run re-uses) live under REWEAR_HOME, not in ~/.prefect.
 export PREFECT_RESULTS_LOCAL_STORAGE_PATH="${PREFECT_RESULTS_LOCAL_STORAGE_PATH:-$REWEAR_HOME/prefect/storage}"
+# The components' own progress (encoder epochs, index builds) in the flow runs' logs.
+export PREFECT_LOGGING_EXTRA_LOGGERS="${PREFECT_LOGGING_EXTRA_LOGGERS:-components}"
 POOL="${REWEAR_WORK_POOL:-rewear-local}"
 PREFECT="${PREFECT:-$REWEAR_PROJECT_DIR/.venv/bin/prefect}"
 

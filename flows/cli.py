@@ -28,6 +28,9 @@ def _prepare_environment() -> Any:
     # The temporary local server may need more than Prefect's default 20 s to start on a
     # busy 2-core machine; a slow start must not fail a scheduled retrain.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # The components' own progress (encoder epochs, index builds) in the console and the
+    # flow run's logs.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components")
     return settings
 
 
@@ -79,6 +82,10 @@ def retrain(
 
 
 def print_report(report: dict[str, Any]) -> None:
+    from components.evaluation.summary import chain_lines
+
+    for line in chain_lines(report):
+        console.print(line, highlight=False)
     title = f"rewear retrain — {report['dataset']} ({report['protocol']}, test window)"
     _print_summary(title, report["metrics"], report["baselines"], report.get("comparisons"))
     model = report.get("model") or {}

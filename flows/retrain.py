@@ -18,7 +18,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from components import ranking_steps, retrieval_steps, steps
 from components.config import PipelineConfig, config_hash, load_config
 from components.evaluation.summary import summary_markdown, summary_rows
-from components.ranking_steps import TWO_STAGE
 from components.registry import promotion
 from components.registry.registration import (
     CHAMPION,
@@ -26,11 +25,11 @@ from components.registry.registration import (
     git_commit,
     log_and_register,
     mlflow_key,
+    model_tags,
     version_aliases,
 )
 from components.registry.tracking import configure_mlflow
 from components.report import ModelRef, RunReport
-from components.retrieval_steps import TWO_TOWER
 from components.settings import RewearSettings
 from components.store import read_json
 from flows.orchestration import (
@@ -109,7 +108,7 @@ def assemble_two_stage_task(
     split_uri: str,
     encoder_uri: str | None,
     index_uri: str | None,
-    ranker_uri: str,
+    ranker_uri: str | None,
     config: PipelineConfig,
     run_dir: Path,
     purpose: Literal["evaluation", "serving"],
@@ -121,9 +120,9 @@ def assemble_two_stage_task(
 
 @task(**task_options)
 def evaluate_task(
-    split_uri: str, model_uri: str, config: PipelineConfig, run_dir: Path, kind: str
+    split_uri: str, model_uri: str, config: PipelineConfig, run_dir: Path
 ) -> dict[str, Any]:
-    return steps.evaluate(split_uri, model_uri, config.evaluation, config.model, run_dir, kind)
+    return steps.evaluate(split_uri, model_uri, config.evaluation, run_dir)
 
 
 @task(**UNCACHED_OPTIONS)
@@ -133,7 +132,6 @@ def compare_with_champion_task(
     snapshot_id: str,
     config: PipelineConfig,
     run_dir: Path,
-    kind: str,
 ) -> dict[str, Any] | None:
     """Paired comparison with the current champion on data neither model has seen."""
     client, _ = configure_mlflow(RewearSettings(), config.registry.experiment)
@@ -150,7 +148,6 @@ def compare_with_champion_task(
         version,
         snapshot_id,
         config.evaluation,
-        kind,
     )
 
 
@@ -239,7 +236,11 @@ def retrain(
     mlflow_run = client.create_run(
         experiment_id,
         run_name=f"retrain-{config.name}",
-        tags={"rewear.dataset": config.name, "rewear.config_hash": resolved_hash},
+        tags={
+            "rewear.dataset": config.name,
+            "rewear.config_hash": resolved_hash,
+            "rewear.model": config.model.summary(),
+        },
     )
     run_id = mlflow_run.info.run_id
     run_dir = settings.runs / run_id
@@ -250,7 +251,7 @@ def retrain(
         config_hash=resolved_hash,
         git_commit=commit,
         protocol=config.split.protocol,
-        model_kind=config.model.kind,
+        recommender=config.model.describe(),
         config=config.model_dump(mode="json"),
     )
     client.log_dict(run_id, report.config, "config.json")
@@ -268,12 +269,11 @@ def retrain(
         report.split = {k: v for k, v in split.items() if k != "uri"}
         with _timed(report, "fit"):
             fitted = fit_task(split["uri"], config, run_dir)
-        model_uri, encoder_uri, indexes = fitted["evaluation_model_uri"], None, None
-        train_window_encoder_uri, scored_kind, serving_two_stage = None, config.model.kind, None
-        if config.model.kind == TWO_TOWER:
+        encoder_uri = indexes = train_window_encoder_uri = ranker_uri = None
+        if config.model.uses_two_tower:
             with _timed(report, "train_encoder"):
                 encoder = train_encoder_task(split["uri"], config, run_dir)
-            model_uri = encoder_uri = encoder["uri"]
+            encoder_uri = encoder["uri"]
             train_window_encoder_uri = encoder["train_window_uri"]
             with _timed(report, "build_index"):
                 indexes = build_index_task(split["uri"], encoder_uri, config, run_dir)
@@ -283,13 +283,10 @@ def retrain(
                 **{k: v for k, v in indexes.items() if not k.endswith("_uri")},
             }
             _log_encoder(client, run_id, encoder["epochs"], indexes)
+        index_uris = indexes or {}
         with _timed(report, "generate_candidates"):
             candidates = generate_candidates_task(
-                split["uri"],
-                encoder_uri,
-                None if indexes is None else indexes["evaluation_index_uri"],
-                config,
-                run_dir,
+                split["uri"], encoder_uri, index_uris.get("evaluation_index_uri"), config, run_dir
             )
         report.candidate_recall = candidates["candidate_recall"]
         report.retrieval["candidates"] = {k: candidates[k] for k in ("n", "users", "generation_s")}
@@ -300,38 +297,37 @@ def retrain(
                 )
             with _timed(report, "train_ranker"):
                 ranker = train_ranker_task(ranking_data["uri"], config, run_dir)
+            ranker_uri = ranker["uri"]
             report.ranking = {
                 "label_stage": {k: v for k, v in ranking_data.items() if k != "uri"},
                 **{k: v for k, v in ranker.items() if k not in ("uri", "curves")},
             }
             _log_ranker(client, run_id, ranker)
-            with _timed(report, "assemble_two_stage"):
-                index_uris = indexes or {}
-                model_uri = assemble_two_stage_task(
+        with _timed(report, "assemble_two_stage"):
+            model_uri = assemble_two_stage_task(
+                split["uri"],
+                encoder_uri,
+                index_uris.get("evaluation_index_uri"),
+                ranker_uri,
+                config,
+                run_dir,
+                "evaluation",
+            )["uri"]
+            # Without the refit the registered model is the evaluated one (what
+            # `rewear evaluate` can then reproduce).
+            serving_two_stage = model_uri
+            if config.model.refit_on_all_data:
+                serving_two_stage = assemble_two_stage_task(
                     split["uri"],
                     encoder_uri,
-                    index_uris.get("evaluation_index_uri"),
-                    ranker["uri"],
+                    index_uris.get("serving_index_uri"),
+                    ranker_uri,
                     config,
                     run_dir,
-                    "evaluation",
+                    "serving",
                 )["uri"]
-                # Without the refit the registered model is the evaluated one, as for
-                # the single-model kinds (what `rewear evaluate` can then reproduce).
-                serving_two_stage = model_uri
-                if config.model.refit_on_all_data:
-                    serving_two_stage = assemble_two_stage_task(
-                        split["uri"],
-                        encoder_uri,
-                        index_uris.get("serving_index_uri"),
-                        ranker["uri"],
-                        config,
-                        run_dir,
-                        "serving",
-                    )["uri"]
-            scored_kind = TWO_STAGE
         with _timed(report, "evaluate"):
-            evaluation = evaluate_task(split["uri"], model_uri, config, run_dir, scored_kind)
+            evaluation = evaluate_task(split["uri"], model_uri, config, run_dir)
         report.metrics = evaluation["metrics"]
         report.valid_metrics = evaluation["valid_metrics"] or _best_valid(report.retrieval)
         report.baselines = evaluation["baselines"]
@@ -341,7 +337,7 @@ def retrain(
         report.figures = evaluation["figures"]
         with _timed(report, "compare_with_champion"):
             report.champion_comparison = compare_with_champion_task(
-                split["uri"], model_uri, snap["snapshot_id"], config, run_dir, scored_kind
+                split["uri"], model_uri, snap["snapshot_id"], config, run_dir
             )
         _log_metrics(client, run_id, report)
         for figure in report.figures:
@@ -352,6 +348,7 @@ def retrain(
             "config_hash": resolved_hash,
             "dataset": config.name,
             "run_id": run_id,
+            **model_tags(config.model),
             **{f"metric.{mlflow_key(k)}": f"{v:.6f}" for k, v in report.metrics.items()},
         }
         with _timed(report, "register"):

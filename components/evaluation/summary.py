@@ -3,7 +3,10 @@ markdown and table artifacts, and `rewear evaluate`."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
+
+from components.config import recommender_line
 
 HEADLINE_METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@100", "ndcg@100")
 FAIRNESS_METRICS = (
@@ -91,19 +94,61 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def chain_lines(report: dict[str, Any]) -> list[str]:
+    """One line per stage of the chain that ran: the encoder (time, epochs), the Annoy index
+    (size, ANN recall vs exact search), the candidates (recall per source) and the ranker."""
+    lines = [f"model: {recommender_line(report.get('recommender') or {})}"]
+    retrieval = report.get("retrieval") or {}
+    epochs = retrieval.get("encoder_epochs") or []
+    if epochs:
+        phases = Counter(str(epoch.get("phase", "fit")) for epoch in epochs)
+        counted = " + ".join(f"{count} {phase}" for phase, count in phases.items())
+        lines.append(
+            f"two-tower encoder: trained in {retrieval['encoder_training_s']:.1f} s, "
+            f"{len(epochs)} epochs ({counted})"
+        )
+    recall = next(
+        ((key, value) for key, value in retrieval.items() if key.startswith("ann_recall@")), None
+    )
+    if recall is not None:
+        lines.append(
+            f"Annoy index: {retrieval.get('serving_items', 0):,} listings served "
+            f"({retrieval.get('evaluation_items', 0):,} at the test cut-off), "
+            f"ANN {recall[0].removeprefix('ann_')} {recall[1]:.3f} vs exact search, "
+            f"query p50 {retrieval.get('query_p50_ms', float('nan')):.2f} ms"
+        )
+    candidates = report.get("candidate_recall") or {}
+    if candidates:
+        n = (retrieval.get("candidates") or {}).get("n", "N")
+        per_source = ", ".join(f"{name} {value:.4f}" for name, value in candidates.items())
+        lines.append(f"candidate recall@{n}: {per_source}")
+    ranking = report.get("ranking") or {}
+    if ranking:
+        lines.append(
+            f"LightGBM ranker: best iteration {ranking.get('best_iteration')}, "
+            f"{ranking.get('fit_rows', 0):,} training rows, trained in "
+            f"{ranking.get('training_s', 0):.1f} s"
+        )
+    return lines
+
+
 def summary_markdown(report: dict[str, Any]) -> str:
     """The run's readable summary: headline metrics with intervals, baselines, segments,
     exposure fairness, and what was registered."""
     metrics, baselines = report["metrics"], report["baselines"]
+    recommender = recommender_line(report.get("recommender") or {})
     ks = sorted({int(key.split("@")[1]) for key in metrics if key.startswith("recall@")})
     fairness_k = 20 if 20 in ks else (ks[-1] if ks else 20)
     lines = [
         f"# rewear retrain `{report['dataset']}` — run `{report['run_id']}`",
         "",
         f"Snapshot `{report.get('snapshot_id')}` · protocol **{report['protocol']}** · "
-        f"{report.get('evaluated_users')} evaluated users · model `{report['model_kind']}`. "
+        f"{report.get('evaluated_users')} evaluated users · model `{recommender}`. "
         "Δ columns: model − baseline, paired bootstrap over users, 95% interval "
         "(n.s. = the interval contains 0).",
+        "",
+        "## The chain",
+        *(f"- {line}" for line in chain_lines(report)),
         "",
         "## Accuracy on the test window (full ranking)",
         markdown_table(summary_rows(metrics, baselines, report.get("comparisons"))),

@@ -127,7 +127,7 @@ class TwoStageModel:
         key = id(item_ids)
         cached = self._popularity.get(key)
         if cached is None or len(cached) != len(item_ids):
-            popularity = self.stack.baselines.get("popularity")
+            popularity = self.stack.models.get("popularity")
             base = np.zeros(len(item_ids))
             if popularity is not None:
                 base = np.asarray(popularity.score(["_"], list(item_ids)), dtype=float)[0]

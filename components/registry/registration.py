@@ -11,6 +11,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from components.config import ModelConfig
 from components.registry.pyfunc import BUNDLE_ARTIFACT, model_signature
 
 CHAMPION = "champion"
@@ -28,6 +29,17 @@ SERVING_REQUIREMENTS = [
     "pydantic-settings>=2.3",
     "pyyaml",
 ]
+
+
+def model_tags(model: ModelConfig) -> dict[str, str]:
+    """Version tags that say what the registered recommender is."""
+    described = model.describe()
+    return {
+        "model": model.summary(),
+        "model.kind": described["kind"],
+        "model.sources": ",".join(described["sources"]),
+        "model.ranker": described["ranker"] or "none",
+    }
 
 
 def mlflow_key(name: str) -> str:

@@ -32,7 +32,13 @@ import pandas as pd
 import scipy.linalg
 import scipy.sparse as sp
 
-from components.config import BaselinesConfig, CovisitationConfig, EaseConfig, IalsConfig
+from components.config import (
+    BaselinesConfig,
+    CandidatesConfig,
+    CovisitationConfig,
+    EaseConfig,
+    IalsConfig,
+)
 from components.evaluation.protocol import Scorer
 from components.ids import IdPositions
 from components.retrieval.popularity import RecentPopularity
@@ -435,7 +441,9 @@ class Ials(_UserItemScorer):
 
 
 def fit_linear_baseline(
-    interactions: pd.DataFrame, config: BaselinesConfig, as_of: pd.Timestamp | None = None
+    interactions: pd.DataFrame,
+    config: BaselinesConfig | CandidatesConfig,
+    as_of: pd.Timestamp | None = None,
 ) -> Ease | Ials:
     """EASE when the history's catalogue fits (<= ease.max_items items), iALS otherwise."""
     frame, as_of = history_before(interactions, as_of)

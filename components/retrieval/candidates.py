@@ -221,7 +221,7 @@ class AnnSource:
     user_vectors: Callable[[Sequence[str]], np.ndarray]
     index: AnnIndex
     filters: CandidateFilter = CandidateFilter()
-    name: str = "ann"
+    name: str = "two_tower"
     batch_size: int = USER_BATCH
 
     @cached_property

@@ -1,9 +1,10 @@
 """Every candidate source fitted at one moment, with its filter: the retrieval stage as one
 object that offline steps and the served bundle build, save and load the same way.
 
-`RetrievalStack.fit` fits the baselines (recent popularity, co-visitation, EASE or iALS) on
-the history strictly before `moment`, takes an optional trained two-tower encoder and Annoy
-index for the ANN source, and answers `candidates(user_ids)` with the merged set
+`RetrievalStack.fit` fits the candidate models named in `model.candidates.sources` (recent
+popularity, co-visitation, EASE or iALS) from their settings there, on the history strictly
+before `moment`, takes the trained two-tower encoder and Annoy index for the `two_tower`
+source, and answers `candidates(user_ids)` with the merged set
 (`merge_candidates`), never returning an excluded, unavailable or blocked item.
 """
 
@@ -19,10 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.config import PipelineConfig
+from components.config import CandidatesConfig, PipelineConfig
 from components.evaluation.protocol import Scorer
 from components.retrieval.ann_index import AnnIndex
-from components.retrieval.baselines import Ials, fit_baselines
+from components.retrieval.baselines import Covisitation, Ials, fit_linear_baseline
 from components.retrieval.candidates import (
     AnnSource,
     CandidateArrays,
@@ -35,10 +36,36 @@ from components.retrieval.candidates import (
     run_source_arrays,
 )
 from components.retrieval.persistence import load_model, save_model
+from components.retrieval.popularity import RecentPopularity
 from components.retrieval.two_tower import TrainedTwoTower, TwoTowerScorer
 from components.store import read_json, write_json
 
-STACK_FORMAT = 1
+#: 2: candidate models saved by source name under models/ (1: baselines/).
+STACK_FORMAT = 2
+
+
+POPULARITY = "popularity"
+
+
+def fit_candidate_models(
+    history: pd.DataFrame, settings: CandidatesConfig, moment: pd.Timestamp | None
+) -> dict[str, Scorer]:
+    """Each scorer-backed source of `settings.sources`, fitted once from its own settings
+    on `history` before `moment`, by source name. `category_popularity` ranks inside
+    categories by the `popularity` model. `factors` (iALS beside EASE) is left out when
+    `linear` is iALS already (a catalogue above `ease.max_items`): the same model twice
+    would add nothing but a duplicate candidate list and feature group."""
+    sources = set(settings.sources)
+    models: dict[str, Scorer] = {}
+    if sources & {POPULARITY, "category_popularity"}:
+        models[POPULARITY] = RecentPopularity.fit(history, settings.popularity, moment)
+    if "covisitation" in sources:
+        models["covisitation"] = Covisitation.fit(history, settings.covisitation, moment)
+    if "linear" in sources:
+        models["linear"] = fit_linear_baseline(history, settings, moment)
+    if "factors" in sources and not isinstance(models.get("linear"), Ials):
+        models["factors"] = Ials.fit(history, settings.ials, moment)
+    return models
 
 
 @dataclass
@@ -48,7 +75,9 @@ class RetrievalStack:
     moment: pd.Timestamp | None
     #: Boolean per row of `items`: recommendable at `moment`.
     available: np.ndarray
-    baselines: dict[str, Scorer]
+    #: The fitted candidate models by source name (popularity, covisitation, linear,
+    #: factors); the two-tower source is `encoder` + `index`.
+    models: dict[str, Scorer]
     config: PipelineConfig
     encoder: TrainedTwoTower | None = None
     index: AnnIndex | None = None
@@ -69,15 +98,12 @@ class RetrievalStack:
         if moment is not None and history["ts"].notna().any():
             history = history[history["ts"] < moment]
         history = history.reset_index(drop=True)
-        baselines = fit_baselines(history, config.evaluation.baselines, moment)
-        if "factors" in config.model.candidates.sources and "ials" not in baselines:
-            baselines["ials"] = Ials.fit(history, config.evaluation.baselines.ials, moment)
         return cls(
             history=history,
             items=items.reset_index(drop=True),
             moment=moment,
             available=np.asarray(available, dtype=bool),
-            baselines=baselines,
+            models=fit_candidate_models(history, config.model.candidates, moment),
             config=config,
             encoder=encoder,
             index=None if index_folder is None else AnnIndex.load(Path(index_folder)),
@@ -112,26 +138,17 @@ class RetrievalStack:
         item_ids = self.items["item_id"].astype(str).tolist()
         sources: list[CandidateSource] = []
         for name in settings.sources:
-            if name == "ann":
+            if name == "two_tower":
                 if self.vectors is not None and self.index is not None:
                     sources.append(AnnSource(self.vectors.user_vectors, self.index, self.filters))
-            elif name in ("covisitation", "popularity"):
-                if name in self.baselines:
-                    sources.append(ScorerSource(name, self.baselines[name], item_ids, self.filters))
-            elif name == "linear":
-                linear = self.baselines.get("ease") or self.baselines.get("ials")
-                if linear is not None:
-                    sources.append(ScorerSource("linear", linear, item_ids, self.filters))
-            elif name == "factors" and "ials" in self.baselines:
-                sources.append(
-                    ScorerSource("factors", self.baselines["ials"], item_ids, self.filters)
-                )
+            elif name in self.models:
+                sources.append(ScorerSource(name, self.models[name], item_ids, self.filters))
             elif name == "category_popularity" and self._has_categories:
                 sources.append(
                     CategoryPopularitySource.fit(
                         self.history,
                         self.items,
-                        self.baselines["popularity"],  # type: ignore[arg-type]
+                        self.models[POPULARITY],  # type: ignore[arg-type]
                         settings,
                         self.filters,
                         self.moment,
@@ -142,7 +159,7 @@ class RetrievalStack:
     @property
     def _has_categories(self) -> bool:
         column = self.config.model.candidates.category_column
-        return "popularity" in self.baselines and bool(self.items[column].notna().any())
+        return POPULARITY in self.models and bool(self.items[column].notna().any())
 
     def source_arrays(self, user_ids: Sequence[str]) -> dict[str, CandidateArrays]:
         """Each source's own top `per_source` for `user_ids`, by source name."""
@@ -183,8 +200,8 @@ class RetrievalStack:
         self.items.assign(_available=self.available).to_parquet(
             folder / "items.parquet", index=False
         )
-        for name, model in self.baselines.items():
-            save_model(model, folder / "baselines" / name)
+        for name, model in self.models.items():
+            save_model(model, folder / "models" / name)
         if self.encoder is not None:
             self.encoder.save(folder / "encoder")
         if self._index_folder is not None:
@@ -194,7 +211,7 @@ class RetrievalStack:
             {
                 "format": STACK_FORMAT,
                 "moment": None if self.moment is None else self.moment.isoformat(),
-                "baselines": list(self.baselines),
+                "models": list(self.models),
                 "config": self.config.model_dump(mode="json"),
             },
         )
@@ -215,7 +232,7 @@ class RetrievalStack:
             items=items.drop(columns=["_available"]),
             moment=None if meta["moment"] is None else pd.Timestamp(meta["moment"]),
             available=items["_available"].to_numpy(dtype=bool),
-            baselines={name: load_model(folder / "baselines" / name) for name in meta["baselines"]},
+            models={name: load_model(folder / "models" / name) for name in meta["models"]},
             config=PipelineConfig.model_validate(meta["config"]),
             encoder=(
                 TrainedTwoTower.load(folder / "encoder") if (folder / "encoder").is_dir() else None

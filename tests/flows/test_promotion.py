@@ -19,8 +19,9 @@ from tests.flows.market_files import small_market, write_market
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 REPO = Path(__file__).resolve().parents[2]
-#: Faster runs: what the gate needs (the model, the comparison), not every baseline.
+#: Faster runs: what the gate needs (a model, the comparison), not every source or baseline.
 LEAN = {
+    "model.candidates.sources": ["popularity"],
     "model.ranker.enabled": False,
     "evaluation.baselines.enabled": ["popularity"],
     "evaluation.bootstrap_resamples": 300,
@@ -28,7 +29,7 @@ LEAN = {
 #: A deliberately degraded model: only purchases count, and purchased listings are sold,
 #: so every listing on sale scores 0 and the ranking is arbitrary.
 DEGRADED = {
-    "model.popularity.event_weights": {
+    "model.candidates.popularity.event_weights": {
         "view": 0.0,
         "like": 0.0,
         "save": 0.0,

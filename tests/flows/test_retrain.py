@@ -18,6 +18,8 @@ SMALL_MARKET = {
     "source.n_days": 21,
     "source.listings_per_day": 100,
     "source.initial_listings": 500,
+    # The default recommender (two-tower among the sources), with fewer encoder epochs.
+    "model.two_tower.max_epochs": 2,
 }
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -48,6 +50,8 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
         "snapshot",
         "split",
         "fit",
+        "train_encoder",
+        "build_index",
         "evaluate",
         "compare_with_champion",
         "generate_candidates",
@@ -95,8 +99,18 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
     assert interval["low"] <= interval["difference"] <= interval["high"]
     assert first["segments"]["cold_users"]["users"] > 0
     assert "gini_sellers@20" in first["metrics"]
-    # Candidate recall runs for every model kind (here without the ANN source).
+    # The report, the run and the version say what the registered model is.
+    assert first["recommender"] == {
+        "kind": "two_stage",
+        "sources": ["two_tower", "covisitation", "popularity", "category_popularity", "linear"],
+        "ranker": "lightgbm",
+    }
+    assert first["retrieval"]["ann_recall@100"] >= 0.9
+    assert first["retrieval"]["encoder_epochs"] and first["retrieval"]["serving_items"] > 0
+    assert run.data.tags["rewear.model"].startswith("two_stage: two_tower+covisitation")
+    assert "index.ann_recall_at_100" in run.data.metrics
     assert set(first["candidate_recall"]) == {
+        "two_tower",
         "covisitation",
         "popularity",
         "category_popularity",
@@ -126,6 +140,9 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
     assert champion.tags["config_hash"] == first["config_hash"]
     assert champion.tags["run_id"] == first["run_id"]
     assert champion.tags["git_commit"]
+    assert champion.tags["model.kind"] == "two_stage"
+    assert champion.tags["model.ranker"] == "lightgbm"
+    assert champion.tags["model.sources"].split(",")[0] == "two_tower"
     assert float(champion.tags["metric.recall_at_20"]) == pytest.approx(
         first["metrics"]["recall@20"], abs=1e-6
     )
@@ -143,7 +160,7 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
     # A known user is ranked by the LightGBM ranker over the candidate sources; an unknown
     # one gets popular available listings.
     sources = set(answer.loc[answer["user_id"] == buyer, "source"])
-    assert sources <= {"covisitation", "popularity", "category_popularity", "linear"}
+    assert sources <= {"two_tower", "covisitation", "popularity", "category_popularity", "linear"}
     assert set(answer.loc[answer["user_id"] == "never-seen-user", "source"]) == {
         "recent_popularity"
     }
@@ -212,60 +229,65 @@ def test_bad_data_fails_before_training_and_leaves_the_registry_untouched(
 
 
 @pytest.mark.slow
-def test_two_tower_run_feeds_the_ranker_and_registers_a_two_stage_bundle(rewear_home):
+def test_the_default_bundle_holds_the_encoder_and_annoy_index_and_ranks_with_ann(rewear_home):
     from flows.retrain import retrain
 
-    overrides = {
-        **SMALL_MARKET,
-        "model.kind": "two_tower",
-        "model.two_tower.max_epochs": 2,
-        "model.two_tower.embedding_dim": 16,
-    }
-    result = retrain(config_path=str(REPO / "configs" / "synthetic.yaml"), overrides=overrides)
+    result = retrain(config_path=str(REPO / "configs" / "synthetic.yaml"), overrides=SMALL_MARKET)
     assert result["status"] == "completed"
-    assert set(result["candidate_recall"]) == {
-        "ann",
-        "covisitation",
-        "popularity",
-        "category_popularity",
-        "linear",
-        "combined",
-    }
     assert all(0 <= value <= 1 for value in result["candidate_recall"].values())
-    retrieval = result["retrieval"]
-    assert retrieval["ann_recall@100"] >= 0.9
-    assert retrieval["encoder_epochs"] and retrieval["serving_items"] > 0
-    assert {"train_encoder", "build_index", "generate_candidates", "train_ranker"} <= set(
-        result["timings_s"]
-    )
     # The ranker learns from the encoder fitted before the valid window (the ANN source and
     # the cosine features), one label window only (the encoder saw the earlier ones).
     assert result["ranking"]["label_stage"]["label_windows"] == 1
-    assert any(name.endswith("_ann") for name in result["ranking"]["importance"]) or (
-        "x_cos_user" in result["ranking"]["importance"]
-    )
+    importance = result["ranking"]["importance"]
+    assert any(name.endswith("_two_tower") for name in importance) or "x_cos_user" in importance
     run = _client().get_run(result["run_id"])
-    assert "candidate_recall.combined" in run.data.metrics
-    assert "index.ann_recall_at_100" in run.data.metrics
+    assert "candidate_recall.two_tower" in run.data.metrics
 
     mlflow.set_tracking_uri(RewearSettings().tracking_uri)
     model = mlflow.pyfunc.load_model("models:/rewear@champion")
+    bundle = rewear_home / "runs" / result["run_id"] / "bundle"
+    assert (bundle / "encoder").is_dir() and list((bundle / "index").glob("*.ann"))
+    assert list((bundle / "two_stage" / "stack" / "index").glob("*.ann"))
     tables = generate_marketplace(
-        SyntheticSourceConfig(**{k.split(".")[1]: v for k, v in SMALL_MARKET.items()})
+        SyntheticSourceConfig(
+            **{k.split(".")[1]: v for k, v in SMALL_MARKET.items() if k.startswith("source.")}
+        )
     ).tables
     active = tables.interactions["user_id"].value_counts().index[:3].tolist()
     answer = model.predict(pd.DataFrame({"user_id": [*active, "never-seen"]}), params={"k": 10})
     sources = answer.groupby("user_id")["source"].agg(set)
     # Known users: the ranker's order of the merged candidates, the ANN source among them.
-    assert all(
-        sources[user] <= {"ann", "covisitation", "popularity", "category_popularity", "linear"}
-        for user in active
-    )
+    everything = {"two_tower", "covisitation", "popularity", "category_popularity", "linear"}
+    assert all(sources[user] <= everything for user in active)
     from components.ranking.model import TwoStageModel
 
     served = TwoStageModel.load(rewear_home / "runs" / result["run_id"] / "bundle" / "two_stage")
-    assert "ann" in [source.name for source in served.stack.sources]
-    assert served.stack.candidates(active)["rank_ann"].notna().any()
+    assert "two_tower" in [source.name for source in served.stack.sources]
+    assert served.stack.candidates(active)["rank_two_tower"].notna().any()
     assert sources["never-seen"] == {"popularity_fallback"}
     sold = set(tables.items.loc[tables.items["sold_at"].notna(), "item_id"])
     assert not sold & set(answer["item_id"])
+
+
+@pytest.mark.slow
+def test_without_the_ranker_the_sources_fusion_is_registered_and_tagged_so(rewear_home):
+    from flows.retrain import retrain
+
+    overrides = {
+        **SMALL_MARKET,
+        "model.candidates.sources": ["covisitation", "popularity"],
+        "model.ranker.enabled": False,
+    }
+    result = retrain(config_path=str(REPO / "configs" / "synthetic.yaml"), overrides=overrides)
+    assert result["status"] == "completed"
+    assert result["recommender"] == {
+        "kind": "retrieval_fusion",
+        "sources": ["covisitation", "popularity"],
+        "ranker": None,
+    }
+    # No encoder, no index, no ranker: none of their stages ran.
+    assert not {"train_encoder", "build_index", "train_ranker"} & set(result["timings_s"])
+    assert "retrieval_only" not in result["baselines"]  # the model is the fusion itself
+    version = _client().get_model_version_by_alias("rewear", "champion")
+    assert version.tags["model"] == "retrieval_fusion: covisitation+popularity"
+    assert version.tags["model.ranker"] == "none"

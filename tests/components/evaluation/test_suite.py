@@ -77,7 +77,7 @@ def test_summaries_and_figures(suite, tmp_path):
             "snapshot_id": "s1",
             "protocol": "temporal",
             "evaluated_users": result.n_users,
-            "model_kind": "recent_popularity",
+            "recommender": {"kind": "retrieval_fusion", "sources": ["popularity"]},
             "metrics": result.model.metrics,
             "baselines": result.baseline_metrics(),
             "comparisons": result.comparisons,

@@ -72,7 +72,7 @@ SESSIONS = {
 BOUGHT = {"u1": {"t2"}, "u3": {"s3"}, "u5": {"t1"}}
 NEVER = {"sold", "future", "blocked"}
 USERS = ["u1", "u2", "u3", "u5", "cold"]
-SOURCES = ["ann", "covisitation", "linear", "popularity", "category_popularity"]
+SOURCES = ["two_tower", "covisitation", "linear", "popularity", "category_popularity"]
 
 
 def _events() -> list[tuple[str, str, str, str]]:
@@ -128,7 +128,7 @@ def make_source(
     popularity = RecentPopularity.fit(
         history, PopularityConfig(window="365D", half_life=None), AS_OF
     )
-    if name == "ann":
+    if name == "two_tower":
         # Every listing is indexed, sold / future / blocked too: the filter must catch them.
         index = AnnIndex.build(
             _item_vectors(item_ids), item_ids, AnnoyConfig(n_trees=5, search_k=10_000)
