@@ -364,8 +364,8 @@ class RankerConfig(StrictModel):
     #: Temporal protocol: how many label windows the ranker learns from: the valid window
     #: and the `label_windows - 1` windows of the same length just before it, each with the
     #: history before its own start. More windows, more queries (for data with few active
-    #: users per window). With a two-tower encoder only the valid window is used: the
-    #: encoder was fitted on the earlier windows.
+    #: users per window). With the two-tower source each earlier window gets an encoder
+    #: of its own, fitted on the history before it (one more encoder fit per window).
     label_windows: int = Field(1, ge=1, le=12)
     #: Fixed split only: share of each user's training interactions held out as labels.
     holdout_share: float = Field(0.2, gt=0, lt=1)

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from components.config import PipelineConfig, RankerConfig
+from components.config import PipelineConfig, RankerConfig, TwoTowerConfig
 from components.data.split import DataSplit, available_at, latest_moment, read_split
 from components.ranking.dataset import (
     QueryGroups,
@@ -37,7 +37,8 @@ from components.ranking.ranker import RankerEnsemble, TrainedRanker, load_ranker
 from components.retrieval.ann_index import build_annoy_index
 from components.retrieval.candidates import candidate_recall
 from components.retrieval.stack import RetrievalStack
-from components.retrieval.two_tower import TrainedTwoTower
+from components.retrieval.two_tower import TrainedTwoTower, train_two_tower_stages
+from components.retrieval_steps import best_epoch
 from components.store import atomic_directory
 
 TWO_STAGE = "two_stage"
@@ -55,9 +56,7 @@ class LabelStage:
     available: np.ndarray
 
 
-def label_stages(
-    data: DataSplit, config: PipelineConfig, *, with_encoder: bool = False
-) -> list[LabelStage]:
+def label_stages(data: DataSplit, config: PipelineConfig) -> list[LabelStage]:
     """The ranker's label stages, latest first (see the module docstring and
     `RankerConfig.label_windows`)."""
     items = data.tables.items
@@ -79,7 +78,7 @@ def label_stages(
         )
     ]
     train = data.train
-    for step in range(1, 1 if with_encoder else ranker.label_windows):
+    for step in range(1, ranker.label_windows):
         start = data.valid_cutoff - step * length
         window = train[(train["ts"] >= start) & (train["ts"] < start + length)]
         history = train[train["ts"] < start]
@@ -106,22 +105,27 @@ def build_ranking_data(
 ) -> dict[str, Any]:
     """Candidates, features and graded labels of the label stage, as one parquet file.
 
-    The two-tower source and the embedding features use the encoder that never saw the
-    labels: fitted before the valid window (temporal) or on what the holdout keeps of the
-    train file (fixed split; `retrieval_steps.train_label_stage_encoders`).
+    The two-tower source and the embedding features use an encoder that never saw the
+    stage's labels: for the latest stage the one fitted before the valid window (temporal)
+    or on what the holdout keeps of the train file (fixed split;
+    `retrieval_steps.train_label_stage_encoders`); each earlier label window gets its own,
+    fitted on the history before it for as many epochs as that one chose.
     """
     started = time.perf_counter()
     data = read_split(Path(split_uri))
-    use_encoder = train_window_encoder_uri is not None
-    stages = label_stages(data, config, with_encoder=use_encoder)
+    stages = label_stages(data, config)
     ranker = config.model.ranker
     target = Path(run_dir) / "ranking"
     frames, recalls, users = [], [], 0
     with atomic_directory(target, overwrite=True) as staging:
         for number, stage in enumerate(stages):
             encoder = index_folder = None
-            if use_encoder:
-                encoder = TrainedTwoTower.load(Path(train_window_encoder_uri))  # type: ignore[arg-type]
+            if train_window_encoder_uri is not None:
+                encoder = TrainedTwoTower.load(Path(train_window_encoder_uri))
+                if number > 0:
+                    encoder = encoder_before(
+                        data, stage.history, stage.moment, config.model.two_tower, encoder
+                    )
                 listings = data.tables.items[stage.available]
                 index_folder = staging / "label_index"
                 build_annoy_index(
@@ -160,6 +164,24 @@ def build_ranking_data(
         "label_moment": None if latest is None else latest.isoformat(),
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def encoder_before(
+    data: DataSplit,
+    history: pd.DataFrame,
+    moment: pd.Timestamp | None,
+    config: TwoTowerConfig,
+    chosen: TrainedTwoTower,
+) -> TrainedTwoTower:
+    """An encoder fitted on `history` before `moment` for the epochs `chosen` was
+    early-stopped at (an earlier label window's own encoder: it never saw its labels)."""
+    empty = history.iloc[:0]
+    before = replace(
+        data, train=history, valid=empty, test=empty, valid_cutoff=moment, test_cutoff=moment
+    )
+    epochs = best_epoch([r for r in chosen.epochs if r.get("phase", "fit") == "fit"])
+    tower = config.model_copy(update={"max_epochs": epochs})
+    return train_two_tower_stages(before, tower, "valid")[0]
 
 
 def feature_builder_categories(features: pd.DataFrame) -> dict[str, list[str]]:

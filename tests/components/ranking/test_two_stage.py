@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.config import PipelineConfig
+from components.config import PipelineConfig, TwoTowerConfig
 from components.data.split import DataSplit, write_split
 from components.evaluation.suite import evaluate_models
 from components.ranking.model import TwoStageModel
@@ -22,12 +22,14 @@ from components.ranking.ranker import (
 from components.ranking_steps import (
     assemble_two_stage,
     build_ranking_data,
+    encoder_before,
     label_stage,
     label_stages,
     retrieval_only,
     train_ranker_step,
 )
 from components.retrieval.stack import RetrievalStack
+from components.retrieval.two_tower import train_two_tower_stages
 
 
 @pytest.fixture(scope="module")
@@ -238,4 +240,20 @@ def test_label_windows_tile_the_time_before_the_test_cut_off(
         assert stage.history["ts"].max() < stage.moment <= stage.window["ts"].min()
         assert stage.window["ts"].max() < stage.moment + length
         assert (stage.window["ts"] < small_split.test_cutoff).all()
-    assert len(label_stages(small_split, config, with_encoder=True)) == 1
+
+
+def test_an_earlier_label_window_gets_an_encoder_that_never_saw_its_labels(
+    small_split: DataSplit,
+) -> None:
+    tower = TwoTowerConfig(
+        embedding_dim=8, feature_dim=4, hidden_dim=16, extra_negatives=16, max_epochs=2
+    )
+    chosen = train_two_tower_stages(small_split, tower, "test")[0]
+    epochs = [r for r in chosen.epochs if r["phase"] == "fit"]
+    best = max(epochs, key=lambda r: r["valid_recall@20"])["epoch"]
+    length = small_split.test_cutoff - small_split.valid_cutoff
+    moment = small_split.valid_cutoff - length
+    history = small_split.train[small_split.train["ts"] < moment]
+    own = encoder_before(small_split, history, moment, tower, chosen)
+    assert own.as_of == moment  # fitted strictly before its label window
+    assert len(own.epochs) == best and own.epochs[-1]["phase"] == "fit"
