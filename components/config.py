@@ -208,6 +208,12 @@ class TwoTowerConfig(StrictModel):
     #: retrain from scratch on the test-stage history (train + valid) for that many epochs.
     #: False: serve the model fitted on the train window (half the training time).
     refit_on_test_history: bool = True
+    #: The refit continues the early-stopped model (its weights and Adam moments; new
+    #: listings, sellers, brands get rows of their own) for one pass over the valid
+    #: window's targets, with the train window as their history: the served model has
+    #: seen every week, in a fraction of a from-scratch refit's time (more passes over
+    #: one week overfit it). False: retrain from scratch on train + valid.
+    refit_warm_start: bool = True
     event_weights: dict[str, float] = Field(
         default_factory=lambda: {
             "view": 0.5,
@@ -283,6 +289,17 @@ class IalsConfig(StrictModel):
     seed: int = 0
 
 
+class GraphFilterConfig(StrictModel):
+    """GF-CF (Shen et al. 2021): normalised item-item graph plus an ideal low-pass filter
+    (components.retrieval.graph_filter); training-free, for catalogues above EASE's size."""
+
+    #: Singular vectors of the ideal low-pass filter (the published Gowalla setting: 256).
+    factors: int = Field(256, ge=0)
+    #: Weight of the ideal low-pass filter beside the linear one (published: 0.3).
+    alpha: float = Field(0.3, ge=0)
+    seed: int = 0
+
+
 #: The candidate models a retrieval stack can merge, by name (`model.candidates.sources`).
 SourceName = Literal[
     "two_tower", "covisitation", "popularity", "category_popularity", "linear", "factors"
@@ -306,8 +323,9 @@ class CandidatesConfig(StrictModel):
     #: - covisitation: items sharing recent sessions with the user's (`covisitation`);
     #: - popularity: popular listings in a recent window (`popularity`);
     #: - category_popularity: popular listings in the user's top categories;
-    #: - linear: EASE when the catalogue fits `ease.max_items`, iALS (`ials`) otherwise;
-    #: - factors: iALS beside an EASE `linear` (another model family for the ranker).
+    #: - linear: EASE when the catalogue fits `ease.max_items`, else the GF-CF graph filter
+    #:   (`graph_filter`: no items^2 inverse);
+    #: - factors: iALS (`ials`), another model family for the ranker.
     sources: tuple[SourceName, ...] = (
         "two_tower",
         "covisitation",
@@ -318,6 +336,7 @@ class CandidatesConfig(StrictModel):
     popularity: PopularityConfig = PopularityConfig(half_life=None, event_weights={})
     covisitation: CovisitationConfig = CovisitationConfig()
     ease: EaseConfig = EaseConfig()
+    graph_filter: GraphFilterConfig = GraphFilterConfig()
     ials: IalsConfig = IalsConfig()
     #: How many of the user's top categories feed `category_popularity`.
     top_categories: int = Field(3, ge=1)

@@ -1,8 +1,9 @@
 """Saving and loading fitted retrieval models in native formats (no pickles).
 
 The served two-stage model needs the very candidate sources the ranker was trained on:
-co-visitation (a sparse or dense item x item matrix), EASE (a dense item x item matrix) or
-iALS (two factor matrices), and recent popularity. Each is a frozen dataclass; its fields
+co-visitation (a sparse or dense item x item matrix), EASE (a dense item x item matrix),
+GF-CF (a sparse item graph and two low-pass factor matrices), iALS (two factor matrices),
+and recent popularity. Each is a frozen dataclass; its fields
 are written one file each: `.npy` for arrays, `.npz` for sparse matrices, `.parquet` for id
 indexes, and `model.json` for timestamps, configs and the class name.
 """
@@ -20,15 +21,18 @@ import scipy.sparse as sp
 from pydantic import BaseModel
 
 from components.retrieval.baselines import Covisitation, Ease, Ials
+from components.retrieval.graph_filter import GraphFilter
 from components.retrieval.popularity import RecentPopularity
 from components.store import read_json, write_json
 
-MODEL_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (Covisitation, Ease, Ials)}
+MODEL_CLASSES: dict[str, type] = {
+    cls.__name__: cls for cls in (Covisitation, Ease, GraphFilter, Ials)
+}
 FORMAT = 1
 
 
 def save_model(model: Any, folder: Path) -> None:
-    """Write a fitted Covisitation, Ease, Ials or RecentPopularity into `folder`."""
+    """Write a fitted Covisitation, Ease, GraphFilter, Ials or RecentPopularity."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(model, RecentPopularity):

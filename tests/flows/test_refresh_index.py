@@ -114,16 +114,18 @@ def test_refresh_publishes_the_champion_without_sold_listings_and_with_new_ones(
 
 @pytest.mark.slow
 def test_refresh_rebuilds_the_two_stage_model_around_the_champions_ranker(rewear_home, tmp_path):
-    """The default bundle (candidates re-ranked by LightGBM): after a refresh the ranker
-    itself answers known users with listings created since the retrain, never sold ones,
-    with the same booster files and a stack at the new moment."""
+    """The default bundle (candidates of every source, the two-tower among them, re-ranked
+    by LightGBM): after a refresh the ranker itself answers known users with listings
+    created since the retrain, never sold ones, with the same booster files and encoder,
+    and a stack at the new moment whose re-embedded index retrieves the new listings."""
     from flows.refresh_index import refresh_index
     from flows.retrain import retrain
 
     tables = small_market()
     cut = last_moment(tables) - pd.Timedelta("2D")
     config = write_market(tables, tmp_path / "market", cut)
-    retrained = retrain(config_path=str(config), overrides={"evaluation.bootstrap_resamples": 50})
+    overrides = {"evaluation.bootstrap_resamples": 50, "model.two_tower.max_epochs": 2}
+    retrained = retrain(config_path=str(config), overrides=overrides)
     client = _client()
     if not client.get_registered_model("rewear").aliases.get("champion"):
         client.set_registered_model_alias("rewear", "champion", str(retrained["model"]["version"]))
@@ -159,6 +161,15 @@ def test_refresh_rebuilds_the_two_stage_model_around_the_champions_ranker(rewear
     assert new_model.stack.moment > old_model.stack.moment >= cut - pd.Timedelta("1D")
     assert new_model.stack.moment > last_moment(tables)
     assert new_model.features.categories == old_model.features.categories
+    # The two-tower: the same encoder, listings re-embedded and re-indexed at the refresh.
+    assert bundle_content_hash(new / "retrieval" / "encoder") == bundle_content_hash(
+        old / "retrieval" / "encoder"
+    )
+    indexed = set(AnnIndex.load(new.parent / "index").item_ids)
+    assert new_since <= indexed and not indexed & sold_since
+    candidates = new_model.stack.candidates(users)
+    from_index = set(candidates.loc[candidates["rank_two_tower"].notna(), "item_id"])
+    assert from_index & new_since, "a listing created after the retrain is retrieved by ANN"
     # The unknown users' popularity is refitted with the champion's settings.
     old_popularity = RecentPopularity.load(old.parent / "model")
     new_popularity = RecentPopularity.load(new.parent / "model")

@@ -247,7 +247,7 @@ def test_the_default_bundle_holds_the_encoder_and_annoy_index_and_ranks_with_ann
     model = mlflow.pyfunc.load_model("models:/rewear@champion")
     bundle = rewear_home / "runs" / result["run_id"] / "bundle"
     assert (bundle / "encoder").is_dir() and list((bundle / "index").glob("*.ann"))
-    assert list((bundle / "two_stage" / "stack" / "index").glob("*.ann"))
+    assert list((bundle / "two_stage" / "retrieval" / "index").glob("*.ann"))
     tables = generate_marketplace(
         SyntheticSourceConfig(
             **{k.split(".")[1]: v for k, v in SMALL_MARKET.items() if k.startswith("source.")}

@@ -7,10 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.config import BaselinesConfig, SplitConfig, SyntheticSourceConfig
+from components.config import (
+    BaselinesConfig,
+    GraphFilterConfig,
+    SplitConfig,
+    SyntheticSourceConfig,
+)
 from components.data.split import split_tables
 from components.data.synthetic import generate_marketplace
 from components.retrieval.baselines import Covisitation, Ease, Ials
+from components.retrieval.graph_filter import GraphFilter
 from components.retrieval.persistence import load_model, save_model
 from components.retrieval.popularity import RecentPopularity
 
@@ -22,13 +28,14 @@ def history():
     return split.history("test"), split.test_cutoff
 
 
-@pytest.mark.parametrize("kind", ["covisitation", "ease", "ials", "popularity"])
+@pytest.mark.parametrize("kind", ["covisitation", "ease", "graph_filter", "ials", "popularity"])
 def test_saved_models_score_exactly_like_the_fitted_ones(history, kind: str, tmp_path: Path):
     frame, cutoff = history
     config = BaselinesConfig()
     model = {
         "covisitation": lambda: Covisitation.fit(frame, config.covisitation, cutoff),
         "ease": lambda: Ease.fit(frame, config.ease, cutoff),
+        "graph_filter": lambda: GraphFilter.fit(frame, GraphFilterConfig(factors=16), cutoff),
         "ials": lambda: Ials.fit(frame, config.ials, cutoff),
         "popularity": lambda: RecentPopularity.fit(frame, config.popularity, cutoff),
     }[kind]()

@@ -16,9 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.config import CovisitationConfig, EaseConfig, IalsConfig, PopularityConfig
+from components.config import (
+    CovisitationConfig,
+    EaseConfig,
+    GraphFilterConfig,
+    IalsConfig,
+    PopularityConfig,
+)
 from components.evaluation.protocol import Scorer
 from components.retrieval.baselines import Covisitation, Ease, Ials
+from components.retrieval.graph_filter import GraphFilter
 from components.retrieval.popularity import RecentPopularity
 from tests.conftest import make_tables
 
@@ -84,6 +91,11 @@ FACTORIES = [
         lambda frame, as_of: Ials.fit(
             frame, IalsConfig(factors=4, iterations=10, regularization=0.1, alpha=5.0), as_of
         ),
+        top_for_q="b",
+    ),
+    Factory(
+        "graph_filter",
+        lambda frame, as_of: GraphFilter.fit(frame, GraphFilterConfig(factors=2), as_of),
         top_for_q="b",
     ),
 ]

@@ -8,6 +8,7 @@ from components.config import CandidatesConfig, SyntheticSourceConfig
 from components.data.synthetic import generate_marketplace
 from components.retrieval import stack as stack_module
 from components.retrieval.baselines import Covisitation, Ease, Ials
+from components.retrieval.graph_filter import GraphFilter
 from components.retrieval.popularity import RecentPopularity
 from components.retrieval.stack import fit_candidate_models
 
@@ -34,7 +35,7 @@ def test_each_source_gets_its_model_from_the_candidates_settings(history) -> Non
     assert isinstance(models["linear"], Ease) and isinstance(models["factors"], Ials)
 
 
-def test_a_large_catalogue_never_fits_ials_twice(history, monkeypatch) -> None:
+def test_a_large_catalogue_gets_the_graph_filter_and_fits_ials_once(history, monkeypatch):
     fits = []
     original = Ials.fit
 
@@ -44,9 +45,12 @@ def test_a_large_catalogue_never_fits_ials_twice(history, monkeypatch) -> None:
 
     monkeypatch.setattr(stack_module.Ials, "fit", counted)
     settings = CandidatesConfig(
-        sources=("linear", "factors"), ease={"max_items": 10}, ials={"iterations": 2}
+        sources=("linear", "factors"),
+        ease={"max_items": 10},
+        ials={"iterations": 2},
+        graph_filter={"factors": 8},
     )
     models = fit_candidate_models(history, settings, history["ts"].max())
-    # Above ease.max_items `linear` is iALS: `factors` would be the same model again.
-    assert isinstance(models["linear"], Ials) and "factors" not in models
+    # Above ease.max_items `linear` is the GF-CF graph filter, never a second iALS.
+    assert isinstance(models["linear"], GraphFilter) and isinstance(models["factors"], Ials)
     assert len(fits) == 1
