@@ -30,11 +30,24 @@ never a valid/test item, and batches are drawn from all interactions.
 Epochs and refit (`train_two_tower`): the model is fitted on `split.history("valid")` and
 early-stopped on the valid window (exact full-ranking recall@`early_stopping_k`, history
 masked as in the evaluation protocol); the best epoch's weights are kept. For stage "test"
-of a temporal split it is then refitted from scratch on `split.history("test")` (train +
-valid) for the chosen number of epochs (`refit_on_test_history`), so the served model has
-seen the most recent week; a fixed split's test-stage history is the train file, so the
-early-stopped model is the result. Stage "valid" is the tuning mode: its valid-window
-metrics chose the epoch, so they are optimistic by construction.
+of a temporal split the served model must also have seen the most recent week
+(`refit_on_test_history`): by default (`refit_warm_start`) the early-stopped model, with
+the Adam moments of its epoch, is continued for one pass over the valid window's targets
+(their histories reach back into the train window; listings, sellers and brands first
+seen in the valid window get rows of their own, bucket edges stay the fit's). That is
+what a from-scratch refit on train + valid for the chosen epochs would teach it about the
+new week, at a fraction of the cost (on the synthetic marketplace the served model's test
+recall@100 is as good or better; more passes over one week overfit it); with
+`refit_warm_start: false` the refit is from scratch. A fixed split's test-stage history is
+the train file, so the early-stopped model is the result.
+
+Speed (CPU, 2 threads): the optimiser is Adam's fused kernel; the item tower runs once
+per distinct (listing, age bucket) of a batch, and on the content path once per batch when
+no listing has content features (fixed splits); the early-stopping monitor featurizes the
+valid window's listings and histories once per fit and only reruns the towers.
+
+Stage "valid" is the tuning mode: its valid-window metrics chose the epoch, so they are
+optimistic by construction.
 
 Example
 -------
@@ -50,6 +63,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import statistics
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -134,7 +148,30 @@ class ItemTower(nn.Module):
             with torch.no_grad():
                 self.item_id.weight[UNKNOWN].zero_()
 
-    def forward(self, features: ItemBatch) -> torch.Tensor:
+    def forward(self, features: ItemBatch, same_content: bool = False) -> torch.Tensor:
+        """`same_content`: every row has the same content features (a catalogue without
+        any, e.g. a fixed split): the content path runs on the first row only and is
+        broadcast, which is the same function at a fraction of the cost."""
+        n = features.ids.shape[0]
+        if same_content and n > 1:
+            end = features.text_offsets[1] if len(features.text_offsets) > 1 else None
+            first = replace(
+                features,
+                ids=features.ids[:1],
+                categorical=features.categorical[:1],
+                price=features.price[:1],
+                age=features.age[:1],
+                text=features.text[:end],
+                text_offsets=features.text_offsets[:1],
+            )
+            vectors = self._content(first).expand(n, -1)
+        else:
+            vectors = self._content(features)
+        if self.item_id is not None:
+            vectors = vectors + self.item_id(features.ids)
+        return functional.normalize(vectors, dim=1)
+
+    def _content(self, features: ItemBatch) -> torch.Tensor:
         n = features.ids.shape[0]
         categorical = self.categorical(features.categorical + self.categorical_offsets)
         text = self.text(features.text, features.text_offsets)
@@ -142,10 +179,7 @@ class ItemTower(nn.Module):
             [categorical.reshape(n, -1), self.price(features.price), self.age(features.age), text],
             dim=1,
         )
-        vectors = self.content(inputs)
-        if self.item_id is not None:
-            vectors = vectors + self.item_id(features.ids)
-        return functional.normalize(vectors, dim=1)
+        return self.content(inputs)
 
 
 class UserTower(nn.Module):
@@ -442,7 +476,9 @@ class TrainedTwoTower:
         # History listings are pooled without an age (as in training).
         vectors = self._item_vectors(arrays, np.zeros(len(arrays), dtype=np.int64))
         index = _History.build(frame, catalogue_index, self.config)
-        return UserEncoder(self, index, vectors, timestamp_us(as_of))
+        encoder = UserEncoder(self, index, vectors, timestamp_us(as_of))
+        encoder.prepared = (arrays, index)
+        return encoder
 
     def embed_users(
         self,
@@ -512,6 +548,9 @@ class UserEncoder:
     #: Item-tower vectors of the history's listings (rows of index.item_rows).
     item_vectors: torch.Tensor
     as_of_us: int | None
+    #: The history listings' features (rows of `item_vectors`) and the index, when built by
+    #: `TrainedTwoTower.user_encoder` (the early-stopping monitor reuses them every epoch).
+    prepared: tuple[ItemArrays, _History] | None = field(default=None, repr=False)
 
     def encode(self, user_ids: Sequence[str]) -> np.ndarray:
         wanted = np.asarray(user_ids, dtype=object)
@@ -583,6 +622,28 @@ class TwoTowerScorer:
             np.zeros(0, bool),
         )
 
+    @classmethod
+    def _of(
+        cls,
+        model: TrainedTwoTower,
+        item_index: pd.Index,
+        item_vectors: np.ndarray,
+        encoder: UserEncoder,
+        as_of: pd.Timestamp | None,
+    ) -> TwoTowerScorer:
+        """The scorer __init__ builds, from parts computed already (the monitor's)."""
+        scorer = cls.__new__(cls)
+        scorer.model = model
+        scorer.as_of = as_of
+        scorer.item_index = item_index
+        scorer._item_vectors = item_vectors
+        scorer._encoder = encoder
+        scorer._user_rows = {}
+        scorer._user_vectors = np.zeros((0, model.config.embedding_dim), dtype=np.float32)
+        scorer._aligned_source = None
+        scorer._aligned = (np.zeros((0, 0), np.float32), np.zeros(0, bool))
+        return scorer
+
     def item_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
         """(n, d) float32 unit vectors of catalogue items; KeyError for unknown ids."""
         rows = self.item_index.get_indexer(pd.Index(np.asarray(item_ids, dtype=object)))
@@ -646,6 +707,8 @@ class _TrainingData:
     sold_us: np.ndarray
     sold_sorted: np.ndarray
     timed: bool
+    #: Whether any listing has a content feature (False: every row's content is the same).
+    has_content: bool
 
 
 def _build_training_data(
@@ -689,6 +752,7 @@ def _build_training_data(
         sold_us=sold_us,
         sold_sorted=np.sort(sold_us),
         timed=index.ts_us is not None,
+        has_content=_has_content(catalogue),
     )
 
 
@@ -795,10 +859,55 @@ class _Monitor:
     as_of: pd.Timestamp | None
     k: int
 
+    #: What does not change between the epochs of one fit (same featurizer): the items'
+    #: features and ages, the history's listings' features and its index.
+    _prepared: tuple[Any, ...] | None = field(default=None, init=False, repr=False)
+
     def recall(self, trained: TrainedTwoTower) -> float:
-        scorer = TwoTowerScorer(trained, self.items, self.history, self.as_of)
+        """Exact recall@k of `trained` as TwoTowerScorer(trained, items, history, as_of)
+        scores it; the inputs are featurized once per fit and only the towers rerun."""
+        if self._prepared is None or self._prepared[0] is not trained.featurizer:
+            featurizer = trained.featurizer
+            arrays = featurizer.transform(self.items)
+            age = featurizer.age_buckets(arrays.created_us, timestamp_us(self.as_of))
+            encoder = trained.user_encoder(self.history, self.as_of, self.items)
+            history_arrays, index = encoder.prepared
+            self._prepared = (featurizer, arrays, age, history_arrays, index)
+        _, arrays, age, history_arrays, index = self._prepared
+        history_vectors = trained._item_vectors(
+            history_arrays, np.zeros(len(history_arrays), dtype=np.int64)
+        )
+        scorer = TwoTowerScorer._of(
+            trained,
+            pd.Index(self.items["item_id"].astype("object")),
+            trained._item_vectors(arrays, age).numpy(),
+            UserEncoder(trained, index, history_vectors, timestamp_us(self.as_of)),
+            self.as_of,
+        )
         result = evaluate_scorer(scorer, self.task, (self.k,))
         return result.metrics[f"recall@{self.k}"]
+
+
+@dataclass(frozen=True)
+class _WarmStart:
+    """Where a warm-started refit continues from: the early-stopped model, the optimiser
+    state of its epoch, and the cut-off of the data it was fitted on (targets at or after
+    it are the ones it has not seen)."""
+
+    trained: TrainedTwoTower
+    optimiser_state: dict[str, Any]
+    since_us: int | None
+
+
+def _adam(model: nn.Module, config: TwoTowerConfig) -> torch.optim.Optimizer:
+    """Adam; the fused CPU kernel (one pass over every parameter, same update rule) is
+    several times faster than the per-tensor loop on the 2.5M-parameter tables."""
+    return torch.optim.Adam(
+        model.parameters(),
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        fused=True,
+    )
 
 
 def _fit(
@@ -811,9 +920,12 @@ def _fit(
     deadline: float,
     monitor: _Monitor | None,
     phase: str,
-) -> tuple[TrainedTwoTower, int]:
+    warm: _WarmStart | None = None,
+) -> tuple[TrainedTwoTower, int, dict[str, Any]]:
     """Fit on `history` strictly before `as_of`; returns the model (best epoch's weights
-    when monitored) and the number of epochs that model was trained for."""
+    when monitored), the number of epochs that model was trained for and the optimiser
+    state at that epoch. `warm`: continue that model (vocabularies extended with the new
+    values, bucket edges kept) on the targets at or after `warm.since_us` only."""
     frame, as_of = history_before(history, as_of)
     if frame.empty:
         raise ValueError(
@@ -828,17 +940,22 @@ def _fit(
         age_buckets=config.age_buckets,
         text_buckets=config.text_buckets,
     )
+    if warm is not None:
+        featurizer = _extended_featurizer(warm.trained.featurizer, featurizer)
     data = _build_training_data(frame, catalogue_items, featurizer, config)
+    if warm is not None and warm.since_us is not None and data.timed:
+        targets = data.targets[data.index.ts_us[data.targets] >= warm.since_us]
+        data = replace(data, targets=targets)
     user_ids = tuple(data.index.users.astype(str)) if config.use_user_id else ()
     rng = np.random.default_rng(config.seed)
-    id_dropout = config.item_id_dropout if _has_content(data.catalogue) else 0.0
+    id_dropout = config.item_id_dropout if data.has_content else 0.0
     if id_dropout != config.item_id_dropout:
         logger.info("two-tower: listings have no content features; item-id dropout off")
 
     model = TwoTowerModel(featurizer, len(user_ids), config)
-    optimiser = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    optimiser = _adam(model, config)
+    if warm is not None:
+        _load_warm_start(model, optimiser, warm, featurizer, user_ids)
     trained = TrainedTwoTower(
         model=model,
         featurizer=featurizer,
@@ -848,6 +965,7 @@ def _fit(
         as_of=as_of,
     )
     best_recall, best_epoch, best_state, stale = -1.0, 0, None, 0
+    best_optimiser: dict[str, Any] = {}
     epochs_done = 0
     for epoch in range(1, max_epochs + 1):
         started = time.monotonic()
@@ -867,6 +985,7 @@ def _fit(
             if recall > best_recall:
                 best_recall, best_epoch, stale = recall, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
+                best_optimiser = copy.deepcopy(optimiser.state_dict())
             else:
                 stale += 1
         record["seconds"] = round(time.monotonic() - started, 2)
@@ -879,8 +998,89 @@ def _fit(
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-        return trained, best_epoch
-    return trained, epochs_done
+        return trained, best_epoch, best_optimiser
+    return trained, epochs_done, optimiser.state_dict()
+
+
+def _extended_featurizer(fitted: ItemFeaturizer, new: ItemFeaturizer) -> ItemFeaturizer:
+    """`fitted`'s bucket edges (what its weights learned) with the vocabularies and ids of
+    both: the values `new` saw and `fitted` did not get rows of their own."""
+
+    def union(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted(set(first) | set(second)))
+
+    return ItemFeaturizer(
+        vocabularies={
+            column: union(values, new.vocabularies[column])
+            for column, values in fitted.vocabularies.items()
+        },
+        item_ids=union(fitted.item_ids, new.item_ids),
+        price_edges=fitted.price_edges,
+        age_edges=fitted.age_edges,
+        text_buckets=fitted.text_buckets,
+    )
+
+
+def _row_map(old: Sequence[str], new: Sequence[str], offsets: tuple[int, int] = (0, 0)):
+    """(rows in the new table, rows in the old table) of the values both have, UNKNOWN
+    (row 0) included; `offsets`: where the two vocabularies start in their tables."""
+    positions = pd.Index(list(new), dtype="object").get_indexer(pd.Index(list(old), dtype="object"))
+    keep = positions >= 0
+    new_rows = np.concatenate([[0], positions[keep] + 1]) + offsets[0]
+    old_rows = np.concatenate([[0], np.flatnonzero(keep) + 1]) + offsets[1]
+    return torch.from_numpy(new_rows.astype(np.int64)), torch.from_numpy(old_rows.astype(np.int64))
+
+
+def _load_warm_start(
+    model: TwoTowerModel,
+    optimiser: torch.optim.Optimizer,
+    warm: _WarmStart,
+    featurizer: ItemFeaturizer,
+    user_ids: tuple[str, ...],
+) -> None:
+    """Copy the warm start's weights and Adam moments into `model` (built on the extended
+    `featurizer`): id and attribute rows by value; new values keep their fresh initial
+    weights and zero moments."""
+    old = warm.trained
+    maps = {}
+    new_offsets = model.item_tower.categorical_offsets.tolist()
+    old_offsets = old.model.item_tower.categorical_offsets.tolist()
+    parts = [
+        _row_map(
+            old.featurizer.vocabularies[column],
+            featurizer.vocabularies[column],
+            (new_offsets[position], old_offsets[position]),
+        )
+        for position, column in enumerate(featurizer.vocabularies)
+    ]
+    maps["item_tower.categorical.weight"] = (
+        torch.cat([new for new, _ in parts]),
+        torch.cat([old for _, old in parts]),
+    )
+    maps["item_tower.item_id.weight"] = _row_map(old.featurizer.item_ids, featurizer.item_ids)
+    maps["user_tower.user_id.weight"] = _row_map(old.user_ids, user_ids)
+
+    def moved(name: str, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if name not in maps:
+            return source.clone()
+        new_rows, old_rows = maps[name]
+        result = target.clone()
+        result[new_rows] = source[old_rows]
+        return result
+
+    state = model.state_dict()
+    model.load_state_dict(
+        {name: moved(name, value, state[name]) for name, value in old.model.state_dict().items()}
+    )
+    names = [name for name, _ in model.named_parameters()]
+    parameters = dict(model.named_parameters())
+    moments = copy.deepcopy(warm.optimiser_state)
+    for position, values in moments["state"].items():
+        name = names[position]
+        for key in ("exp_avg", "exp_avg_sq"):
+            zeros = torch.zeros_like(parameters[name].detach())
+            values[key] = moved(name, values[key], zeros)
+    optimiser.load_state_dict(moments)
 
 
 def _has_content(catalogue: ItemArrays) -> bool:
@@ -1004,7 +1204,8 @@ def _batch_loss(
     if id_dropout > 0:
         ids[rng.random(len(ids)) < id_dropout] = UNKNOWN
     vectors = model.item_tower(
-        ItemBatch.from_arrays(arrays, keys % data.featurizer.n_age_buckets, ids)
+        ItemBatch.from_arrays(arrays, keys % data.featurizer.n_age_buckets, ids),
+        same_content=not data.has_content,
     )
     candidates = vectors[torch.from_numpy(inverse[:n_candidates])]
 
@@ -1081,7 +1282,7 @@ def train_two_tower_stages(
             k=config.early_stopping_k,
         )
     with _deterministic(config.seed):
-        trained, epochs = _fit(
+        trained, epochs, optimiser_state = _fit(
             split.history("valid"),
             split.tables.items,
             split.cutoff("valid"),
@@ -1094,9 +1295,15 @@ def train_two_tower_stages(
         refit = stage == "test" and split.protocol == "temporal" and config.refit_on_test_history
         if not refit:
             return trained, trained
-        # The refit sees more data than the fit: scale the fit's epoch times to estimate it.
-        growth = len(split.history("test")) / max(len(split.history("valid")), 1)
-        needed = growth * sum(record["train_seconds"] for record in trained.epochs[:epochs])
+        # The refit sees more data than the fit (or, warm-started, only the new part of
+        # it): scale the fit's epoch times to estimate it.
+        fit_rows = max(len(split.history("valid")), 1)
+        refit_rows = len(split.history("test"))
+        passes = epochs
+        if config.refit_warm_start:
+            refit_rows, passes = refit_rows - fit_rows, 1
+        growth = refit_rows / fit_rows
+        needed = growth * passes * statistics.mean(r["train_seconds"] for r in trained.epochs)
         if time.monotonic() + needed > deadline:
             logger.warning(
                 "two-tower: %.0f s left of max_training_seconds, a refit needs about %.0f s; "
@@ -1105,16 +1312,22 @@ def train_two_tower_stages(
                 needed,
             )
             return trained, trained
-        logger.info("two-tower: refitting on the test-stage history for %d epochs", epochs)
-        refitted, _ = _fit(
+        warm = None
+        if config.refit_warm_start:
+            logger.info("two-tower: continuing the fitted model for one pass over the valid window")
+            warm = _WarmStart(trained, optimiser_state, timestamp_us(trained.as_of))
+        else:
+            logger.info("two-tower: refitting on the test-stage history for %d epochs", epochs)
+        refitted, _, _ = _fit(
             split.history("test"),
             split.tables.items,
             split.cutoff("test"),
             config,
-            max_epochs=epochs,
+            max_epochs=1 if warm is not None else epochs,
             deadline=deadline,
             monitor=None,
             phase="refit",
+            warm=warm,
         )
     refitted.epochs = trained.epochs + refitted.epochs
     return trained, refitted

@@ -7,6 +7,8 @@ anything puts a user's own kind first, even for listings it has never seen.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,15 +25,23 @@ from components.retrieval.item_features import (
     title_tokens,
 )
 from components.retrieval.two_tower import (
+    ItemBatch,
     TrainedTwoTower,
+    TwoTowerModel,
     TwoTowerScorer,
+    _adam,
     _build_training_data,
     _epoch_batches,
+    _extended_featurizer,
+    _load_warm_start,
+    _Monitor,
     _training_bags,
+    _WarmStart,
     cold_start_task,
     pooling_weights,
     sampled_softmax_loss,
     train_two_tower,
+    train_two_tower_stages,
 )
 
 START = pd.Timestamp("2026-01-01T00:00:00Z")
@@ -452,3 +462,114 @@ def test_cold_start_task_keeps_only_positives_on_listings_created_in_the_window(
     standard = build_evaluation_task(toy_split, "test", EvaluationConfig())
     assert not {"shoe_new", "bag_new"} & set(item_ids[standard.recommendable])
     assert task.n_users == 30
+
+
+# ------------------------------------------------------------------------- speed paths
+
+
+def test_warm_refit_continues_the_fit_on_the_valid_window_with_new_listings_added(toy_split):
+    fitted, served = train_two_tower_stages(toy_split, SMALL, "test")
+    refit = [record for record in served.epochs if record["phase"] == "refit"]
+    assert len(refit) == 1  # one pass over the targets the fit has not seen
+    valid = toy_split.window("valid")
+    new_pairs = valid.drop_duplicates(["user_id", "item_id"]).merge(
+        toy_split.history("valid")[["user_id", "item_id"]].drop_duplicates(),
+        how="left",
+        indicator=True,
+    )
+    assert refit[0]["examples"] == int((new_pairs["_merge"] == "left_only").sum())
+    # Every id the fit knew keeps its learned row; listings first seen in the valid window
+    # get rows of their own; bucket edges are the fit's.
+    assert set(fitted.featurizer.item_ids) <= set(served.featurizer.item_ids)
+    new_ids = set(valid["item_id"]) - set(toy_split.history("valid")["item_id"])
+    assert new_ids <= set(served.featurizer.item_ids)
+    np.testing.assert_array_equal(served.featurizer.price_edges, fitted.featurizer.price_edges)
+    # The fitted model is left as it was (the ranker's label stage uses it).
+    assert [r["phase"] for r in fitted.epochs] == ["fit"] * len(fitted.epochs)
+
+
+def test_warm_start_copies_weights_and_moments_by_value():
+    old_items = pd.DataFrame({"item_id": ["b", "d"], "brand": ["Nike", "Zara"]})
+    new_items = pd.DataFrame(
+        {"item_id": ["a", "b", "c", "d"], "brand": ["Adidas", "Nike", None, "Zara"]}
+    )
+    kwargs = {"price_buckets": 4, "age_buckets": 6, "text_buckets": 64}
+    old_f = ItemFeaturizer.fit(old_items, **kwargs)
+    new_f = _extended_featurizer(old_f, ItemFeaturizer.fit(new_items, **kwargs))
+    old_model = TwoTowerModel(old_f, 0, SMALL)
+    optimiser = _adam(old_model, SMALL)
+    loss = old_model.item_tower.item_id.weight.sum() + old_model.item_tower.categorical.weight.sum()
+    loss.backward()
+    optimiser.step()
+    trained = TrainedTwoTower(old_model, old_f, old_items, (), SMALL, None)
+    model = TwoTowerModel(new_f, 0, SMALL)
+    fresh = copy.deepcopy(model.state_dict())
+    new_optimiser = _adam(model, SMALL)
+    _load_warm_start(
+        model, new_optimiser, _WarmStart(trained, optimiser.state_dict(), None), new_f, ()
+    )
+    ids_old, ids_new = old_model.item_tower.item_id.weight, model.item_tower.item_id.weight
+    for item in ("b", "d"):
+        old_row = old_f.item_ids.index(item) + 1
+        new_row = new_f.item_ids.index(item) + 1
+        torch.testing.assert_close(ids_new[new_row], ids_old[old_row])
+    for item in ("a", "c"):  # new ids keep their fresh initial weights
+        row = new_f.item_ids.index(item) + 1
+        torch.testing.assert_close(ids_new[row], fresh["item_tower.item_id.weight"][row])
+    brand = list(new_f.vocabularies).index("brand")
+    new_offset = int(model.item_tower.categorical_offsets[brand])
+    old_offset = int(old_model.item_tower.categorical_offsets[brand])
+    nike_new = new_offset + new_f.vocabularies["brand"].index("Nike") + 1
+    nike_old = old_offset + old_f.vocabularies["brand"].index("Nike") + 1
+    torch.testing.assert_close(
+        model.item_tower.categorical.weight[nike_new],
+        old_model.item_tower.categorical.weight[nike_old],
+    )
+    torch.testing.assert_close(
+        model.item_tower.content[0].weight, old_model.item_tower.content[0].weight
+    )
+    position = [name for name, _ in model.named_parameters()].index("item_tower.item_id.weight")
+    moments = new_optimiser.state_dict()["state"][position]["exp_avg"]
+    old_moments = optimiser.state_dict()["state"][position]["exp_avg"]
+    torch.testing.assert_close(
+        moments[new_f.item_ids.index("d") + 1], old_moments[old_f.item_ids.index("d") + 1]
+    )
+    assert not moments[new_f.item_ids.index("a") + 1].any()
+
+
+def test_same_content_shortcut_gives_the_full_towers_vectors_and_gradients():
+    items = pd.DataFrame({"item_id": [str(n) for n in range(6)]})  # no content at all
+    featurizer = ItemFeaturizer.fit(items, price_buckets=4, age_buckets=6, text_buckets=64)
+    arrays = featurizer.transform(items)
+    rows = np.array([0, 3, 3, 5, 1])
+    batch = ItemBatch.from_arrays(arrays.take(rows), np.zeros(len(rows), dtype=np.int64))
+    torch.manual_seed(0)
+    model = TwoTowerModel(featurizer, 0, SMALL)
+    results = []
+    for same in (False, True):
+        model.zero_grad()
+        vectors = model.item_tower(batch, same_content=same)
+        (vectors * torch.arange(vectors.numel()).reshape(vectors.shape)).sum().backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((vectors.detach(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    assert results[0][1].keys() == results[1][1].keys()
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-5)
+
+
+def test_monitor_recall_matches_a_fresh_scorer(trained, toy_split):
+    task = build_evaluation_task(toy_split, "valid", EvaluationConfig())
+    monitor = _Monitor(
+        task=task,
+        items=toy_split.tables.items,
+        history=toy_split.history("valid"),
+        as_of=toy_split.valid_cutoff,
+        k=5,
+    )
+    scorer = TwoTowerScorer(
+        trained, toy_split.tables.items, toy_split.history("valid"), toy_split.valid_cutoff
+    )
+    expected = evaluate_scorer(scorer, task, (5,)).metrics["recall@5"]
+    assert monitor.recall(trained) == expected
+    assert monitor.recall(trained) == expected  # prepared once, reused
