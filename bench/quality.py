@@ -261,7 +261,8 @@ def main() -> None:
         default=[],
         dest="overrides",
         help="config override key=value (for tuning: write with --out elsewhere), e.g. "
-        "source.path=../shared/data/gowalla/tune --set source.test_file=valid.txt",
+        "source.path=../../shared/data/gowalla/tune (relative to configs/) --set "
+        "source.test_file=valid.txt",
     )
     args = parser.parse_args()
     overrides = {}

@@ -302,7 +302,13 @@ class GraphFilterConfig(StrictModel):
 
 #: The candidate models a retrieval stack can merge, by name (`model.candidates.sources`).
 SourceName = Literal[
-    "two_tower", "covisitation", "popularity", "category_popularity", "linear", "factors"
+    "two_tower",
+    "covisitation",
+    "popularity",
+    "category_popularity",
+    "linear",
+    "factors",
+    "graph_filter",
 ]
 
 
@@ -323,9 +329,11 @@ class CandidatesConfig(StrictModel):
     #: - covisitation: items sharing recent sessions with the user's (`covisitation`);
     #: - popularity: popular listings in a recent window (`popularity`);
     #: - category_popularity: popular listings in the user's top categories;
-    #: - linear: EASE when the catalogue fits `ease.max_items`, else the GF-CF graph filter
-    #:   (`graph_filter`: no items^2 inverse);
-    #: - factors: iALS (`ials`), another model family for the ranker.
+    #: - linear: EASE when the catalogue fits `ease.max_items`, iALS (`ials`) otherwise;
+    #: - factors: iALS beside an EASE `linear` (another model family for the ranker; left
+    #:   out when `linear` is iALS already);
+    #: - graph_filter: GF-CF (`graph_filter`), training-free, sparse: strong on large
+    #:   catalogues where EASE does not fit.
     sources: tuple[SourceName, ...] = (
         "two_tower",
         "covisitation",

@@ -19,6 +19,7 @@ Tasks with side effects outside their own outputs (registry reads and writes) us
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +36,30 @@ from components.orchestration import OrchestrationSettings, code_fingerprint, so
 from components.registry.tracking import configure_mlflow
 from components.settings import RewearSettings
 from components.store import write_json
+
+#: The components' own progress (encoder epochs, index builds, refits) goes to the console
+#: from here; PREFECT_LOGGING_EXTRA_LOGGERS=components (set by the CLI and the deployment
+#: set-up) also sends it to the flow run's logs.
+PROGRESS_LOGGER = "components"
+
+
+class _ProgressHandler(logging.StreamHandler):
+    """The console handler `show_component_progress` adds (found again by its type)."""
+
+
+def show_component_progress() -> None:
+    """INFO records of the `components` loggers on the console, once per process."""
+    progress = logging.getLogger(PROGRESS_LOGGER)
+    progress.setLevel(logging.INFO)
+    if not any(isinstance(handler, _ProgressHandler) for handler in progress.handlers):
+        handler = _ProgressHandler()
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S"
+            )
+        )
+        progress.addHandler(handler)
+
 
 #: Every long task gets this timeout (seconds); a hung step fails instead of blocking.
 LONG_TASK_TIMEOUT_S = 3600
@@ -107,6 +132,7 @@ class TrackedRun:
 
 def start_tracked_run(kind: str, config_path: str, overrides: dict[str, Any] | None) -> TrackedRun:
     """Load the config, open an MLflow run tagged with the flow `kind`, make its folder."""
+    show_component_progress()
     settings = RewearSettings().ensure()
     config = load_config(config_path, overrides)
     client, experiment_id = configure_mlflow(settings, config.registry.experiment)

@@ -36,6 +36,7 @@ from flows.orchestration import (
     SOURCE_OPTIONS,
     STAGE_OPTIONS,
     UNCACHED_OPTIONS,
+    show_component_progress,
     task_runner_from_settings,
 )
 
@@ -228,6 +229,7 @@ def retrain(
     """Retrain, evaluate and register the recommender described by `config_path`; the
     promotion gate decides whether it becomes `champion` (`force_promote`: it does unless
     it fails to load and answer, recorded as `forced`)."""
+    show_component_progress()
     settings = RewearSettings().ensure()
     config = load_config(config_path, overrides)
     client, experiment_id = configure_mlflow(settings, config.registry.experiment)

@@ -23,7 +23,7 @@ import pandas as pd
 from components.config import CandidatesConfig, PipelineConfig
 from components.evaluation.protocol import Scorer
 from components.retrieval.ann_index import AnnIndex
-from components.retrieval.baselines import Covisitation, Ease, Ials, history_before
+from components.retrieval.baselines import Covisitation, Ials, fit_linear_baseline
 from components.retrieval.candidates import (
     AnnSource,
     CandidateArrays,
@@ -48,25 +48,14 @@ STACK_FORMAT = 2
 POPULARITY = "popularity"
 
 
-def fit_linear_source(
-    history: pd.DataFrame, settings: CandidatesConfig, moment: pd.Timestamp | None
-) -> Ease | GraphFilter:
-    """EASE when the history's catalogue fits `ease.max_items`, else GF-CF (whose graph is
-    as sparse as the co-occurrences instead of an items x items inverse)."""
-    frame, moment = history_before(history, moment)
-    if frame["item_id"].nunique() <= settings.ease.max_items:
-        return Ease.fit(frame, settings.ease, moment)
-    return GraphFilter.fit(frame, settings.graph_filter, moment)
-
-
 def fit_candidate_models(
     history: pd.DataFrame, settings: CandidatesConfig, moment: pd.Timestamp | None
 ) -> dict[str, Scorer]:
     """Each scorer-backed source of `settings.sources`, fitted once from its own settings
     on `history` before `moment`, by source name. `category_popularity` ranks inside
-    categories by the `popularity` model; `linear` is EASE when the catalogue fits
-    `ease.max_items`, else the GF-CF graph filter, so `factors` (iALS) is never the same
-    model as `linear`."""
+    categories by the `popularity` model. `factors` (iALS beside EASE) is left out when
+    `linear` is iALS already (a catalogue above `ease.max_items`): the same model twice
+    would add nothing but a duplicate candidate list and feature group."""
     sources = set(settings.sources)
     models: dict[str, Scorer] = {}
     if sources & {POPULARITY, "category_popularity"}:
@@ -74,9 +63,11 @@ def fit_candidate_models(
     if "covisitation" in sources:
         models["covisitation"] = Covisitation.fit(history, settings.covisitation, moment)
     if "linear" in sources:
-        models["linear"] = fit_linear_source(history, settings, moment)
-    if "factors" in sources:
+        models["linear"] = fit_linear_baseline(history, settings, moment)
+    if "factors" in sources and not isinstance(models.get("linear"), Ials):
         models["factors"] = Ials.fit(history, settings.ials, moment)
+    if "graph_filter" in sources:
+        models["graph_filter"] = GraphFilter.fit(history, settings.graph_filter, moment)
     return models
 
 

@@ -35,7 +35,7 @@ def test_each_source_gets_its_model_from_the_candidates_settings(history) -> Non
     assert isinstance(models["linear"], Ease) and isinstance(models["factors"], Ials)
 
 
-def test_a_large_catalogue_gets_the_graph_filter_and_fits_ials_once(history, monkeypatch):
+def test_a_large_catalogue_never_fits_ials_twice(history, monkeypatch) -> None:
     fits = []
     original = Ials.fit
 
@@ -45,12 +45,13 @@ def test_a_large_catalogue_gets_the_graph_filter_and_fits_ials_once(history, mon
 
     monkeypatch.setattr(stack_module.Ials, "fit", counted)
     settings = CandidatesConfig(
-        sources=("linear", "factors"),
+        sources=("linear", "factors", "graph_filter"),
         ease={"max_items": 10},
         ials={"iterations": 2},
         graph_filter={"factors": 8},
     )
     models = fit_candidate_models(history, settings, history["ts"].max())
-    # Above ease.max_items `linear` is the GF-CF graph filter, never a second iALS.
-    assert isinstance(models["linear"], GraphFilter) and isinstance(models["factors"], Ials)
+    # Above ease.max_items `linear` is iALS: `factors` would be the same model again.
+    assert isinstance(models["linear"], Ials) and "factors" not in models
+    assert isinstance(models["graph_filter"], GraphFilter)
     assert len(fits) == 1
