@@ -11,6 +11,7 @@ folder is missing (../shared/data) are skipped with a note.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import subprocess
@@ -69,6 +70,7 @@ def run_dataset(
         started = time.perf_counter()
         result = function(*args)
         timings[stage] = time.perf_counter() - started
+        print(f"{name}: {stage} {timings[stage]:.1f} s", flush=True)
         return result
 
     raw = timed("ingest", steps.ingest, config, run_dir)
@@ -265,6 +267,8 @@ def main() -> None:
         "source.test_file=valid.txt",
     )
     args = parser.parse_args()
+    logging.basicConfig(format="%(asctime)s %(name)s %(message)s", level=logging.WARNING)
+    logging.getLogger("components").setLevel(logging.INFO)  # encoder epochs, refits
     overrides = {}
     for item in args.overrides:
         key, _, value = item.partition("=")

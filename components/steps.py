@@ -23,7 +23,6 @@ from components.data.split import (
 )
 from components.data.validation import enforce_bad_share, validate_tables
 from components.evaluation.figures import FIGURE_FILES, render_figures
-from components.evaluation.protocol import Scorer
 from components.evaluation.suite import evaluate_models
 from components.ranking.model import TwoStageModel
 from components.ranking_steps import retrieval_only
@@ -101,7 +100,7 @@ def fit(split_uri: str, config: ModelConfig, run_dir: Path) -> dict[str, Any]:
     return {"evaluation_model_uri": str(models / "evaluation"), "final_model_uri": str(final_uri)}
 
 
-def held_out_scorers(model_uri: str) -> dict[str, Scorer]:
+def held_out_scorers(model_uri: str) -> dict[str, TwoStageModel]:
     """The run's held-out two-stage model as "model"; with a ranker also "retrieval_only"
     (its candidates in fusion order), the comparison that tells what the ranker adds."""
     two_stage = TwoStageModel.load(Path(model_uri))
@@ -119,11 +118,13 @@ def evaluate(
     """Score the held-out two-stage model beside every baseline on the test window with the
     same code; write per-user metrics and figures to `run_dir/evaluation`."""
     data = read_split(Path(split_uri))
+    held_out = held_out_scorers(evaluation_model_uri)
     scorers = {
-        **held_out_scorers(evaluation_model_uri),
+        **held_out,
         **fit_baselines(data.history("test"), config.baselines, data.test_cutoff),
     }
-    suite = evaluate_models("model", scorers, data, "test", config)
+    with held_out["model"].stack.remembering_candidates():
+        suite = evaluate_models("model", scorers, data, "test", config)
     target = Path(run_dir) / "evaluation"
     with atomic_directory(target, overwrite=True) as staging:
         suite.per_user_frame().to_parquet(staging / "per_user.parquet", index=False)

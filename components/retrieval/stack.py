@@ -11,7 +11,8 @@ source, and answers `candidates(user_ids)` with the merged set
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -85,6 +86,19 @@ class RetrievalStack:
     encoder: TrainedTwoTower | None = None
     index: AnnIndex | None = None
     _index_folder: Path | None = field(default=None, repr=False)
+    #: Merged candidates per batch of users while `remembering_candidates` is on.
+    _memo: dict[tuple[str, ...], MergedCandidates] | None = field(default=None, repr=False)
+
+    @contextmanager
+    def remembering_candidates(self) -> Iterator[None]:
+        """Within: `candidate_arrays` of a batch of users asked before is not recomputed
+        (the evaluation scores the re-ranked model and its retrieval-only order, which share
+        this stack, on the same batches: candidate generation is the bulk of both)."""
+        self._memo = {}
+        try:
+            yield
+        finally:
+            self._memo = None
 
     @classmethod
     def fit(
@@ -178,16 +192,24 @@ class RetrievalStack:
     ) -> MergedCandidates:
         """`candidates` as arrays, without building a frame (the per-request path);
         `hits`: the sources' own arrays, when the caller already ran them."""
+        key = None
+        if hits is None and self._memo is not None:
+            key = tuple(str(user) for user in user_ids)
+            if key in self._memo:
+                return self._memo[key]
         if hits is None:
             hits = self.source_arrays(user_ids)
         settings = self.config.model.candidates
-        return merge_candidate_arrays(
+        merged = merge_candidate_arrays(
             hits,
             settings.n,
             filters=None if self._sources_apply_filters else self.filters,
             rrf_k=settings.rrf_k,
             weights=settings.source_weights,
         )
+        if key is not None and self._memo is not None:
+            self._memo[key] = merged
+        return merged
 
     @cached_property
     def _sources_apply_filters(self) -> bool:

@@ -257,3 +257,18 @@ def test_an_earlier_label_window_gets_an_encoder_that_never_saw_its_labels(
     own = encoder_before(small_split, history, moment, tower, chosen)
     assert own.as_of == moment  # fitted strictly before its label window
     assert len(own.epochs) == best and own.epochs[-1]["phase"] == "fit"
+
+
+def test_remembered_candidates_change_no_score(trained: dict, small_split: DataSplit) -> None:
+    model = TwoStageModel.load(Path(trained["model_uri"]))
+    fusion = retrieval_only(model)
+    users = sorted(small_split.test["user_id"].unique())[:30]
+    items = list(small_split.tables.items["item_id"].astype(str))
+    fresh = (model.score(users, items), fusion.score(users, items))
+    with model.stack.remembering_candidates():
+        first = model.stack.candidate_arrays(users)
+        assert model.stack.candidate_arrays(users) is first  # generated once per batch
+        remembered = (model.score(users, items), fusion.score(users, items))
+    assert model.stack.candidate_arrays(users) is not first  # off again outside
+    np.testing.assert_array_equal(remembered[0], fresh[0])
+    np.testing.assert_array_equal(remembered[1], fresh[1])

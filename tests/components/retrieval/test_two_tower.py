@@ -35,6 +35,7 @@ from components.retrieval.two_tower import (
     _extended_featurizer,
     _load_warm_start,
     _Monitor,
+    _sampled_users,
     _training_bags,
     _WarmStart,
     cold_start_task,
@@ -573,3 +574,18 @@ def test_monitor_recall_matches_a_fresh_scorer(trained, toy_split):
     expected = evaluate_scorer(scorer, task, (5,)).metrics["recall@5"]
     assert monitor.recall(trained) == expected
     assert monitor.recall(trained) == expected  # prepared once, reused
+
+
+def test_early_stopping_samples_users_with_their_own_rows(toy_split):
+    task = build_evaluation_task(toy_split, "valid", EvaluationConfig())
+    assert _sampled_users(task, task.n_users, seed=0) is task  # few users: all of them
+    sample = _sampled_users(task, task.n_users // 2, seed=0)
+    assert sample.n_users == task.n_users // 2
+    assert sample.n_users == sample.relevant.shape[0] == sample.excluded.shape[0]
+    rows = {user: row for row, user in enumerate(task.user_ids)}
+    for row, user in enumerate(sample.user_ids):
+        original = rows[user]
+        assert (sample.relevant[row] != task.relevant[original]).nnz == 0
+        assert (sample.excluded[row] != task.excluded[original]).nnz == 0
+    again = _sampled_users(task, task.n_users // 2, seed=0)
+    assert list(again.user_ids) == list(sample.user_ids)  # seeded
