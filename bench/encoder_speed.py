@@ -96,12 +96,12 @@ def main() -> None:
     key = f"valid_recall@{tower.early_stopping_k}"
     best = None
     for record in trained.epochs:
-        rate = record["examples"] / max(record["train_seconds"], 1e-9)
+        rate = record["examples"] / max(record["train_s"], 1e-9)
         recall = record.get(key)
         shown = "" if recall is None else f"  {key} {recall:.4f}"
         print(
             f"  {record['phase']:5s} epoch {record['epoch']:2d}: {rate:9,.0f} examples/s  "
-            f"train {record['train_seconds']:6.1f} s  total {record['seconds']:6.1f} s  "
+            f"train {record['train_s']:6.1f} s  total {record['total_s']:6.1f} s  "
             f"loss {record['loss']:.4f}{shown}"
         )
         if recall is not None and (best is None or recall > best[1]):
@@ -109,7 +109,7 @@ def main() -> None:
     fit = [r for r in trained.epochs if r["phase"] == "fit"]
     refit = [r for r in trained.epochs if r["phase"] == "refit"]
     if best is not None:
-        to_best = sum(r["seconds"] for r in fit if r["epoch"] <= best[0])
+        to_best = sum(r["total_s"] for r in fit if r["epoch"] <= best[0])
         print(
             f"early stopping chose epoch {best[0]} ({key} {best[1]:.4f}), reached after "
             f"{to_best:.1f} s of fit epochs"

@@ -992,7 +992,7 @@ def _fit(
             "complete": finished,
             "examples": len(data.targets),
         }
-        record["train_seconds"] = round(time.monotonic() - started, 2)
+        record["train_s"] = round(time.monotonic() - started, 2)
         if monitor is not None:
             recall = monitor.recall(trained)
             record[f"valid_recall@{monitor.k}"] = recall
@@ -1002,7 +1002,7 @@ def _fit(
                 best_optimiser = copy.deepcopy(optimiser.state_dict())
             else:
                 stale += 1
-        record["seconds"] = round(time.monotonic() - started, 2)
+        record["total_s"] = round(time.monotonic() - started, 2)
         trained.epochs.append(record)
         logger.info("two-tower %s epoch %d: %s", phase, epoch, record)
         if not finished or time.monotonic() > deadline:
@@ -1321,7 +1321,7 @@ def train_two_tower_stages(
         if config.refit_warm_start:
             refit_rows, passes = refit_rows - fit_rows, 1
         growth = refit_rows / fit_rows
-        needed = growth * passes * statistics.mean(r["train_seconds"] for r in trained.epochs)
+        needed = growth * passes * statistics.mean(r["train_s"] for r in trained.epochs)
         if time.monotonic() + needed > deadline:
             logger.warning(
                 "two-tower: %.0f s left of max_training_seconds, a refit needs about %.0f s; "

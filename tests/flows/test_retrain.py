@@ -151,7 +151,9 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
     mlflow.set_tracking_uri(RewearSettings().tracking_uri)
     model = mlflow.pyfunc.load_model("models:/rewear@champion")
     tables = generate_marketplace(
-        SyntheticSourceConfig(**{k.split(".")[1]: v for k, v in SMALL_MARKET.items()})
+        SyntheticSourceConfig(
+            **{k.split(".")[1]: v for k, v in SMALL_MARKET.items() if k.startswith("source.")}
+        )
     ).tables
     buyer = tables.interactions.loc[tables.interactions["event"] == "purchase", "user_id"].iloc[0]
     answer = model.predict(pd.DataFrame({"user_id": [buyer, "never-seen-user"]}), params={"k": 15})
@@ -162,7 +164,7 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
     sources = set(answer.loc[answer["user_id"] == buyer, "source"])
     assert sources <= {"two_tower", "covisitation", "popularity", "category_popularity", "linear"}
     assert set(answer.loc[answer["user_id"] == "never-seen-user", "source"]) == {
-        "recent_popularity"
+        "popularity_fallback"
     }
     sold = set(tables.items.loc[tables.items["sold_at"].notna(), "item_id"])
     assert not sold & set(answer["item_id"])
