@@ -57,7 +57,7 @@ def run_dataset(name: str, scratch: Path) -> dict[str, Any]:
     started = time.perf_counter()
     data = read_split(Path(split["uri"]))
     scorers = {
-        "two_tower": retrieval_steps.evaluation_scorer("two_tower", encoder["uri"], data),
+        "two_tower": retrieval_steps.two_tower_scorer(encoder["uri"], data),
         **fit_baselines(data.history("test"), config.evaluation.baselines, data.test_cutoff),
     }
     evaluation = evaluate_models("two_tower", scorers, data, "test", config.evaluation)
@@ -86,7 +86,7 @@ def run_dataset(name: str, scratch: Path) -> dict[str, Any]:
 def cold_start(split_uri: str, encoder_uri: str, config: Any) -> dict[str, Any]:
     data = read_split(Path(split_uri))
     task = cold_start_task(data, config.evaluation)
-    two_tower = retrieval_steps.evaluation_scorer("two_tower", encoder_uri, data)
+    two_tower = retrieval_steps.two_tower_scorer(encoder_uri, data)
     popularity = RecentPopularity.fit(
         data.history("test"), config.evaluation.baselines.popularity, data.test_cutoff
     )

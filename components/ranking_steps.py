@@ -116,16 +116,18 @@ def build_ranking_data(
     stages = label_stages(data, config)
     ranker = config.model.ranker
     target = Path(run_dir) / "ranking"
+    latest_encoder = None
+    if train_window_encoder_uri is not None:
+        latest_encoder = TrainedTwoTower.load(Path(train_window_encoder_uri))
     frames, recalls, users = [], [], 0
     with atomic_directory(target, overwrite=True) as staging:
         for number, stage in enumerate(stages):
-            encoder = index_folder = None
-            if train_window_encoder_uri is not None:
-                encoder = TrainedTwoTower.load(Path(train_window_encoder_uri))
-                if number > 0:
-                    encoder = encoder_before(
-                        data, stage.history, stage.moment, config.model.two_tower, encoder
-                    )
+            encoder, index_folder = latest_encoder, None
+            if latest_encoder is not None and number > 0:
+                encoder = encoder_before(
+                    data, stage.history, stage.moment, config.model.two_tower, latest_encoder
+                )
+            if encoder is not None:
                 listings = data.tables.items[stage.available]
                 index_folder = staging / "label_index"
                 build_annoy_index(

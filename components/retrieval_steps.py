@@ -15,13 +15,11 @@ import pandas as pd
 
 from components.config import EvaluationConfig, ModelConfig, PipelineConfig
 from components.data.split import DataSplit, available_at, latest_moment, read_split
-from components.evaluation.protocol import Scorer
 from components.ranking.dataset import holdout_interactions
 from components.retrieval.ann_index import AnnIndex, ann_recall, build_annoy_index
 from components.retrieval.candidates import (
     candidate_recall,
 )
-from components.retrieval.popularity import RecentPopularity
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import (
     TrainedTwoTower,
@@ -30,7 +28,6 @@ from components.retrieval.two_tower import (
 )
 from components.store import atomic_directory
 
-TWO_TOWER = "two_tower"
 logger = logging.getLogger(__name__)
 
 
@@ -100,16 +97,14 @@ def best_epoch(records: list[dict[str, Any]]) -> int:
     return min(epoch for value, epoch in monitored if value == best)
 
 
-def evaluation_scorer(kind: str, model_uri: str, data: DataSplit) -> Scorer:
-    """The held-out model of a run as a Scorer on the test stage (what evaluation scores)."""
-    if kind == TWO_TOWER:
-        return TwoTowerScorer(
-            TrainedTwoTower.load(Path(model_uri)),
-            data.tables.items,
-            data.history("test"),
-            data.test_cutoff,
-        )
-    return RecentPopularity.load(Path(model_uri))
+def two_tower_scorer(encoder_uri: str, data: DataSplit) -> TwoTowerScorer:
+    """A run's encoder alone as a Scorer on the test stage (bench/retrieval.py)."""
+    return TwoTowerScorer(
+        TrainedTwoTower.load(Path(encoder_uri)),
+        data.tables.items,
+        data.history("test"),
+        data.test_cutoff,
+    )
 
 
 def build_indexes(

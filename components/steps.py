@@ -131,7 +131,6 @@ def evaluate(
         render_figures(suite, staging)
     return {
         "metrics": suite.model.metrics,
-        "valid_metrics": {},
         "baselines": suite.baseline_metrics(),
         "comparisons": suite.comparisons,
         "segments": suite.segments(),

@@ -331,7 +331,7 @@ def retrain(
         with _timed(report, "evaluate"):
             evaluation = evaluate_task(split["uri"], model_uri, config, run_dir)
         report.metrics = evaluation["metrics"]
-        report.valid_metrics = evaluation["valid_metrics"] or _best_valid(report.retrieval)
+        report.valid_metrics = _best_valid(report.retrieval)
         report.baselines = evaluation["baselines"]
         report.evaluated_users = evaluation["evaluated_users"]
         report.comparisons = evaluation["comparisons"]

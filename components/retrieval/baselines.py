@@ -76,6 +76,14 @@ def item_popularity(item_codes: np.ndarray, n_items: int, weights: np.ndarray) -
     return (counts / top if top > 0 else counts).astype(np.float32)
 
 
+def interaction_popularity(frame: pd.DataFrame, item_index: pd.Index) -> np.ndarray:
+    """Unweighted interaction counts of `item_index`'s items in `frame`, as a share of the
+    top item: the cold-user scores of the user x item models."""
+    return item_popularity(
+        item_index.get_indexer(frame["item_id"]), len(item_index), np.ones(len(frame))
+    )
+
+
 def user_item_matrix(
     frame: pd.DataFrame, values: np.ndarray | None = None
 ) -> tuple[sp.csr_matrix, pd.Index, pd.Index]:
@@ -362,9 +370,7 @@ class Ease(_UserItemScorer):
         precision = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)
         weights = precision / (-np.diag(precision))
         np.fill_diagonal(weights, 0.0)
-        popularity = item_popularity(
-            item_index.get_indexer(frame["item_id"]), len(item_index), np.ones(len(frame))
-        )
+        popularity = interaction_popularity(frame, item_index)
         return cls(
             user_index=user_index,
             item_index=item_index,
@@ -420,9 +426,7 @@ class Ials(_UserItemScorer):
                 random_state=config.seed,
             )
             model.fit(matrix.astype(np.float32), show_progress=False)
-        popularity = item_popularity(
-            item_index.get_indexer(frame["item_id"]), len(item_index), np.ones(len(frame))
-        )
+        popularity = interaction_popularity(frame, item_index)
         return cls(
             user_index=user_index,
             item_index=item_index,

@@ -27,7 +27,7 @@ from components.config import GraphFilterConfig
 from components.retrieval.baselines import (
     _UserItemScorer,
     history_before,
-    item_popularity,
+    interaction_popularity,
     user_item_matrix,
 )
 
@@ -76,9 +76,7 @@ class GraphFilter(_UserItemScorer):
             right = np.zeros((0, len(item_index)))
         low_pass_in = right.T * _inverse_sqrt(item_degree)[:, None]
         low_pass_out = right * np.sqrt(item_degree)[None, :]
-        popularity = item_popularity(
-            item_index.get_indexer(frame["item_id"]), len(item_index), np.ones(len(frame))
-        )
+        popularity = interaction_popularity(frame, item_index)
         return cls(
             user_index=user_index,
             item_index=item_index,
