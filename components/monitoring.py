@@ -1,10 +1,22 @@
 """Monitoring the champion: data drift (PSI) and quality on the data it has not seen.
 
-Drift compares the newest `window` of interactions with the `window` that ended when the
-champion's data did, on three inputs the model leans on: the event mix, the category mix
-of the listings people interact with, and those listings' prices (deciles of the
-reference). PSI = sum_b (p_cur - p_ref) * ln(p_cur / p_ref) over bins; the usual reading is
-< 0.1 stable, 0.1-0.25 moderate, > 0.25 a shift.
+Drift compares two windows of `window` length each, on three inputs the model leans on:
+the event mix, the category mix of the listings people interact with, and those listings'
+prices (deciles of the reference). PSI = sum_b (p_cur - p_ref) * ln(p_cur / p_ref) over
+bins; the usual reading is < 0.1 stable, 0.1-0.25 moderate, > 0.25 a shift.
+
+The windows are anchored on the data, not on the monitor's or the refresh's schedule: the
+current window is the newest `window` of interactions, the reference the `window` of the
+champion's training data that ends at its training cut-off, moved back to end where the
+current window starts when the two would overlap (shared rows pull PSI towards 0: two
+identical windows give exactly 0). An index refresh moves the bundle's `data_until` but
+not its training cut-off, so it changes neither window.
+
+A check without enough data says so ("not enough data": the count, the minimum, the
+window) instead of passing or alerting: drift needs `min_rows` interactions and
+`min_users` users in each window and `min_rows` interactions after the training cut-off
+(else it would compare the champion's own training data with itself); quality needs
+`min_users` evaluated users.
 
 Quality scores the served bundle itself on the interactions after its data ends (full
 ranking over listings available then, as in evaluation) and measures the candidate
@@ -14,13 +26,16 @@ figures registered on the version.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 from pydantic import Field
 
 from components.config import EvaluationConfig, StrictModel
 from components.data.schema import CanonicalTables
-from components.data.split import DataSplit, latest_moment
+from components.data.split import DataSplit
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
 from components.registry.bundle import BundleRecommender
 
@@ -45,8 +60,12 @@ class MonitoringConfig(StrictModel):
     min_candidate_recall: float | None = Field(None, ge=0, le=1)
     #: Users whose candidate recall is measured (sampled, seeded): the served path is per user.
     candidate_users: int = Field(300, ge=1)
-    #: Fewer evaluated users than this: quality is reported but never alerts.
+    #: Fewer users than this in a drift window, or evaluated users for quality: that
+    #: check reports "not enough data" (neither a pass nor an alert).
     min_users: int = Field(20, ge=1)
+    #: Fewer interactions than this in a drift window, or after the champion's training
+    #: cut-off: drift reports "not enough data".
+    min_rows: int = Field(500, ge=1)
 
 
 class MonitoringAlertError(RuntimeError):
@@ -82,27 +101,85 @@ def _shares(values: pd.Series, labels: list[str]) -> np.ndarray:
     return shares / shares.sum()
 
 
-def monitoring_windows(
-    tables: CanonicalTables, since: pd.Timestamp, window: str
-) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp]:
-    """(reference start, champion's data end, current start): the reference window ends
-    where the champion's data did; the current one is the newest `window` of data."""
-    now = latest_moment(tables.interactions, tables.items)
-    if now is None:
+@dataclass(frozen=True)
+class DriftWindows:
+    """The compared windows: reference `[reference_start, reference_end)`, current
+    `[current_start, current_end]`; `trained_until` is the champion's training cut-off."""
+
+    reference_start: pd.Timestamp
+    reference_end: pd.Timestamp
+    current_start: pd.Timestamp
+    current_end: pd.Timestamp
+    trained_until: pd.Timestamp
+
+
+def drift_windows(
+    interactions: pd.DataFrame, trained_until: pd.Timestamp, window: str
+) -> DriftWindows:
+    """The newest `window` of interactions, and the `window` of training data that ends at
+    the champion's training cut-off or, when that would overlap, where the current starts.
+
+    Both have the same length whatever the refresh or monitor schedule; they never share a
+    row (a row seen in both pulls PSI towards 0)."""
+    if interactions.empty or interactions["ts"].isna().all():
         raise ValueError("monitoring needs timestamped interactions; this source has none")
     length = pd.Timedelta(window)
-    return since - length, since, max(since, now - length)
+    end = pd.Timestamp(interactions["ts"].max())
+    current_start = end - length
+    reference_end = min(pd.Timestamp(trained_until), current_start)
+    return DriftWindows(
+        reference_start=reference_end - length,
+        reference_end=reference_end,
+        current_start=current_start,
+        current_end=end,
+        trained_until=pd.Timestamp(trained_until),
+    )
 
 
 def drift_report(
-    tables: CanonicalTables, since: pd.Timestamp, config: MonitoringConfig
+    tables: CanonicalTables, trained_until: pd.Timestamp, config: MonitoringConfig
 ) -> dict[str, object]:
-    """PSI per feature between the reference window and the current one, with sizes."""
-    ref_start, ref_end, current_start = monitoring_windows(tables, since, config.window)
+    """PSI per feature between the reference window and the current one, with their sizes;
+    with too little data in either, `enough_data` is False, `psi` empty and `not_enough_data`
+    says which window, its count and the minimum."""
     interactions = tables.interactions
+    windows = drift_windows(interactions, trained_until, config.window)
     ts = interactions["ts"]
-    reference = interactions[(ts >= ref_start) & (ts < ref_end)]
-    current = interactions[ts >= current_start]
+    reference = interactions[(ts >= windows.reference_start) & (ts < windows.reference_end)]
+    current = interactions[(ts >= windows.current_start) & (ts <= windows.current_end)]
+    new_rows = int((current["ts"] > windows.trained_until).sum())
+    reference_start, reference_end = windows.reference_start, windows.reference_end
+    current_start, current_end = windows.current_start, windows.current_end
+    reference_span = f"[{reference_start.isoformat()}, {reference_end.isoformat()})"
+    current_span = f"[{current_start.isoformat()}, {current_end.isoformat()}]"
+    shortfalls = _shortfalls(
+        (
+            (f"the reference window {reference_span}", reference),
+            (f"the current window {current_span}", current),
+        ),
+        config,
+    )
+    if new_rows < config.min_rows:
+        shortfalls.append(
+            f"{new_rows} interactions after the champion's training cut-off "
+            f"{windows.trained_until.isoformat()} (min_rows {config.min_rows}): the current "
+            "window would mostly repeat the data the champion learned from"
+        )
+    report: dict[str, object] = {
+        "enough_data": not shortfalls,
+        "not_enough_data": shortfalls,
+        "psi": {},
+        "trained_until": windows.trained_until.isoformat(),
+        "reference_window": [moment.isoformat() for moment in (reference_start, reference_end)],
+        "current_window": [moment.isoformat() for moment in (current_start, current_end)],
+        "reference_rows": len(reference),
+        "current_rows": len(current),
+        "current_rows_after_training": new_rows,
+        "reference_users": int(reference["user_id"].nunique()),
+        "current_users": int(current["user_id"].nunique()),
+    }
+    if shortfalls:
+        return report
     items = tables.items.set_index("item_id")
     values = {
         "event_mix": psi(reference["event"], current["event"]),
@@ -115,13 +192,22 @@ def drift_report(
             config.price_bins,
         ),
     }
-    return {
-        "psi": {name: round(value, 6) for name, value in values.items()},
-        "reference_window": [ref_start.isoformat(), ref_end.isoformat()],
-        "current_window": [current_start.isoformat(), str(ts.max().isoformat())],
-        "reference_rows": len(reference),
-        "current_rows": len(current),
-    }
+    report["psi"] = {name: round(value, 6) for name, value in values.items()}
+    return report
+
+
+def _shortfalls(
+    windows: tuple[tuple[str, pd.DataFrame], ...], config: MonitoringConfig
+) -> list[str]:
+    """One sentence per window below `min_rows` interactions or `min_users` users."""
+    found = []
+    for name, frame in windows:
+        users = int(frame["user_id"].nunique())
+        if len(frame) < config.min_rows:
+            found.append(f"{name} holds {len(frame)} interactions (min_rows {config.min_rows})")
+        elif users < config.min_users:
+            found.append(f"{name} holds {users} users (min_users {config.min_users})")
+    return found
 
 
 def champion_quality(
@@ -132,14 +218,23 @@ def champion_quality(
     evaluation: EvaluationConfig,
 ) -> dict[str, object]:
     """Recall / NDCG of the served bundle on the interactions at or after `since` (its data
-    end), and the served path's candidate recall@N on a seeded sample of those users."""
+    end: the bundle's histories and masks hold everything before), and the served path's
+    candidate recall@N on a seeded sample of those users. Fewer than `min_users` evaluated
+    users: `enough_data` False and `not_enough_data` says so."""
     interactions = tables.interactions
     history = interactions[interactions["ts"] < since].reset_index(drop=True)
     window = interactions[interactions["ts"] >= since].reset_index(drop=True)
     if evaluation.positive_events is not None:
         window = window[window["event"].isin(evaluation.positive_events)]
+    end = interactions["ts"].max() if len(interactions) else since
+    span = [since.isoformat(), max(since, end).isoformat()]
     if window.empty:
-        return {"evaluated_users": 0, "metrics": {}, "candidate_recall": None}
+        return {
+            **_quality_sufficiency(0, span, config),
+            "evaluated_users": 0,
+            "metrics": {},
+            "candidate_recall": None,
+        }
     split = DataSplit(
         protocol="temporal",
         tables=tables,
@@ -153,6 +248,7 @@ def champion_quality(
     ks = (config.recall_k, config.candidate_n)
     result = evaluate_scorer(recommender, task, ks)
     return {
+        **_quality_sufficiency(task.n_users, span, config),
         "evaluated_users": task.n_users,
         "metrics": {
             key: round(value, 6)
@@ -161,6 +257,18 @@ def champion_quality(
         },
         "candidate_recall": round(served_recall(recommender, window, config), 6),
     }
+
+
+def _quality_sufficiency(
+    users: int, span: list[str], config: MonitoringConfig
+) -> dict[str, object]:
+    shortfalls = []
+    if users < config.min_users:
+        shortfalls.append(
+            f"the quality window [{span[0]}, {span[1]}] after the served bundle's data holds "
+            f"{users} evaluated users (min_users {config.min_users})"
+        )
+    return {"enough_data": not shortfalls, "not_enough_data": shortfalls, "window": span}
 
 
 def served_recall(
@@ -195,6 +303,8 @@ def threshold_breaches(
     for name, value in drift["psi"].items():  # type: ignore[union-attr]
         if value > config.max_psi:
             breaches.append(f"{name} drifted: PSI {value:.3f} > max_psi {config.max_psi}")
+    if not quality.get("enough_data", True):
+        return breaches
     if int(quality["evaluated_users"]) < config.min_users:  # type: ignore[call-overload]
         return breaches
     key = f"recall@{config.recall_k}"
@@ -214,3 +324,25 @@ def threshold_breaches(
             f"min_candidate_recall {minimum}"
         )
     return breaches
+
+
+MonitorStatus = Literal["ok", "alert", "insufficient_data"]
+
+
+def monitor_status(
+    drift: dict[str, object], quality: dict[str, object], breaches: list[str]
+) -> tuple[MonitorStatus, str]:
+    """The run's status and a one-line summary: "alert" on any breach; else
+    "insufficient_data" when a check lacked data (it neither passed nor alerted); "ok"
+    only when every check had enough data and passed."""
+    if breaches:
+        return "alert", "; ".join(breaches)
+    missing = [*_not_enough(drift), *_not_enough(quality)]
+    if missing:
+        return "insufficient_data", "not enough data: " + "; ".join(missing)
+    return "ok", "every check had enough data and passed"
+
+
+def _not_enough(report: dict[str, object]) -> list[str]:
+    found = report.get("not_enough_data")
+    return [str(message) for message in found] if isinstance(found, list) else []
