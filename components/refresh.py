@@ -33,7 +33,12 @@ import pandas as pd
 from components.config import EvaluationConfig
 from components.data.schema import CanonicalTables
 from components.data.split import available_at, latest_moment
-from components.registry.bundle import TWO_STAGE_DIR, TWO_TOWER_SOURCE, build_bundle
+from components.registry.bundle import (
+    TWO_STAGE_DIR,
+    TWO_TOWER_SOURCE,
+    build_bundle,
+    seal_bundle,
+)
 from components.retrieval.popularity import RecentPopularity
 from components.store import atomic_directory, hash_json, read_json
 
@@ -132,6 +137,7 @@ def refresh_bundle(
                 continue
             copy = shutil.copytree if entry.is_dir() else shutil.copy2
             copy(entry, staging / entry.name)
+        seal_bundle(staging)  # the manifest lists the two-stage model and copied files too
     return {
         "changed": True,
         "built_until": built_until.isoformat(),

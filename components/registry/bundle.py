@@ -12,10 +12,19 @@ A request row names a known user (`user_id`), an anonymous or session user (the
 available listings; a session without a two-tower encoder gets popular listings in the
 session's categories first. Sold, unavailable, already bought, session and explicitly
 excluded items are never returned.
+
+`bundle.json` is the manifest: the format, the model kind, the metadata and, under
+`files`, the sha256 and size of every other file. `BundleRecommender.load` checks them all
+before it parses any file, so a corrupt or truncated file is one `BundleError` naming it
+(a truncated LightGBM model would otherwise abort the process). A format-1 bundle (written
+before checksums) still loads, with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +38,10 @@ from components.ids import IdPositions
 from components.retrieval.popularity import RecentPopularity
 from components.store import read_json, write_json
 
-BUNDLE_FORMAT = 1
+#: 2: `bundle.json` lists every file's sha256 and size (`files`); 1 had no checksums.
+BUNDLE_FORMAT = 2
+UNCHECKED_FORMAT = 1
+MANIFEST = "bundle.json"
 POPULARITY_SOURCE = "recent_popularity"
 FALLBACK_SOURCE = "popularity_fallback"
 TWO_TOWER_SOURCE = "two_tower"
@@ -38,6 +50,9 @@ SESSION_POPULARITY_SOURCE = "session_popularity"
 MAX_K = 1000
 #: Request limits: rows per request, item ids per session, excluded item ids.
 MAX_ROWS = 1000
+#: Default cap on answer rows per request (request rows x k); `REWEAR_MAX_ANSWER_ROWS`
+#: sets it for a server. 1,000 rows x k=1000 answered 214 MB in 16 s without it.
+MAX_ANSWER_ROWS = 100_000
 MAX_RECENT_ITEMS = 500
 MAX_EXCLUDED_ITEMS = 10_000
 #: The synthetic user id an anonymous session is encoded under (never a real id: NUL).
@@ -62,8 +77,16 @@ ANN_MARGIN = 20
 TWO_STAGE_DIR = "two_stage"
 
 
+log = logging.getLogger(__name__)
+
+
 class RequestError(ValueError):
     """A caller's request is malformed; the message names the field and the fix."""
+
+
+class BundleError(ValueError):
+    """A bundle folder is not one this code can trust: missing, corrupt or of another
+    format; the message names the file and what to do."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +135,7 @@ def build_bundle(
         # Retrieval stack + features + LightGBM booster: ranks the users it has history for.
         shutil.copytree(two_stage_dir, folder / TWO_STAGE_DIR)
     write_json(
-        folder / "bundle.json",
+        folder / MANIFEST,
         {
             "format": BUNDLE_FORMAT,
             "model_kind": kind,
@@ -120,6 +143,108 @@ def build_bundle(
             **metadata,
         },
     )
+    seal_bundle(folder)
+
+
+def file_checksums(folder: Path) -> dict[str, dict[str, object]]:
+    """sha256 and size of every file under `folder` but the manifest (POSIX relative paths)."""
+    folder = Path(folder)
+    checksums: dict[str, dict[str, object]] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        if name != MANIFEST:
+            checksums[name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+    return checksums
+
+
+def seal_bundle(folder: Path) -> None:
+    """Record every file's checksum in the manifest; call again after adding files."""
+    folder = Path(folder)
+    manifest = read_json(folder / MANIFEST)
+    write_json(
+        folder / MANIFEST,
+        {**manifest, "format": BUNDLE_FORMAT, "files": file_checksums(folder)},
+    )
+
+
+def verify_bundle(folder: Path) -> dict[str, object]:
+    """The manifest of a bundle whose every file matches its checksum; else `BundleError`
+    naming the first missing, truncated, altered or unlisted file. Nothing is parsed but
+    the manifest, so corrupt model files never reach LightGBM, torch or Annoy."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(
+            f"{folder} is not a rewear bundle: it has no {MANIFEST}. Pass a registered "
+            "version (models:/rewear@champion, models:/rewear/3) or a folder that "
+            "`rewear retrain` wrote"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(
+            f"bundle manifest {manifest_path} is corrupt ({error}); download the version "
+            "again or retrain"
+        ) from error
+    if not isinstance(manifest, dict):
+        raise BundleError(f"bundle manifest {manifest_path} is not a JSON object; retrain")
+    found = manifest.get("format")
+    if found == UNCHECKED_FORMAT:
+        log.warning(
+            "bundle at %s is format 1, written before bundles carried checksums: its files "
+            "are not verified; retrain to replace it",
+            folder,
+        )
+        return manifest
+    if found != BUNDLE_FORMAT:
+        raise BundleError(
+            f"bundle at {folder} has format {found}, this code reads {BUNDLE_FORMAT}; "
+            "retrain or install the matching rewear version"
+        )
+    expected = manifest.get("files")
+    if not isinstance(expected, dict) or not expected:
+        raise BundleError(f"bundle manifest {manifest_path} lists no file checksums; retrain")
+    for name, want in expected.items():
+        _check_file(folder, manifest_path, name, want)
+    actual = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    unlisted = sorted(actual - set(expected) - {MANIFEST})
+    if unlisted:
+        raise BundleError(
+            f"bundle file {folder / unlisted[0]} is not in the manifest {manifest_path} "
+            f"({len(unlisted)} unlisted); the bundle was changed after it was written: "
+            "download the version again or retrain"
+        )
+    return manifest
+
+
+def _check_file(folder: Path, manifest_path: Path, name: str, want: object) -> None:
+    if (
+        not isinstance(want, dict)
+        or ".." in Path(name).parts
+        or Path(name).is_absolute()
+        or not isinstance(want.get("sha256"), str)
+    ):
+        raise BundleError(f"bundle manifest {manifest_path} has a bad entry for {name!r}; retrain")
+    path = folder / name
+    fix = "download the version again (or retrain)"
+    if not path.is_file():
+        raise BundleError(f"bundle file {path} is missing; {fix}")
+    size = path.stat().st_size
+    if isinstance(want.get("bytes"), int) and size != want["bytes"]:
+        raise BundleError(
+            f"bundle file {path} is {'truncated' if size < want['bytes'] else 'altered'}: "
+            f"{size:,} bytes, the manifest says {want['bytes']:,}; {fix}"
+        )
+    if _sha256(path) != want["sha256"]:
+        raise BundleError(f"bundle file {path} is corrupt: its sha256 is not the manifest's; {fix}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -185,13 +310,11 @@ class BundleRecommender:
 
     @classmethod
     def load(cls, folder: Path) -> BundleRecommender:
+        """Verify every file against the manifest (`BundleError` naming the first bad one),
+        then read them, all in native formats (parquet, JSON, npy/npz without pickles,
+        torch weights only, Annoy, LightGBM text)."""
         folder = Path(folder)
-        metadata = read_json(folder / "bundle.json")
-        if metadata.get("format") != BUNDLE_FORMAT:
-            raise ValueError(
-                f"bundle at {folder} has format {metadata.get('format')}, this code reads "
-                f"{BUNDLE_FORMAT}; retrain or install the matching rewear version"
-            )
+        metadata = {k: v for k, v in verify_bundle(folder).items() if k != "files"}
         catalogue = pd.read_parquet(folder / "items.parquet")
         item_ids = catalogue["item_id"].astype(str).to_numpy(dtype=object)
         exclusions_table = pd.read_parquet(folder / "user_exclusions.parquet")
