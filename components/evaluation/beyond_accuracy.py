@@ -15,9 +15,14 @@ Conventions (chosen once, here):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import scipy.sparse as sp
 
 UNKNOWN = -1
+#: Cells of one block of resampled seller exposures held at once (float64): about 32 MB.
+_MAX_CELLS = 4_000_000
 
 
 def _as_ranked(ranked: np.ndarray) -> np.ndarray:
@@ -171,6 +176,76 @@ def exposure_share(ranked: np.ndarray, flagged: np.ndarray) -> float:
     if items.size == 0:
         return float("nan")
     return float(flagged[items].mean())
+
+
+def seller_gini_statistic(
+    ranked: np.ndarray, seller_codes: np.ndarray, sellers: np.ndarray
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The seller-exposure Gini of a weighted set of users' lists, for the bootstrap.
+
+    Returns a function of user weights (resamples, n_users) -> one Gini per resample over
+    `sellers` (seller codes, zeros included), each user's list slots counted `weight`
+    times. With every weight 1 it is `gini(seller_exposure(...)[sellers])`.
+    """
+    ranked = _as_ranked(ranked)
+    codes = _check_item_array(ranked, seller_codes, "seller_codes").astype(np.int64)
+    sellers = np.asarray(sellers, dtype=np.int64)
+    column = np.full(int(codes.max(initial=UNKNOWN)) + 1, -1, dtype=np.int64)
+    column[sellers] = np.arange(sellers.size)
+    filled = ranked >= 0
+    slot_seller = np.where(filled, codes[np.where(filled, ranked, 0)], UNKNOWN)
+    slot_column = np.where(slot_seller >= 0, column[np.maximum(slot_seller, 0)], -1)
+    users = np.broadcast_to(np.arange(ranked.shape[0])[:, None], ranked.shape)
+    counted = slot_column >= 0
+    per_user = sp.csr_matrix(
+        (np.ones(int(counted.sum())), (users[counted], slot_column[counted])),
+        shape=(ranked.shape[0], max(sellers.size, 1)),
+    )
+    by_seller = per_user.T.tocsr()
+
+    def statistic(weights: np.ndarray) -> np.ndarray:
+        weights = np.atleast_2d(np.asarray(weights, dtype=float))
+        out = np.empty(weights.shape[0])
+        rows = max(1, _MAX_CELLS // max(sellers.size, 1))
+        for start in range(0, weights.shape[0], rows):
+            block = weights[start : start + rows]
+            exposure = np.asarray(by_seller @ block.T).T[:, : sellers.size]
+            out[start : start + rows] = gini_rows(exposure)
+        return out
+
+    return statistic
+
+
+def exposure_share_statistic(
+    ranked: np.ndarray, flagged: np.ndarray
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The share of filled list slots on flagged items of a weighted set of users' lists,
+    for the bootstrap: user weights (resamples, n_users) -> one share per resample (NaN
+    without a filled slot). With every weight 1 it is `exposure_share(ranked, flagged)`."""
+    ranked = _as_ranked(ranked)
+    flagged = _check_item_array(ranked, flagged, "flagged").astype(bool)
+    filled = ranked >= 0
+    on_flagged = (filled & flagged[np.where(filled, ranked, 0)]).sum(axis=1).astype(float)
+    slots = filled.sum(axis=1).astype(float)
+
+    def statistic(weights: np.ndarray) -> np.ndarray:
+        weights = np.atleast_2d(np.asarray(weights, dtype=float))
+        return _divide_or_nan(weights @ on_flagged, weights @ slots)
+
+    return statistic
+
+
+def gini_rows(values: np.ndarray) -> np.ndarray:
+    """`gini` of each row of a (rows, entities) array of non-negative exposures."""
+    values = np.asarray(values, dtype=float)
+    n = values.shape[1]
+    total = values.sum(axis=1)
+    ascending = np.sort(values, axis=1)
+    weighted = ascending @ np.arange(1, n + 1, dtype=float)
+    out = np.zeros(values.shape[0])
+    positive = total > 0
+    out[positive] = 2.0 * weighted[positive] / (n * total[positive]) - (n + 1) / n
+    return np.maximum(out, 0.0)
 
 
 def small_seller_item_flags(seller_codes: np.ndarray, max_listings: int) -> np.ndarray:

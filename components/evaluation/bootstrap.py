@@ -7,10 +7,17 @@ those resampled means. A difference whose interval contains 0 is not significant
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from components.evaluation.beyond_accuracy import (
+    exposure_counts,
+    exposure_share_statistic,
+    seller_gini_statistic,
+)
 
 #: Resampled user indices held in memory at once (int64): about 32 MB.
 _MAX_INDICES_PER_CHUNK = 4_000_000
@@ -68,21 +75,73 @@ def paired_bootstrap(
         raise ValueError(f"confidence={confidence}: expected a level strictly between 0 and 1")
     differences = a - b
     n_users = differences.size
+    resampled_means = np.empty(n_resamples)
+    for start, users in _resampled_users(n_users, n_resamples, seed):
+        resampled_means[start : start + len(users)] = differences[users].mean(axis=1)
+    return _interval(float(differences.mean()), resampled_means, n_users, confidence)
+
+
+def paired_bootstrap_statistic(
+    a: WeightedStatistic,
+    b: WeightedStatistic,
+    n_users: int,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> BootstrapInterval:
+    """Bootstrap a - b for statistics of the whole set of lists rather than means of
+    per-user values (the Gini of seller exposure, the share of slots on new listings).
+
+    Each resample draws the same users as `paired_bootstrap` with the same seed (so the
+    exposure and the NDCG intervals rest on the same resamples) and recomputes both
+    statistics on them: `a` and `b` take user weights (resamples, n_users), how often each
+    user was drawn, and return one value per resample. Resamples where a statistic is
+    undefined (NaN) are left out of the interval.
+    """
+    if n_users < 1:
+        raise ValueError("n_users=0: the bootstrap needs at least one user")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples={n_resamples}: expected at least 1")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence}: expected a level strictly between 0 and 1")
+    everyone = np.ones((1, n_users))
+    difference = float(a(everyone)[0] - b(everyone)[0])
+    if not np.isfinite(difference):
+        raise ValueError("the statistic is undefined on the full set of users (no filled slot?)")
+    resampled = np.empty(n_resamples)
+    for start, users in _resampled_users(n_users, n_resamples, seed):
+        rows = len(users)
+        offsets = (users + np.arange(rows)[:, None] * n_users).ravel()
+        weights = np.bincount(offsets, minlength=rows * n_users).reshape(rows, n_users)
+        weights = weights.astype(float)
+        resampled[start : start + rows] = a(weights) - b(weights)
+    return _interval(difference, resampled[np.isfinite(resampled)], n_users, confidence)
+
+
+#: A statistic of a weighted set of users' lists: weights (resamples, n_users) -> (resamples,).
+WeightedStatistic = Callable[[np.ndarray], np.ndarray]
+
+
+def _resampled_users(n_users: int, n_resamples: int, seed: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first resample, user indices (resamples, n_users)) in chunks of bounded memory."""
     rng = np.random.default_rng(seed)
     chunk = max(1, _MAX_INDICES_PER_CHUNK // n_users)
-    resampled_means = np.empty(n_resamples)
     for start in range(0, n_resamples, chunk):
         stop = min(start + chunk, n_resamples)
-        users = rng.integers(0, n_users, size=(stop - start, n_users))
-        resampled_means[start:stop] = differences[users].mean(axis=1)
+        yield start, rng.integers(0, n_users, size=(stop - start, n_users))
+
+
+def _interval(
+    difference: float, resampled: np.ndarray, n_users: int, confidence: float
+) -> BootstrapInterval:
     tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(resampled_means, [tail, 1.0 - tail])
+    low, high = np.quantile(resampled, [tail, 1.0 - tail])
     return BootstrapInterval(
-        difference=float(differences.mean()),
+        difference=difference,
         low=float(low),
         high=float(high),
         n_users=n_users,
-        n_resamples=n_resamples,
+        n_resamples=int(resampled.size),
         confidence=confidence,
     )
 
@@ -128,6 +187,63 @@ def compare_per_user(
         results[metric] = {
             "model": float(a[keep].mean()),
             "other": float(b[keep].mean()),
+            **interval.to_dict(),
+        }
+    return results
+
+
+def compare_exposure(
+    model_ranked: np.ndarray,
+    other_ranked: np.ndarray,
+    *,
+    k: int,
+    seller_codes: np.ndarray | None,
+    new_item_flags: np.ndarray | None,
+    recommendable: np.ndarray,
+    **bootstrap_options: Any,
+) -> dict[str, dict[str, Any]]:
+    """Paired bootstrap of model - other for the exposure figures of the top-k lists:
+    `gini_sellers@k` (sellers with a recommendable or a recommended listing) and
+    `new_item_exposure@k`, each entry with both values (as `compare_per_user`'s).
+
+    Neither is a mean of per-user values, so each resample recomputes the figure from the
+    resampled users' lists (`paired_bootstrap_statistic`). Figures whose input is None
+    (no seller ids, no listing dates) are left out.
+    """
+    model_ranked = np.asarray(model_ranked)[:, :k]
+    other_ranked = np.asarray(other_ranked)[:, :k]
+    if model_ranked.shape[0] != other_ranked.shape[0]:
+        raise ValueError(
+            f"model lists for {model_ranked.shape[0]} users, other lists for "
+            f"{other_ranked.shape[0]}: expected both on the same users"
+        )
+    statistics: dict[str, tuple[WeightedStatistic, WeightedStatistic]] = {}
+    if seller_codes is not None:
+        exposed = (exposure_counts(model_ranked, len(recommendable)) > 0) | (
+            exposure_counts(other_ranked, len(recommendable)) > 0
+        )
+        sellers = np.asarray(seller_codes, dtype=np.int64)
+        counted = np.unique(sellers[(np.asarray(recommendable, bool) | exposed) & (sellers >= 0)])
+    if seller_codes is not None and counted.size:
+        statistics[f"gini_sellers@{k}"] = (
+            seller_gini_statistic(model_ranked, sellers, counted),
+            seller_gini_statistic(other_ranked, sellers, counted),
+        )
+    if new_item_flags is not None:
+        statistics[f"new_item_exposure@{k}"] = (
+            exposure_share_statistic(model_ranked, new_item_flags),
+            exposure_share_statistic(other_ranked, new_item_flags),
+        )
+    n_users = model_ranked.shape[0]
+    everyone = np.ones((1, n_users))
+    results: dict[str, dict[str, Any]] = {}
+    for metric, (model_statistic, other_statistic) in statistics.items():
+        interval = paired_bootstrap_statistic(
+            model_statistic, other_statistic, n_users, **bootstrap_options
+        )
+        results[metric] = {
+            "model": float(model_statistic(everyone)[0]),
+            "other": float(other_statistic(everyone)[0]),
             **interval.to_dict(),
         }
     return results

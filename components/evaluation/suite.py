@@ -20,12 +20,15 @@ from components.evaluation.beyond_accuracy import (
     lorenz_curve,
     seller_exposure,
 )
-from components.evaluation.bootstrap import paired_bootstrap
+from components.evaluation.bootstrap import compare_exposure, paired_bootstrap
 from components.evaluation.metrics import mean_over_users, per_user_metrics
 from components.evaluation.protocol import EvaluationTask, Scorer, build_evaluation_task, rank_items
 
 #: Metrics compared between models with a paired bootstrap (those present at the run's K).
 COMPARED_METRICS = ("ndcg@10", "recall@20", "ndcg@20", "recall@100")
+#: Exposure figures compared the same way (bootstrap.compare_exposure), when the data has
+#: seller ids / listing dates: the promotion gate's exposure guard reads them.
+COMPARED_EXPOSURE = ("gini_sellers@20", "new_item_exposure@20")
 CURVE_KS = (1, 5, 10, 20, 50, 100)
 SEGMENTS = ("cold_users", "new_items")
 
@@ -139,7 +142,11 @@ def evaluate_models(
         for name, scorer in scorers.items()
     }
     model = results.pop(model_name)
-    comparisons = {name: _compare(model, baseline, config) for name, baseline in results.items()}
+    comparisons = {
+        name: _compare(model, baseline, config)
+        | _compare_exposure(model, baseline, task, context, config)
+        for name, baseline in results.items()
+    }
     segment_sizes = {"cold_users": int(context.cold_user_flags.sum())}
     if new_item_relevant is not None:
         segment_sizes["new_items"] = int((np.diff(new_item_relevant.indptr) > 0).sum())
@@ -230,6 +237,29 @@ def _compare(
                 n_resamples=config.bootstrap_resamples,
             )
             out[metric] = interval.to_dict()
+    return out
+
+
+def _compare_exposure(
+    model: ModelEvaluation,
+    baseline: ModelEvaluation,
+    task: EvaluationTask,
+    context: CatalogueContext,
+    config: EvaluationConfig,
+) -> dict[str, dict[str, Any]]:
+    ks = {int(metric.rsplit("@", 1)[1]) for metric in COMPARED_EXPOSURE} & set(config.ks)
+    out: dict[str, dict[str, Any]] = {}
+    for k in sorted(ks):
+        compared = compare_exposure(
+            model.ranked,
+            baseline.ranked,
+            k=k,
+            seller_codes=context.seller_codes,
+            new_item_flags=context.new_item_flags,
+            recommendable=task.recommendable,
+            n_resamples=config.bootstrap_resamples,
+        )
+        out.update({key: value for key, value in compared.items() if key in COMPARED_EXPOSURE})
     return out
 
 

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from components.evaluation.bootstrap import BootstrapInterval, compare_per_user, paired_bootstrap
+from components.evaluation.beyond_accuracy import beyond_accuracy_report
+from components.evaluation.bootstrap import (
+    BootstrapInterval,
+    compare_exposure,
+    compare_per_user,
+    paired_bootstrap,
+    paired_bootstrap_statistic,
+)
 
 
 def test_identical_models_give_a_zero_interval():
@@ -106,3 +113,88 @@ def test_compare_per_user_masks_users_and_drops_undefined_values():
 def test_compare_per_user_names_a_missing_metric():
     with pytest.raises(ValueError, match="'mrr@20' is missing from other"):
         compare_per_user({"mrr@20": np.ones(2)}, {}, ["mrr@20"])
+
+
+def _market(n_users=400, n_items=300, n_sellers=60, seed=0):
+    """Lists of 20 drawn from a catalogue where seller 0..4 own the first 50 listings."""
+    rng = np.random.default_rng(seed)
+    sellers = np.concatenate([np.repeat(np.arange(5), 10), rng.integers(5, n_sellers, 250)])
+    spread = np.stack([rng.choice(n_items, 20, replace=False) for _ in range(n_users)])
+    biggest = np.stack([rng.choice(50, 20, replace=False) for _ in range(n_users)])
+    new = np.zeros(n_items, dtype=bool)
+    new[250:] = True
+    return spread, biggest, sellers, new
+
+
+def test_exposure_figures_match_the_report_and_their_intervals_pair_users():
+    spread, biggest, sellers, new = _market()
+    recommendable = np.ones(len(sellers), dtype=bool)
+    result = compare_exposure(
+        biggest,
+        spread,
+        k=20,
+        seller_codes=sellers,
+        new_item_flags=new,
+        recommendable=recommendable,
+        n_resamples=300,
+    )
+    for ranked, side in ((biggest, "model"), (spread, "other")):
+        report = beyond_accuracy_report(
+            ranked,
+            k=20,
+            item_popularity=np.ones(len(sellers)),
+            seller_codes=sellers,
+            new_item_flags=new,
+            recommendable=recommendable,
+        )
+        assert result["gini_sellers@20"][side] == pytest.approx(report["gini_sellers@20"])
+        assert result["new_item_exposure@20"][side] == pytest.approx(report["new_item_exposure@20"])
+    gini = result["gini_sellers@20"]
+    # Five sellers out of 60 get every slot (Gini 55/60 if evenly), the spread lists ~.3.
+    assert gini["model"] > 0.9 and gini["other"] < 0.4
+    assert gini["low"] > 0.5 and gini["significant"]
+    exposure = result["new_item_exposure@20"]
+    assert exposure["model"] == 0.0 and exposure["high"] < -0.1
+    assert gini["n_resamples"] == exposure["n_resamples"] == 300
+
+
+def test_the_same_lists_give_a_zero_exposure_interval():
+    spread, _, sellers, new = _market()
+    result = compare_exposure(
+        spread,
+        spread,
+        k=20,
+        seller_codes=sellers,
+        new_item_flags=new,
+        recommendable=np.ones(len(sellers), dtype=bool),
+        n_resamples=100,
+    )
+    for interval in result.values():
+        assert interval["difference"] == interval["low"] == interval["high"] == 0.0
+
+
+def test_statistic_resamples_are_the_users_of_paired_bootstrap():
+    # A statistic that is a weighted mean reproduces paired_bootstrap exactly: same draws.
+    rng = np.random.default_rng(3)
+    a, b = rng.random(500), rng.random(500)
+
+    def mean_of(values):
+        return lambda weights: weights @ values / weights.sum(axis=1)
+
+    by_weights = paired_bootstrap_statistic(mean_of(a), mean_of(b), 500, n_resamples=200)
+    by_means = paired_bootstrap(a, b, n_resamples=200)
+    assert by_weights.difference == pytest.approx(by_means.difference)
+    assert (by_weights.low, by_weights.high) == pytest.approx((by_means.low, by_means.high))
+
+
+def test_exposure_without_sellers_or_dates_is_left_out():
+    spread, biggest, _, _ = _market()
+    result = compare_exposure(
+        biggest,
+        spread,
+        k=20,
+        seller_codes=None,
+        new_item_flags=None,
+        recommendable=np.ones(300, dtype=bool),
+    )
+    assert result == {}
