@@ -7,15 +7,75 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def positive_duration(value: Any) -> str:
+    """A pandas duration string above zero with a unit ('7D', '12h', '30min'), as every
+    window, half-life and gap of the pipeline is read with `pd.Timedelta`."""
+    import pandas as pd  # only here: the config module stays light to import
+
+    example = "write e.g. '7D', '12h' or '30min'"
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a duration; {example}")
+    if not re.search(r"[A-Za-z]", value):
+        raise ValueError(f"{value!r} has no unit (pandas would read nanoseconds); {example}")
+    try:
+        positive = bool(pd.Timedelta(value) > pd.Timedelta(0))
+    except ValueError:
+        positive = False
+    if not positive:
+        raise ValueError(f"{value!r} is not a positive duration; {example}")
+    return value
+
+
+def calendar_date(value: Any) -> str:
+    """A date or timestamp string pandas parses ('2026-01-01')."""
+    import pandas as pd
+
+    try:
+        pd.Timestamp(str(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a date; write e.g. '2026-01-01'") from None
+    return str(value)
+
+
+#: Characters a registered model name may hold: it goes into `models:/<name>@<alias>` URIs
+#: and the artifact store's folders, where '/' or '..' would point elsewhere.
+MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+
+
+def model_name(value: Any) -> str:
+    """A registry or dataset name: letters, digits, '.', '_' and '-', starting with a
+    letter or digit, at most 100 characters."""
+    if not isinstance(value, str) or not re.fullmatch(MODEL_NAME_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use letters, digits, '.', '_' and '-', starting "
+            "with a letter or digit, at most 100 characters (e.g. 'rewear')"
+        )
+    return value
+
+
+Duration = Annotated[str, BeforeValidator(positive_duration)]
+CalendarDate = Annotated[str, BeforeValidator(calendar_date)]
+Name = Annotated[str, BeforeValidator(model_name)]
 
 
 class SyntheticSourceConfig(StrictModel):
@@ -40,7 +100,7 @@ class SyntheticSourceConfig(StrictModel):
     sessions_per_user_day: float = Field(0.35, gt=0, le=5)
     #: Mean listings viewed per session (1 + Poisson).
     views_per_session: float = Field(6.0, gt=0)
-    start: str = "2026-01-01"
+    start: CalendarDate = "2026-01-01"
     #: Listings already live at `start`, created over the 14 days before it.
     #: Null: 0.75 per user.
     initial_listings: int | None = Field(None, ge=0)
@@ -124,8 +184,8 @@ class SplitConfig(StrictModel):
     """
 
     protocol: Literal["temporal", "fixed"] = "temporal"
-    valid_duration: str | None = "7D"
-    test_duration: str | None = "7D"
+    valid_duration: Duration | None = "7D"
+    test_duration: Duration | None = "7D"
     valid_fraction: float | None = Field(None, gt=0, lt=1)
     test_fraction: float | None = Field(None, gt=0, lt=1)
 
@@ -153,9 +213,9 @@ class SplitConfig(StrictModel):
 class PopularityConfig(StrictModel):
     """Recent-popularity recommender: event-weighted counts over a trailing window."""
 
-    window: str = "14D"
+    window: Duration = "14D"
     #: Half-life of the exponential time decay inside the window; null disables decay.
-    half_life: str | None = "3D"
+    half_life: Duration | None = "3D"
     event_weights: dict[str, float] = Field(
         default_factory=lambda: {
             "view": 1.0,
@@ -229,11 +289,11 @@ class TwoTowerConfig(StrictModel):
         }
     )
     #: Recency half-life of the history pooling weights (null: no decay).
-    recency_half_life: str | None = "7D"
+    recency_half_life: Duration | None = "7D"
     #: Timestamped data: each batch is drawn from one window of this length (shuffled, with
     #: boundaries moved at random every epoch), so in-batch negatives are listings live at
     #: about the same time and log-Q uses their popularity then. Null: the whole history.
-    batch_window: str | None = "1D"
+    batch_window: Duration | None = "1D"
 
 
 class AnnoyConfig(StrictModel):
@@ -266,9 +326,9 @@ class CovisitationConfig(StrictModel):
     """Item-to-item co-visitation: items that share a user session, recently."""
 
     #: Interactions of one user closer than this in time belong to one session.
-    session_gap: str = "30min"
+    session_gap: Duration = "30min"
     #: Only sessions inside this trailing window count (null: all of the history).
-    window: str | None = "28D"
+    window: Duration | None = "28D"
     #: How many of the user's most recent items seed their recommendations.
     recent_items: int = Field(20, ge=1)
     event_weights: dict[str, float] = Field(default_factory=dict)
@@ -355,7 +415,7 @@ class CandidatesConfig(StrictModel):
     category_column: Literal["category", "subcategory", "brand"] = "category"
     #: Recency half-life of a user's category affinity (null: the whole history counts
     #: equally); tastes drift, so recent interactions weigh more.
-    affinity_half_life: str | None = "14D"
+    affinity_half_life: Duration | None = "14D"
     #: Reciprocal-rank fusion constant of the merge: score = sum_s 1 / (rrf_k + rank_s).
     rrf_k: int = Field(60, ge=1)
     #: Weight w_s of each source in the fusion, sum_s w_s / (rrf_k + rank_s); absent: 1.
@@ -364,6 +424,18 @@ class CandidatesConfig(StrictModel):
     source_weights: dict[str, float] = Field(default_factory=dict)
     #: Items never returned to anyone (e.g. moderation blocks).
     blocked_item_ids: tuple[str, ...] = ()
+
+    @field_validator("source_weights")
+    @classmethod
+    def _weights_name_sources(cls, weights: dict[str, float]) -> dict[str, float]:
+        known = get_args(SourceName)
+        unknown = sorted(set(weights) - set(known))
+        if unknown:
+            raise ValueError(
+                f"source_weights names {unknown}, which are not candidate models; "
+                f"use names from {list(known)}"
+            )
+        return weights
 
 
 class RankerConfig(StrictModel):
@@ -417,7 +489,7 @@ class RankerConfig(StrictModel):
     recent_items: int = Field(5, ge=1)
     #: Windows of the item's graded-popularity features (i_pop_<window>, pandas offsets),
     #: besides all time: match them to how fast the catalogue turns over.
-    popularity_windows: tuple[str, ...] = ("1D", "7D", "28D")
+    popularity_windows: tuple[Duration, ...] = ("1D", "7D", "28D")
     num_threads: int = Field(2, ge=1)
     seed: int = 0
     #: Rankers trained with seeds seed, seed + 1, ... (each with its own early-stopping
@@ -428,19 +500,7 @@ class RankerConfig(StrictModel):
     dask_address: str | None = None
 
     @model_validator(mode="after")
-    def _popularity_windows_are_durations(self) -> RankerConfig:
-        import pandas as pd  # only here: the config module stays light to import
-
-        for window in self.popularity_windows:
-            try:
-                positive = pd.Timedelta(window) > pd.Timedelta(0)
-            except ValueError:
-                positive = False
-            if not positive:
-                raise ValueError(
-                    f"model.ranker.popularity_windows: {window!r} is not a positive duration; "
-                    "write e.g. '7D' or '12h'"
-                )
+    def _popularity_windows_are_distinct(self) -> RankerConfig:
         names = [window.lower() for window in self.popularity_windows]
         if len(set(names)) < len(names):
             raise ValueError(f"model.ranker.popularity_windows repeats a window: {names}")
@@ -537,7 +597,7 @@ class EvaluationConfig(StrictModel):
     #: Users with at most this many history interactions form the `cold_users` segment.
     cold_user_max_interactions: int = Field(5, ge=0)
     #: Listings created at most this long before the cut-off form the `new_items` segment.
-    new_item_age: str = "7D"
+    new_item_age: Duration = "7D"
     #: A seller with at most this many listings counts as small (exposure fairness).
     small_seller_max_listings: int = Field(3, ge=1)
     bootstrap_resamples: int = Field(1000, ge=10)
@@ -558,7 +618,12 @@ class PromotionConfig(StrictModel):
     the 95% paired-bootstrap interval of (challenger - champion) on `metric` is above
     `-margin` (non-inferiority). Guardrails: the version loads from the registry in a fresh
     process and answers smoke requests within `max_p99_latency_ms`, and its `coverage_metric`
-    on the test window is at least `min_coverage`.
+    on the test window is at least `min_coverage`. Exposure guard (`exposure_guard`): the
+    challenger is held back when its exposure is clearly more concentrated than champion's,
+    by the same paired bootstrap over users: the lower end of the interval of challenger -
+    champion seller-exposure Gini@20 above `max_seller_gini_increase`, or the upper end of
+    the interval of its share of list slots on new listings@20 below
+    `-max_new_listing_exposure_drop`.
     """
 
     metric: str = "ndcg@10"
@@ -574,24 +639,67 @@ class PromotionConfig(StrictModel):
     max_p99_latency_ms: float = Field(250.0, gt=0)
     latency_requests: int = Field(50, ge=5)
     smoke_timeout_s: float = Field(300.0, gt=0)
+    #: Hold back a challenger whose exposure is clearly more concentrated than champion's;
+    #: false: the exposure figures are still compared and reported, not enforced.
+    exposure_guard: bool = True
+    #: Tolerated rise of the seller-exposure Gini@20 (0 = equal exposure, 1 = one seller).
+    max_seller_gini_increase: float = Field(0.02, ge=0, le=1)
+    #: Tolerated fall of the share of list slots (top 20) that go to new listings.
+    max_new_listing_exposure_drop: float = Field(0.02, ge=0, le=1)
 
 
 class RegistryConfig(StrictModel):
-    model_name: str = "rewear"
-    experiment: str = "rewear"
+    model_name: Name = "rewear"
+    experiment: str = Field("rewear", min_length=1, pattern=r"^\S(.*\S)?$")
     promotion: PromotionConfig = PromotionConfig()
 
 
 class PipelineConfig(StrictModel):
     """Everything one `retrain` run needs."""
 
-    name: str
+    name: Name
     source: SourceConfig
     validation: ValidationConfig = ValidationConfig()
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig = RegistryConfig()
+
+    @model_validator(mode="after")
+    def _promotion_metrics_are_evaluated(self) -> PipelineConfig:
+        """The gate's metrics must be ones the evaluation produces at `evaluation.ks`."""
+        # Imported here: the evaluation modules import this one.
+        from components.evaluation.metrics import ACCURACY_METRICS
+        from components.evaluation.suite import COMPARED_EXPOSURE, COMPARED_METRICS
+        from components.evaluation.summary import FAIRNESS_METRICS
+
+        ks = set(self.evaluation.ks)
+        promotion = self.registry.promotion
+        compared = [metric for metric in COMPARED_METRICS if _metric_k(metric) in ks]
+        if promotion.metric not in compared:
+            raise ValueError(
+                f"registry.promotion.metric {promotion.metric!r} is not a metric the champion "
+                f"comparison produces at evaluation.ks {sorted(ks)}; use one of {compared}"
+            )
+        names = [*ACCURACY_METRICS, *FAIRNESS_METRICS]
+        if promotion.coverage_metric not in [f"{name}@{k}" for name in names for k in ks]:
+            raise ValueError(
+                f"registry.promotion.coverage_metric {promotion.coverage_metric!r} is not a "
+                f"metric the evaluation produces; use <name>@<k> with a name from {names} "
+                f"and k from evaluation.ks {sorted(ks)} (e.g. 'coverage@{max(ks)}')"
+            )
+        missing = sorted({_metric_k(metric) for metric in COMPARED_EXPOSURE} - ks)
+        if promotion.exposure_guard and missing:
+            raise ValueError(
+                f"registry.promotion.exposure_guard compares exposure at k={missing}: add it "
+                "to evaluation.ks or set registry.promotion.exposure_guard: false"
+            )
+        return self
+
+
+def _metric_k(metric: str) -> int:
+    """The K of a `name@K` metric key."""
+    return int(metric.rsplit("@", 1)[1])
 
 
 class ConfigError(ValueError):
@@ -618,7 +726,20 @@ def load_config(path: Path | str, overrides: dict[str, Any] | None = None) -> Pi
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(f"config file {path} is invalid:\n{error}") from error
+        raise ConfigError(f"config file {path} is invalid:\n{describe_errors(error)}") from error
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line per invalid value: the dotted key, the rule, and what was given."""
+    lines = []
+    for problem in error.errors():
+        message = problem["msg"].removeprefix("Value error, ")
+        given = problem.get("input")
+        if problem["type"] != "value_error" and not isinstance(given, dict | list):
+            message += f" (got {given!r})"
+        where = ".".join(str(part) for part in problem["loc"])
+        lines.append(f"  {where}: {message}" if where else f"  {message}")
+    return "\n".join(lines)
 
 
 def config_hash(config: PipelineConfig) -> str:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="rewear: retrain and serve a two-stage marketplace recommender.")
@@ -42,7 +43,17 @@ def _parse_overrides(values: list[str]) -> dict[str, Any]:
             raise typer.BadParameter(
                 f"--set expects key=value (e.g. source.n_users=500), got {value!r}"
             )
-        overrides[key.strip()] = yaml.safe_load(raw)
+        try:
+            overrides[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            errors.print(
+                f"[red]error:[/red] --set {escape(value)}: the value is not valid YAML "
+                f"({escape(problem)}); quote it to pass it as text, e.g. --set "
+                f"\"{escape(key.strip())}='{escape(raw)}'\"",
+                highlight=False,
+            )
+            raise typer.Exit(2) from None
     return overrides
 
 
@@ -131,7 +142,10 @@ def _rows_table(table: Table, rows: list[dict[str, Any]]) -> Table:
 def evaluate(
     model_uri: Annotated[
         str,
-        typer.Option("--model", help="Registered model: models:/rewear@champion, models:/rewear/3"),
+        typer.Option(
+            "--model",
+            help="Registered model (models:/rewear@champion, models:/rewear/3) or a bundle folder",
+        ),
     ] = "models:/rewear@champion",
     config: Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML")] = Path(
         "configs/synthetic.yaml"
@@ -149,7 +163,8 @@ def evaluate(
     ] = None,
 ) -> None:
     """Score a registered model version on a snapshot with the config's protocol, beside
-    the baselines, and print the summary table."""
+    the baselines, and print the summary table. Only the version's bundle is read (native
+    formats, checked against its manifest): no model code or pickle from it is run."""
     settings = _prepare_environment()
     import json
     import tempfile
@@ -160,33 +175,38 @@ def evaluate(
     from components import steps
     from components.config import ConfigError, load_config
     from components.data.snapshot import SnapshotError, load_snapshot_manifest
+    from components.registry.bundle import BundleError
+    from components.registry.registration import load_bundle
+    from components.registry.tracking import TrackingStoreError, check_tracking_store
 
     if stage not in ("test", "valid"):
         raise typer.BadParameter(f"--stage must be test or valid, got {stage!r}")
     try:
         pipeline = load_config(config, _parse_overrides(overrides or []))
     except ConfigError as error:
-        errors.print(f"[red]error:[/red] {error}")
+        errors.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         raise typer.Exit(2) from error
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
-    try:
-        loaded = mlflow.pyfunc.load_model(model_uri)
-    except MlflowException as error:
-        errors.print(f"[red]error:[/red] cannot load {model_uri}: {error}")
-        raise typer.Exit(1) from error
-    recommender = loaded.unwrap_python_model().recommender
-    try:
-        if snapshot is None:
-            with tempfile.TemporaryDirectory() as scratch:
-                raw = steps.ingest(pipeline, Path(scratch))
-                validated = steps.validate(raw["uri"], pipeline, Path(scratch))
-                snapshot = steps.snapshot(validated["uri"], settings.snapshots)["snapshot_id"]
-        snapshot_path = load_snapshot_manifest(settings.snapshots / snapshot).path
-        result = steps.evaluate_registered(recommender, snapshot_path, pipeline, stage)  # type: ignore[arg-type]
-    except (SnapshotError, steps.LeakageError, ValueError) as error:
-        errors.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from error
+    with tempfile.TemporaryDirectory(prefix="rewear-evaluate-") as download:
+        try:
+            check_tracking_store(settings)
+            recommender = load_bundle(model_uri, Path(download))
+        except (MlflowException, BundleError, TrackingStoreError) as error:
+            message = getattr(error, "message", None) or str(error)
+            errors.print(f"[red]error:[/red] cannot load {model_uri}: {message}")
+            raise typer.Exit(1) from error
+        try:
+            if snapshot is None:
+                with tempfile.TemporaryDirectory() as scratch:
+                    raw = steps.ingest(pipeline, Path(scratch))
+                    validated = steps.validate(raw["uri"], pipeline, Path(scratch))
+                    snapshot = steps.snapshot(validated["uri"], settings.snapshots)["snapshot_id"]
+            snapshot_path = load_snapshot_manifest(settings.snapshots / snapshot).path
+            result = steps.evaluate_registered(recommender, snapshot_path, pipeline, stage)  # type: ignore[arg-type]
+        except (SnapshotError, steps.LeakageError, ValueError) as error:
+            errors.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(2) from error
     result = {"model_uri": model_uri, "snapshot_id": snapshot, "stage": stage, **result}
     print_evaluation(result)
     if output is not None:
@@ -370,7 +390,7 @@ def _checked_overrides(config: Path, overrides: list[str] | None) -> dict[str, A
     try:
         load_config(config, parsed)
     except ConfigError as error:
-        errors.print(f"[red]error:[/red] {error}")
+        errors.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         raise typer.Exit(2) from error
     return parsed
 

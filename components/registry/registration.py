@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from packaging.version import Version
 
 from components.config import ModelConfig
+from components.registry.bundle import BundleError, BundleRecommender, verify_bundle
 from components.registry.pyfunc import BUNDLE_ARTIFACT, model_signature
 
 CHAMPION = "champion"
@@ -20,15 +23,31 @@ CHALLENGER = "challenger"
 PARENT_RUN_TAG = "parent_run_id"
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 COMPONENTS_DIR = Path(__file__).resolve().parents[1]
-SERVING_REQUIREMENTS = [
-    f"mlflow=={mlflow.__version__}",
-    "pandas",
+#: Distributions the logged code imports when MLflow loads the model (the bundle's loaders:
+#: LightGBM, torch, Annoy, scipy, the candidate sources' implicit, ...), plus pyarrow for
+#: parquet. `tests/components/registry/test_requirements.py` checks them against the
+#: imports of the logged code.
+SERVING_PACKAGES = (
+    "mlflow",
     "numpy",
+    "pandas",
     "pyarrow",
-    "pydantic>=2.7",
-    "pydantic-settings>=2.3",
+    "scipy",
+    "lightgbm",
+    "torch",
+    "annoy",
+    "implicit",
+    "threadpoolctl",
+    "pydantic",
+    "pydantic-settings",
     "pyyaml",
-]
+)
+
+
+def serving_requirements() -> list[str]:
+    """`name==version` of each serving package as installed here (public version: torch
+    2.13.0+cpu is pinned as 2.13.0, which the CPU build satisfies)."""
+    return [f"{name}=={Version(version(name)).public}" for name in SERVING_PACKAGES]
 
 
 def model_tags(model: ModelConfig) -> dict[str, str]:
@@ -100,7 +119,9 @@ def log_and_register(
 def log_bundle(run_id: str, bundle_dir: Path, example_user_id: str | None = None) -> str:
     """Log `bundle_dir` as the rewear pyfunc (models-from-code, with this code) under
     `run_id`; returns the logged model's URI. With `example_user_id`, MLflow runs the bundle
-    on that request while logging (a smoke test for free)."""
+    on that request while logging (a smoke test for free). A bundle whose files do not
+    match its manifest is refused (`BundleError`) before anything is logged."""
+    verify_bundle(bundle_dir)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -108,7 +129,7 @@ def log_bundle(run_id: str, bundle_dir: Path, example_user_id: str | None = None
             artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
             code_paths=[str(COMPONENTS_DIR)],
             signature=model_signature(),
-            pip_requirements=SERVING_REQUIREMENTS,
+            pip_requirements=serving_requirements(),
             input_example=None
             if example_user_id is None
             else pd.DataFrame({"user_id": [example_user_id]}),
@@ -130,15 +151,40 @@ def current_alias_version(client: MlflowClient, model_name: str, alias: str) -> 
 def download_alias_bundle(
     client: MlflowClient, model_name: str, alias: str, destination: Path
 ) -> tuple[int, Path] | None:
-    """Fetch the bundle folder of `models:/name@alias` (None when the alias is not set)."""
-    version = current_alias_version(client, model_name, alias)
-    if version is None:
+    """Fetch the bundle folder of `models:/name@alias` (None when the alias is not set),
+    its files checked against the manifest (`BundleError` names a corrupt one)."""
+    found = current_alias_version(client, model_name, alias)
+    if found is None:
         return None
     local = mlflow.artifacts.download_artifacts(
-        artifact_uri=model_uri(model_name, version=version),
+        artifact_uri=model_uri(model_name, version=found),
         dst_path=str(destination),
     )
-    return version, Path(local) / "artifacts" / BUNDLE_ARTIFACT
+    bundle = Path(local) / "artifacts" / BUNDLE_ARTIFACT
+    verify_bundle(bundle)
+    return found, bundle
+
+
+def load_bundle(model: str, scratch: Path) -> BundleRecommender:
+    """The bundle of a registered version or a local folder, read only through
+    `BundleRecommender.load`: native formats checked against the manifest, no MLflow
+    model loading, so no code or pickle from the model is ever run.
+
+    `model`: a model URI (`models:/rewear@champion`, `models:/rewear/3`, `runs:/...`),
+    downloaded into `scratch`; or a local bundle folder, or a logged model folder holding
+    `artifacts/bundle`. Raises `BundleError` for anything else.
+    """
+    local = Path(model)
+    if not local.exists() and ":" in model:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(scratch)))
+    for folder in (local, local / "artifacts" / BUNDLE_ARTIFACT):
+        if (folder / "bundle.json").is_file():
+            return BundleRecommender.load(folder)
+    raise BundleError(
+        f"{model} is not a rewear bundle (no bundle.json, nor artifacts/{BUNDLE_ARTIFACT}/"
+        "bundle.json): pass a registered version (models:/rewear@champion, models:/rewear/3) "
+        "or a bundle folder that `rewear retrain` wrote"
+    )
 
 
 def git_commit(cwd: Path | None = None) -> str:

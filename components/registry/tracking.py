@@ -8,9 +8,36 @@ from mlflow import MlflowClient
 from components.settings import RewearSettings
 
 
+class TrackingStoreError(RuntimeError):
+    """The home's registry database is gone or empty while its artifacts remain."""
+
+
+def check_tracking_store(settings: RewearSettings) -> None:
+    """Refuse a missing or 0-byte `mlflow.db` beside existing model artifacts: MLflow would
+    silently start a new registry at version 1 beside them (and a new `champion`).
+    Without artifacts an absent database is a first run; a remote tracking URI is not
+    checked."""
+    if settings.mlflow_tracking_uri is not None:
+        return
+    artifacts = settings.mlflow_artifacts
+    if not artifacts.is_dir() or not any(artifacts.iterdir()):
+        return
+    database = settings.mlflow_db
+    state = "missing" if not database.exists() else "empty (0 bytes)"
+    if database.exists() and database.stat().st_size > 0:
+        return
+    raise TrackingStoreError(
+        f"the MLflow registry database {database} is {state}, but {artifacts} holds the "
+        "artifacts of earlier runs: MLflow would start a new registry at version 1 beside "
+        "them. Restore mlflow.db from a backup, or move mlartifacts aside to start afresh"
+    )
+
+
 def configure_mlflow(settings: RewearSettings, experiment: str) -> tuple[MlflowClient, str]:
     """Point MLflow at the home's SQLite store; create the experiment with its artifact
-    folder inside the home (MLflow's default would be ./mlruns in the working directory)."""
+    folder inside the home (MLflow's default would be ./mlruns in the working directory).
+    Raises `TrackingStoreError` when the database is gone but artifacts remain."""
+    check_tracking_store(settings)
     settings.ensure()
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)

@@ -40,6 +40,37 @@ def test_invalid_override_value_names_the_field(rewear_home):
     assert "n_users" in result.output
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("split.valid_duration=banana", "valid_duration: 'banana' is not a positive duration"),
+        ("registry.model_name=../evil", "letters, digits, '.', '_' and '-'"),
+        ("registry.promotion.metric=bogus@10", "use one of ['ndcg@10', 'recall@20'"),
+        ("model.candidates.sources=[two_tower, bogus]", "(got 'bogus')"),
+    ],
+)
+def test_bad_config_values_stop_the_run_before_ingest(rewear_home, override, expected):
+    config = str(REPO / "configs/synthetic.yaml")
+    for command in ("retrain", "monitor", "refresh-index", "evaluate"):
+        result = runner.invoke(app, [command, "--config", config, "--set", override])
+        assert result.exit_code == 2, (command, result.output)
+        assert expected in " ".join(result.output.split()), (command, result.output)
+        assert "Traceback" not in result.output
+    # Nothing was read or written: no snapshot, no run folder.
+    assert not any((rewear_home / "snapshots").iterdir())
+    assert not any((rewear_home / "runs").iterdir())
+
+
+def test_a_yaml_error_inside_set_is_one_line_naming_the_value(rewear_home):
+    result = runner.invoke(app, ["retrain", "--set", "source.n_users=[1,"])
+    assert result.exit_code == 2
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: --set source.n_users=[1,: the value is not valid YAML")
+    assert "quote it" in lines[0]
+
+
 def test_recommend_without_a_registered_model_says_to_retrain(rewear_home):
     result = runner.invoke(app, ["recommend", "--user-id", "u1"])
     assert result.exit_code == 1

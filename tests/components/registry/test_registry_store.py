@@ -1,0 +1,96 @@
+"""Loading from the registry: only checksummed bundles, never an MLflow model's own code or
+pickles; a registry database that vanished beside its artifacts is refused."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+import mlflow
+import pytest
+
+from components.registry.bundle import BundleError
+from components.registry.registration import (
+    CHAMPION,
+    download_alias_bundle,
+    load_bundle,
+)
+from components.registry.tracking import (
+    TrackingStoreError,
+    check_tracking_store,
+    configure_mlflow,
+)
+from components.settings import RewearSettings
+from tests.components.registry.conftest import register_tiny_champion
+
+
+class Planted(mlflow.pyfunc.PythonModel):
+    """Unpickling it touches `marker`: stands for any code a hostile model folder runs."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def plant_pickled_model(folder: pathlib.Path, marker: pathlib.Path) -> pathlib.Path:
+    mlflow.pyfunc.save_model(str(folder), python_model=Planted(str(marker)))
+    marker.unlink(missing_ok=True)  # saving may load it back
+    return folder
+
+
+def test_a_pickled_mlflow_model_folder_is_refused_without_running_its_code(tmp_path):
+    marker = tmp_path / "ran"
+    folder = plant_pickled_model(tmp_path / "planted", marker)
+    with pytest.raises(BundleError, match="is not a rewear bundle"):
+        load_bundle(str(folder), tmp_path / "scratch")
+    assert not marker.exists()
+    # The folder is hostile indeed: MLflow's own loader runs its pickle.
+    with pytest.raises(Exception):  # noqa: B017 - the planted pickle returns no model
+        mlflow.pyfunc.load_model(str(folder))
+    assert marker.exists()
+
+
+def test_registered_versions_and_bundle_folders_load_as_bundles(rewear_home, tmp_path):
+    tracking_uri = register_tiny_champion(rewear_home, tmp_path / "bundle")
+    mlflow.set_tracking_uri(tracking_uri)
+    by_alias = load_bundle("models:/rewear@champion", tmp_path / "a")
+    by_folder = load_bundle(str(tmp_path / "bundle"), tmp_path / "b")
+    logged = mlflow.artifacts.download_artifacts("models:/rewear/1", dst_path=str(tmp_path / "m"))
+    by_model_folder = load_bundle(logged, tmp_path / "c")
+    for recommender in (by_alias, by_folder, by_model_folder):
+        assert recommender.recommend(["never-seen"], k=2)["item_id"].tolist() == ["i5", "i1"]
+
+
+def test_a_corrupt_registered_bundle_is_refused_at_download(rewear_home, tmp_path):
+    tracking_uri = register_tiny_champion(rewear_home, tmp_path / "bundle")
+    mlflow.set_tracking_uri(tracking_uri)
+    stored = next((rewear_home / "mlartifacts").rglob("artifacts/bundle/items.parquet"))
+    stored.write_bytes(stored.read_bytes()[:100])
+    client, _ = configure_mlflow(RewearSettings(home=rewear_home), "rewear")
+    with pytest.raises(BundleError, match=r"items\.parquet is truncated: 100 bytes"):
+        download_alias_bundle(client, "rewear", CHAMPION, tmp_path / "download")
+    with pytest.raises(BundleError, match=r"items\.parquet is truncated"):
+        load_bundle("models:/rewear@champion", tmp_path / "scratch")
+
+
+@pytest.mark.parametrize("state", ["missing", "empty (0 bytes)"])
+def test_a_lost_registry_database_beside_artifacts_is_refused(rewear_home, tmp_path, state):
+    register_tiny_champion(rewear_home, tmp_path / "bundle")
+    database = rewear_home / "mlflow.db"
+    database.unlink()
+    if state != "missing":
+        database.touch()
+    settings = RewearSettings(home=rewear_home)
+    with pytest.raises(TrackingStoreError) as raised:
+        configure_mlflow(settings, "rewear")
+    message = str(raised.value)
+    assert f"{database} is {state}" in message and "Restore mlflow.db from a backup" in message
+    assert database.exists() == (state != "missing")  # nothing created or migrated
+    # With the artifacts moved aside, as the message says, the home is accepted again.
+    shutil.move(rewear_home / "mlartifacts", tmp_path / "old-artifacts")
+    check_tracking_store(settings)
