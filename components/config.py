@@ -170,11 +170,21 @@ SourceConfig = Annotated[
 
 
 class ValidationConfig(StrictModel):
-    """Bad rows are quarantined; above `max_bad_share` of any table the run fails."""
+    """Bad rows are quarantined; above `max_bad_share` of any table the run fails.
+
+    A timestamp after the ingestion time plus `future_tolerance`, or before `min_timestamp`,
+    is a bad row: a date in the future or near epoch 0 is an export bug, not an event.
+    """
 
     max_bad_share: float = Field(0.05, ge=0, le=1)
     #: How many offending rows an error message shows.
     examples_in_error: int = Field(5, ge=1, le=50)
+    #: Earliest plausible timestamp (UTC) in any table: catches epoch-0 placeholders and
+    #: epoch seconds read as milliseconds (MovieLens-100K starts in 1997). Null: no floor.
+    min_timestamp: CalendarDate | None = "1990-01-01"
+    #: How far after the ingestion time a timestamp may lie: clock skew, or local times
+    #: read as UTC (at most 14h). Null: no bound.
+    future_tolerance: Duration | None = "1D"
 
 
 class SplitConfig(StrictModel):

@@ -2,6 +2,9 @@
 
 Every failure names the table, the column, the rule and a few offending rows, so the user
 knows what to fix. A run that fails here fails before any training: the registry is untouched.
+Timestamps must lie between `validation.min_timestamp` and the ingestion time plus
+`validation.future_tolerance`: a date in the future or near epoch 0 is an export bug, and
+trained on it would move the test window onto junk.
 """
 
 from __future__ import annotations
@@ -67,11 +70,14 @@ class ValidationResult:
         }
 
 
-def validate_tables(tables: CanonicalTables, config: ValidationConfig) -> ValidationResult:
+def validate_tables(
+    tables: CanonicalTables, config: ValidationConfig, now: pd.Timestamp | None = None
+) -> ValidationResult:
     """Check schema and cross-table rules and set bad rows apart (see `enforce_bad_share`).
 
-    Missing required columns, an empty interactions table or a wrong column dtype fail at
-    once: no row could be trusted."""
+    `now` is the ingestion time (default: the current time; validation runs right after
+    ingest). Missing required columns, an empty interactions table or a wrong column dtype
+    fail at once: no row could be trusted."""
     _require_columns(tables)
     if tables.interactions.empty:
         raise DataValidationError(
@@ -81,9 +87,17 @@ def validate_tables(tables: CanonicalTables, config: ValidationConfig) -> Valida
     violations: list[Violation] = []
     bad_rows: dict[str, dict[int, list[str]]] = {name: {} for name in REQUIRED_COLUMNS}
 
+    time_rules = _timestamp_rules(config, pd.Timestamp.now(tz="UTC") if now is None else now)
     for name, schema in _schemas(allow_missing_ts).items():
         frame = tables.table(name)
-        for violation, index in _run_schema(name, schema, frame, config):
+        found = _out_of_range(name, frame, time_rules, config)
+        # Rows already set apart for their dates skip the schema: a time past year 9999
+        # (epoch milliseconds read as seconds) breaks pandera's report of failing values.
+        misdated = frame.index[:0]
+        for _, index in found:
+            misdated = misdated.union(index)
+        found += _run_schema(name, schema, frame.drop(index=misdated), config)
+        for violation, index in found:
             violations.append(violation)
             _mark(bad_rows[name], index, f"{violation.column}: {violation.rule}")
 
@@ -149,6 +163,73 @@ def _require_columns(tables: CanonicalTables) -> None:
                 f"table {name} is missing required column(s) {missing}; columns present: "
                 f"{list(frame.columns)}. Map them in the config's source column mapping."
             )
+
+
+#: Times Python's datetime can hold; pandas' microsecond timestamps reach far beyond them.
+_REPRESENTABLE = (pd.Timestamp("0001-01-01", tz="UTC"), pd.Timestamp("9999-12-31", tz="UTC"))
+_TIMESTAMP_COLUMNS = {
+    INTERACTIONS: ("ts",),
+    ITEMS: ("created_at", "sold_at"),
+    USERS: ("created_at",),
+}
+
+
+@dataclass(frozen=True)
+class _TimeRule:
+    """Timestamps on the wrong side of `bound` (after it when `after`) break `rule`."""
+
+    rule: str
+    bound: pd.Timestamp
+    after: bool
+
+    def breaks(self, values: pd.Series) -> pd.Series:
+        return (values > self.bound) if self.after else (values < self.bound)
+
+
+def _timestamp_rules(config: ValidationConfig, now: pd.Timestamp) -> tuple[_TimeRule, _TimeRule]:
+    """The plausible range of every timestamp: not after the ingestion time `now` plus
+    `future_tolerance` ("future timestamp"), not before `min_timestamp` ("before floor").
+    With a bound switched off, times Python cannot represent are still set apart."""
+    first, last = _REPRESENTABLE
+    if config.future_tolerance is None:
+        latest = _TimeRule("future timestamp: after the year 9999 (a wrong epoch unit)", last, True)
+    else:
+        ingested = _utc(now)
+        latest = _TimeRule(
+            f"future timestamp: after the ingestion time {ingested:%Y-%m-%d %H:%M} UTC + "
+            f"validation.future_tolerance={config.future_tolerance} (a wrong clock, time "
+            "zone or epoch unit in the source)",
+            min(ingested + pd.Timedelta(config.future_tolerance), last),
+            True,
+        )
+    if config.min_timestamp is None:
+        earliest = _TimeRule("before floor: before the year 1 (a wrong epoch unit)", first, False)
+    else:
+        earliest = _TimeRule(
+            f"before floor: before validation.min_timestamp={config.min_timestamp} (epoch 0, "
+            "a placeholder date or a wrong epoch unit in the source)",
+            max(_utc(pd.Timestamp(config.min_timestamp)), first),
+            False,
+        )
+    return latest, earliest
+
+
+def _out_of_range(
+    name: str, frame: pd.DataFrame, rules: tuple[_TimeRule, ...], config: ValidationConfig
+) -> list[tuple[Violation, pd.Index]]:
+    found = []
+    for column in _TIMESTAMP_COLUMNS[name]:
+        if column not in frame or not isinstance(frame[column].dtype, pd.DatetimeTZDtype):
+            continue  # absent or unparsed: the schema names it
+        for rule in rules:
+            index = frame.index[rule.breaks(frame[column]).fillna(False).to_numpy(bool)]
+            if len(index):
+                found.append((_violation(name, column, rule.rule, frame, index, config), index))
+    return found
+
+
+def _utc(moment: pd.Timestamp) -> pd.Timestamp:
+    return moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
 
 
 def _schemas(allow_missing_ts: bool) -> dict[str, pa.DataFrameSchema]:
@@ -257,7 +338,14 @@ def _violation(
 def _plain(value: object) -> object:
     if value is None or (not isinstance(value, str) and pd.isna(value)):  # type: ignore[arg-type]
         return None
-    return value if isinstance(value, int | float | str) else str(value)
+    if isinstance(value, int | float | str):
+        return value
+    try:
+        return str(value)
+    except NotImplementedError:
+        if isinstance(value, pd.Timestamp):  # past the year 9999: numpy can print it
+            return str(np.datetime_as_string(value.asm8, unit="s"))
+        raise
 
 
 def _mark(bad: dict[int, list[str]], index: pd.Index, reason: str) -> None:

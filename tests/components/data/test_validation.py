@@ -2,13 +2,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.config import ValidationConfig
+from components.config import MovieLens100kSourceConfig, SyntheticSourceConfig, ValidationConfig
+from components.data.adapters import load_movielens_100k
+from components.data.schema import TIMESTAMP_DTYPE
+from components.data.synthetic import generate_marketplace
 from components.data.validation import (
     DataValidationError,
     enforce_bad_share,
     validate_tables,
 )
-from tests.conftest import make_tables
+from tests.conftest import ML100K, make_tables, needs_ml100k
 
 
 def _events(n: int) -> list[tuple[str, str, str, str]]:
@@ -91,3 +94,117 @@ def test_negative_price_and_sold_before_listed_are_caught():
     reasons = " ".join(result.quarantine["items"]["_reasons"])
     assert "price: must be >= 0" in reasons
     assert "sold_at must not be before created_at" in reasons
+
+
+NOW = pd.Timestamp("2026-02-01T12:00:00Z")
+
+
+def _dated(tables, rows, moment):
+    frame = tables.interactions.copy()
+    frame.loc[rows, "ts"] = pd.Timestamp(moment)
+    return tables.replace(interactions=frame)
+
+
+def test_rows_dated_after_ingestion_are_quarantined_as_future_and_bounded_by_the_share():
+    tables = make_tables(_events(400))
+    # A year ahead (the junk of issue 17), 2099, and just inside the one-day tolerance.
+    tables = _dated(tables, [0, 1, 2], "2027-02-01T00:00:00Z")
+    tables = _dated(tables, [3], "2099-01-01T00:00:00Z")
+    tables = _dated(tables, [4], "2026-02-02T11:00:00Z")
+    result = validate_tables(tables, ValidationConfig(), now=NOW)
+    assert result.counts["interactions"] == {"rows": 400, "quarantined": 4}
+    reasons = result.quarantine["interactions"]["_reasons"]
+    assert sorted(reasons.index) == [0, 1, 2, 3]
+    assert reasons.str.startswith("ts: future timestamp: after the ingestion time").all()
+    assert "2026-02-01 12:00 UTC + validation.future_tolerance=1D" in reasons.iloc[0]
+    assert result.tables.interactions["ts"].max() == pd.Timestamp("2026-02-02T11:00:00Z")
+    enforce_bad_share(result, ValidationConfig())  # 1% is below the 5% bound
+    # A tighter tolerance takes the row an hour ahead too; none disables the bound.
+    tight = validate_tables(tables, ValidationConfig(future_tolerance="1h"), now=NOW)
+    assert tight.counts["interactions"]["quarantined"] == 5
+    off = validate_tables(tables, ValidationConfig(future_tolerance=None), now=NOW)
+    assert off.counts["interactions"]["quarantined"] == 0
+
+
+def test_future_rows_above_the_bad_share_fail_the_run_naming_the_rule():
+    tables = _dated(make_tables(_events(100)), list(range(6)), "2099-01-01T00:00:00Z")
+    result = validate_tables(tables, ValidationConfig(), now=NOW)
+    with pytest.raises(DataValidationError) as error:
+        enforce_bad_share(result, ValidationConfig())
+    message = str(error.value)
+    assert "interactions: 6 of 100 rows (6.0%)" in message
+    assert "interactions.ts: future timestamp" in message and "2099-01-01" in message
+
+
+def test_epoch_zero_rows_are_quarantined_before_the_configurable_floor():
+    tables = make_tables(_events(100))
+    tables = _dated(tables, [0, 1], "1970-01-01T00:00:00Z")
+    tables = _dated(tables, [2], "1997-09-20T00:00:00Z")  # MovieLens-100K's era is kept
+    result = validate_tables(tables, ValidationConfig(), now=NOW)
+    reasons = result.quarantine["interactions"]["_reasons"]
+    assert sorted(reasons.index) == [0, 1]
+    assert reasons.str.startswith(
+        "ts: before floor: before validation.min_timestamp=1990-01-01"
+    ).all()
+    raised = validate_tables(tables, ValidationConfig(min_timestamp="2000-01-01"), now=NOW)
+    assert sorted(raised.quarantine["interactions"].index) == [0, 1, 2]
+    none = validate_tables(tables, ValidationConfig(min_timestamp=None), now=NOW)
+    assert none.counts["interactions"]["quarantined"] == 0
+
+
+def test_item_and_user_dates_out_of_range_are_quarantined_with_their_interactions():
+    tables = make_tables(
+        _events(100),
+        items={
+            "i1": {"created_at": "2099-01-01T00:00:00Z"},
+            "i2": {"created_at": "2025-12-01T00:00:00Z", "sold_at": "2099-01-01T00:00:00Z"},
+            "i3": {"created_at": "1970-01-01T00:00:00Z"},
+        },
+    )
+    users = tables.users.copy()
+    users["created_at"] = pd.Series(pd.NaT, index=users.index, dtype=TIMESTAMP_DTYPE)
+    users.loc[users["user_id"] == "u0", "created_at"] = pd.Timestamp("2099-01-01", tz="UTC")
+    result = validate_tables(
+        tables.replace(users=users), ValidationConfig(max_bad_share=1.0), now=NOW
+    )
+    items = result.quarantine["items"].set_index("item_id")["_reasons"]
+    assert items["i1"].startswith("created_at: future timestamp")
+    assert items["i2"].startswith("sold_at: future timestamp")
+    assert items["i3"].startswith("created_at: before floor")
+    assert result.quarantine["users"]["user_id"].tolist() == ["u0"]
+    orphans = result.quarantine["interactions"]
+    assert set(orphans["item_id"]) | set(orphans["user_id"]) >= {"i1", "i2", "i3", "u0"}
+    assert not result.tables.interactions["item_id"].isin(["i1", "i2", "i3"]).any()
+    assert not (result.tables.interactions["user_id"] == "u0").any()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("min_timestamp", "banana", "is not a date"),
+        ("future_tolerance", "banana", "is not a positive duration"),
+        ("future_tolerance", "-1D", "is not a positive duration"),
+    ],
+)
+def test_time_bounds_are_checked_when_the_config_loads(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        ValidationConfig(**{field: value})
+
+
+def test_the_synthetic_market_validates_with_nothing_quarantined():
+    tables = generate_marketplace(SyntheticSourceConfig(n_users=300, n_days=21)).tables
+    result = validate_tables(tables, ValidationConfig())
+    assert {name: count["quarantined"] for name, count in result.counts.items()} == {
+        "interactions": 0,
+        "items": 0,
+        "users": 0,
+    }
+
+
+@needs_ml100k
+@pytest.mark.needs_shared_data
+def test_movielens_100k_validates_with_nothing_quarantined():
+    tables = load_movielens_100k(MovieLens100kSourceConfig(path=ML100K))
+    result = validate_tables(tables, ValidationConfig())
+    assert result.counts["interactions"] == {"rows": 100_000, "quarantined": 0}
+    assert sum(count["quarantined"] for count in result.counts.values()) == 0
