@@ -284,6 +284,7 @@ def load_interactions_file(config: InteractionsFileSourceConfig) -> CanonicalTab
         path=interactions_path,
         column=wanted["ts"] or "ts",
         required=True,
+        unit_key="source.columns.ts_unit",
     )
     if "event" not in interactions:
         interactions["event"] = mapping.default_event
@@ -602,13 +603,21 @@ def _int_ids_as_str(values: np.ndarray) -> pd.Series:
 
 
 def _parse_timestamps(
-    values: pd.Series, unit: str, *, path: Path, column: str, required: bool = False
+    values: pd.Series,
+    unit: str,
+    *,
+    path: Path,
+    column: str,
+    required: bool = False,
+    unit_key: str | None = None,
 ) -> pd.Series:
     """Epoch s/ms or ISO-8601 to UTC; unparseable values become NaT for validation to name.
 
     "auto" reads numbers as epoch time, choosing seconds, milliseconds, microseconds or
-    nanoseconds by the magnitude of the median, and anything else as ISO-8601 (naive times
-    are taken as UTC). Raises when values exist but none parse: that is a mapping mistake.
+    nanoseconds by magnitude, and anything else as ISO-8601 (naive times are taken as UTC).
+    Raises when values exist but none parse (a mapping mistake), and in "auto" when the
+    numbers mix epoch units (see `_epoch_unit`); `unit_key` is the config key that sets the
+    unit explicitly, if there is one.
     """
     present = values.notna()
     if not present.any():
@@ -628,7 +637,7 @@ def _parse_timestamps(
         numeric = pd.to_numeric(values, errors="coerce")
         if unit == "auto":
             numeric_share = numeric.notna().sum() / present.sum()
-            unit = _epoch_unit(numeric, path, column) if numeric_share >= 0.5 else "iso"
+            unit = _epoch_unit(numeric, path, column, unit_key) if numeric_share >= 0.5 else "iso"
         if unit == "iso":
             parsed = pd.to_datetime(
                 values.astype("string"), utc=True, errors="coerce", format="ISO8601"
@@ -646,14 +655,53 @@ def _parse_timestamps(
     return parsed
 
 
-def _epoch_unit(numeric: pd.Series, path: Path, column: str) -> str:
-    """Guess the epoch unit: present-day times are ~1e9 s, ~1e12 ms, ~1e15 us, ~1e18 ns."""
-    magnitude = float(numeric.abs().median())
-    for unit, upper in (("s", 1e11), ("ms", 1e14), ("us", 1e17), ("ns", np.inf)):
-        if 1e8 <= magnitude < upper:
+#: Epoch units by magnitude: times from 1973 to 5138 are 1e8-1e11 s, 1e11-1e14 ms, and so on.
+_EPOCH_UNITS = (
+    ("s", "seconds", 1e8, 1e11),
+    ("ms", "milliseconds", 1e11, 1e14),
+    ("us", "microseconds", 1e14, 1e17),
+    ("ns", "nanoseconds", 1e17, np.inf),
+)
+
+
+def _epoch_unit(numeric: pd.Series, path: Path, column: str, unit_key: str | None) -> str:
+    """Guess the epoch unit: present-day times are ~1e9 s, ~1e12 ms, ~1e15 us, ~1e18 ns.
+
+    A column whose numbers fall in two of these ranges mixes units (two systems writing one
+    export): it is refused, naming the share in each unit, rather than read per row by
+    guesswork. Numbers below 1e8 fit no unit; they are read in the column's unit and
+    validation quarantines them as before its floor.
+    """
+    magnitude = numeric.abs()
+    median = float(magnitude.median())
+    found = []
+    for unit, name, lower, upper in _EPOCH_UNITS:
+        in_unit = numeric[(magnitude >= lower) & (magnitude < upper)]
+        if len(in_unit):
+            found.append((unit, name, len(in_unit), in_unit.iloc[0]))
+    if len(found) > 1:
+        total = sum(count for _, _, count, _ in found)
+        shares = ", ".join(
+            f"{count} ({count / total:.1%}) in {name} (e.g. {example:.0f})"
+            for _, name, count, example in found
+        )
+        majority, majority_name = max(found, key=lambda each: each[2])[:2]
+        explicit = ""
+        if unit_key is not None and majority in ("s", "ms"):
+            explicit = (
+                f", or set `{unit_key}` to {majority} to read every value as {majority_name} "
+                "(validation then quarantines the others as out-of-range timestamps)"
+            )
+        raise SourceError(
+            f"column {column!r} of {path} mixes epoch units: {shares}. A per-row guess could "
+            "misdate events silently, so nothing is read: export the column in one unit or "
+            f"as ISO-8601 dates{explicit}"
+        )
+    for unit, _, lower, upper in _EPOCH_UNITS:
+        if lower <= median < upper:
             return unit
     raise SourceError(
-        f"column {column!r} of {path} holds numbers (median {magnitude:g}) too small to be "
+        f"column {column!r} of {path} holds numbers (median {median:g}) too small to be "
         "epoch seconds or milliseconds after 1973; set `source.columns.ts_unit` to s or ms "
         "if they really are, or convert the column to ISO-8601 dates"
     )

@@ -389,6 +389,72 @@ def test_all_timestamps_bad_raises(tmp_path: Path) -> None:
         load_interactions_file(interactions_config(empty_ts))
 
 
+def mixed_unit_events(n: int, in_ms: int) -> pd.DataFrame:
+    """`n` hourly events from 2026-01-01 in epoch seconds, the last `in_ms` in milliseconds."""
+    seconds = [1_767_225_600 + i * 3600 for i in range(n)]
+    return pd.DataFrame(
+        {
+            "uid": [f"u{i % 7}" for i in range(n)],
+            "iid": [f"i{i % 13}" for i in range(n)],
+            "time": seconds[: n - in_ms] + [t * 1000 for t in seconds[n - in_ms :]],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("in_ms", "shares"),
+    [
+        (3, "97 (97.0%) in seconds (e.g. 1767225600), 3 (3.0%) in milliseconds"),
+        (50, "50 (50.0%) in seconds (e.g. 1767225600), 50 (50.0%) in milliseconds"),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_mixed_epoch_units_are_refused_naming_the_column_and_the_share_in_each(
+    tmp_path: Path, in_ms: int, shares: str, suffix: str
+) -> None:
+    path = tmp_path / f"events{suffix}"
+    events = mixed_unit_events(100, in_ms)
+    if suffix == ".csv":
+        events.to_csv(path, index=False)
+    else:
+        events.to_parquet(path)
+    with pytest.raises(SourceError) as error:
+        load_interactions_file(interactions_config(path))
+    message = str(error.value)
+    assert f"column 'time' of {path} mixes epoch units: {shares}" in message
+    assert "set `source.columns.ts_unit` to s" in message
+
+
+def test_mixed_epoch_units_read_as_declared_when_the_unit_is_set(tmp_path: Path) -> None:
+    """An explicit unit is the user's word: the other values land far out of range, for
+    validation to quarantine (see test_steps)."""
+    path = write_csv(tmp_path / "events.csv", mixed_unit_events(100, 3))
+    columns = {"user_id": "uid", "item_id": "iid", "ts": "time", "ts_unit": "s"}
+    ts = load_interactions_file(interactions_config(path, columns=columns)).interactions["ts"]
+    assert ts.iloc[0] == pd.Timestamp("2026-01-01T00:00:00Z")
+    assert (ts.iloc[-3:].dt.year > 50_000).all()
+
+
+def test_mixed_epoch_units_in_a_side_table_are_refused(tmp_path: Path) -> None:
+    events = write_csv(tmp_path / "events.csv", small_events(EPOCH_S))
+    users = write_csv(
+        tmp_path / "users.csv",
+        pd.DataFrame({"user_id": ["u1", "u2"], "created_at": [1_700_000_000, 1_700_000_000_000]}),
+    )
+    with pytest.raises(SourceError) as error:
+        load_interactions_file(interactions_config(events, users=str(users)))
+    message = str(error.value)
+    assert f"column 'created_at' of {users} mixes epoch units" in message
+    assert "export the column in one unit or as ISO-8601 dates" in message
+    assert "ts_unit" not in message  # no such setting for a users file
+
+
+def test_epoch_zero_is_read_in_the_column_unit_not_refused_as_mixed(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "events.csv", small_events([EPOCH_S[0], 0, EPOCH_S[2]]))
+    ts = load_interactions_file(interactions_config(path)).interactions["ts"]
+    assert ts[1] == pd.Timestamp("1970-01-01T00:00:00Z")  # validation's floor quarantines it
+
+
 def test_missing_mapped_column_names_it_and_lists_present_columns(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "events.csv", small_events(EPOCH_S))
     config = interactions_config(path, columns={"user_id": "user", "item_id": "iid", "ts": "time"})
