@@ -14,6 +14,7 @@ from components.config import EvaluationConfig, ModelConfig, PipelineConfig, Spl
 from components.data.adapters import load_source
 from components.data.snapshot import read_tables, snapshot_id_of, write_snapshot, write_tables
 from components.data.split import (
+    DataSplit,
     Stage,
     available_at,
     latest_moment,
@@ -199,8 +200,10 @@ def bundle(
     each user's masked items (never re-recommend what they bought); for the two-tower
     kind also the encoder, the serving index and each user's recent history; with a ranker
     the two-stage model (retrieval stack, features, LightGBM booster) that ranks known
-    users."""
+    users. Refuses a test window too thin to trust (`require_enough_test_users`), so that
+    nothing measured on it is registered."""
     data = read_split(Path(split_uri))
+    require_enough_test_users(data, config)
     items = data.tables.items
     interactions = data.serving_history()
     exclusions = interactions[interactions["event"].isin(config.evaluation.mask_events)]
@@ -231,6 +234,33 @@ def bundle(
             two_stage_dir=None if two_stage_uri is None else Path(two_stage_uri),
         )
     return {"uri": str(target), "example_user_id": str(interactions["user_id"].iloc[-1])}
+
+
+class ThinTestWindowError(ValueError):
+    """The test window has too few users for its metrics to mean anything."""
+
+
+def require_enough_test_users(data: DataSplit, config: PipelineConfig) -> int:
+    """The number of users the evaluation scores (a positive event in the test window);
+    fewer than `registry.promotion.min_users` raises: a model measured on a handful of
+    users (say, rows dated after the real data) must not be registered, let alone promoted
+    as a first version with no champion to compare with."""
+    window = data.test
+    if config.evaluation.positive_events is not None:
+        window = window[window["event"].isin(config.evaluation.positive_events)]
+    users = int(window["user_id"].nunique())
+    minimum = config.registry.promotion.min_users
+    if users < minimum:
+        where = "the fixed split's test file"
+        if data.test_cutoff is not None:
+            where = f"the test window from {data.test_cutoff} to {data.test['ts'].max()}"
+        raise ThinTestWindowError(
+            f"{where} holds {users} user(s) with a positive interaction, fewer than "
+            f"registry.promotion.min_users={minimum}: metrics on so few users are noise, so "
+            "nothing is registered. Lengthen split.test_duration (or split.test_fraction), "
+            "check the newest timestamps of the data, or lower registry.promotion.min_users"
+        )
+    return users
 
 
 class LeakageError(ValueError):

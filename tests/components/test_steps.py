@@ -8,6 +8,8 @@ import pytest
 
 from components import steps
 from components.config import PipelineConfig
+from components.data.adapters import SourceError
+from components.data.split import read_split
 from components.data.validation import DataValidationError
 
 
@@ -73,3 +75,133 @@ def test_garbage_rows_are_quarantined_to_a_file_and_fail_above_the_threshold(tmp
     # Above-threshold data with a looser threshold goes on with the 180 clean rows.
     validated = steps.validate(raw["uri"], _config(csv, max_bad_share=0.2), run_dir)
     assert validated["counts"]["interactions"]["quarantined"] == 20
+
+
+def _write_hourly_events(path, n=2000, changes=None):
+    """`n` hourly events of 20 users from 2026-01-01 in epoch seconds (83 days for 2000),
+    with `changes` {row: raw time value} written over them."""
+    rng = np.random.default_rng(1)
+    times = (1_767_225_600 + np.arange(n) * 3600).astype(object)
+    for row, value in (changes or {}).items():
+        times[row] = value
+    pd.DataFrame(
+        {
+            "uid": [f"u{i % 20}" for i in range(n)],
+            "iid": [f"i{i}" for i in rng.integers(0, 50, n)],
+            "time": times,
+            "action": rng.choice(["view", "like", "purchase"], n),
+        }
+    ).to_csv(path, index=False)
+
+
+def _config_with(path, **sections):
+    config = _config(path).model_dump(mode="json")
+    for key, value in sections.items():
+        config[key] = {**config.get(key, {}), **value}
+    return PipelineConfig.model_validate(config)
+
+
+def _split(config, run_dir):
+    raw = steps.ingest(config, run_dir)
+    validated = steps.validate(raw["uri"], config, run_dir)
+    snap = steps.snapshot(validated["uri"], run_dir / "snapshots")
+    return validated, steps.split(snap["uri"], config.split, run_dir)
+
+
+def _a_year_ahead(n):
+    """Rows of `n` different users dated from a year after now, two days apart."""
+    start = int((pd.Timestamp.now(tz="UTC") + pd.Timedelta("365D")).timestamp())
+    return {201 * i: start + i * 2 * 86_400 for i in range(n)}
+
+
+def test_rows_dated_a_year_ahead_are_quarantined_and_the_test_window_stays_real(tmp_path):
+    # Issue 17: 0.25% of rows a year in the future used to become the whole test window.
+    csv = tmp_path / "events.csv"
+    _write_hourly_events(csv, changes=_a_year_ahead(5))
+    validated, split = _split(_config(csv), tmp_path / "run")
+    assert validated["counts"]["interactions"] == {"rows": 2000, "quarantined": 5}
+    (violation,) = validated["violations"]
+    assert violation["rule"].startswith("future timestamp: after the ingestion time")
+    quarantined = pd.read_parquet(tmp_path / "run" / "quarantine" / "interactions.parquet")
+    assert quarantined["_reasons"].str.startswith("ts: future timestamp").all()
+    assert split["rows"]["test"] == 7 * 24 + 1  # the last 7 days of the real data, ends included
+    assert split["users"]["test"] == 20
+    assert split["test_cutoff"] == "2026-03-18T07:00:00+00:00"
+
+
+def test_epoch_zero_rows_are_quarantined_before_the_floor(tmp_path):
+    csv = tmp_path / "events.csv"
+    _write_hourly_events(csv, changes={5: 0, 6: 86_400})
+    validated, split = _split(_config(csv), tmp_path / "run")
+    assert validated["counts"]["interactions"] == {"rows": 2000, "quarantined": 2}
+    assert validated["violations"][0]["rule"].startswith(
+        "before floor: before validation.min_timestamp=1990-01-01"
+    )
+    assert split["rows"]["train"] + split["rows"]["valid"] + split["rows"]["test"] == 1998
+
+
+@pytest.mark.parametrize(("in_ms", "quarantined"), [(60, 60), (1000, None)])
+def test_mixed_units_read_as_declared_quarantine_the_minority_within_the_bad_share(
+    tmp_path, in_ms, quarantined
+):
+    """`ts_unit: s` on a column partly in milliseconds (which auto refuses): the
+    milliseconds land ~56,000 years ahead and are quarantined, under the 5% bound."""
+    ms = {row: str((1_767_225_600 + row * 3600) * 1000) for row in range(2000 - in_ms, 2000)}
+    csv = tmp_path / "events.csv"
+    _write_hourly_events(csv, changes=ms)
+    columns = {"user_id": "uid", "item_id": "iid", "ts": "time", "event": "action"}
+    auto = _config(csv)
+    with pytest.raises(SourceError, match=r"mixes epoch units: .* in milliseconds"):
+        steps.ingest(auto, tmp_path / "auto")
+    declared = _config_with(csv, source={"columns": {**columns, "ts_unit": "s"}})
+    if quarantined is None:  # half the column: far above the bound
+        with pytest.raises(DataValidationError, match=r"1000 of 2000 rows \(50.0%\)"):
+            _split(declared, tmp_path / "run")
+        return
+    validated, split = _split(declared, tmp_path / "run")
+    assert validated["counts"]["interactions"]["quarantined"] == quarantined
+    assert validated["violations"][0]["rule"].startswith("future timestamp")
+    assert split["rows"]["test"] == 7 * 24 + 1
+
+
+def test_a_test_window_thinner_than_min_users_is_refused_before_anything_is_bundled(tmp_path):
+    # The future bound off: ten rows over 18 days a year ahead hold the valid and test
+    # windows, the test window 4 rows of 4 users (issue 17 saw 8 and a promotion).
+    csv = tmp_path / "events.csv"
+    _write_hourly_events(csv, changes=_a_year_ahead(10))
+    config = _config_with(csv, validation={"future_tolerance": None})
+    run_dir = tmp_path / "run"
+    _, split = _split(config, run_dir)
+    assert split["rows"]["test"] == split["users"]["test"] == 4
+    fitted = steps.fit(split["uri"], config.model, run_dir)
+    with pytest.raises(steps.ThinTestWindowError) as error:
+        steps.bundle(split["uri"], fitted["final_model_uri"], config, run_dir)
+    message = str(error.value)
+    assert "the test window from " in message
+    assert "holds 4 user(s) with a positive interaction" in message
+    assert "registry.promotion.min_users=20" in message
+    assert "Lengthen split.test_duration" in message
+    assert not (run_dir / "bundle").exists()
+    # A window that is thin by design (a tiny market) goes on with the setting lowered.
+    lowered = _config_with(
+        csv, validation={"future_tolerance": None}, registry={"promotion": {"min_users": 4}}
+    )
+    built = steps.bundle(split["uri"], fitted["final_model_uri"], lowered, run_dir)
+    assert (run_dir / "bundle").is_dir() and built["uri"] == str(run_dir / "bundle")
+
+
+def test_the_evaluated_users_are_those_with_a_positive_event(tmp_path):
+    csv = tmp_path / "events.csv"
+    _write_hourly_events(csv)
+    one_day = _config_with(csv, split={"test_duration": "1D"})
+    _, split = _split(one_day, tmp_path / "run")
+    data = read_split(split["uri"])
+    assert len(data.test) == 25
+    assert steps.require_enough_test_users(data, one_day) == 20
+    only_purchases = _config_with(
+        csv, split={"test_duration": "1D"}, evaluation={"positive_events": ["purchase"]}
+    )
+    buyers = data.test.loc[data.test["event"] == "purchase", "user_id"].nunique()
+    assert 0 < buyers < 20
+    with pytest.raises(steps.ThinTestWindowError, match=f"holds {buyers} user"):
+        steps.require_enough_test_users(data, only_purchases)
