@@ -11,8 +11,16 @@
 
 Rules (PromotionConfig): non-inferiority on `metric` (lower end of the paired-bootstrap
 95% interval of challenger - champion above `-margin`), on at least `min_users` users of
-data neither model has seen; without a comparable window the champion stays. Guardrails:
-the smoke requests pass, their p99 latency and the test coverage are within bounds.
+data neither model has seen; without a comparable window the champion stays. Exposure
+guard (`exposure_guard`, on by default): the challenger is held back when its exposure is
+clearly more concentrated than champion's on those users, by the same paired bootstrap
+(`bootstrap.compare_exposure`: each resample recomputes the list-level figure from the
+resampled users' lists): the seller-exposure Gini@20 interval wholly above
+`+max_seller_gini_increase`, or the new-listing exposure@20 interval wholly below
+`-max_new_listing_exposure_drop`. "Clearly": the gate asks for evidence of harm, not proof
+of its absence, so a small or noisy window never blocks a fair model on exposure alone.
+Guardrails: the smoke requests pass, their p99 latency and the test coverage are within
+bounds.
 `force` promotes past a failed comparison or guardrail bound (recorded as `forced`), never
 past a version that does not load or answer: that would take serving down.
 """
@@ -78,6 +86,10 @@ class PromotionDecision:
     #: The compared metric: challenger and champion values, difference and its interval,
     #: evaluated users (empty without a comparable champion).
     figures: dict[str, float] = field(default_factory=dict)
+    #: The exposure guard's figures per compared exposure metric (`gini_sellers@20`,
+    #: `new_item_exposure@20`): challenger, champion, difference, low, high, and the
+    #: `bound` the interval was held to (empty without a comparable champion).
+    exposure: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def promote(self) -> bool:
@@ -95,6 +107,7 @@ class PromotionDecision:
             "champion_version": self.champion_version,
             "reasons": self.reasons,
             "figures": self.figures,
+            "exposure": self.exposure,
             "checks": [asdict(check) for check in self.checks],
             "smoke": asdict(self.smoke),
         }
@@ -163,6 +176,7 @@ def decide(
     champion_version = None if comparison is None else int(comparison["champion_version"])
     checks = [
         _comparison_check(comparison, config),
+        *_exposure_checks(comparison, config),
         _coverage_check(metrics, config),
         Check(
             "smoke",
@@ -183,7 +197,12 @@ def decide(
     else:
         decision = "rejected"
     return PromotionDecision(
-        decision, champion_version, checks, smoke, _figures(comparison, config.metric)
+        decision,
+        champion_version,
+        checks,
+        smoke,
+        _figures(comparison, config.metric),
+        _exposure_figures(comparison, config),
     )
 
 
@@ -249,6 +268,81 @@ def _comparison_check(comparison: dict[str, Any] | None, config: PromotionConfig
     )
 
 
+#: The exposure figures the guard compares: (the way that is more concentrated, the
+#: PromotionConfig field holding the tolerated change, what the figure is).
+EXPOSURE_RULES: dict[str, tuple[Literal["higher", "lower"], str, str]] = {
+    "gini_sellers@20": ("higher", "max_seller_gini_increase", "seller-exposure Gini"),
+    "new_item_exposure@20": (
+        "lower",
+        "max_new_listing_exposure_drop",
+        "share of list slots on new listings",
+    ),
+}
+
+
+def _exposure_bound(metric: str, config: PromotionConfig) -> float:
+    """The limit the interval must cross to hold the challenger back (signed)."""
+    worse, field_name, _ = EXPOSURE_RULES[metric]
+    margin = float(getattr(config, field_name))
+    return margin if worse == "higher" else -margin
+
+
+def _exposure_checks(comparison: dict[str, Any] | None, config: PromotionConfig) -> list[Check]:
+    """One check per exposure figure: fails only when the whole interval of challenger -
+    champion lies beyond the tolerated change in the concentrating direction."""
+    checks = []
+    for metric, (worse, field_name, what) in EXPOSURE_RULES.items():
+        name = f"{metric} vs champion"
+        bound = _exposure_bound(metric, config)
+        if comparison is None or not comparison.get("comparable"):
+            # Without a champion there is nothing to compare; without a comparable window
+            # the metric check already holds the challenger back.
+            checks.append(Check(name, True, None, bound, f"{metric}: not compared"))
+            continue
+        interval = comparison.get("intervals", {}).get(metric)
+        if interval is None:
+            detail = f"{metric} not measured (the data has no seller ids or listing dates)"
+            checks.append(Check(name, True, None, bound, detail))
+            continue
+        low, high = float(interval["low"]), float(interval["high"])
+        nearest = low if worse == "higher" else high
+        concentrated = nearest > bound if worse == "higher" else nearest < bound
+        enforced = config.exposure_guard
+        verdict = (
+            f"clearly {worse} than champion v{comparison['champion_version']}'s"
+            if concentrated
+            else f"not clearly {worse} than champion v{comparison['champion_version']}'s"
+        )
+        detail = (
+            f"{what} ({metric}) {verdict} beyond registry.promotion.{field_name} "
+            f"{abs(bound)}: difference {float(interval['difference']):+.4f} "
+            f"[{low:+.4f}, {high:+.4f}]"
+        )
+        if concentrated and not enforced:
+            detail += " (not enforced: registry.promotion.exposure_guard is false)"
+        checks.append(Check(name, not (concentrated and enforced), nearest, bound, detail))
+    return checks
+
+
+def _exposure_figures(
+    comparison: dict[str, Any] | None, config: PromotionConfig
+) -> dict[str, dict[str, float]]:
+    if not comparison or not comparison.get("comparable"):
+        return {}
+    figures = {}
+    for metric in EXPOSURE_RULES:
+        interval = comparison.get("intervals", {}).get(metric)
+        if interval is None:
+            continue
+        figures[metric] = {
+            "challenger": float(interval["model"]),
+            "champion": float(interval["other"]),
+            **{key: float(interval[key]) for key in ("difference", "low", "high")},
+            "bound": _exposure_bound(metric, config),
+        }
+    return figures
+
+
 def _coverage_check(metrics: dict[str, float], config: PromotionConfig) -> Check:
     name = config.coverage_metric
     raw = metrics.get(name)
@@ -301,6 +395,9 @@ def decision_tags(decision: PromotionDecision, metric: str) -> dict[str, str]:
     for key, value in decision.figures.items():
         name = key if key == "evaluated_users" else f"{mlflow_key(metric)}.{key}"
         tags[name] = f"{value:.0f}" if key == "evaluated_users" else f"{value:.6f}"
+    for exposure_metric, values in decision.exposure.items():
+        for key, value in values.items():
+            tags[f"{mlflow_key(exposure_metric)}.{key}"] = f"{value:.6f}"
     if decision.smoke.p50_ms is not None:
         tags["smoke_p50_ms"] = f"{decision.smoke.p50_ms:.2f}"
     return {f"{TAG_PREFIX}{key}": value for key, value in tags.items()}
@@ -333,6 +430,7 @@ def apply_decision(
             [*decision.checks, stale],
             decision.smoke,
             decision.figures,
+            decision.exposure,
         )
     for key, value in decision_tags(decision, metric).items():
         client.set_model_version_tag(model_name, str(version), key, value)

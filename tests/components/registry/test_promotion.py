@@ -88,6 +88,141 @@ def test_decide_applies_the_margin_and_every_guardrail(compared, config, smoke, 
         assert any(reason in text for text in verdict.reasons), verdict.reasons
 
 
+def exposure_comparison(gini: tuple[float, float], new: tuple[float, float]) -> dict:
+    """A comparison whose NDCG ties and whose exposure intervals are (low, high)."""
+    compared = comparison(low=0.0)
+    for metric, (low, high) in (("gini_sellers@20", gini), ("new_item_exposure@20", new)):
+        compared["intervals"][metric] = {
+            "model": 0.5 + (low + high) / 2,
+            "other": 0.5,
+            "difference": (low + high) / 2,
+            "low": low,
+            "high": high,
+        }
+    return compared
+
+
+@pytest.mark.parametrize(
+    ("gini", "new", "config", "decision", "reason"),
+    [
+        # Within the tolerance, or not clearly beyond it: the guard lets it through.
+        ((0.005, 0.019), (-0.019, -0.005), PromotionConfig(), "promoted", None),
+        ((0.01, 0.30), (-0.30, 0.01), PromotionConfig(), "promoted", None),
+        # Clearly more concentrated on sellers / clearly fewer new listings.
+        ((0.021, 0.05), (-0.01, 0.01), PromotionConfig(), "rejected", "seller-exposure Gini"),
+        ((-0.01, 0.01), (-0.08, -0.021), PromotionConfig(), "rejected", "new listings"),
+        # A wider tolerance, or the guard off (figures still reported), lets both through.
+        ((0.021, 0.05), (-0.08, -0.021), PromotionConfig(max_seller_gini_increase=0.03,
+         max_new_listing_exposure_drop=0.1), "promoted", None),
+        ((0.021, 0.05), (-0.08, -0.021), PromotionConfig(exposure_guard=False), "promoted", None),
+    ],
+)  # fmt: skip
+def test_the_exposure_guard_holds_back_clearly_more_concentrated_challengers(
+    gini, new, config, decision, reason
+):
+    verdict = decide(exposure_comparison(gini, new), METRICS, GOOD_SMOKE, config)
+    assert verdict.decision == decision, verdict.reasons
+    if reason is not None:
+        assert any(reason in text for text in verdict.reasons), verdict.reasons
+    assert set(verdict.exposure) == {"gini_sellers@20", "new_item_exposure@20"}
+    assert verdict.exposure["gini_sellers@20"]["low"] == gini[0]
+    assert verdict.exposure["new_item_exposure@20"]["high"] == new[1]
+    assert verdict.exposure["gini_sellers@20"]["bound"] == config.max_seller_gini_increase
+    report = json.loads(json.dumps(verdict.to_dict()))
+    assert report["exposure"]["gini_sellers@20"]["challenger"] == pytest.approx(0.5 + sum(gini) / 2)
+    tags = promotion.decision_tags(verdict, config.metric)
+    assert tags["promotion.gini_sellers_at_20.low"] == f"{gini[0]:.6f}"
+    assert tags["promotion.new_item_exposure_at_20.high"] == f"{new[1]:.6f}"
+    held_back = decision == "rejected"
+    assert (
+        tags["promotion.gini_sellers_at_20_vs_champion.passed"]
+        == str(not (held_back and reason == "seller-exposure Gini")).lower()
+    )
+    if not config.exposure_guard:
+        assert "not enforced" in " ".join(check.detail for check in verdict.checks)
+
+
+def test_without_seller_ids_or_a_champion_the_exposure_guard_passes_and_says_why():
+    first = decide(None, METRICS, GOOD_SMOKE, PromotionConfig())
+    assert first.decision == "promoted" and first.exposure == {}
+    no_sellers = decide(comparison(low=0.0), METRICS, GOOD_SMOKE, PromotionConfig())
+    assert no_sellers.decision == "promoted"
+    details = {check.name: check.detail for check in no_sellers.checks if check.passed}
+    assert details["gini_sellers@20 vs champion"].startswith(
+        "gini_sellers@20 not measured (the data has no seller ids"
+    )
+    assert details["new_item_exposure@20 vs champion"].startswith("new_item_exposure@20 not")
+
+
+def test_the_guard_reads_every_exposure_figure_the_evaluation_compares():
+    from components.evaluation.suite import COMPARED_EXPOSURE
+
+    assert set(promotion.EXPOSURE_RULES) == set(COMPARED_EXPOSURE)
+
+
+class BiggestSellersOnly:
+    """A challenger that only recommends the listings of the `n` biggest sellers, in the
+    order of a sound model."""
+
+    def __init__(self, base, items: pd.DataFrame, n: int = 5) -> None:
+        biggest = items["seller_id"].value_counts().index[:n]
+        self.base = base
+        self.listings = set(items.loc[items["seller_id"].isin(biggest), "item_id"])
+
+    def score(self, user_ids, item_ids):
+        scores = np.asarray(self.base.score(user_ids, item_ids), dtype=float)
+        theirs = np.array([item in self.listings for item in item_ids])
+        return np.where(theirs[None, :], scores, -np.inf)
+
+
+@pytest.fixture(scope="module")
+def biggest_sellers_comparison():
+    """Champion: EASE; challenger: EASE's order restricted to the 5 biggest sellers, both
+    evaluated on the synthetic market's test window as `compare_with_champion` does."""
+    from components.config import EvaluationConfig, SplitConfig, SyntheticSourceConfig
+    from components.data.split import split_tables
+    from components.data.synthetic import generate_marketplace
+    from components.evaluation.suite import evaluate_models
+    from components.retrieval.baselines import fit_baselines
+
+    tables = generate_marketplace(SyntheticSourceConfig(n_users=400, n_days=21)).tables
+    split = split_tables(tables, SplitConfig())
+    config = EvaluationConfig(ks=(10, 20), bootstrap_resamples=300)
+    history = split.history("test")
+    ease = fit_baselines(history, config.baselines, split.test_cutoff)["ease"]
+    scorers = {"challenger": BiggestSellersOnly(ease, tables.items), "champion": ease}
+    suite = evaluate_models("challenger", scorers, split, "test", config)
+    return {
+        "champion_version": 1,
+        "comparable": True,
+        "evaluated_users": suite.n_users,
+        "intervals": suite.comparisons["champion"],
+    }
+
+
+def test_a_challenger_that_only_recommends_the_biggest_sellers_is_held_back(
+    biggest_sellers_comparison,
+):
+    # NDCG alone would let it through with a loose margin; the exposure guard does not.
+    loose = PromotionConfig(margin=1.0)
+    verdict = decide(biggest_sellers_comparison, METRICS, GOOD_SMOKE, loose)
+    assert verdict.decision == "rejected"
+    failed = [check.name for check in verdict.checks if not check.passed]
+    assert failed == ["gini_sellers@20 vs champion"]
+    gini = verdict.exposure["gini_sellers@20"]
+    assert gini["challenger"] > 0.95 > gini["champion"]
+    assert gini["low"] > loose.max_seller_gini_increase
+    assert "seller-exposure Gini (gini_sellers@20) clearly higher" in verdict.reasons[0]
+    # The same challenger without the guard: promoted, the figures still recorded.
+    unguarded = decide(
+        biggest_sellers_comparison,
+        METRICS,
+        GOOD_SMOKE,
+        PromotionConfig(margin=1.0, exposure_guard=False),
+    )
+    assert unguarded.decision == "promoted" and unguarded.exposure == verdict.exposure
+
+
 def test_force_promotes_past_the_comparison_but_not_past_a_broken_version():
     worse = comparison(low=-0.5, difference=-0.4)
     assert decide(worse, METRICS, GOOD_SMOKE, PromotionConfig(), force=True).decision == "forced"
