@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from pydantic import Field
@@ -16,6 +17,11 @@ class RewearSettings(BaseSettings):
     home: Path = Field(default=Path(".rewear"))
     #: Override the MLflow tracking/registry URI (e.g. a PostgreSQL-backed server).
     mlflow_tracking_uri: str | None = None
+    #: Serving limits (`REWEAR_MAX_ANSWER_ROWS`, `REWEAR_MAX_REQUEST_BYTES`): answer rows
+    #: per request (request rows x k) and the request body's size; beyond them a request
+    #: gets a 400 / 413 that names the limit.
+    max_answer_rows: int = Field(default=100_000, ge=1)
+    max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
 
     @property
     def root(self) -> Path:
@@ -46,6 +52,14 @@ class RewearSettings(BaseSettings):
         return self.root / "runs"
 
     def ensure(self) -> RewearSettings:
-        for folder in (self.root, self.mlflow_artifacts, self.snapshots, self.runs):
-            folder.mkdir(parents=True, exist_ok=True)
+        """Create the home's folders and check that the home takes writes: a read-only or
+        full home fails here, naming it and the fix (`StorageError`), not later as a
+        Prefect "readonly database" or an MLflow error."""
+        from components.store import writing  # imports pandas: only when a home is used
+
+        with writing(self.root):
+            for folder in (self.root, self.mlflow_artifacts, self.snapshots, self.runs):
+                folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root, prefix=".write-check-") as probe:
+                probe.write(b"ok")
         return self

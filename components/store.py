@@ -2,11 +2,16 @@
 
 Every stage writes into a temporary sibling folder and renames it into place, so a crash
 never leaves a half-written artifact that a later step or the registry could pick up.
+
+A write that fails for a reason no retry fixes (disk full, quota, read-only file system,
+permission) becomes one `StorageError` naming the path and what to do; it is not an
+`OSError`, so the flows' retry of transient I/O errors does not retry it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -33,6 +38,66 @@ def hash_json(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+class StorageError(RuntimeError):
+    """A write under REWEAR_HOME (or another output folder) that no retry can fix; the
+    message names the path, the cause and the fix."""
+
+
+#: What to do about each cause; the keys are the errnos a retry cannot fix.
+_STORAGE_ADVICE = {
+    errno.ENOSPC: "the disk is full: free space on it (old folders under REWEAR_HOME/runs "
+    "and REWEAR_HOME/snapshots can go) or point REWEAR_HOME at a larger disk",
+    errno.EDQUOT: "the disk quota is used up: free space or point REWEAR_HOME at a folder "
+    "with quota left",
+    errno.EROFS: "the file system is read-only: point REWEAR_HOME at a writable folder "
+    "(or mount this one read-write)",
+    errno.EACCES: "permission denied: make the folder writable for this user or point "
+    "REWEAR_HOME at one that is",
+    errno.EPERM: "operation not permitted: make the folder writable for this user or point "
+    "REWEAR_HOME at one that is",
+}
+
+
+def storage_error(error: BaseException, path: Path) -> StorageError | None:
+    """The clear error for a failed write under `path` when no retry can fix it (disk full,
+    quota, read-only, permission), else None.
+
+    Understands an `OSError` and a `shutil.Error` from `copytree`, which keeps only the text
+    of each file's error: the first listed error whose text is one of the causes counts.
+    """
+    code, where = None, None
+    if isinstance(error, shutil.Error) and error.args and isinstance(error.args[0], list):
+        texts = {os.strerror(known): known for known in _STORAGE_ADVICE}
+        for entry in error.args[0]:
+            if isinstance(entry, tuple) and len(entry) == 3:
+                found = [texts[text] for text in texts if text in str(entry[2])]
+                if found:
+                    code, where = found[0], entry[1]
+                    break
+    elif isinstance(error, OSError) and error.errno in _STORAGE_ADVICE:
+        code, where = error.errno, error.filename
+    if code is None:
+        return None
+    failed = Path(where) if where else Path(path)
+    context = "" if failed == Path(path) else f" (while writing {path})"
+    return StorageError(
+        f"cannot write {failed}{context}: {os.strerror(code)}; {_STORAGE_ADVICE[code]}"
+    )
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn a disk-full / read-only / permission error inside the block into a
+    `StorageError` naming `path`; other errors pass through unchanged."""
+    try:
+        yield
+    except (OSError, shutil.Error) as error:
+        clear = storage_error(error, Path(path))
+        if clear is None:
+            raise
+        raise clear from error
+
+
 @contextlib.contextmanager
 def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; rename it to `target` only on success.
@@ -41,23 +106,27 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
     (content-addressed targets are immutable: the same id means the same content).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        )
     try:
-        yield staging
-        if target.exists():
-            if not overwrite:
+        with writing(target):
+            yield staging
+            if target.exists():
+                if not overwrite:
+                    shutil.rmtree(staging)
+                    return
+                shutil.rmtree(target)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                # A concurrent writer renamed the same content-addressed target first: keep
+                # theirs (same id, same content). Anything else is a real error.
+                if overwrite or not target.exists():
+                    raise
                 shutil.rmtree(staging)
-                return
-            shutil.rmtree(target)
-        try:
-            os.replace(staging, target)
-        except OSError:
-            # A concurrent writer renamed the same content-addressed target first: keep
-            # theirs (same id, same content). Anything else is a real error.
-            if overwrite or not target.exists():
-                raise
-            shutil.rmtree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -66,12 +135,14 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a file through a temporary sibling and an atomic rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w") as stream:
+        with writing(path), os.fdopen(handle, "w") as stream:
             stream.write(text)
-        os.replace(staging, path)
+        with writing(path):
+            os.replace(staging, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staging)

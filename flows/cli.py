@@ -23,12 +23,20 @@ errors = Console(stderr=True, soft_wrap=True)
 def _prepare_environment() -> Any:
     """Keep Prefect's state under REWEAR_HOME unless the user set PREFECT_HOME/API_URL."""
     from components.settings import RewearSettings
+    from components.store import StorageError
 
-    settings = RewearSettings().ensure()
+    try:
+        settings = RewearSettings().ensure()
+    except StorageError as error:
+        errors.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        raise typer.Exit(2) from error
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
     # The temporary local server may need more than Prefect's default 20 s to start on a
     # busy 2-core machine; a slow start must not fail a scheduled retrain.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # The local server's anonymous telemetry heartbeat races its own start-up writes to
+    # SQLite and printed "database is locked" tracebacks on successful runs.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The components' own progress (encoder epochs, index builds) in the console and the
     # flow run's logs.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components")

@@ -36,6 +36,7 @@ import pandas as pd
 
 from components.ids import IdPositions
 from components.retrieval.popularity import RecentPopularity
+from components.settings import RewearSettings
 from components.store import read_json, write_json
 
 #: 2: `bundle.json` lists every file's sha256 and size (`files`); 1 had no checksums.
@@ -52,7 +53,9 @@ MAX_K = 1000
 MAX_ROWS = 1000
 #: Default cap on answer rows per request (request rows x k); `REWEAR_MAX_ANSWER_ROWS`
 #: sets it for a server. 1,000 rows x k=1000 answered 214 MB in 16 s without it.
-MAX_ANSWER_ROWS = 100_000
+MAX_ANSWER_ROWS: int = RewearSettings.model_fields["max_answer_rows"].default
+#: Longest user or item id a request may hold (each answer row repeats its user id).
+MAX_ID_CHARS = 256
 MAX_RECENT_ITEMS = 500
 MAX_EXCLUDED_ITEMS = 10_000
 #: The synthetic user id an anonymous session is encoded under (never a real id: NUL).
@@ -280,6 +283,8 @@ class BundleRecommender:
     retrieval: _Retrieval | None = None
     #: The two-stage model (components.ranking.model.TwoStageModel) when the bundle has one.
     two_stage: Any = None
+    #: Most answer rows (request rows x k) one `recommend` call may ask for.
+    max_answer_rows: int = MAX_ANSWER_ROWS
     #: Request-side lookups built once at load: catalogue position of each item id,
     #: popularity per catalogue row, category code per row (-1: none).
     item_rows: IdPositions = field(init=False, repr=False)
@@ -387,6 +392,12 @@ class BundleRecommender:
         """
         k = validate_k(k)
         requests = parse_requests(user_ids, recent_item_ids)
+        if len(requests) * k > self.max_answer_rows:
+            raise RequestError(
+                f"the request asks for {len(requests)} rows x k={k} = {len(requests) * k:,} "
+                f"answers; at most {self.max_answer_rows:,} per call (REWEAR_MAX_ANSWER_ROWS): "
+                "send fewer rows per call or a smaller k"
+            )
         excluded = validate_item_ids(exclude_item_ids, "exclude_item_ids", MAX_EXCLUDED_ITEMS)
         blocked = ~self.available
         rows = self.item_rows.positions(list(excluded))
@@ -625,7 +636,7 @@ def _load_two_stage(folder: Path) -> Any:
 
 def validate_k(k: object) -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer):
-        raise RequestError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+        raise RequestError(f"k must be an integer between 1 and {MAX_K}, got {_shown(k)}")
     if not 1 <= int(k) <= MAX_K:
         raise RequestError(f"k must be between 1 and {MAX_K}, got {k}")
     return int(k)
@@ -677,7 +688,7 @@ def validate_item_ids(value: object, name: str, limit: int) -> tuple[str, ...]:
         return ()
     if isinstance(value, str) or not isinstance(value, Sequence | np.ndarray):
         raise RequestError(
-            f'{name} must be a list of item id strings, got {value!r}; e.g. ["i1", "i2"]'
+            f'{name} must be a list of item id strings, got {_shown(value)}; e.g. ["i1", "i2"]'
         )
     items = tuple(value)
     if len(items) > limit:
@@ -685,9 +696,21 @@ def validate_item_ids(value: object, name: str, limit: int) -> tuple[str, ...]:
     bad = [item for item in items if not isinstance(item, str) or not item]
     if bad:
         raise RequestError(
-            f"{name} must hold non-empty item id strings, got {bad[0]!r}; send ids as strings"
+            f"{name} must hold non-empty item id strings, got {_shown(bad[0])}; send ids as strings"
+        )
+    long = [item for item in items if len(item) > MAX_ID_CHARS]
+    if long:
+        raise RequestError(
+            f"{name} holds an item id of {len(long[0]):,} characters; ids have at most "
+            f"{MAX_ID_CHARS}"
         )
     return items
+
+
+def _shown(value: object) -> str:
+    """A request value quoted in an error message, cut short (a message must stay small)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def _user_id(value: object, row: int) -> str | None:
@@ -695,8 +718,12 @@ def _user_id(value: object, row: int) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         raise RequestError(
-            f"user_id in row {row} must be a non-empty string, got {value!r}; send ids as "
-            'strings (e.g. "u000042")'
+            f"user_id in row {row} must be a non-empty string, got {_shown(value)}; send ids "
+            'as strings (e.g. "u000042")'
+        )
+    if len(value) > MAX_ID_CHARS:
+        raise RequestError(
+            f"user_id in row {row} has {len(value):,} characters; ids have at most {MAX_ID_CHARS}"
         )
     return value
 

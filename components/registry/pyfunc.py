@@ -4,7 +4,10 @@ Request (`dataframe_records`): one row per user, `{"user_id": "u42"}`, or for an
 or session user `{"recent_item_ids": ["i1", "i2"]}` (both may be given). Params: `k`
 (1..MAX_K, default 20) and `exclude_item_ids` (never returned to any row). A malformed
 request raises an `MlflowException` with INVALID_PARAMETER_VALUE, which `mlflow models
-serve` answers with HTTP 400 and the message, and keeps serving.
+serve` answers with HTTP 400 and the message, and keeps serving. Under `mlflow models
+serve` the load also installs the request guard (`components.registry.serving`): size,
+nesting, content type and payload keys are checked before MLflow parses a request, and
+error answers carry no stack trace or echoed input.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from components.registry.bundle import BundleRecommender, RequestError
+from components.registry.serving import install_request_guard
+from components.settings import RewearSettings
 
 BUNDLE_ARTIFACT = "bundle"
 DEFAULT_K = 20
@@ -30,7 +35,10 @@ class RewearPyfunc(mlflow.pyfunc.PythonModel):
     Output: ranked items per row (`request` is the row)."""
 
     def load_context(self, context: Any) -> None:
+        settings = RewearSettings()
         self.recommender = BundleRecommender.load(context.artifacts[BUNDLE_ARTIFACT])
+        self.recommender.max_answer_rows = settings.max_answer_rows
+        install_request_guard(settings.max_request_bytes)
 
     def predict(self, context, model_input, params=None):
         """Hints are left off on purpose: MLflow would derive a second, looser signature."""

@@ -3,10 +3,21 @@
 
 Production serves the same way (see README, "Serving"); this helper only adds a free port,
 a readiness wait on `/ping`, and a clean stop of the server's process group.
+
+The request guard: MLflow's scoring server answers a deeply nested body with a 500, echoes
+the request (and, for unexpected errors, a stack trace with server paths) in its error
+answers, and reads `inputs` / `instances` payloads into shapes the model then refuses with
+a misleading message. `install_request_guard` wraps the server's `invocations` function
+(looked up per request), from the model's own load, so plain `mlflow models serve` gets
+it: a request must be JSON (415), at most `REWEAR_MAX_REQUEST_BYTES` (413), valid UTF-8
+JSON of at most `MAX_JSON_DEPTH` nested levels holding `dataframe_records` or
+`dataframe_split` (400 naming `dataframe_records`); error answers keep the message only.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import socket
@@ -14,11 +25,185 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 START_TIMEOUT_S = 240.0
+#: Nested JSON levels a request may have: {"dataframe_split": {"data": [[.., [ids]]]}} has 5.
+MAX_JSON_DEPTH = 6
+#: Longest error message returned (what MLflow adds beyond the model's message is dropped).
+MAX_MESSAGE_CHARS = 500
+ROW_KEYS = ("dataframe_records", "dataframe_split")
+PARAMS = ("k", "exclude_item_ids")
+REQUEST_EXAMPLE = (
+    '{"dataframe_records": [{"user_id": "u1"}, {"recent_item_ids": ["i1", "i2"]}], '
+    '"params": {"k": 20}}'
+)
+log = logging.getLogger(__name__)
+#: The guard installed in this process ("guard"), so a second model load adds no second one.
+_INSTALLED: dict[str, Callable[..., Any]] = {}
+
+
+class RefusedRequestError(ValueError):
+    """A request refused before MLflow reads it; `status` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def check_request(body: bytes, content_type: str | None, max_bytes: int) -> dict[str, Any]:
+    """The decoded JSON request, or `RefusedRequestError` saying what is wrong and what to send."""
+    mime = (content_type or "").split(";")[0].strip().lower()
+    if mime != "application/json":
+        raise RefusedRequestError(
+            f"send the request as Content-Type: application/json (got {content_type!r}), "
+            f"e.g. {REQUEST_EXAMPLE}",
+            415,
+        )
+    if len(body) > max_bytes:
+        raise RefusedRequestError(
+            f"the request body has {len(body):,} bytes; at most {max_bytes:,} "
+            "(REWEAR_MAX_REQUEST_BYTES): send fewer rows per call",
+            413,
+        )
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except RecursionError as error:
+        raise RefusedRequestError(
+            f"the request JSON nests too deep; send {REQUEST_EXAMPLE}"
+        ) from error
+    except json.JSONDecodeError as error:
+        raise RefusedRequestError(
+            f"the request body is not valid JSON ({error.msg} at line {error.lineno} column "
+            f"{error.colno}); send {REQUEST_EXAMPLE}"
+        ) from error
+    except UnicodeDecodeError as error:
+        raise RefusedRequestError(
+            f"the request body is not UTF-8 JSON; send {REQUEST_EXAMPLE}"
+        ) from error
+    if not isinstance(payload, dict):
+        raise RefusedRequestError(
+            f"the request must be a JSON object, got a {type(payload).__name__}; "
+            f"send {REQUEST_EXAMPLE}"
+        )
+    if json_depth(payload) > MAX_JSON_DEPTH:
+        raise RefusedRequestError(
+            f"the request JSON nests more than {MAX_JSON_DEPTH} levels deep: user_id is a "
+            "string, recent_item_ids a list of strings; send " + REQUEST_EXAMPLE
+        )
+    rows = [key for key in ROW_KEYS if key in payload]
+    unknown = sorted(set(payload) - {*ROW_KEYS, "params"})
+    if unknown or len(rows) != 1:
+        found = ", ".join(f"`{key}`" for key in sorted(payload)) or "no keys"
+        raise RefusedRequestError(
+            f"the request holds {found}: this model reads one row per user under "
+            f"`dataframe_records` (`inputs` and `instances` are not read), and `k` and "
+            f"`exclude_item_ids` under `params`; send {REQUEST_EXAMPLE}"
+        )
+    params = payload.get("params", {})
+    if not isinstance(params, dict):
+        raise RefusedRequestError(
+            f'`params` must be an object, e.g. {{"k": 20}}; send {REQUEST_EXAMPLE}'
+        )
+    unknown = sorted(set(params) - set(PARAMS))
+    if unknown:
+        raise RefusedRequestError(
+            f"unknown params {unknown}: this model reads {list(PARAMS)}; send {REQUEST_EXAMPLE}"
+        )
+    records = payload.get("dataframe_records")
+    if records is not None:
+        if not isinstance(records, list) or not records:
+            raise RefusedRequestError(
+                f"`dataframe_records` must be a non-empty list of rows; send {REQUEST_EXAMPLE}"
+            )
+        bad = [row for row, record in enumerate(records) if not isinstance(record, dict)]
+        if bad:
+            raise RefusedRequestError(
+                f'row {bad[0]} of `dataframe_records` is not an object like {{"user_id": "u1"}}; '
+                f"send {REQUEST_EXAMPLE}"
+            )
+    return payload
+
+
+def json_depth(value: Any) -> int:
+    """Levels of nested objects and lists (a scalar is 0), without recursion; counting
+    stops one level past MAX_JSON_DEPTH."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if depth <= MAX_JSON_DEPTH:  # deeper is refused anyway: stop counting there
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def error_message(message: str) -> str:
+    """The model's own message from one MLflow wraps: without the echoed input
+    ("Failed to predict data '...'. Error: ", "Input: ...") and cut to MAX_MESSAGE_CHARS."""
+    if message.startswith("Failed to predict data") and "\nError: " in message:
+        message = message.split("\nError: ", 1)[1]
+    message = message.split("\nInput:", 1)[0].strip()
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 3] + "..."
+    return message
+
+
+def install_request_guard(max_request_bytes: int) -> bool:
+    """Guard MLflow's scoring server in this process (see the module docstring); does
+    nothing outside `mlflow models serve` (its model-path variable unset). Idempotent;
+    True when the guard is in place."""
+    from mlflow.pyfunc import scoring_server
+
+    if os.environ.get(scoring_server._SERVER_MODEL_PATH) is None:
+        return False
+    if scoring_server.invocations is not _INSTALLED.get("guard"):
+        _INSTALLED["guard"] = _guarded(scoring_server.invocations, max_request_bytes)
+        scoring_server.invocations = _INSTALLED["guard"]
+    return True
+
+
+def _guarded(invocations: Callable[..., Any], max_request_bytes: int) -> Callable[..., Any]:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, ErrorCode
+    from mlflow.pyfunc.scoring_server import InvocationsResponse
+
+    def guarded(data: bytes, content_type: str | None, model: Any, input_schema: Any) -> Any:
+        try:
+            check_request(data, content_type, max_request_bytes)
+        except RefusedRequestError as refused:
+            body = {"error_code": "BAD_REQUEST", "message": str(refused)}
+            return InvocationsResponse(json.dumps(body), refused.status, "application/json")
+        try:
+            return invocations(data, content_type, model, input_schema)
+        except MlflowException as error:
+            if error.get_http_status_code() >= 500 or "stack_trace" in error.json_kwargs:
+                log.error("request failed: %s\n%s", error.message, error.json_kwargs)
+                raise _internal_error(MlflowException, INTERNAL_ERROR) from None
+            code = ErrorCode.Value(error.error_code)
+            raise MlflowException(error_message(error.message), error_code=code) from None
+        except Exception:
+            log.exception("request failed")
+            raise _internal_error(MlflowException, INTERNAL_ERROR) from None
+
+    return guarded
+
+
+def _internal_error(exception: type, code: int) -> Any:
+    return exception(
+        "the model could not answer this request (the server log has the details); check it "
+        f"against {REQUEST_EXAMPLE}",
+        error_code=code,
+    )
 
 
 class ServerError(RuntimeError):

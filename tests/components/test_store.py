@@ -1,7 +1,20 @@
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
-from components.store import atomic_directory, atomic_write_text, hash_frame
+from components.settings import RewearSettings
+from components.store import (
+    StorageError,
+    atomic_directory,
+    atomic_write_text,
+    hash_frame,
+    storage_error,
+)
 
 
 def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
@@ -38,3 +51,89 @@ def test_hash_frame_depends_on_values_and_dtypes_only():
     assert hash_frame(frame) == hash_frame(frame.copy())
     assert hash_frame(frame) != hash_frame(frame.assign(a=[1, 3]))
     assert hash_frame(frame) != hash_frame(frame.astype({"a": "float64"}))
+
+
+def _failing(code: int):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(args[-1]) if args else None)
+
+    return fail
+
+
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        (errno.ENOSPC, "No space left on device; the disk is full: free space"),
+        (errno.EROFS, "Read-only file system; the file system is read-only: point REWEAR_HOME"),
+        (errno.EACCES, "Permission denied; permission denied: make the folder writable"),
+    ],
+)
+def test_a_write_no_retry_can_fix_names_the_path_and_the_fix(tmp_path, code, advice):
+    target = tmp_path / "runs" / "r1" / "split"
+    with pytest.raises(StorageError) as raised, atomic_directory(target) as staging:
+        _failing(code)(staging / "split.json")
+    message = str(raised.value)
+    assert message.startswith(f"cannot write {staging / 'split.json'} (while writing {target})")
+    assert advice in message
+    # Not an OSError: the flows' retry of transient I/O errors leaves it alone.
+    assert not isinstance(raised.value, OSError)
+    assert list((tmp_path / "runs" / "r1").iterdir()) == []
+
+
+def test_a_full_disk_inside_copytree_is_found_in_shutils_error_list(tmp_path, monkeypatch):
+    source = tmp_path / "encoder"
+    (source / "nested").mkdir(parents=True)
+    (source / "weights.bin").write_bytes(b"x")
+    (source / "nested" / "vocab.json").write_text("{}")
+    monkeypatch.setattr(shutil, "copyfile", _failing(errno.ENOSPC))  # what copy2 calls
+    target = tmp_path / "bundle"
+    with pytest.raises(StorageError) as raised, atomic_directory(target) as staging:
+        shutil.copytree(source, staging / "encoder")
+    message = str(raised.value)
+    assert message.startswith(f"cannot write {staging / 'encoder'}")
+    assert "No space left on device; the disk is full" in message
+    assert isinstance(raised.value.__cause__, shutil.Error)
+    assert not target.exists()
+
+
+def test_other_os_errors_pass_through_unchanged(tmp_path):
+    with pytest.raises(FileNotFoundError), atomic_directory(tmp_path / "t") as staging:
+        (staging / "missing" / "x.txt").read_text()
+    failure = OSError(errno.EIO, "Input/output error")
+    assert storage_error(failure, tmp_path) is None
+
+
+def test_atomic_write_text_on_a_read_only_file_system(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "replace", _failing(errno.EROFS))
+    path = tmp_path / "runs" / "report.json"
+    with pytest.raises(StorageError, match=r"report\.json: Read-only file system; .*REWEAR_HOME"):
+        atomic_write_text(path, "{}")
+    assert list(path.parent.iterdir()) == []  # the temporary sibling is gone
+
+
+def test_a_read_only_home_fails_at_start_naming_it(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    RewearSettings(home=home).ensure()  # a writable home: created, probed, nothing left
+    assert sorted(p.name for p in home.iterdir()) == ["mlartifacts", "runs", "snapshots"]
+    monkeypatch.setattr(tempfile, "TemporaryFile", _failing(errno.EROFS))
+    with pytest.raises(StorageError) as raised:
+        RewearSettings(home=home).ensure()
+    assert str(raised.value).startswith(
+        f"cannot write {home}: Read-only file system; the file system is read-only: point "
+        "REWEAR_HOME at a writable folder"
+    )
+
+
+def test_the_flows_do_not_retry_a_storage_error():
+    from flows.orchestration import retry_on_io_error
+
+    class Failed:
+        def __init__(self, error):
+            self.error = error
+
+        def result(self):
+            raise self.error
+
+    full = storage_error(OSError(errno.ENOSPC, "No space left on device", "/x"), Path("/x"))
+    assert retry_on_io_error(None, None, Failed(full)) is False
+    assert retry_on_io_error(None, None, Failed(OSError(errno.EIO, "I/O error"))) is True

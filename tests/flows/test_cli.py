@@ -71,6 +71,22 @@ def test_a_yaml_error_inside_set_is_one_line_naming_the_value(rewear_home):
     assert "quote it" in lines[0]
 
 
+def test_a_read_only_home_is_one_line_naming_it_and_the_fix(rewear_home, monkeypatch):
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    result = runner.invoke(app, ["retrain", "--config", str(REPO / "configs/synthetic.yaml")])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: cannot write {rewear_home.resolve()}: Read-only file system; the file system "
+        "is read-only: point REWEAR_HOME at a writable folder (or mount this one read-write)"
+    )
+
+
 def test_recommend_without_a_registered_model_says_to_retrain(rewear_home):
     result = runner.invoke(app, ["recommend", "--user-id", "u1"])
     assert result.exit_code == 1

@@ -9,6 +9,7 @@ import pytest
 
 from components.registry.bundle import (
     MAX_K,
+    MAX_ROWS,
     OUTPUT_COLUMNS,
     POPULARITY_SOURCE,
     SESSION_POPULARITY_SOURCE,
@@ -87,12 +88,27 @@ def test_rows_mix_users_and_sessions_and_keep_their_row_number(recommender):
         ({"user_ids": None, "recent_item_ids": ["i1"]}, "recent_item_ids (row 0) must be a list"),
         ({"user_ids": ["u"], "recent_item_ids": [[], []]}, "user_id has 1 rows but"),
         ({"user_ids": None, "recent_item_ids": [[]]}, "row 0 has no user_id"),
+        ({"user_ids": ["u" * 257]}, "user_id in row 0 has 257 characters; ids have at most 256"),
+        ({"user_ids": ["u"], "exclude_item_ids": ["i" * 300]}, "an item id of 300 characters"),
+        ({"user_ids": [["x" * 500]]}, "must be a non-empty string, got ['xxxxx"),
+        (
+            {"user_ids": [f"u{n}" for n in range(MAX_ROWS)], "k": MAX_K},
+            "1000 rows x k=1000 = 1,000,000 answers; at most 100,000 per call",
+        ),
     ],
 )
 def test_malformed_requests_name_the_field_and_the_fix(recommender, call, message):
     with pytest.raises(RequestError) as raised:
         recommender.recommend(**call)
     assert message in str(raised.value)
+    assert len(str(raised.value)) < 300  # a quoted value is cut short
+
+
+def test_the_answer_row_cap_counts_rows_times_k(recommender):
+    recommender.max_answer_rows = 6
+    assert len(recommender.recommend(["a", "b", "c"], k=2)) == 6
+    with pytest.raises(RequestError, match=r"3 rows x k=3 = 9 answers; at most 6 per call"):
+        recommender.recommend(["a", "b", "c"], k=3)
 
 
 def test_unknown_listing_attributes_come_back_as_null(tmp_path):

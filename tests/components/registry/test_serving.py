@@ -15,10 +15,10 @@ from components.registry.serving import model_server
 from tests.components.registry.conftest import SOLD, register_tiny_champion
 
 
-def post(url: str, body: bytes | dict) -> tuple[int, dict]:
+def post(url: str, body: bytes | dict, content_type: str = "application/json") -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(
-        url, data=data, headers={"Content-Type": "application/json"}, method="POST"
+        url, data=data, headers={"Content-Type": content_type}, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -71,12 +71,35 @@ def test_served_champion_ranks_and_refuses_bad_requests_without_going_down(champ
             {"dataframe_records": [{"user_id": "u1"}], "params": {"exclude_item_ids": "i1"}},
             "exclude_item_ids",
         ),
-        (b"{not json", ""),
+        (b"{not json", "is not valid JSON (Expecting property name"),
+        # Nested, oversized, other payload shapes: refused before MLflow parses them.
+        (b'{"dataframe_records": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests too deep"),
+        ({"dataframe_records": [{"user_id": [[[[[["u1"]]]]]]}]}, "nests more than 6 levels deep"),
+        ({"dataframe_records": [{"user_id": "u" * 9_000_000}]}, "at most 8,388,608"),
+        ({"inputs": [{"user_id": "u1"}]}, "under `dataframe_records`"),
+        ({"instances": [{"user_id": "u1"}]}, "under `dataframe_records`"),
+        ({"dataframe_records": [{"user_id": "u1"}], "params": {"K": 5}}, "unknown params ['K']"),
+        ({"dataframe_records": [1, 2]}, "row 0 of `dataframe_records` is not an object"),
+        ({"dataframe_records": [{"user_id": "u" * 300}]}, "has 300 characters"),
+        (
+            {
+                "dataframe_records": [{"user_id": f"u{n}"} for n in range(1000)],
+                "params": {"k": 1000},
+            },
+            "1000 rows x k=1000 = 1,000,000 answers; at most 100,000 per call",
+        ),
     ]
     for request, message in bad_requests:
         status, body = post(url, request)
         assert 400 <= status < 500, (request, status, body)
         assert message in body.get("message", ""), (request, body)
+        # The message only: no stack trace, no echoed request, no server path.
+        assert set(body) <= {"error_code", "message", "sqlstate", "error_class"}, body
+        assert "Failed to predict data" not in body["message"] and "/" not in body["message"]
+    status, body = post(url, {"dataframe_records": [{"user_id": "u1"}], "x": 1})
+    assert status == 400
+    status, _ = post(url, b'{"dataframe_records": [{"user_id": "u1"}]}', "text/csv")
+    assert status == 415
 
     # Still serving after every bad request.
     status, body = post(url, {"dataframe_records": [{"user_id": "never-seen"}], "params": {"k": 1}})
