@@ -88,12 +88,14 @@ def retrain(
     _prepare_environment()
     parsed = _checked_overrides(config, overrides)
 
+    from flows.orchestration import local_prefect_server
     from flows.retrain import retrain as retrain_flow
 
     try:
-        result = retrain_flow(
-            config_path=str(config), overrides=parsed, force_promote=force_promote
-        )
+        with local_prefect_server():
+            result = retrain_flow(
+                config_path=str(config), overrides=parsed, force_promote=force_promote
+            )
     except Exception as error:
         errors.print(f"[red]retrain failed:[/red] {type(error).__name__}: {error}")
         raise typer.Exit(1) from error
@@ -378,15 +380,18 @@ def monitor(
         typer.Option("--threshold", help="A monitoring threshold: --threshold max_psi=0.1"),
     ] = None,
 ) -> None:
-    """Drift, champion quality and candidate recall on the newest data; exit 1 on an alert."""
+    """Drift, champion quality and candidate recall on the newest data; exit 1 on an alert
+    (too little data is reported as such, exit 0)."""
     _prepare_environment()
     parsed = _checked_overrides(config, overrides)
     from flows.monitor import monitor as monitor_flow
 
     result = _run_flow(monitor_flow, config, parsed, _parse_overrides(thresholds or []))
     console.print(
-        f"ok: PSI {result['drift']['psi']}, champion v{result['champion_version']} "
-        f"{result['quality']['metrics']}, candidate recall {result['quality']['candidate_recall']}"
+        f"{result['status']}: {result['summary']}. PSI {result['drift']['psi']}, "
+        f"champion v{result['champion_version']} "
+        f"{result['quality']['metrics']}, candidate recall {result['quality']['candidate_recall']}",
+        markup=False,
     )
 
 
@@ -405,8 +410,11 @@ def _checked_overrides(config: Path, overrides: list[str] | None) -> dict[str, A
 
 def _run_flow(flow_fn: Any, config: Path, *args: Any) -> dict[str, Any]:
     """Run the flow; exit 1 with the error on failure."""
+    from flows.orchestration import local_prefect_server
+
     try:
-        return flow_fn(str(config), *args)
+        with local_prefect_server():
+            return flow_fn(str(config), *args)
     except Exception as error:
         errors.print(f"[red]{flow_fn.name} failed:[/red] {type(error).__name__}: {error}")
         raise typer.Exit(1) from error
