@@ -1,9 +1,18 @@
 """What the flows' orchestration needs from the project, without Prefect: the task runner
-choice (environment settings) and fingerprints of the inputs that task caching keys on.
+choice (environment settings), fingerprints of the inputs that task caching keys on, and
+the process bookkeeping that keeps a killed run from leaking (a helper process that dies
+with its parent, the identity of the process that owns a tracked run).
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -74,3 +83,96 @@ def code_fingerprint() -> str:
             [[str(f.relative_to(COMPONENTS_DIR)), f.read_text()] for f in files]
         )
     return _code_fingerprint
+
+
+#: Linux prctl option: the signal a process gets when the thread that started it exits.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """In the child, before exec: ask the kernel for SIGKILL when the parent dies (Linux),
+    and exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def start_process_dying_with_parent(
+    args: Sequence[str], env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a helper process (e.g. a local Prefect server) that does not outlive this one,
+    even when this one is SIGKILLed: on Linux the kernel kills it (PR_SET_PDEATHSIG); on
+    other systems the caller's normal exit must stop it. Call from the main thread (the
+    signal fires when the starting thread ends)."""
+    parent = os.getpid()
+    return subprocess.Popen(
+        list(args),
+        env=None if env is None else dict(env),
+        preexec_fn=lambda: _die_with_parent(parent),
+    )
+
+
+def free_local_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, /proc), or None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name (which may hold spaces) start after the last ')'.
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[19]
+
+
+def process_owner() -> str:
+    """Who owns a tracked run: host, boot, pid and the pid's start time, so a later process
+    can tell whether the owner still runs (a reused pid has another start time)."""
+    pid = os.getpid()
+    return f"{socket.gethostname()} {_boot_id()} {pid} {_start_ticks(pid) or 'unknown'}"
+
+
+def owner_is_gone(owner: str) -> bool:
+    """True when the process recorded by `process_owner()` certainly no longer runs: same
+    host, and another boot, or no such pid, or a pid started at another time. A process on
+    another host is never judged gone (it may still run)."""
+    try:
+        host, boot, pid_text, ticks = owner.split(" ")
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return False
+    if boot != "unknown" and boot != _boot_id():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    current = _start_ticks(pid)
+    if current is None or ticks == "unknown":
+        return False
+    return current != ticks or _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False

@@ -15,25 +15,61 @@ the task's source, the source of the `components` package and the home itself, s
 
 Tasks with side effects outside their own outputs (registry reads and writes) use
 `UNCACHED_OPTIONS`.
+
+A cached result is data, never code: results are written as plain JSON (`RESULT_SERIALIZER`,
+no object hooks), and the record Prefect looks a key up in (`StageRecords`, under
+`<result storage>/keys`) is read back only when it was written that way and every output
+folder it names under REWEAR_HOME still exists. Anything else (a planted pickle, a record of
+another serializer, a record whose run folder was deleted) reads as absent: the stage runs
+again and overwrites it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+import prefect
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
+from prefect.filesystems import LocalFileSystem
+from prefect.logging import get_logger
+from prefect.serializers import JSONSerializer
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    get_current_settings,
+    temporary_settings,
+)
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 
 from components.config import PipelineConfig, load_config
-from components.orchestration import OrchestrationSettings, code_fingerprint, source_fingerprint
-from components.registry.tracking import configure_mlflow
+from components.orchestration import (
+    OrchestrationSettings,
+    code_fingerprint,
+    free_local_port,
+    source_fingerprint,
+    start_process_dying_with_parent,
+)
+from components.registry.tracking import (
+    close_run,
+    configure_mlflow,
+    fail_abandoned_runs,
+    owned_run_tags,
+)
 from components.settings import RewearSettings
 from components.store import write_json
 
@@ -95,10 +131,103 @@ def _source_data(task_ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
     return source_fingerprint(config.source)
 
 
+#: Task results as plain JSON: no object encoder or decoder, so reading one back imports and
+#: runs nothing (a stage returns only JSON values: strings, numbers, lists, dicts).
+RESULT_SERIALIZER = JSONSerializer(object_encoder=None, object_decoder=None)
+#: The folder, inside Prefect's result storage, of the records stage keys are looked up in.
+STAGE_RECORDS_FOLDER = "keys"
+_logger = get_logger("rewear.orchestration")
+
+
+class UntrustedRecordError(ValueError):
+    """A stored stage record that must not be reused (Prefect then treats it as absent)."""
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def missing_outputs(result: Any, home: Path) -> list[str]:
+    """The paths under `home` named anywhere in a stage's JSON result that no longer exist."""
+    if isinstance(result, dict):
+        return [p for value in result.values() for p in missing_outputs(value, home)]
+    if isinstance(result, list):
+        return [p for value in result for p in missing_outputs(value, home)]
+    if isinstance(result, str) and result.startswith("/"):
+        path = Path(result)
+        if _within(path, home) and not path.exists():
+            return [result]
+    return []
+
+
+def untrusted_reason(record: bytes, storage: Path, home: Path) -> str | None:
+    """Why a stage record (Prefect's metadata JSON, its result in `storage`) cannot be
+    reused, or None. Parsed with the standard library only: nothing in it is executed."""
+    try:
+        metadata = json.loads(record)
+    except ValueError:
+        return "not a JSON record"
+    expected = json.loads(RESULT_SERIALIZER.model_dump_json())
+    if not isinstance(metadata, dict) or metadata.get("serializer") != expected:
+        found = metadata.get("serializer") if isinstance(metadata, dict) else None
+        return f"written with serializer {found!r}, not plain JSON"
+    if metadata.get("storage_block_id") is not None:
+        return "its result lives in a storage block, not in the local result storage"
+    result_path = Path(str(metadata.get("storage_key"))).resolve()
+    if not _within(result_path, storage.resolve()) or not result_path.is_file():
+        return f"its result {result_path} is not a file of the result storage {storage}"
+    try:
+        result = json.loads(result_path.read_bytes())
+    except ValueError:
+        return f"its result {result_path} is not JSON"
+    missing = missing_outputs(result, home)
+    if missing:
+        return f"its output {missing[0]} no longer exists"
+    return None
+
+
+class StageRecords(LocalFileSystem):
+    """Where stage cache keys are looked up (the cache policies' `key_storage`): Prefect's
+    local result storage `/keys`. A record is handed to Prefect only when it is one this
+    project writes (plain JSON) and its outputs still exist; otherwise the read fails, which
+    Prefect takes as a cache miss, and the stage runs again and rewrites the record."""
+
+    _block_type_name = "rewear stage records"
+
+    def _resolve_path(self, path: str) -> Path:
+        folder = self.storage() / STAGE_RECORDS_FOLDER
+        resolved = (folder / path).resolve()
+        if not _within(resolved, folder):
+            raise ValueError(f"{resolved} is outside the stage records folder {folder}")
+        return resolved
+
+    @staticmethod
+    def storage() -> Path:
+        """Prefect's local result storage (resolved when read: REWEAR_HOME/prefect/storage
+        for every rewear entry point)."""
+        return Path(get_current_settings().results.local_storage_path).expanduser().resolve()
+
+    def read_path(self, path: str, _sync: bool | None = None) -> bytes:
+        """The record at `path` if it can be trusted (Prefect passes `_sync`; reads are
+        synchronous here either way)."""
+        record = self._resolve_path(path).read_bytes()
+        reason = untrusted_reason(record, self.storage(), RewearSettings().root)
+        if reason is not None:
+            _logger.warning("stage record %s not reused (%s): the stage runs again", path, reason)
+            raise UntrustedRecordError(f"stage record {path}: {reason}")
+        return record
+
+    async def aread_path(self, path: str) -> bytes:
+        return self.read_path(path)
+
+
 HOME_AND_CODE = CachePolicy.from_cache_key_fn(_home_and_code)
 SOURCE_DATA = CachePolicy.from_cache_key_fn(_source_data)
-#: Pure stages: inputs (without the run folder) + task source + home and ML code.
-STAGE_CACHE = (INPUTS - RUN_DIR_ARGUMENT) + TASK_SOURCE + HOME_AND_CODE
+#: Pure stages: inputs (without the run folder) + task source + home and ML code, looked up
+#: in the trusted stage records.
+STAGE_CACHE = ((INPUTS - RUN_DIR_ARGUMENT) + TASK_SOURCE + HOME_AND_CODE).configure(
+    key_storage=StageRecords()
+)
 #: Reading the source: the above + the source files' fingerprint.
 SOURCE_CACHE = STAGE_CACHE + SOURCE_DATA
 
@@ -113,6 +242,7 @@ STAGE_OPTIONS: dict[str, Any] = {
     **_common,
     "cache_policy": STAGE_CACHE,
     "persist_result": True,
+    "result_serializer": RESULT_SERIALIZER,
     "cache_expiration": CACHE_EXPIRATION,
 }
 SOURCE_OPTIONS: dict[str, Any] = {**STAGE_OPTIONS, "cache_policy": SOURCE_CACHE}
@@ -135,22 +265,89 @@ def start_tracked_run(kind: str, config_path: str, overrides: dict[str, Any] | N
     show_component_progress()
     settings = RewearSettings().ensure()
     config = load_config(config_path, overrides)
-    client, experiment_id = configure_mlflow(settings, config.registry.experiment)
+    client, experiment_id = open_tracking(settings, config.registry.experiment)
     run = client.create_run(
         experiment_id,
         run_name=f"{kind}-{config.name}",
-        tags={"rewear.dataset": config.name, "rewear.kind": kind},
+        tags={"rewear.dataset": config.name, "rewear.kind": kind, **owned_run_tags()},
     )
     run_dir = settings.runs / run.info.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     return TrackedRun(settings, config, client, run.info.run_id, run_dir)
 
 
+def open_tracking(settings: RewearSettings, experiment: str) -> tuple[Any, str]:
+    """The MLflow client and experiment of a new flow run, after marking FAILED the runs
+    that killed processes left open (see `fail_abandoned_runs`)."""
+    client, experiment_id = configure_mlflow(settings, experiment)
+    for run_id in fail_abandoned_runs(client):
+        _logger.warning("MLflow run %s was left open by a killed process: FAILED", run_id)
+    return client, experiment_id
+
+
 def finish_tracked_run(run: TrackedRun, report: dict[str, Any], failed: bool) -> None:
-    """Write `report.json` in the run folder, log it, and close the MLflow run."""
+    """Write `report.json` in the run folder, log it, and only then close the MLflow run."""
     write_json(run.run_dir / "report.json", report)
     run.client.log_artifact(run.run_id, str(run.run_dir / "report.json"))
-    run.client.set_terminated(run.run_id, "FAILED" if failed else "FINISHED")
+    close_run(run.client, run.run_id, failed)
+
+
+@contextmanager
+def local_prefect_server() -> Iterator[None]:
+    """Run the block against Prefect's API: the configured one (PREFECT_API_URL), or else a
+    temporary local server that this process starts and that dies with it, even on SIGKILL
+    (Prefect's own temporary server is left running, reparented, when its parent is
+    killed). The server's database is Prefect's (PREFECT_HOME, under REWEAR_HOME)."""
+    if PREFECT_API_URL.value():
+        yield
+        return
+    port = free_local_port()
+    env = {
+        **os.environ,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+        **get_current_settings().to_environment_variables(exclude_unset=True),
+    }
+    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1])]
+    command += ["--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--log-level", "error", "--lifespan", "on"]
+    server = start_process_dying_with_parent(command, env)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_until_healthy(server, url)
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _wait_until_healthy(server: subprocess.Popen[bytes], url: str) -> None:
+    timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+    deadline = time.monotonic() + timeout
+    with httpx.Client() as client:
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise RuntimeError(
+                    f"the local Prefect server exited with code {server.returncode} while "
+                    "starting: see its output above"
+                )
+            try:
+                if client.get(f"{url}/health", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(
+        f"the local Prefect server did not answer within {timeout} s: raise "
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or point PREFECT_API_URL at a "
+        "running server (`prefect server start`)"
+    )
 
 
 def task_runner_from_settings(settings: OrchestrationSettings | None = None) -> TaskRunner:

@@ -136,6 +136,8 @@ def register_and_promote_task(
     version = register_refreshed_version(
         client, run_id, Path(refreshed["uri"]), name, tags, refreshed["example_user_id"]
     )
+    # Logging the model ends the MLflow run (FINISHED); it stays open until its report.
+    client.update_run(run_id, status="RUNNING")
     mlflow.set_tracking_uri(RewearSettings().tracking_uri)
     try:
         model = mlflow.pyfunc.load_model(model_uri(name, version=version))

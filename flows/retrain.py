@@ -28,7 +28,7 @@ from components.registry.registration import (
     model_tags,
     version_aliases,
 )
-from components.registry.tracking import configure_mlflow
+from components.registry.tracking import close_run, configure_mlflow, owned_run_tags
 from components.report import ModelRef, RunReport
 from components.settings import RewearSettings
 from components.store import read_json
@@ -36,6 +36,7 @@ from flows.orchestration import (
     SOURCE_OPTIONS,
     STAGE_OPTIONS,
     UNCACHED_OPTIONS,
+    open_tracking,
     show_component_progress,
     task_runner_from_settings,
 )
@@ -184,6 +185,8 @@ def register_task(
         tags,
         example_user_id=built["example_user_id"],
     )
+    # Logging the model ends the MLflow run (FINISHED); it stays open until its report.
+    client.update_run(run_id, status="RUNNING")
     return {
         "name": registered.name,
         "version": registered.version,
@@ -232,7 +235,7 @@ def retrain(
     show_component_progress()
     settings = RewearSettings().ensure()
     config = load_config(config_path, overrides)
-    client, experiment_id = configure_mlflow(settings, config.registry.experiment)
+    client, experiment_id = open_tracking(settings, config.registry.experiment)
     commit = git_commit()
     resolved_hash = config_hash(config)
     mlflow_run = client.create_run(
@@ -242,6 +245,7 @@ def retrain(
             "rewear.dataset": config.name,
             "rewear.config_hash": resolved_hash,
             "rewear.model": config.model.summary(),
+            **owned_run_tags(),
         },
     )
     run_id = mlflow_run.info.run_id
@@ -382,12 +386,13 @@ def retrain(
         if not report.validation and validation_summary.is_file():
             # Validation failed: its counts and quarantine files still belong in the report.
             report.validation = read_json(validation_summary)
-        client.set_terminated(run_id, "FAILED")
         raise
     finally:
+        # The run ends only once its report is logged: a kill before leaves it open, and
+        # the next run marks it FAILED (flows.orchestration.open_tracking).
         report_path = report.write(run_dir)
         client.log_artifact(run_id, str(report_path))
-    client.set_terminated(run_id, "FINISHED")
+        close_run(client, run_id, failed=report.status != "completed")
     publish_artifacts(report)
     return {**report.model_dump(mode="json"), "report_path": str(report_path)}
 

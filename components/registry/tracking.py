@@ -5,6 +5,7 @@ from __future__ import annotations
 import mlflow
 from mlflow import MlflowClient
 
+from components.orchestration import owner_is_gone, process_owner
 from components.settings import RewearSettings
 
 
@@ -49,3 +50,45 @@ def configure_mlflow(settings: RewearSettings, experiment: str) -> tuple[MlflowC
         experiment, artifact_location=settings.mlflow_artifacts.as_uri()
     )
     return client, experiment_id
+
+
+#: Run tags that let a later process close what a killed one left open: who runs it, and
+#: whether it is still open (a run is closed only after its report.json is logged).
+OWNER_TAG = "rewear.owner"
+STATE_TAG = "rewear.state"
+
+
+def owned_run_tags() -> dict[str, str]:
+    """Tags for a new run: this process owns it, and it is open."""
+    return {OWNER_TAG: process_owner(), STATE_TAG: "open"}
+
+
+def close_run(client: MlflowClient, run_id: str, failed: bool) -> None:
+    """End a run after its report is logged: FINISHED, or FAILED."""
+    client.set_tag(run_id, STATE_TAG, "closed")
+    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def fail_abandoned_runs(client: MlflowClient) -> list[str]:
+    """Mark FAILED every open run whose owning process is gone (killed, or its machine
+    rebooted), whatever MLflow's status says (a kill after MLflow closed the run while
+    logging the model leaves it FINISHED without a report). Returns their run ids."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    abandoned = [
+        run
+        for run in client.search_runs(experiments, filter_string=f"tags.`{STATE_TAG}` = 'open'")
+        if owner_is_gone(run.data.tags.get(OWNER_TAG, ""))
+    ]
+    for run in abandoned:
+        owner = run.data.tags[OWNER_TAG]
+        client.set_tag(run.info.run_id, STATE_TAG, "abandoned")
+        client.set_tag(
+            run.info.run_id,
+            "rewear.error",
+            f"the process that ran it ({owner}) ended without closing it (killed?); "
+            "marked FAILED by the next rewear run",
+        )
+        client.set_terminated(run.info.run_id, "FAILED")
+    return [run.info.run_id for run in abandoned]
