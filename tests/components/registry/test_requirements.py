@@ -61,6 +61,9 @@ def test_logged_requirements_list_every_package_the_logged_code_imports(rewear_h
         for req in (Requirement(line) for line in lines if line and not line.startswith("#"))
     }
     model_dir = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "model")))
+    # Models-from-code: MLflow runs the logged code file, and no pickle is logged.
+    assert "loader_module: mlflow.pyfunc.loaders.code_model" in (model_dir / "MLmodel").read_text()
+    assert not [p for p in model_dir.rglob("*") if p.suffix in (".pkl", ".pickle", ".cloudpickle")]
     imported = imported_packages(model_dir / "code", "components.registry.pyfunc_model")
     # Import name -> the distributions that provide it (mlflow: mlflow, mlflow-skinny, ...).
     providers = {
