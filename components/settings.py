@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +23,17 @@ class RewearSettings(BaseSettings):
     #: gets a 400 / 413 that names the limit.
     max_answer_rows: int = Field(default=100_000, ge=1)
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _tracking_uri_has_a_scheme(cls, uri: str | None) -> str | None:
+        if uri is not None and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", uri):
+            raise ValueError(
+                f"REWEAR_MLFLOW_TRACKING_URI={uri!r} is not a URI; write e.g. "
+                "sqlite:////data/rewear/mlflow.db or http://mlflow:5000 (or unset it to use "
+                "REWEAR_HOME/mlflow.db)"
+            )
+        return uri
 
     @property
     def root(self) -> Path:

@@ -22,6 +22,8 @@ errors = Console(stderr=True, soft_wrap=True)
 
 def _prepare_environment() -> Any:
     """Keep Prefect's state under REWEAR_HOME unless the user set PREFECT_HOME/API_URL."""
+    from pydantic import ValidationError
+
     from components.settings import RewearSettings
     from components.store import StorageError
 
@@ -29,6 +31,10 @@ def _prepare_environment() -> Any:
         settings = RewearSettings().ensure()
     except StorageError as error:
         errors.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        raise typer.Exit(2) from error
+    except ValidationError as error:
+        problems = "; ".join(_setting_problem(problem) for problem in error.errors())
+        errors.print(f"[red]error:[/red] {escape(problems)}", highlight=False)
         raise typer.Exit(2) from error
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
     # The temporary local server may need more than Prefect's default 20 s to start on a
@@ -41,6 +47,14 @@ def _prepare_environment() -> Any:
     # flow run's logs.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components")
     return settings
+
+
+def _setting_problem(problem: Any) -> str:
+    """One invalid REWEAR_* environment variable, named, as one phrase."""
+    if problem["type"] == "value_error":
+        return str(problem["msg"]).removeprefix("Value error, ")
+    name = "REWEAR_" + "_".join(str(part) for part in problem["loc"]).upper()
+    return f"{name}: {problem['msg']} (got {problem.get('input')!r})"
 
 
 def _parse_overrides(values: list[str]) -> dict[str, Any]:

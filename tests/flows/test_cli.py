@@ -87,6 +87,27 @@ def test_a_read_only_home_is_one_line_naming_it_and_the_fix(rewear_home, monkeyp
     )
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        (
+            "REWEAR_MLFLOW_TRACKING_URI",
+            "banana",
+            "REWEAR_MLFLOW_TRACKING_URI='banana' is not a URI",
+        ),
+        ("REWEAR_MAX_ANSWER_ROWS", "0", "REWEAR_MAX_ANSWER_ROWS: Input should be greater"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_the_variable(
+    rewear_home, monkeypatch, variable, value, expected
+):
+    monkeypatch.setenv(variable, value)
+    result = runner.invoke(app, ["retrain"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), result.output
+
+
 def test_recommend_without_a_registered_model_says_to_retrain(rewear_home):
     result = runner.invoke(app, ["recommend", "--user-id", "u1"])
     assert result.exit_code == 1
