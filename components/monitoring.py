@@ -217,13 +217,13 @@ def champion_quality(
     config: MonitoringConfig,
     evaluation: EvaluationConfig,
 ) -> dict[str, object]:
-    """Recall / NDCG of the served bundle on the interactions at or after `since` (its data
-    end: the bundle's histories and masks hold everything before), and the served path's
-    candidate recall@N on a seeded sample of those users. Fewer than `min_users` evaluated
-    users: `enough_data` False and `not_enough_data` says so."""
+    """Recall / NDCG of the served bundle on the interactions after `since` (its data end:
+    the bundle's histories and masks hold everything up to it, that moment included), and
+    the served path's candidate recall@N on a seeded sample of those users. Fewer than
+    `min_users` evaluated users: `enough_data` False and `not_enough_data` says so."""
     interactions = tables.interactions
-    history = interactions[interactions["ts"] < since].reset_index(drop=True)
-    window = interactions[interactions["ts"] >= since].reset_index(drop=True)
+    history = interactions[interactions["ts"] <= since].reset_index(drop=True)
+    window = interactions[interactions["ts"] > since].reset_index(drop=True)
     if evaluation.positive_events is not None:
         window = window[window["event"].isin(evaluation.positive_events)]
     end = interactions["ts"].max() if len(interactions) else since
@@ -265,7 +265,7 @@ def _quality_sufficiency(
     shortfalls = []
     if users < config.min_users:
         shortfalls.append(
-            f"the quality window [{span[0]}, {span[1]}] after the served bundle's data holds "
+            f"the quality window ({span[0]}, {span[1]}] after the served bundle's data holds "
             f"{users} evaluated users (min_users {config.min_users})"
         )
     return {"enough_data": not shortfalls, "not_enough_data": shortfalls, "window": span}

@@ -1,12 +1,17 @@
 """The `monitor` flow: drift of the newest data against what the champion learned from, the
 champion's quality on the data it has not seen, and its served candidate recall.
 
-Drift and quality run as two submitted tasks (in parallel on the configured task runner).
-When a threshold is crossed the flow emits the Prefect event `rewear.monitor.alert`
-(resource `rewear.model.<name>`; an automation can trigger the `retrain` deployment on it,
-see prefect.yaml) and fails with a message listing every breach; otherwise it emits
-`rewear.monitor.ok`. Each run logs its figures to MLflow and writes `report.json` in its
-run folder.
+Drift compares the newest `window` of interactions with a `window` of the champion's
+training data ending at its training cut-off (which an index refresh does not move: for a
+refreshed champion it is the cut-off of the retrained version it came from). Drift and
+quality run as two submitted tasks (in parallel on the configured task runner). When a
+threshold is crossed the flow emits the Prefect event `rewear.monitor.alert` (resource
+`rewear.model.<name>`; an automation can trigger the `retrain` deployment on it, see
+prefect.yaml) and fails with a message listing every breach. When a check has too little
+data it neither passes nor alerts: the run ends with status `insufficient_data`, says which
+window holds how much against which minimum, and emits `rewear.monitor.insufficient_data`
+(no retrain). Otherwise it emits `rewear.monitor.ok`. Each run logs its figures to MLflow
+and writes `report.json` in its run folder.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 from prefect import flow, task
 from prefect.events import emit_event
@@ -27,14 +33,19 @@ from components.monitoring import (
     MonitoringConfig,
     champion_quality,
     drift_report,
+    monitor_status,
     threshold_breaches,
 )
 from components.registry.bundle import BundleRecommender
-from components.registry.registration import mlflow_key
+from components.registry.pyfunc import BUNDLE_ARTIFACT
+from components.registry.registration import mlflow_key, model_uri
+from components.registry.tracking import configure_mlflow
+from components.settings import RewearSettings
 from components.store import read_json
 from flows.orchestration import (
     STAGE_CACHE,
     STAGE_OPTIONS,
+    UNCACHED_OPTIONS,
     finish_tracked_run,
     start_tracked_run,
     task_runner_from_settings,
@@ -44,6 +55,8 @@ from flows.retrain import ingest_task, validate_task
 
 ALERT_EVENT = "rewear.monitor.alert"
 OK_EVENT = "rewear.monitor.ok"
+INSUFFICIENT_EVENT = "rewear.monitor.insufficient_data"
+EVENTS = {"alert": ALERT_EVENT, "ok": OK_EVENT, "insufficient_data": INSUFFICIENT_EVENT}
 
 
 def _tables(validated_uri: str) -> CanonicalTables:
@@ -51,9 +64,44 @@ def _tables(validated_uri: str) -> CanonicalTables:
     return read_tables(folder, source=read_json(folder / "source.json"))
 
 
+@task(**UNCACHED_OPTIONS)
+def training_cutoff_task(
+    champion: dict[str, Any], config: PipelineConfig, run_dir: Path
+) -> dict[str, Any]:
+    """The champion's training cut-off: its bundle's `data_until` for a retrained version;
+    for an index refresh (whose `data_until` the refresh moved to the newest data) that of
+    the retrained version it was refreshed from (tag `encoder_from_version`, carried
+    through every refresh), or the bundle's own `trained_until` when it records one."""
+    metadata = read_json(Path(champion["bundle_dir"]) / "bundle.json")
+    if metadata.get("data_until") is None:
+        raise ValueError(
+            "the champion's data had no timestamps: monitoring compares time windows; "
+            "it applies to temporal sources only"
+        )
+    data_until = str(metadata["data_until"])
+    if metadata.get("trained_until") is not None:
+        return {"trained_until": str(metadata["trained_until"]), "data_until": data_until}
+    tags = champion["tags"]
+    origin = tags.get("encoder_from_version") or tags.get("refreshed_from_version")
+    if tags.get("kind") != "index_refresh" or origin is None:
+        return {"trained_until": data_until, "data_until": data_until}
+    configure_mlflow(RewearSettings(), config.registry.experiment)
+    name = config.registry.model_name
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{model_uri(name, version=int(origin))}/artifacts/{BUNDLE_ARTIFACT}/"
+        "bundle.json",
+        dst_path=str(run_dir / "origin"),
+    )
+    retrained = read_json(Path(local))
+    until = retrained.get("trained_until") or retrained.get("data_until") or data_until
+    return {"trained_until": str(until), "data_until": data_until, "origin_version": int(origin)}
+
+
 @task(**STAGE_OPTIONS)
-def drift_task(validated_uri: str, since: str, thresholds: MonitoringConfig) -> dict[str, Any]:
-    return drift_report(_tables(validated_uri), pd.Timestamp(since), thresholds)
+def drift_task(
+    validated_uri: str, trained_until: str, thresholds: MonitoringConfig
+) -> dict[str, Any]:
+    return drift_report(_tables(validated_uri), pd.Timestamp(trained_until), thresholds)
 
 
 @task(**{**STAGE_OPTIONS, "cache_policy": STAGE_CACHE - "champion_dir"})
@@ -89,16 +137,11 @@ def monitor(
     failed = True
     try:
         champion = fetch_champion_task(config, run_dir)
-        metadata = read_json(Path(champion["bundle_dir"]) / "bundle.json")
-        if metadata.get("data_until") is None:
-            raise ValueError(
-                "the champion's data had no timestamps: monitoring compares time windows; "
-                "it applies to temporal sources only"
-            )
-        since = str(metadata["data_until"])
+        cutoff = training_cutoff_task(champion, config, run_dir)
+        since = cutoff["data_until"]
         raw = ingest_task(config, run_dir)
         validated = validate_task(raw["uri"], config, run_dir)
-        drift_future = drift_task.submit(validated["uri"], since, limits)
+        drift_future = drift_task.submit(validated["uri"], cutoff["trained_until"], limits)
         quality_future = quality_task.submit(
             f"{name}/{champion['version']}/{since}",
             champion["bundle_dir"],
@@ -112,17 +155,22 @@ def monitor(
         breaches = threshold_breaches(
             drift, quality, limits, None if registered is None else float(registered)
         )
+        status, summary = monitor_status(drift, quality, breaches)
         report.update(
             champion_version=champion["version"],
             champion_data_until=since,
+            champion_trained_until=cutoff["trained_until"],
             drift=drift,
             quality=quality,
             thresholds=limits.model_dump(mode="json"),
             breaches=breaches,
-            status="alert" if breaches else "ok",
+            status=status,
+            summary=summary,
         )
         _log(client, run_id, drift, quality)
         payload = {
+            "status": status,
+            "summary": summary,
             "breaches": breaches,
             "psi": drift["psi"],
             "metrics": quality["metrics"],
@@ -131,7 +179,7 @@ def monitor(
             "mlflow_run_id": run_id,
         }
         event = emit_event(
-            event=ALERT_EVENT if breaches else OK_EVENT,
+            event=EVENTS[status],
             resource={"prefect.resource.id": f"rewear.model.{name}", "prefect.resource.name": name},
             payload=payload,
         )
@@ -141,6 +189,12 @@ def monitor(
                 f"monitoring of {name} v{champion['version']} crossed {len(breaches)} "
                 "threshold(s): " + "; ".join(breaches) + f". Event {ALERT_EVENT} emitted; "
                 "retrain (prefect deployment run 'retrain/daily') or adjust `thresholds`."
+            )
+        if status == "insufficient_data":
+            print(
+                f"monitoring of {name} v{champion['version']}: {summary}. Neither a pass nor "
+                "an alert; run the monitor again when more data has arrived, or lower "
+                "`thresholds` min_rows / min_users."
             )
         failed = False
     except BaseException as error:
@@ -155,6 +209,10 @@ def monitor(
 def _log(client: Any, run_id: str, drift: dict[str, Any], quality: dict[str, Any]) -> None:
     for feature, value in drift["psi"].items():
         client.log_metric(run_id, f"drift.psi.{feature}", float(value))
+    for key in ("reference_rows", "current_rows", "current_rows_after_training"):
+        client.log_metric(run_id, f"drift.{key}", float(drift[key]))
+    enough = drift["enough_data"] and quality["enough_data"]
+    client.set_tag(run_id, "rewear.monitor.enough_data", str(enough).lower())
     for key, value in quality["metrics"].items():
         client.log_metric(run_id, f"champion.{mlflow_key(key)}", float(value))
     if quality["candidate_recall"] is not None:

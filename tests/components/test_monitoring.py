@@ -200,7 +200,7 @@ class _NeverAsked:
 
 def test_quality_without_new_interactions_is_not_enough_data():
     tables = _steady_market()
-    after = tables.interactions["ts"].max() + pd.Timedelta("1h")
+    after = tables.interactions["ts"].max()  # the bundle saw this very moment
     # The empty window is decided before the bundle is asked anything.
     quality = champion_quality(
         cast(BundleRecommender, _NeverAsked()),
@@ -211,7 +211,7 @@ def test_quality_without_new_interactions_is_not_enough_data():
     )
     assert quality["enough_data"] is False and quality["evaluated_users"] == 0
     assert quality["not_enough_data"] == [
-        f"the quality window [{after.isoformat()}, {after.isoformat()}] after the served "
+        f"the quality window ({after.isoformat()}, {after.isoformat()}] after the served "
         "bundle's data holds 0 evaluated users (min_users 20)"
     ]
     drift = drift_report(tables, after - pd.Timedelta("3D"), MonitoringConfig())

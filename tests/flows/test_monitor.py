@@ -1,4 +1,5 @@
-"""The monitor flow: quiet on data like the champion's, failing with an event on a shift."""
+"""The monitor flow: quiet on data like the champion's, failing with an event on a shift, quiet
+after an index refresh, and "not enough data" (neither a pass nor an alert) without new data."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from typer.testing import CliRunner
 
 from components.data.schema import CanonicalTables
 from components.monitoring import MonitoringAlertError
 from components.settings import RewearSettings
-from tests.flows.market_files import last_moment, small_market, write_market
+from flows.cli import app
+from tests.flows.market_files import TWO_TOWER_OVERRIDES, last_moment, small_market, write_market
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 FAST = {"evaluation.bootstrap_resamples": 50}
@@ -93,6 +96,71 @@ def test_monitor_passes_on_similar_data_and_fails_with_an_event_on_a_shift(rewea
     assert events[0].payload["breaches"] == report["breaches"]
     # A champion is untouched by monitoring.
     assert int(client.get_registered_model("rewear").aliases["champion"]) == 1
+
+
+@pytest.mark.slow
+def test_after_an_index_refresh_the_monitor_stays_quiet_and_no_new_data_is_not_enough_data(
+    rewear_home, tmp_path
+):
+    from flows.monitor import monitor
+    from flows.refresh_index import refresh_index
+    from flows.retrain import retrain
+
+    tables = small_market()
+    last = last_moment(tables)
+    folder = tmp_path / "market"
+    config = write_market(tables, folder, last - pd.Timedelta("4D"))
+    retrain(config_path=str(config), overrides=TWO_TOWER_OVERRIDES)
+    uri = RewearSettings().tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if not client.get_registered_model("rewear").aliases.get("champion"):
+        client.set_registered_model_alias("rewear", "champion", "1")
+
+    # Nothing after the champion's data: said so, with the counts and minimums; exit 0.
+    cli = CliRunner().invoke(app, ["monitor", "--config", str(config)])
+    assert cli.exit_code == 0, cli.output
+    printed = " ".join(cli.output.split())  # the console wraps long lines
+    assert "insufficient_data: not enough data: 0 interactions after the champion's" in printed
+    assert "PSI {}, champion v1" in printed
+    empty = pd.read_json(_newest_report(rewear_home), typ="series")
+    assert empty["status"] == "insufficient_data" and empty["breaches"] == []
+    assert empty["drift"]["psi"] == {} and empty["drift"]["current_rows_after_training"] == 0
+    assert "(min_rows 500)" in empty["summary"]
+    assert "holds 0 evaluated users (min_users 20)" in empty["summary"]
+    assert empty["event_id"]
+    trained_until = empty["champion_trained_until"]
+
+    # Two more days of the same marketplace; the refresh moves the champion's data_until.
+    write_market(tables, folder, last - pd.Timedelta("2D"))
+    refreshed = refresh_index(config_path=str(config), overrides=TWO_TOWER_OVERRIDES)
+    assert refreshed["status"] == "completed" and refreshed["promoted"] is True
+    after = monitor(config_path=str(config), overrides=TWO_TOWER_OVERRIDES)
+    print("after refresh", after["drift"], after["summary"])
+    assert after["champion_version"] == refreshed["version"] == 2
+    assert after["champion_trained_until"] == trained_until  # the refresh did not move it
+    assert after["champion_data_until"] > trained_until
+    drift = after["drift"]
+    assert after["breaches"] == [] and after["status"] != "alert"
+    assert drift["enough_data"] is True
+    assert all(0 <= value < 0.25 for value in drift["psi"].values()), drift
+    assert 0.8 < drift["current_rows"] / drift["reference_rows"] < 1.6  # a week each
+    assert drift["current_rows_after_training"] >= 500
+    # The served bundle has seen every row: its quality window is empty, and says so.
+    assert after["status"] == "insufficient_data"
+    assert after["quality"]["enough_data"] is False and after["quality"]["evaluated_users"] == 0
+    assert after["summary"].startswith("not enough data: the quality window (")
+
+    write_market(tables, folder)  # two more days: every check has data, and passes
+    full = monitor(config_path=str(config), overrides=TWO_TOWER_OVERRIDES)
+    print("two days later", full["drift"], full["quality"])
+    assert full["status"] == "ok" and full["breaches"] == []
+    assert full["quality"]["evaluated_users"] >= 20
+    assert full["champion_trained_until"] == trained_until
+    assert int(client.get_registered_model("rewear").aliases["champion"]) == 2
+
+
+def _newest_report(home: Path) -> Path:
+    return max((home / "runs").glob("*/report.json"), key=lambda path: path.stat().st_mtime)
 
 
 def test_thresholds_are_validated_with_a_clear_message(rewear_home, tmp_path):
