@@ -509,6 +509,15 @@ class RankerConfig(StrictModel):
     #: A Dask scheduler address (e.g. tcp://host:8786): train with DaskLGBMRanker there.
     dask_address: str | None = None
 
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_address_is_a_url(cls, address: str | None) -> str | None:
+        if address is not None and not re.fullmatch(r"[a-z][a-z0-9+.-]*://\S+", address):
+            raise ValueError(
+                f"{address!r} is not a Dask scheduler address; write e.g. tcp://host:8786"
+            )
+        return address
+
     @model_validator(mode="after")
     def _popularity_windows_are_distinct(self) -> RankerConfig:
         names = [window.lower() for window in self.popularity_windows]
@@ -653,9 +662,13 @@ class PromotionConfig(StrictModel):
     #: false: the exposure figures are still compared and reported, not enforced.
     exposure_guard: bool = True
     #: Tolerated rise of the seller-exposure Gini@20 (0 = equal exposure, 1 = one seller).
-    max_seller_gini_increase: float = Field(0.02, ge=0, le=1)
+    #: Popularity-like models show everyone nearly the same list, so their interval is a
+    #: point and which sellers own this week's top items moves it: 0.05 keeps ordinary
+    #: refreshes through (observed: +0.025) and stops a model that favours a few sellers
+    #: (two biggest sellers only: +0.08; five biggest on the synthetic market: +0.20).
+    max_seller_gini_increase: float = Field(0.05, ge=0, le=1)
     #: Tolerated fall of the share of list slots (top 20) that go to new listings.
-    max_new_listing_exposure_drop: float = Field(0.02, ge=0, le=1)
+    max_new_listing_exposure_drop: float = Field(0.05, ge=0, le=1)
 
 
 class RegistryConfig(StrictModel):

@@ -169,6 +169,11 @@ def test_source_weights_must_name_candidate_models():
         load_config(SYNTHETIC, {"model.candidates.source_weights": {"twotower": 2.0}})
 
 
+def test_the_dask_address_needs_a_scheme():
+    with pytest.raises(ConfigError, match=r"dask_address: 'host:8786' .*e\.g\. tcp://host:8786"):
+        load_config(SYNTHETIC, {"model.ranker.dask_address": "host:8786"})
+
+
 def test_the_synthetic_start_must_be_a_date():
     with pytest.raises(ConfigError, match=r"start: 'soon' is not a date; write e\.g\. '2026-"):
         load_config(SYNTHETIC, {"source.start": "soon"})
