@@ -22,6 +22,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from prefect import flow, task
 from prefect.events import emit_event
 
@@ -68,10 +69,12 @@ def _tables(validated_uri: str) -> CanonicalTables:
 def training_cutoff_task(
     champion: dict[str, Any], config: PipelineConfig, run_dir: Path
 ) -> dict[str, Any]:
-    """The champion's training cut-off: its bundle's `data_until` for a retrained version;
-    for an index refresh (whose `data_until` the refresh moved to the newest data) that of
-    the retrained version it was refreshed from (tag `encoder_from_version`, carried
-    through every refresh), or the bundle's own `trained_until` when it records one."""
+    """The champion's training cut-off and where it was read: its bundle's `data_until` for a
+    retrained version; for an index refresh (whose `data_until` the refresh moved to the
+    newest data) that of the retrained version it was refreshed from (tag
+    `encoder_from_version`, carried through every refresh), or the bundle's own
+    `trained_until` when it records one. When that version cannot be read (deleted from
+    the registry), the data end of the version the refresh started from, and says so."""
     metadata = read_json(Path(champion["bundle_dir"]) / "bundle.json")
     if metadata.get("data_until") is None:
         raise ValueError(
@@ -79,22 +82,36 @@ def training_cutoff_task(
             "it applies to temporal sources only"
         )
     data_until = str(metadata["data_until"])
+    found = {"data_until": data_until, "trained_until": data_until, "from": "its data_until"}
     if metadata.get("trained_until") is not None:
-        return {"trained_until": str(metadata["trained_until"]), "data_until": data_until}
+        return {**found, "trained_until": str(metadata["trained_until"]), "from": "its bundle"}
     tags = champion["tags"]
     origin = tags.get("encoder_from_version") or tags.get("refreshed_from_version")
     if tags.get("kind") != "index_refresh" or origin is None:
-        return {"trained_until": data_until, "data_until": data_until}
+        return found
     configure_mlflow(RewearSettings(), config.registry.experiment)
     name = config.registry.model_name
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"{model_uri(name, version=int(origin))}/artifacts/{BUNDLE_ARTIFACT}/"
-        "bundle.json",
-        dst_path=str(run_dir / "origin"),
-    )
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{model_uri(name, version=int(origin))}/artifacts/{BUNDLE_ARTIFACT}/"
+            "bundle.json",
+            dst_path=str(run_dir / "origin"),
+        )
+    except MlflowException as error:
+        fallback = str(metadata.get("refreshed_from_data_until") or data_until)
+        print(
+            f"version {origin} of {name}, which this champion was refreshed from, cannot be "
+            f"read ({error.error_code}): its training cut-off is taken as {fallback}, the "
+            "data end of the version the last refresh started from"
+        )
+        return {
+            **found,
+            "trained_until": fallback,
+            "from": f"refreshed_from_data_until (v{origin} unreadable)",
+        }
     retrained = read_json(Path(local))
     until = retrained.get("trained_until") or retrained.get("data_until") or data_until
-    return {"trained_until": str(until), "data_until": data_until, "origin_version": int(origin)}
+    return {**found, "trained_until": str(until), "from": f"retrained version {origin}"}
 
 
 @task(**STAGE_OPTIONS)
@@ -160,6 +177,7 @@ def monitor(
             champion_version=champion["version"],
             champion_data_until=since,
             champion_trained_until=cutoff["trained_until"],
+            champion_trained_until_from=cutoff["from"],
             drift=drift,
             quality=quality,
             thresholds=limits.model_dump(mode="json"),
