@@ -91,6 +91,45 @@ def test_a_degraded_challenger_stays_challenger_and_a_better_one_becomes_champio
     assert tags["promotion.decision"] == "rejected"
     assert float(tags["promotion.ndcg_at_10.low"]) == pytest.approx(interval["low"], abs=1e-6)
     assert client.get_model_version("rewear", "2").tags["promotion.decision"] == "promoted"
+    # The exposure figures ride along in the comparison, the report and the tags.
+    gini = third["promotion"]["exposure"]["gini_sellers@20"]
+    assert gini == pytest.approx(
+        {
+            "challenger": third["champion_comparison"]["intervals"]["gini_sellers@20"]["model"],
+            "champion": third["champion_comparison"]["intervals"]["gini_sellers@20"]["other"],
+            **{k: third["champion_comparison"]["intervals"]["gini_sellers@20"][k] for k in
+               ("difference", "low", "high")},
+            "bound": 0.05,
+        }
+    )  # fmt: skip
+    assert float(tags["promotion.gini_sellers_at_20.low"]) == pytest.approx(gini["low"], abs=1e-6)
+    assert "promotion.new_item_exposure_at_20.high" in tags
+
+    # Week 3 again: a challenger that only recommends the two biggest sellers' listings.
+    # Even with NDCG let through (margin 1), the exposure guard holds it back.
+    items = market.items
+    biggest = items["seller_id"].value_counts().index[:2]
+    others = tuple(items.loc[~items["seller_id"].isin(biggest), "item_id"].astype(str))
+    concentrated = retrain(
+        config_path=str(configs[2]),
+        overrides={
+            **LEAN,
+            "model.candidates.blocked_item_ids": list(others),
+            "registry.promotion.margin": 1.0,
+        },
+    )
+    assert concentrated["promotion"]["decision"] == "rejected"
+    failed = [c["name"] for c in concentrated["promotion"]["checks"] if not c["passed"]]
+    assert failed == ["gini_sellers@20 vs champion"], concentrated["promotion"]["reasons"]
+    gini = concentrated["promotion"]["exposure"]["gini_sellers@20"]
+    assert gini["low"] > 0.05 and gini["challenger"] > gini["champion"]
+    tags = client.get_model_version("rewear", "4").tags
+    assert tags["promotion.gini_sellers_at_20_vs_champion.passed"] == "false"
+    assert "seller-exposure Gini (gini_sellers@20) clearly higher" in tags["promotion.reasons"]
+    assert float(tags["promotion.gini_sellers_at_20.challenger"]) == pytest.approx(
+        gini["challenger"], abs=1e-6
+    )
+    assert _champion(client) == 2
 
     # Lineage: from models:/rewear@champion back to the snapshot that trained it.
     lineage = walk_lineage(client, "rewear", "champion", rewear_home / "snapshots")
