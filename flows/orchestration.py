@@ -153,7 +153,7 @@ def missing_outputs(result: Any, home: Path) -> list[str]:
         return [p for value in result.values() for p in missing_outputs(value, home)]
     if isinstance(result, list):
         return [p for value in result for p in missing_outputs(value, home)]
-    if isinstance(result, str) and result.startswith("/"):
+    if isinstance(result, str) and Path(result).is_absolute():
         path = Path(result)
         if _within(path, home) and not path.exists():
             return [result]

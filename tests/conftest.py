@@ -57,6 +57,8 @@ def rewear_home(
 def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """One Prefect test server per session with its own PREFECT_HOME (no shared SQLite)."""
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    # As the CLI does: the server's telemetry heartbeat races its start-up SQLite writes.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):
