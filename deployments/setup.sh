@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Create the process work pool, deploy everything in prefect.yaml, and start a worker.
 #
-# Needs a Prefect server (`.venv/bin/prefect server start` in another terminal) and
+# Needs a Prefect server (`PREFECT_SERVER_ANALYTICS_ENABLED=false .venv/bin/prefect server
+# start` in another terminal; without telemetry its SQLite start-up prints no spurious
+# "database is locked" tracebacks) and
 # PREFECT_API_URL pointing at it (`.venv/bin/prefect config set
 # PREFECT_API_URL=http://127.0.0.1:4200/api`). Environment knobs:
 #   REWEAR_PROJECT_DIR  checkout the worker runs (default: this one)
