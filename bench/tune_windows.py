@@ -48,9 +48,15 @@ def score_window(data: DataSplit, config: PipelineConfig, run_dir: Path) -> dict
     write_split(data, run_dir / "split")
     split_uri = str(run_dir / "split")
     encoder_uri = train_window_uri = index_uri = None
+    encoder_epochs = "no two-tower"
     if config.model.uses_two_tower:
         encoder = retrieval_steps.train_encoder(split_uri, config.model, config.evaluation, run_dir)
         encoder_uri, train_window_uri = encoder["uri"], encoder["train_window_uri"]
+        encoder_epochs = ", ".join(
+            f"{r['phase']} {r['epoch']}"
+            + "".join(f" {k} {v:.4f}" for k, v in r.items() if k.startswith("valid_recall"))
+            for r in encoder["epochs"]
+        )
         indexes = retrieval_steps.build_indexes(split_uri, encoder_uri, config, run_dir)
         index_uri = indexes["evaluation_index_uri"]
     ranking = ranking_steps.build_ranking_data(split_uri, train_window_uri, config, run_dir)
@@ -76,6 +82,7 @@ def score_window(data: DataSplit, config: PipelineConfig, run_dir: Path) -> dict
         "popularity": suite.baselines["popularity"].metrics,
         "delta": suite.comparisons["retrieval_only"],
         "best_iterations": ranker["member_best_iterations"],
+        "encoder_epochs": encoder_epochs,
     }
 
 
@@ -115,6 +122,7 @@ def main() -> None:
                 f"best iterations {result['best_iterations']}, "
                 f"{time.perf_counter() - started:.0f} s"
             )
+            print(f"  encoder epochs: {result['encoder_epochs']}")
             for metric in METRICS:
                 d = delta[metric]
                 print(
