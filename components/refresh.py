@@ -103,6 +103,9 @@ def refresh_bundle(
         **kept_metadata,
         "data_until": now.isoformat(),
         "refreshed_from_data_until": built_until.isoformat(),
+        # What the encoder and ranker were trained on ends here, through any chain of
+        # refreshes: the monitor's reference window ends at it.
+        "trained_until": str(metadata.get("trained_until", built_until.isoformat())),
         **(extra_metadata or {}),
     }
     with atomic_directory(Path(target), overwrite=True) as staging:

@@ -20,9 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
-from mlflow.exceptions import MlflowException
 from prefect import flow, task
 from prefect.events import emit_event
 
@@ -38,10 +36,7 @@ from components.monitoring import (
     threshold_breaches,
 )
 from components.registry.bundle import BundleRecommender
-from components.registry.pyfunc import BUNDLE_ARTIFACT
-from components.registry.registration import mlflow_key, model_uri
-from components.registry.tracking import configure_mlflow
-from components.settings import RewearSettings
+from components.registry.registration import mlflow_key
 from components.store import read_json
 from flows.orchestration import (
     STAGE_CACHE,
@@ -66,15 +61,11 @@ def _tables(validated_uri: str) -> CanonicalTables:
 
 
 @task(**UNCACHED_OPTIONS)
-def training_cutoff_task(
-    champion: dict[str, Any], config: PipelineConfig, run_dir: Path
-) -> dict[str, Any]:
-    """The champion's training cut-off and where it was read: its bundle's `data_until` for a
-    retrained version; for an index refresh (whose `data_until` the refresh moved to the
-    newest data) that of the retrained version it was refreshed from (tag
-    `encoder_from_version`, carried through every refresh), or the bundle's own
-    `trained_until` when it records one. When that version cannot be read (deleted from
-    the registry), the data end of the version the refresh started from, and says so."""
+def training_cutoff_task(champion: dict[str, Any]) -> dict[str, Any]:
+    """The champion's training cut-off and where it was read: a retrained bundle's
+    `data_until`; an index refresh moves `data_until` to the newest data and records the
+    cut-off of what was trained as `trained_until`, carried through every refresh. A bundle
+    refreshed before `trained_until` was recorded: the data end the refresh started from."""
     metadata = read_json(Path(champion["bundle_dir"]) / "bundle.json")
     if metadata.get("data_until") is None:
         raise ValueError(
@@ -85,33 +76,10 @@ def training_cutoff_task(
     found = {"data_until": data_until, "trained_until": data_until, "from": "its data_until"}
     if metadata.get("trained_until") is not None:
         return {**found, "trained_until": str(metadata["trained_until"]), "from": "its bundle"}
-    tags = champion["tags"]
-    origin = tags.get("encoder_from_version") or tags.get("refreshed_from_version")
-    if tags.get("kind") != "index_refresh" or origin is None:
-        return found
-    configure_mlflow(RewearSettings(), config.registry.experiment)
-    name = config.registry.model_name
-    try:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{model_uri(name, version=int(origin))}/artifacts/{BUNDLE_ARTIFACT}/"
-            "bundle.json",
-            dst_path=str(run_dir / "origin"),
-        )
-    except MlflowException as error:
-        fallback = str(metadata.get("refreshed_from_data_until") or data_until)
-        print(
-            f"version {origin} of {name}, which this champion was refreshed from, cannot be "
-            f"read ({error.error_code}): its training cut-off is taken as {fallback}, the "
-            "data end of the version the last refresh started from"
-        )
-        return {
-            **found,
-            "trained_until": fallback,
-            "from": f"refreshed_from_data_until (v{origin} unreadable)",
-        }
-    retrained = read_json(Path(local))
-    until = retrained.get("trained_until") or retrained.get("data_until") or data_until
-    return {**found, "trained_until": str(until), "from": f"retrained version {origin}"}
+    if metadata.get("refreshed_from_data_until") is not None:
+        until = str(metadata["refreshed_from_data_until"])
+        return {**found, "trained_until": until, "from": "refreshed_from_data_until"}
+    return found
 
 
 @task(**STAGE_OPTIONS)
@@ -154,7 +122,7 @@ def monitor(
     failed = True
     try:
         champion = fetch_champion_task(config, run_dir)
-        cutoff = training_cutoff_task(champion, config, run_dir)
+        cutoff = training_cutoff_task(champion)
         since = cutoff["data_until"]
         raw = ingest_task(config, run_dir)
         validated = validate_task(raw["uri"], config, run_dir)

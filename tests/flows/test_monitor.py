@@ -156,7 +156,7 @@ def test_after_an_index_refresh_the_monitor_stays_quiet_and_no_new_data_is_not_e
     assert full["status"] == "ok" and full["breaches"] == []
     assert full["quality"]["evaluated_users"] >= 20
     assert full["champion_trained_until"] == trained_until
-    assert full["champion_trained_until_from"] == "retrained version 1"
+    assert full["champion_trained_until_from"] == "its bundle"  # the refresh recorded it
 
     # A refresh of the refresh (hourly): the cut-off is still the retrained version's.
     again = refresh_index(config_path=str(config), overrides=TWO_TOWER_OVERRIDES)
@@ -164,14 +164,14 @@ def test_after_an_index_refresh_the_monitor_stays_quiet_and_no_new_data_is_not_e
     chained = monitor(config_path=str(config), overrides=TWO_TOWER_OVERRIDES)
     assert chained["champion_version"] == 3 and chained["breaches"] == []
     assert chained["champion_trained_until"] == trained_until
-    assert chained["champion_trained_until_from"] == "retrained version 1"
+    assert chained["champion_trained_until_from"] == "its bundle"
     assert chained["drift"] == full["drift"]  # same data, same windows: the refresh changed none
 
-    # The retrained version deleted: the closest known bound, said so, and still no alert.
+    # The retrained version deleted: the refreshed bundle still knows its cut-off.
     client.delete_model_version("rewear", "1")
     orphan = monitor(config_path=str(config), overrides=TWO_TOWER_OVERRIDES)
-    assert orphan["champion_trained_until_from"] == "refreshed_from_data_until (v1 unreadable)"
-    assert orphan["champion_trained_until"] == after["champion_data_until"]
+    assert orphan["champion_trained_until_from"] == "its bundle"
+    assert orphan["champion_trained_until"] == trained_until
     assert orphan["breaches"] == [] and orphan["drift"]["enough_data"] is True
     assert int(client.get_registered_model("rewear").aliases["champion"]) == 3
 
