@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from components import ranking_steps, retrieval_steps, steps
 from components.config import PipelineConfig, config_hash, load_config
+from components.data.split import read_split
 from components.evaluation.summary import summary_markdown, summary_rows
 from components.registry import promotion
 from components.registry.registration import (
@@ -62,7 +63,11 @@ def snapshot_task(validated_uri: str, snapshots_root: Path) -> dict[str, Any]:
 
 @task(**task_options)
 def split_task(snapshot_uri: str, config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
-    return steps.split(snapshot_uri, config.split, run_dir)
+    split = steps.split(snapshot_uri, config.split, run_dir)
+    # A test window too thin to measure fails here, before any training (steps.bundle
+    # checks again before registering).
+    steps.require_enough_test_users(read_split(Path(split["uri"])), config)
+    return split
 
 
 @task(**task_options)

@@ -231,6 +231,20 @@ def test_bad_data_fails_before_training_and_leaves_the_registry_untouched(
 
 
 @pytest.mark.slow
+def test_a_test_window_thinner_than_min_users_fails_before_training(rewear_home):
+    from flows.retrain import retrain
+
+    overrides = {**SMALL_MARKET, "registry.promotion.min_users": 100_000}
+    with pytest.raises(Exception, match=r"registry\.promotion\.min_users=100000"):
+        retrain(config_path=str(REPO / "configs" / "synthetic.yaml"), overrides=overrides)
+    (run_dir,) = (rewear_home / "runs").iterdir()
+    report = pd.read_json(run_dir / "report.json", typ="series")
+    assert report["status"] == "failed" and "nothing is registered" in report["error"]
+    assert not (run_dir / "models").exists()  # no encoder, no ranker: it stopped at the split
+    assert _client().search_registered_models() == []
+
+
+@pytest.mark.slow
 def test_the_default_bundle_holds_the_encoder_and_annoy_index_and_ranks_with_ann(rewear_home):
     from flows.retrain import retrain
 
