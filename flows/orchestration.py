@@ -26,6 +26,7 @@ again and overwrites it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -359,10 +360,53 @@ def task_runner_from_settings(settings: OrchestrationSettings | None = None) -> 
 
     if settings.dask_address:
         return DaskTaskRunner(address=settings.dask_address)
-    return DaskTaskRunner(
+    return _local_dask_runner_class()(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
             "n_workers": settings.dask_workers,
             "threads_per_worker": settings.dask_threads_per_worker,
         },
     )
+
+
+@functools.cache
+def _local_dask_runner_class() -> type[TaskRunner]:
+    """A DaskTaskRunner whose local cluster leaves this process's environment as it found it.
+
+    distributed's nanny sets OMP_NUM_THREADS, MKL_NUM_THREADS, OPENBLAS_NUM_THREADS=1 (and
+    MALLOC_TRIM_THRESHOLD_) in the *parent's* os.environ before spawning each worker and
+    never undoes it: every process started afterwards (a Prefect worker's next flow run, a
+    retrain in a subprocess) would run torch, LightGBM and BLAS on one thread: slower, and
+    with other float sums, so the same data, config and code would give other figures.
+    """
+    from prefect_dask import DaskTaskRunner
+
+    class LocalDaskTaskRunner(DaskTaskRunner):
+        def __enter__(self) -> LocalDaskTaskRunner:
+            self._environment = dict(os.environ)
+            return super().__enter__()
+
+        @property
+        def client(self) -> Any:
+            before = dict(os.environ)
+            try:
+                return super().client  # starts the cluster, spawning its nannies, once
+            finally:
+                restore_environment(before)
+
+        def __exit__(self, *args: Any) -> None:
+            try:
+                super().__exit__(*args)
+            finally:
+                restore_environment(self._environment)
+
+    return LocalDaskTaskRunner
+
+
+def restore_environment(saved: dict[str, str]) -> None:
+    """Put os.environ back to `saved`: variables added since are removed, changed ones reset."""
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    for name, value in saved.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value

@@ -26,6 +26,18 @@ needs_ml1m_lcfn = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def _environment_kept() -> Iterator[None]:
+    """No test leaks environment variables into the next one (a Dask LocalCluster's nannies
+    set OMP_NUM_THREADS=1 in this process: every subprocess started after would compute
+    on one thread, with other float sums)."""
+    saved = dict(os.environ)
+    yield
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Create and migrate one MLflow SQLite store per session; tests copy it (ms, not s)."""

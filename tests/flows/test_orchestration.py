@@ -218,6 +218,21 @@ def test_two_retrains_at_once_register_two_intact_versions(rewear_home, tmp_path
         assert len(model.predict(pd.DataFrame({"user_id": [user]}), params={"k": 5})) == 5
 
 
+def test_a_local_dask_runner_leaves_the_process_environment_as_it_found_it():
+    """Its workers compute on one BLAS / OpenMP thread each; this process, and every
+    process it starts later, keeps its own thread settings."""
+    from components.orchestration import OrchestrationSettings
+    from flows.orchestration import task_runner_from_settings
+
+    before = dict(os.environ)
+    settings = OrchestrationSettings(task_runner="dask", dask_workers=1)
+    with task_runner_from_settings(settings) as runner:
+        workers = runner.client.run(lambda: os.environ.get("OMP_NUM_THREADS"))
+        assert list(workers.values()) == ["1"]
+        assert dict(os.environ) == before
+    assert dict(os.environ) == before
+
+
 @pytest.mark.slow
 def test_monitor_runs_its_tasks_on_a_dask_cluster(rewear_home, tmp_path, monkeypatch):
     from distributed import Client, LocalCluster, get_task_stream
