@@ -320,12 +320,23 @@ def local_prefect_server() -> Iterator[None]:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield
     finally:
+        _drain_api_workers()
         server.terminate()
         try:
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def _drain_api_workers() -> None:
+    """Send the logs and events still queued for the API while the server is up: sent
+    after it stopped, each batch fails with '--- Error logging to API ---' on stderr."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=5)
 
 
 def _wait_until_healthy(server: subprocess.Popen[bytes], url: str) -> None:

@@ -97,6 +97,36 @@ def test_a_sigkilled_retrain_leaves_no_prefect_server_running(tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
+def test_a_default_retrain_through_the_cli_prints_no_traceback_or_api_error(tmp_path):
+    """What a user sees from `rewear retrain` (its own temporary Prefect server, the
+    default config on a smaller market): a summary, no traceback, no 'database is locked'
+    and no '--- Error logging to API ---' from logs sent after the server stopped."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "REWEAR_"))}
+    env.update(REWEAR_HOME=str(home), PREFECT_HOME=str(home / "prefect"), PYTHONPATH=str(REPO))
+    small = ["source.n_users=300", "source.n_sellers=200", "source.n_days=21"]
+    small += ["source.listings_per_day=60", "source.initial_listings=300"]
+    code = (
+        "import sys; from flows.cli import app; "
+        "app(['retrain', '--config', 'configs/synthetic.yaml', *sys.argv[1:]])"
+    )
+    arguments = [part for item in small for part in ("--set", item)]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *arguments],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "registered rewear v1" in " ".join(done.stdout.split())
+    for noise in ("Traceback", "Error logging to API", "database is locked"):
+        assert noise not in output, output[-3000:]
+
+
 def test_the_deployments_pull_step_says_what_to_set_without_rewear_project_dir(monkeypatch):
     """prefect.yaml's first pull step, as a worker runs it, with REWEAR_PROJECT_DIR unset or
     naming no folder: the run stops with what to export."""
