@@ -85,10 +85,13 @@ class _ProgressHandler(logging.StreamHandler):
 
 
 def show_component_progress() -> None:
-    """INFO records of the `components` loggers on the console, once per process."""
+    """INFO records of the `components` loggers on the console, once per process (not at
+    all when Prefect's extra-loggers setting already gave them its console handler)."""
     progress = logging.getLogger(PROGRESS_LOGGER)
     progress.setLevel(logging.INFO)
-    if not any(isinstance(handler, _ProgressHandler) for handler in progress.handlers):
+    if PROGRESS_LOGGER in (get_current_settings().logging.extra_loggers or []):
+        return  # Prefect's logging set-up gives it its console and API handlers
+    if not any(isinstance(handler, logging.StreamHandler) for handler in progress.handlers):
         handler = _ProgressHandler()
         handler.setFormatter(
             logging.Formatter(
