@@ -206,7 +206,7 @@ class SplitConfig(StrictModel):
         by_fraction = self.valid_fraction is not None or self.test_fraction is not None
         if by_fraction and (self.valid_fraction is None or self.test_fraction is None):
             raise ValueError("split: give both valid_fraction and test_fraction, or neither")
-        if by_fraction and self.valid_fraction + self.test_fraction >= 1:  # type: ignore[operator]
+        if by_fraction and self.valid_fraction + self.test_fraction >= 1:
             raise ValueError("split: valid_fraction + test_fraction must be below 1")
         if not by_fraction and (self.valid_duration is None or self.test_duration is None):
             raise ValueError(

@@ -300,15 +300,15 @@ def threshold_breaches(
 ) -> list[str]:
     """One sentence per crossed threshold, naming the figure, its value and the limit."""
     breaches = []
-    for name, value in drift["psi"].items():  # type: ignore[union-attr]
+    for name, value in drift["psi"].items():
         if value > config.max_psi:
             breaches.append(f"{name} drifted: PSI {value:.3f} > max_psi {config.max_psi}")
     if not quality.get("enough_data", True):
         return breaches
-    if int(quality["evaluated_users"]) < config.min_users:  # type: ignore[call-overload]
+    if int(quality["evaluated_users"]) < config.min_users:
         return breaches
     key = f"recall@{config.recall_k}"
-    recall = quality["metrics"].get(key)  # type: ignore[union-attr]
+    recall = quality["metrics"].get(key)
     if recall is not None and registered_recall:
         floor = registered_recall * (1 - config.max_recall_drop)
         if recall < floor:

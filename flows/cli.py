@@ -227,7 +227,7 @@ def evaluate(
                     validated = steps.validate(raw["uri"], pipeline, Path(scratch))
                     snapshot = steps.snapshot(validated["uri"], settings.snapshots)["snapshot_id"]
             snapshot_path = load_snapshot_manifest(settings.snapshots / snapshot).path
-            result = steps.evaluate_registered(recommender, snapshot_path, pipeline, stage)  # type: ignore[arg-type]
+            result = steps.evaluate_registered(recommender, snapshot_path, pipeline, stage)
         except (SnapshotError, steps.LeakageError, ValueError) as error:
             errors.print(f"[red]error:[/red] {error}")
             raise typer.Exit(2) from error
@@ -343,7 +343,7 @@ def recommendation_table(answer: Any, title: str) -> Table:
         ("score", "right"),
         ("source", "left"),
     ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(column, justify=justify)
     for row in answer.itertuples():
         table.add_row(
             str(row.rank),

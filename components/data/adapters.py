@@ -56,7 +56,7 @@ def load_source(config: SourceConfig) -> CanonicalTables:
         # Imported here so that real-data runs never pay for (or depend on) the generator.
         from components.data.synthetic import generate_marketplace
 
-        return generate_marketplace(config).tables  # type: ignore[arg-type]
+        return generate_marketplace(config).tables
     if isinstance(config, MovieLens100kSourceConfig):
         return load_movielens_100k(config)
     if isinstance(config, InteractionsFileSourceConfig):
@@ -507,7 +507,7 @@ def load_fixed_split(config: FixedSplitSourceConfig) -> CanonicalTables:
     split_names = [name for name, file in files.items() if file is not None]
     for code, split in enumerate(split_names):
         key = f"source.{split}_file"
-        path = folder / files[split]  # type: ignore[operator]
+        path = folder / files[split]
         if not path.is_file():
             raise SourceError(
                 f"fixed-split folder {folder} has no {split} file {files[split]!r}; set "

@@ -92,4 +92,4 @@ def load_snapshot_manifest(path: Path) -> Snapshot:
 
 def read_snapshot(root: Path, snapshot_id: str) -> CanonicalTables:
     snapshot = load_snapshot_manifest(Path(root) / snapshot_id)
-    return read_tables(snapshot.path, source=snapshot.manifest.get("source", {}))  # type: ignore[arg-type]
+    return read_tables(snapshot.path, source=snapshot.manifest.get("source", {}))

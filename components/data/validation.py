@@ -336,7 +336,7 @@ def _violation(
 
 
 def _plain(value: object) -> object:
-    if value is None or (not isinstance(value, str) and pd.isna(value)):  # type: ignore[arg-type]
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
     if isinstance(value, int | float | str):
         return value

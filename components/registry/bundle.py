@@ -305,8 +305,8 @@ class BundleRecommender:
         )
         if self.retrieval is not None:
             index = self.retrieval.index
-            every = np.arange(index.count)  # type: ignore[attr-defined]
-            self.retrieval.index_rows = self.item_rows.positions(index.ids_at(every))  # type: ignore[attr-defined]
+            every = np.arange(index.count)
+            self.retrieval.index_rows = self.item_rows.positions(index.ids_at(every))
         categories = self.catalogue.get("category")
         if categories is None:
             self.category_codes = np.full(len(self.item_ids), -1, dtype=np.int64)
@@ -372,7 +372,7 @@ class BundleRecommender:
         if known.any():
             users = retrieval.encoder.encode(
                 [str(u) for u, k in zip(user_ids, known, strict=True) if k]
-            )  # type: ignore[attr-defined]
+            )
             scores[known] = users @ self._item_vectors(item_ids).T
         return scores
 
@@ -413,7 +413,7 @@ class BundleRecommender:
             user_blocked[session] = True
             vector = vectors.get(row)
             if self._ranks_two_stage(request):
-                order, scores, sources = self._rank_two_stage(request.user_id, k, user_blocked)  # type: ignore[arg-type]
+                order, scores, sources = self._rank_two_stage(request.user_id, k, user_blocked)
             elif vector is None and len(session):
                 order, scores, sources = self._rank_in_context(session, k, user_blocked)
             else:
@@ -535,7 +535,7 @@ class BundleRecommender:
             }
         )
         items = self.catalogue.iloc[self.item_rows.positions(known)].drop(columns="available")
-        encoder = retrieval.trained.user_encoder(session, retrieval.as_of, items)  # type: ignore[attr-defined]
+        encoder = retrieval.trained.user_encoder(session, retrieval.as_of, items)
         return encoder.encode([SESSION_USER])[0]
 
     def _rank_one(
@@ -551,7 +551,7 @@ class BundleRecommender:
         if user_vector is not None and self.retrieval is not None:
             index = self.retrieval.index
             wanted = k + int(blocked.sum() - (~self.available).sum()) + ANN_MARGIN
-            found = index.query(user_vector[None, :], min(wanted, index.count))  # type: ignore[attr-defined]
+            found = index.query(user_vector[None, :], min(wanted, index.count))
             positions = found.positions[0]
             keep = positions >= 0
             rows = self.retrieval.index_rows[positions[keep]]
@@ -582,7 +582,7 @@ class BundleRecommender:
         rows = [row for row, user in enumerate(user_ids) if user in retrieval.known_users]
         if not rows:
             return {}
-        encoded = retrieval.encoder.encode([user_ids[row] for row in rows])  # type: ignore[attr-defined]
+        encoded = retrieval.encoder.encode([user_ids[row] for row in rows])
         return dict(zip(rows, encoded, strict=True))
 
     def _item_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
@@ -593,7 +593,7 @@ class BundleRecommender:
         if cached is None:
             wanted = pd.DataFrame({"item_id": pd.Series(list(item_ids), dtype="string")})
             rows = wanted.merge(self.catalogue, on="item_id", how="left")
-            cached = retrieval.trained.embed_items(rows, retrieval.as_of)  # type: ignore[attr-defined]
+            cached = retrieval.trained.embed_items(rows, retrieval.as_of)
             retrieval.item_vector_cache.clear()
             retrieval.item_vector_cache[key] = cached
         return cached

@@ -281,7 +281,7 @@ def _wait_until_ready(
             pass
         if server.poll() is not None or time.monotonic() > deadline:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-            raise ServerError(f"`{' '.join(server.args)}` did not start:\n{tail}")  # type: ignore[arg-type]
+            raise ServerError(f"`{' '.join(server.args)}` did not start:\n{tail}")
         time.sleep(0.5)
 
 

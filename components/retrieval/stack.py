@@ -165,7 +165,7 @@ class RetrievalStack:
                     CategoryPopularitySource.fit(
                         self.history,
                         self.items,
-                        self.models[POPULARITY],  # type: ignore[arg-type]
+                        self.models[POPULARITY],
                         settings,
                         self.filters,
                         self.moment,

@@ -571,7 +571,7 @@ def test_fixed_split_valid_file_is_optional(tmp_path: Path) -> None:
     folder = write_fixed_split(tmp_path / "split", valid=None)
     tables = load_fixed_split(FixedSplitSourceConfig(path=folder))
     assert set(tables.interactions[SPLIT_COLUMN]) == {"train", "test"}
-    assert tables.source["files"]["valid"] is None  # type: ignore[index]
+    assert tables.source["files"]["valid"] is None
     none = load_fixed_split(FixedSplitSourceConfig(path=folder, valid_file=None))
     assert len(none.interactions) == len(tables.interactions)
     with pytest.raises(SourceError, match=r"no valid file 'dev\.txt'.*source\.valid_file"):
@@ -644,11 +644,11 @@ def test_load_source_dispatches_on_kind(tmp_path: Path, monkeypatch: pytest.Monk
         return types.SimpleNamespace(tables=expected)
 
     fake = types.ModuleType("components.data.synthetic")
-    fake.generate_marketplace = generate_marketplace  # type: ignore[attr-defined]
+    fake.generate_marketplace = generate_marketplace
     monkeypatch.setitem(sys.modules, "components.data.synthetic", fake)
     synthetic = SyntheticSourceConfig(n_users=10)
     assert load_source(synthetic) is expected
     assert seen == [synthetic]
 
     with pytest.raises(SourceError, match="unknown source kind"):
-        load_source(types.SimpleNamespace(kind="csv"))  # type: ignore[arg-type]
+        load_source(types.SimpleNamespace(kind="csv"))
