@@ -18,7 +18,8 @@ SMALL_MARKET = {
     "source.n_days": 21,
     "source.listings_per_day": 100,
     "source.initial_listings": 500,
-    # The default recommender (two-tower among the sources), with fewer encoder epochs.
+    # The default recommender (two-tower among the sources); two encoder epochs, so the
+    # flow runs early stopping (the synthetic config trains one).
     "model.two_tower.max_epochs": 2,
 }
 
