@@ -273,11 +273,11 @@ def register_refreshed_version(
     return int(created.version)
 
 
-def smoke_test(
+def answer_problems(
     model: Any, user_ids: list[str], unavailable_item_ids: set[str], k: int = 10
-) -> dict[str, Any]:
-    """Ask the loaded pyfunc for `k` items per user: every user answered, ranks 1..k,
-    finite scores, and not one unavailable (sold, removed) listing."""
+) -> list[str]:
+    """Ask the loaded pyfunc for `k` items per user; what is wrong with the answers (empty:
+    every user answered, finite scores, and not one unavailable (sold, removed) listing)."""
     answer = model.predict(pd.DataFrame({"user_id": user_ids}), params={"k": k})
     problems = []
     sizes = answer.groupby("user_id").size()
@@ -289,6 +289,4 @@ def smoke_test(
     leaked = sorted(set(answer["item_id"].astype(str)) & unavailable_item_ids)
     if leaked:
         problems.append(f"{len(leaked)} unavailable listings recommended, e.g. {leaked[:5]}")
-    if problems:
-        raise SmokeTestError("refreshed bundle failed its smoke test: " + "; ".join(problems))
-    return {"users": len(user_ids), "rows": len(answer), "k": k}
+    return problems

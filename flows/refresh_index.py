@@ -5,8 +5,10 @@ ingest -> validate (cached like retrain's) -> fetch champion -> refresh bundle (
 listings available now with the champion's item tower, drop sold ones, rebuild the Annoy
 index; a two-stage model's candidate stack and feature tables rebuilt around its unchanged
 ranker; every other bundle file copied) -> register a new version (tags: same encoder and
-ranker as the source version) -> smoke test -> move `champion` if it still is the version
-that was refreshed. A failure anywhere leaves `champion` where it was.
+ranker as the source version) -> the promotion gate with the refresh's rule (answers on
+sale, a fresh-process smoke test, the latency bound; the same tagging and alias code as the
+retrain's) -> `champion` moves if it still is the version that was refreshed. A failure
+anywhere leaves `champion` where it was.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from prefect import flow, task
 from components.config import PipelineConfig
 from components.data.snapshot import read_tables
 from components.refresh import (
+    SmokeTestError,
+    answer_problems,
     refresh_bundle,
     register_refreshed_version,
-    smoke_test,
 )
+from components.registry import promotion
 from components.registry.registration import (
     CHAMPION,
     current_alias_version,
@@ -109,9 +113,11 @@ def register_and_promote_task(
     config: PipelineConfig,
     run_id: str,
 ) -> dict[str, Any]:
-    """Register the refreshed bundle, smoke-test it, and move `champion` to it when the
-    champion is still the version that was refreshed (a retrain may have promoted another
-    meanwhile: then the refreshed version stays registered, unaliased)."""
+    """Register the refreshed bundle and publish it through the promotion gate with the
+    refresh's rule (`promotion.decide_refresh`: answers on sale in this process, loads and
+    answers in a fresh one within the latency bound); `champion` moves to it when it is
+    still the version that was refreshed (a retrain may have promoted another meanwhile:
+    then the refreshed version stays registered, unaliased, tagged with the decision)."""
     client, _ = configure_mlflow(RewearSettings(), config.registry.experiment)
     name = config.registry.model_name
     source_version = champion["version"]
@@ -138,25 +144,41 @@ def register_and_promote_task(
     )
     # Logging the model ends the MLflow run (FINISHED); it stays open until its report.
     client.update_run(run_id, status="RUNNING")
-    mlflow.set_tracking_uri(RewearSettings().tracking_uri)
-    try:
-        model = mlflow.pyfunc.load_model(model_uri(name, version=version))
-        smoke = smoke_test(model, refreshed["smoke_users"], set(refreshed["unavailable_ids"]))
-    except Exception:
-        client.set_model_version_tag(name, str(version), "smoke_test", "failed")
-        raise
-    client.set_model_version_tag(name, str(version), "smoke_test", "passed")
+    settings = RewearSettings()
+    gate = config.registry.promotion
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    model = mlflow.pyfunc.load_model(model_uri(name, version=version))
+    problems = answer_problems(model, refreshed["smoke_users"], set(refreshed["unavailable_ids"]))
+    smoke = promotion.smoke_in_fresh_process(
+        settings.tracking_uri,
+        model_uri(name, version=version),
+        promotion.smoke_requests(Path(refreshed["uri"]), refreshed["example_user_id"]),
+        gate.latency_requests,
+        gate.smoke_timeout_s,
+    )
+    # The retrain's publish path with the refresh's own rule: tags, then `champion` moves
+    # only if it is still the version that was refreshed.
     current = current_alias_version(client, name, CHAMPION)
-    promoted = current == source_version
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, str(version))
+    decision = promotion.apply_decision(
+        client,
+        name,
+        version,
+        promotion.decide_refresh(source_version, smoke, problems, gate),
+        gate.metric,
+    )
+    failed = [c.detail for c in decision.checks if not c.passed and c.name != "champion unchanged"]
+    client.set_model_version_tag(name, str(version), "smoke_test", "failed" if failed else "passed")
+    if failed:
+        raise SmokeTestError("refreshed version failed its smoke test: " + "; ".join(failed))
+    promoted = decision.promote
     aliases = sorted(client.get_model_version(name, str(version)).aliases)
     return {
         "version": version,
         "aliases": aliases,
         "promoted": promoted,
         "champion_before": current,
-        "smoke_test": smoke,
+        "smoke_test": {"problems": problems, "p50_ms": smoke.p50_ms, "p99_ms": smoke.p99_ms},
+        "decision": decision.to_dict(),
     }
 
 

@@ -178,16 +178,7 @@ def decide(
         _comparison_check(comparison, config),
         *_exposure_checks(comparison, config),
         _coverage_check(metrics, config),
-        Check(
-            "smoke",
-            smoke.ok,
-            None,
-            None,
-            "loads from the registry in a fresh process and answers"
-            if smoke.ok
-            else "the version does not load or answer in a fresh process: "
-            + "; ".join(smoke.problems),
-        ),
+        _smoke_check(smoke),
         _latency_check(smoke, config),
     ]
     if all(check.passed for check in checks):
@@ -203,6 +194,40 @@ def decide(
         smoke,
         _figures(comparison, config.metric),
         _exposure_figures(comparison, config),
+    )
+
+
+def decide_refresh(
+    source_version: int, smoke: SmokeResult, answer_problems: list[str], config: PromotionConfig
+) -> PromotionDecision:
+    """An index refresh's verdict. It keeps the encoder and ranker of the champion it was
+    refreshed from (`source_version`), so there is no metric to compare: it replaces that
+    champion when it loads and answers in a fresh process within the latency bound and
+    answered every smoke user with listings on sale (`answer_problems` empty).
+    `apply_decision` then holds it back if `champion` moved meanwhile."""
+    answers = Check(
+        "available answers",
+        not answer_problems,
+        len(answer_problems),
+        0,
+        "every smoke user answered with listings on sale"
+        if not answer_problems
+        else "; ".join(answer_problems),
+    )
+    checks = [_smoke_check(smoke), _latency_check(smoke, config), answers]
+    decision: Decision = "promoted" if all(check.passed for check in checks) else "rejected"
+    return PromotionDecision(decision, source_version, checks, smoke)
+
+
+def _smoke_check(smoke: SmokeResult) -> Check:
+    return Check(
+        "smoke",
+        smoke.ok,
+        None,
+        None,
+        "loads from the registry in a fresh process and answers"
+        if smoke.ok
+        else "the version does not load or answer in a fresh process: " + "; ".join(smoke.problems),
     )
 
 

@@ -347,3 +347,26 @@ def test_pyfunc_answers_users_and_sessions_and_refuses_bad_requests(rewear_home,
         with pytest.raises(MlflowException, match=message) as raised:
             model.predict(frame, params=params)
         assert raised.value.get_http_status_code() == 400
+
+
+def test_a_refresh_is_promoted_only_when_it_answers_on_sale_loads_and_is_fast():
+    from components.config import PromotionConfig
+    from components.registry.promotion import SmokeResult, decide_refresh
+
+    config = PromotionConfig()
+    fast = SmokeResult(ok=True, requests=50, p50_ms=2.0, p99_ms=5.0)
+    passed = decide_refresh(3, fast, [], config)
+    assert passed.decision == "promoted" and passed.champion_version == 3
+    assert [check.name for check in passed.checks] == [
+        "smoke",
+        "p99 latency (ms)",
+        "available answers",
+    ]
+
+    leaked = decide_refresh(3, fast, ["2 unavailable listings recommended, e.g. ['i1']"], config)
+    assert leaked.decision == "rejected"
+    assert leaked.reasons == ["2 unavailable listings recommended, e.g. ['i1']"]
+
+    broken = decide_refresh(3, SmokeResult(ok=False, problems=["exit code 1: boom"]), [], config)
+    assert broken.decision == "rejected"
+    assert "does not load or answer in a fresh process: exit code 1: boom" in broken.reasons[0]
