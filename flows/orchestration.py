@@ -62,6 +62,7 @@ from components.orchestration import (
     OrchestrationSettings,
     code_fingerprint,
     free_local_port,
+    restore_environment,
     source_fingerprint,
     start_process_dying_with_parent,
 )
@@ -415,12 +416,3 @@ def _local_dask_runner_class() -> type[TaskRunner]:
                 restore_environment(self._environment)
 
     return LocalDaskTaskRunner
-
-
-def restore_environment(saved: dict[str, str]) -> None:
-    """Put os.environ back to `saved`: variables added since are removed, changed ones reset."""
-    for name in set(os.environ) - set(saved):
-        del os.environ[name]
-    for name, value in saved.items():
-        if os.environ.get(name) != value:
-            os.environ[name] = value

@@ -31,11 +31,11 @@ def _environment_kept() -> Iterator[None]:
     """No test leaks environment variables into the next one (a Dask LocalCluster's nannies
     set OMP_NUM_THREADS=1 in this process: every subprocess started after would compute
     on one thread, with other float sums)."""
+    from components.orchestration import restore_environment
+
     saved = dict(os.environ)
     yield
-    for name in set(os.environ) - set(saved):
-        del os.environ[name]
-    os.environ.update(saved)
+    restore_environment(saved)
 
 
 @pytest.fixture(scope="session")
