@@ -30,6 +30,7 @@ from components.ranking_steps import retrieval_only
 from components.registry.bundle import BundleRecommender, build_bundle
 from components.retrieval.baselines import fit_baselines
 from components.retrieval.popularity import RecentPopularity
+from components.retrieval_steps import positive_window
 from components.store import atomic_directory, read_json, write_json
 
 
@@ -77,10 +78,22 @@ def snapshot(validated_uri: str, snapshots_root: Path) -> dict[str, Any]:
     return {"snapshot_id": written.snapshot_id, "uri": str(written.path)}
 
 
-def split(snapshot_uri: str, config: SplitConfig, run_dir: Path) -> dict[str, Any]:
+def split(
+    snapshot_uri: str,
+    config: SplitConfig,
+    run_dir: Path,
+    *,
+    evaluated_by: PipelineConfig | None = None,
+) -> dict[str, Any]:
+    """Split the snapshot into `run_dir/split`. With `evaluated_by` (the pipeline that will
+    be registered from it), refuse a test window too thin to measure (see
+    `require_enough_test_users`) before any training."""
     tables = read_tables(Path(snapshot_uri))
     target = Path(run_dir) / "split"
-    summary = write_split(split_tables(tables, config), target)
+    data = split_tables(tables, config)
+    summary = write_split(data, target)
+    if evaluated_by is not None:
+        require_enough_test_users(data, evaluated_by)
     return {"uri": str(target), **summary}
 
 
@@ -245,10 +258,7 @@ def require_enough_test_users(data: DataSplit, config: PipelineConfig) -> int:
     fewer than `registry.promotion.min_users` raises: a model measured on a handful of
     users (say, rows dated after the real data) must not be registered, let alone promoted
     as a first version with no champion to compare with."""
-    window = data.test
-    if config.evaluation.positive_events is not None:
-        window = window[window["event"].isin(config.evaluation.positive_events)]
-    users = int(window["user_id"].nunique())
+    users = int(positive_window(data.test, config.evaluation)["user_id"].nunique())
     minimum = config.registry.promotion.min_users
     if users < minimum:
         where = "the fixed split's test file"

@@ -102,18 +102,9 @@ def retrain(
     _prepare_environment()
     parsed = _checked_overrides(config, overrides)
 
-    from flows.orchestration import local_prefect_server
     from flows.retrain import retrain as retrain_flow
 
-    try:
-        with local_prefect_server():
-            result = retrain_flow(
-                config_path=str(config), overrides=parsed, force_promote=force_promote
-            )
-    except Exception as error:
-        errors.print(f"[red]retrain failed:[/red] {type(error).__name__}: {error}")
-        raise typer.Exit(1) from error
-    print_report(result)
+    print_report(_run_flow(retrain_flow, config, parsed, force_promote))
 
 
 def print_report(report: dict[str, Any]) -> None:

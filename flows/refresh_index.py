@@ -118,7 +118,8 @@ def register_and_promote_task(
     answers in a fresh one within the latency bound); `champion` moves to it when it is
     still the version that was refreshed (a retrain may have promoted another meanwhile:
     then the refreshed version stays registered, unaliased, tagged with the decision)."""
-    client, _ = configure_mlflow(RewearSettings(), config.registry.experiment)
+    settings = RewearSettings()
+    client, _ = configure_mlflow(settings, config.registry.experiment)
     name = config.registry.model_name
     source_version = champion["version"]
     lineage = {k: champion["tags"][k] for k in LINEAGE_TAGS if k in champion["tags"]}
@@ -142,40 +143,32 @@ def register_and_promote_task(
     version = register_refreshed_version(
         client, run_id, Path(refreshed["uri"]), name, tags, refreshed["example_user_id"]
     )
-    # Logging the model ends the MLflow run (FINISHED); it stays open until its report.
-    client.update_run(run_id, status="RUNNING")
-    settings = RewearSettings()
     gate = config.registry.promotion
     mlflow.set_tracking_uri(settings.tracking_uri)
     model = mlflow.pyfunc.load_model(model_uri(name, version=version))
     problems = answer_problems(model, refreshed["smoke_users"], set(refreshed["unavailable_ids"]))
-    smoke = promotion.smoke_in_fresh_process(
+    smoke = promotion.fresh_smoke(
         settings.tracking_uri,
-        model_uri(name, version=version),
-        promotion.smoke_requests(Path(refreshed["uri"]), refreshed["example_user_id"]),
-        gate.latency_requests,
-        gate.smoke_timeout_s,
+        name,
+        version,
+        Path(refreshed["uri"]),
+        refreshed["example_user_id"],
+        gate,
     )
+    verdict = promotion.decide_refresh(source_version, smoke, problems, gate)
     # The retrain's publish path with the refresh's own rule: tags, then `champion` moves
     # only if it is still the version that was refreshed.
     current = current_alias_version(client, name, CHAMPION)
-    decision = promotion.apply_decision(
-        client,
-        name,
-        version,
-        promotion.decide_refresh(source_version, smoke, problems, gate),
-        gate.metric,
-    )
-    failed = [c.detail for c in decision.checks if not c.passed and c.name != "champion unchanged"]
+    decision = promotion.apply_decision(client, name, version, verdict, gate.metric)
+    failed = verdict.reasons
     client.set_model_version_tag(name, str(version), "smoke_test", "failed" if failed else "passed")
     if failed:
         raise SmokeTestError("refreshed version failed its smoke test: " + "; ".join(failed))
-    promoted = decision.promote
     aliases = sorted(client.get_model_version(name, str(version)).aliases)
     return {
         "version": version,
         "aliases": aliases,
-        "promoted": promoted,
+        "promoted": decision.promote,
         "champion_before": current,
         "smoke_test": {"problems": problems, "p50_ms": smoke.p50_ms, "p99_ms": smoke.p99_ms},
         "decision": decision.to_dict(),

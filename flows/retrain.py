@@ -17,7 +17,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from components import ranking_steps, retrieval_steps, steps
 from components.config import PipelineConfig, config_hash, load_config
-from components.data.split import read_split
 from components.evaluation.summary import summary_markdown, summary_rows
 from components.registry import promotion
 from components.registry.registration import (
@@ -63,11 +62,9 @@ def snapshot_task(validated_uri: str, snapshots_root: Path) -> dict[str, Any]:
 
 @task(**task_options)
 def split_task(snapshot_uri: str, config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
-    split = steps.split(snapshot_uri, config.split, run_dir)
     # A test window too thin to measure fails here, before any training (steps.bundle
     # checks again before registering).
-    steps.require_enough_test_users(read_split(Path(split["uri"])), config)
-    return split
+    return steps.split(snapshot_uri, config.split, run_dir, evaluated_by=config)
 
 
 @task(**task_options)
@@ -190,8 +187,6 @@ def register_task(
         tags,
         example_user_id=built["example_user_id"],
     )
-    # Logging the model ends the MLflow run (FINISHED); it stays open until its report.
-    client.update_run(run_id, status="RUNNING")
     return {
         "name": registered.name,
         "version": registered.version,

@@ -464,6 +464,25 @@ def apply_decision(
     return decision
 
 
+def fresh_smoke(
+    tracking_uri: str,
+    model_name: str,
+    version: int,
+    bundle_dir: Path,
+    example_user_id: str | None,
+    config: PromotionConfig,
+) -> SmokeResult:
+    """The gate's smoke test of `model_name` v`version`: loaded from the registry in a
+    fresh process, asked the smoke requests `config.latency_requests` times."""
+    return smoke_in_fresh_process(
+        tracking_uri,
+        model_uri(model_name, version=version),
+        smoke_requests(bundle_dir, example_user_id),
+        config.latency_requests,
+        config.smoke_timeout_s,
+    )
+
+
 def run_gate(
     client: MlflowClient,
     tracking_uri: str,
@@ -477,12 +496,6 @@ def run_gate(
     force: bool = False,
 ) -> PromotionDecision:
     """Smoke-test `model_name` v`version` in a fresh process, decide, tag, maybe promote."""
-    smoke = smoke_in_fresh_process(
-        tracking_uri,
-        model_uri(model_name, version=version),
-        smoke_requests(bundle_dir, example_user_id),
-        config.latency_requests,
-        config.smoke_timeout_s,
-    )
+    smoke = fresh_smoke(tracking_uri, model_name, version, bundle_dir, example_user_id, config)
     decision = decide(comparison, metrics, smoke, config, force)
     return apply_decision(client, model_name, version, decision, config.metric)

@@ -133,6 +133,8 @@ def log_bundle(run_id: str, bundle_dir: Path, example_user_id: str | None = None
             if example_user_id is None
             else pd.DataFrame({"user_id": [example_user_id]}),
         )
+    # Leaving `start_run` ended the run (FINISHED); it stays open until its report is logged.
+    MlflowClient().update_run(run_id, status="RUNNING")
     return info.model_uri
 
 
