@@ -698,7 +698,7 @@ class PipelineConfig(StrictModel):
 
         ks = set(self.evaluation.ks)
         promotion = self.registry.promotion
-        compared = [metric for metric in COMPARED_METRICS if _metric_k(metric) in ks]
+        compared = [metric for metric in COMPARED_METRICS if metric_k(metric) in ks]
         if promotion.metric not in compared:
             raise ValueError(
                 f"registry.promotion.metric {promotion.metric!r} is not a metric the champion "
@@ -711,7 +711,7 @@ class PipelineConfig(StrictModel):
                 f"metric the evaluation produces; use <name>@<k> with a name from {names} "
                 f"and k from evaluation.ks {sorted(ks)} (e.g. 'coverage@{max(ks)}')"
             )
-        missing = sorted({_metric_k(metric) for metric in COMPARED_EXPOSURE} - ks)
+        missing = sorted({metric_k(metric) for metric in COMPARED_EXPOSURE} - ks)
         if promotion.exposure_guard and missing:
             raise ValueError(
                 f"registry.promotion.exposure_guard compares exposure at k={missing}: add it "
@@ -720,7 +720,7 @@ class PipelineConfig(StrictModel):
         return self
 
 
-def _metric_k(metric: str) -> int:
+def metric_k(metric: str) -> int:
     """The K of a `name@K` metric key."""
     return int(metric.rsplit("@", 1)[1])
 

@@ -303,8 +303,6 @@ def threshold_breaches(
     for name, value in drift["psi"].items():
         if value > config.max_psi:
             breaches.append(f"{name} drifted: PSI {value:.3f} > max_psi {config.max_psi}")
-    if not quality.get("enough_data", True):
-        return breaches
     if int(quality["evaluated_users"]) < config.min_users:
         return breaches
     key = f"recall@{config.recall_k}"

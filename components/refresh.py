@@ -98,7 +98,8 @@ def refresh_bundle(
     if not evaluation.mask_all_seen:
         exclusions = interactions[interactions["event"].isin(evaluation.mask_events)]
     two_tower = metadata.get("model_kind") == TWO_TOWER_SOURCE
-    kept_metadata = {k: v for k, v in metadata.items() if k not in ("format", "model_kind")}
+    rebuilt_keys = ("format", "model_kind", "files")
+    kept_metadata = {k: v for k, v in metadata.items() if k not in rebuilt_keys}
     refreshed_metadata = {
         **kept_metadata,
         "data_until": now.isoformat(),
@@ -128,6 +129,7 @@ def refresh_bundle(
                 encoder_dir=champion_dir / ENCODER if two_tower else None,
                 index_dir=index_dir,
                 history=history,
+                seal=False,  # sealed below, with the two-stage model and copied files
             )
         finally:
             if index_dir is not None:
@@ -140,7 +142,7 @@ def refresh_bundle(
                 continue
             copy = shutil.copytree if entry.is_dir() else shutil.copy2
             copy(entry, staging / entry.name)
-        seal_bundle(staging)  # the manifest lists the two-stage model and copied files too
+        seal_bundle(staging)
     return {
         "changed": True,
         "built_until": built_until.isoformat(),

@@ -139,6 +139,8 @@ def _source_data(task_ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
 #: Task results as plain JSON: no object encoder or decoder, so reading one back imports and
 #: runs nothing (a stage returns only JSON values: strings, numbers, lists, dicts).
 RESULT_SERIALIZER = JSONSerializer(object_encoder=None, object_decoder=None)
+#: How a stage record names that serializer (what `StageRecords` accepts).
+RESULT_SERIALIZER_RECORD = json.loads(RESULT_SERIALIZER.model_dump_json())
 #: The folder, inside Prefect's result storage, of the records stage keys are looked up in.
 STAGE_RECORDS_FOLDER = "keys"
 _logger = get_logger("rewear.orchestration")
@@ -172,8 +174,7 @@ def untrusted_reason(record: bytes, storage: Path, home: Path) -> str | None:
         metadata = json.loads(record)
     except ValueError:
         return "not a JSON record"
-    expected = json.loads(RESULT_SERIALIZER.model_dump_json())
-    if not isinstance(metadata, dict) or metadata.get("serializer") != expected:
+    if not isinstance(metadata, dict) or metadata.get("serializer") != RESULT_SERIALIZER_RECORD:
         found = metadata.get("serializer") if isinstance(metadata, dict) else None
         return f"written with serializer {found!r}, not plain JSON"
     if metadata.get("storage_block_id") is not None:

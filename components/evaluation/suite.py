@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from components.config import EvaluationConfig
+from components.config import EvaluationConfig, metric_k
 from components.data.split import DataSplit, Stage
 from components.evaluation.beyond_accuracy import (
     beyond_accuracy_report,
@@ -247,7 +247,7 @@ def _compare_exposure(
     context: CatalogueContext,
     config: EvaluationConfig,
 ) -> dict[str, dict[str, Any]]:
-    ks = {int(metric.rsplit("@", 1)[1]) for metric in COMPARED_EXPOSURE} & set(config.ks)
+    ks = {metric_k(metric) for metric in COMPARED_EXPOSURE} & set(config.ks)
     out: dict[str, dict[str, Any]] = {}
     for k in sorted(ks):
         compared = compare_exposure(

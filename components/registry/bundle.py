@@ -112,8 +112,10 @@ def build_bundle(
     index_dir: Path | None = None,
     history: pd.DataFrame | None = None,
     two_stage_dir: Path | None = None,
+    seal: bool = True,
 ) -> None:
-    """Write the bundle into `folder` (the caller makes it atomic).
+    """Write the bundle into `folder` (the caller makes it atomic); `seal`: record every
+    file's checksum in the manifest (False for a caller that adds files, then seals).
 
     With `encoder_dir` and `index_dir` (two-tower kind) the bundle also holds the encoder,
     the index over the available listings, and `history` (each user's recent interactions,
@@ -146,7 +148,8 @@ def build_bundle(
             **metadata,
         },
     )
-    seal_bundle(folder)
+    if seal:
+        seal_bundle(folder)
 
 
 def file_checksums(folder: Path) -> dict[str, dict[str, object]]:

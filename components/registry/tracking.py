@@ -24,9 +24,9 @@ def check_tracking_store(settings: RewearSettings) -> None:
     if not artifacts.is_dir() or not any(artifacts.iterdir()):
         return
     database = settings.mlflow_db
-    state = "missing" if not database.exists() else "empty (0 bytes)"
     if database.exists() and database.stat().st_size > 0:
         return
+    state = "empty (0 bytes)" if database.exists() else "missing"
     raise TrackingStoreError(
         f"the MLflow registry database {database} is {state}, but {artifacts} holds the "
         "artifacts of earlier runs: MLflow would start a new registry at version 1 beside "
