@@ -6,7 +6,7 @@
     .venv/bin/python bench/encoder_speed.py --set model.two_tower.batch_size=2048 \\
         --profile /tmp/enc.prof
 
-The split is built as the retrain flow builds it (components.steps: ingest -> validate ->
+The split is built as the retrain flow builds it (components.pipeline.steps: ingest -> validate ->
 snapshot -> split, into `--cache/<config name>-<hash of the overrides>`, reused when
 there), then `retrieval_steps.train_label_stage_encoders` runs, as the train_encoder task
 calls it: temporal, the fit on the train window early-stopped on the valid window, then
@@ -34,12 +34,12 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from components import steps  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.data.split import read_split  # noqa: E402
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer  # noqa: E402
+from components.pipeline import steps  # noqa: E402
+from components.pipeline.retrieval_steps import train_label_stage_encoders  # noqa: E402
 from components.retrieval.two_tower import TwoTowerScorer  # noqa: E402
-from components.retrieval_steps import train_label_stage_encoders  # noqa: E402
 
 
 def build_split(config_path: Path, overrides: dict[str, object], cache: Path):

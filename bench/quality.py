@@ -27,11 +27,11 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from components import ranking_steps, retrieval_steps, steps  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.data.split import read_split  # noqa: E402
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer  # noqa: E402
 from components.evaluation.summary import fairness_rows, markdown_table, summary_rows  # noqa: E402
+from components.pipeline import ranking_steps, retrieval_steps, steps  # noqa: E402
 from components.retrieval.popularity import RecentPopularity  # noqa: E402
 
 DATASETS = ("synthetic", "movielens-100k", "ml-1m-lcfn", "gowalla")

@@ -39,15 +39,15 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from components import ranking_steps, retrieval_steps, steps  # noqa: E402
 from components.config import load_config  # noqa: E402
+from components.pipeline import ranking_steps, retrieval_steps, steps  # noqa: E402
 from components.registry.registration import (  # noqa: E402
     git_commit,
     log_and_register,
     model_tags,
 )
-from components.registry.serving import model_server  # noqa: E402
 from components.registry.tracking import configure_mlflow  # noqa: E402
+from components.serving.server import model_server  # noqa: E402
 from components.settings import RewearSettings  # noqa: E402
 
 K = 20

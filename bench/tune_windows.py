@@ -33,10 +33,10 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from components import ranking_steps, retrieval_steps, steps  # noqa: E402
 from components.config import PipelineConfig, load_config  # noqa: E402
 from components.data.split import DataSplit, read_split, write_split  # noqa: E402
 from components.evaluation.suite import evaluate_models  # noqa: E402
+from components.pipeline import ranking_steps, retrieval_steps, steps  # noqa: E402
 from components.ranking.model import TwoStageModel  # noqa: E402
 from components.retrieval.popularity import RecentPopularity  # noqa: E402
 

@@ -36,7 +36,7 @@ from components.config import load_config  # noqa: E402
 from components.data.adapters import load_source  # noqa: E402
 from components.data.split import read_split, split_tables, write_split  # noqa: E402
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer  # noqa: E402
-from components.retrieval.baselines import Covisitation  # noqa: E402
+from components.retrieval.collaborative import Covisitation  # noqa: E402
 from components.retrieval.popularity import RecentPopularity  # noqa: E402
 from components.retrieval.two_tower import (  # noqa: E402
     TwoTowerScorer,

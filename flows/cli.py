@@ -187,12 +187,12 @@ def evaluate(
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from components import steps
     from components.config import ConfigError, load_config
     from components.data.snapshot import SnapshotError, load_snapshot_manifest
-    from components.registry.bundle import BundleError
+    from components.pipeline import steps
     from components.registry.registration import load_bundle
     from components.registry.tracking import TrackingStoreError, check_tracking_store
+    from components.serving.bundle import BundleError
 
     if stage not in ("test", "valid"):
         raise typer.BadParameter(f"--stage must be test or valid, got {stage!r}")

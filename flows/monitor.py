@@ -27,7 +27,7 @@ from prefect.events import emit_event
 from components.config import PipelineConfig
 from components.data.schema import CanonicalTables
 from components.data.snapshot import read_tables
-from components.monitoring import (
+from components.pipeline.monitoring import (
     MonitoringAlertError,
     MonitoringConfig,
     champion_quality,
@@ -35,8 +35,8 @@ from components.monitoring import (
     monitor_status,
     threshold_breaches,
 )
-from components.registry.bundle import BundleRecommender
 from components.registry.registration import mlflow_key
+from components.serving.bundle import BundleRecommender
 from components.store import read_json
 from flows.orchestration import (
     STAGE_CACHE,

@@ -58,7 +58,7 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 
 from components.config import PipelineConfig, load_config
-from components.orchestration import (
+from components.pipeline.processes import (
     OrchestrationSettings,
     code_fingerprint,
     free_local_port,

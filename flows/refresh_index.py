@@ -23,7 +23,7 @@ from prefect import flow, task
 
 from components.config import PipelineConfig
 from components.data.snapshot import read_tables
-from components.refresh import (
+from components.pipeline.refresh import (
     SmokeTestError,
     answer_problems,
     refresh_bundle,

@@ -1,7 +1,7 @@
 """The `retrain` flow: ingest -> validate -> snapshot -> split -> fit -> evaluate -> register
 -> promote.
 
-Tasks are thin wrappers over `components.steps`; they pass URIs and content ids, never
+Tasks are thin wrappers over `components.pipeline.steps`; they pass URIs and content ids, never
 DataFrames. A failed run writes its report with the error and never touches `champion`.
 """
 
@@ -15,9 +15,10 @@ from typing import Any, Literal
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from components import ranking_steps, retrieval_steps, steps
 from components.config import PipelineConfig, config_hash, load_config
 from components.evaluation.summary import summary_markdown, summary_rows
+from components.pipeline import ranking_steps, retrieval_steps, steps
+from components.pipeline.report import ModelRef, RunReport
 from components.registry import promotion
 from components.registry.registration import (
     CHAMPION,
@@ -29,7 +30,6 @@ from components.registry.registration import (
     version_aliases,
 )
 from components.registry.tracking import close_run, configure_mlflow, owned_run_tags
-from components.report import ModelRef, RunReport
 from components.settings import RewearSettings
 from components.store import read_json
 from flows.orchestration import (

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -19,14 +18,7 @@ import scipy.sparse as sp
 from components.config import EvaluationConfig
 from components.data.split import DataSplit, Stage
 from components.evaluation.metrics import mean_over_users, per_user_metrics, top_k_from_scores
-
-
-class Scorer(Protocol):
-    """Anything that scores items for users: models, baselines, the served bundle."""
-
-    def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
-        """(len(user_ids), len(item_ids)) scores, higher is better."""
-        ...
+from components.interfaces import Scorer
 
 
 @dataclass(frozen=True)

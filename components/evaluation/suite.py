@@ -22,7 +22,8 @@ from components.evaluation.beyond_accuracy import (
 )
 from components.evaluation.bootstrap import compare_exposure, paired_bootstrap
 from components.evaluation.metrics import mean_over_users, per_user_metrics
-from components.evaluation.protocol import EvaluationTask, Scorer, build_evaluation_task, rank_items
+from components.evaluation.protocol import EvaluationTask, build_evaluation_task, rank_items
+from components.interfaces import Scorer
 
 #: Metrics compared between models with a paired bootstrap (those present at the run's K).
 COMPARED_METRICS = ("ndcg@10", "recall@20", "ndcg@20", "recall@100")

@@ -45,7 +45,7 @@ from components.registry.registration import (
     model_uri,
 )
 
-SMOKE_SCRIPT = Path(__file__).with_name("smoke_check.py")
+SMOKE_SCRIPT = Path(__file__).resolve().parents[1] / "serving" / "smoke_check.py"
 SMOKE_K = 20
 #: A user id no marketplace uses: the smoke request for the unknown-user fallback.
 UNKNOWN_SMOKE_USER = "rewear-smoke-unknown-user"

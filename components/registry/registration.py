@@ -14,18 +14,18 @@ from mlflow.exceptions import MlflowException
 from packaging.version import Version
 
 from components.config import ModelConfig
-from components.registry.bundle import BundleError, BundleRecommender, verify_bundle
-from components.registry.pyfunc import BUNDLE_ARTIFACT, model_signature
+from components.serving.bundle import BundleError, BundleRecommender, verify_bundle
+from components.serving.pyfunc import BUNDLE_ARTIFACT, model_signature
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 #: Version tag naming the MLflow run that logged the version (its lineage parent).
 PARENT_RUN_TAG = "parent_run_id"
-MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+MODEL_CODE = Path(__file__).resolve().parents[1] / "serving" / "pyfunc_model.py"
 COMPONENTS_DIR = Path(__file__).resolve().parents[1]
 #: Distributions the logged code imports when MLflow loads the model (the bundle's loaders:
 #: LightGBM, torch, Annoy, scipy, the candidate sources' implicit, ...), plus pyarrow for
-#: parquet. `tests/components/registry/test_requirements.py` checks them against the
+#: parquet. `tests/components/serving/test_requirements.py` checks them against the
 #: imports of the logged code.
 SERVING_PACKAGES = (
     "mlflow",

@@ -34,34 +34,20 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
 from components.config import CandidatesConfig
-from components.evaluation.protocol import Scorer
 from components.ids import IdPositions
+from components.interfaces import CandidateSource, Scorer
 from components.retrieval.ann_index import AnnIndex
-from components.retrieval.baselines import history_before
+from components.retrieval.collaborative import history_before
 from components.retrieval.popularity import RecentPopularity
 
 CANDIDATE_COLUMNS = ("user_id", "item_id", "score", "rank")
 #: Users scored at once by a source (memory: batch x catalogue float32 scores).
 USER_BATCH = 512
-
-
-class CandidateSource(Protocol):
-    """A retrieval source: a few hundred plausible items per user, cheaply.
-
-    `candidates` returns columns user_id, item_id, score (float), rank (1-based int, in
-    order of non-increasing score), at most `n` rows per user, in the order of `user_ids`;
-    never an item the source's filter forbids. Users it knows nothing about get no rows.
-    """
-
-    name: str
-
-    def candidates(self, user_ids: Sequence[str], n: int) -> pd.DataFrame: ...
 
 
 # ------------------------------------------------------------------------- filters

@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 from pydantic import BaseModel
 
-from components.retrieval.baselines import Covisitation, Ease, Ials
+from components.retrieval.collaborative import Covisitation, Ease, Ials
 from components.retrieval.graph_filter import GraphFilter
 from components.retrieval.popularity import RecentPopularity
 from components.store import read_json, write_json

@@ -22,9 +22,8 @@ import numpy as np
 import pandas as pd
 
 from components.config import CandidatesConfig, PipelineConfig
-from components.evaluation.protocol import Scorer
+from components.interfaces import Scorer
 from components.retrieval.ann_index import AnnIndex
-from components.retrieval.baselines import Covisitation, Ials, fit_linear_baseline
 from components.retrieval.candidates import (
     AnnSource,
     CandidateArrays,
@@ -36,6 +35,7 @@ from components.retrieval.candidates import (
     merge_candidate_arrays,
     run_source_arrays,
 )
+from components.retrieval.collaborative import Covisitation, Ials, fit_linear_baseline
 from components.retrieval.graph_filter import GraphFilter
 from components.retrieval.persistence import load_model, save_model
 from components.retrieval.popularity import RecentPopularity

@@ -84,7 +84,7 @@ from components.evaluation.protocol import (
     build_evaluation_task,
     evaluate_scorer,
 )
-from components.retrieval.baselines import history_before
+from components.retrieval.collaborative import history_before
 from components.retrieval.item_features import (
     ATTRIBUTE_COLUMNS,
     NO_DATE,

@@ -70,7 +70,7 @@ def test_evaluate_refuses_a_model_folder_that_is_not_a_bundle_without_running_it
 
 
 def test_evaluate_names_the_corrupt_file_of_a_bundle_folder(rewear_home, tmp_path):
-    from tests.components.registry.conftest import write_tiny_bundle
+    from tests.components.serving.conftest import write_tiny_bundle
 
     bundle = write_tiny_bundle(tmp_path / "bundle")
     (bundle / "items.parquet").write_bytes(b"")

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from components.data.schema import CanonicalTables
-from components.monitoring import MonitoringAlertError
+from components.pipeline.monitoring import MonitoringAlertError
 from components.settings import RewearSettings
 from flows.cli import app
 from tests.flows.market_files import TWO_TOWER_OVERRIDES, last_moment, small_market, write_market

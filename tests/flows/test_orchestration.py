@@ -221,7 +221,7 @@ def test_two_retrains_at_once_register_two_intact_versions(rewear_home, tmp_path
 def test_a_local_dask_runner_leaves_the_process_environment_as_it_found_it():
     """Its workers compute on one BLAS / OpenMP thread each; this process, and every
     process it starts later, keeps its own thread settings."""
-    from components.orchestration import OrchestrationSettings
+    from components.pipeline.processes import OrchestrationSettings
     from flows.orchestration import task_runner_from_settings
 
     before = dict(os.environ)
@@ -404,7 +404,7 @@ def test_runs_left_open_by_a_dead_process_are_marked_failed_at_the_next_start(re
         [
             sys.executable,
             "-c",
-            "from components.orchestration import process_owner as p; print(p())",
+            "from components.pipeline.processes import process_owner as p; print(p())",
         ],
         cwd=REPO,
         capture_output=True,

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tests.components.registry.conftest import register_tiny_champion
+from tests.components.serving.conftest import register_tiny_champion
 
 runner = CliRunner()
 

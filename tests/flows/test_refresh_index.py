@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from components.pipeline.refresh import bundle_content_hash
 from components.ranking.model import TwoStageModel
-from components.refresh import bundle_content_hash
-from components.registry.bundle import FALLBACK_SOURCE
 from components.registry.lineage import walk_lineage
 from components.retrieval.ann_index import AnnIndex
 from components.retrieval.popularity import RecentPopularity
+from components.serving.bundle import FALLBACK_SOURCE
 from components.settings import RewearSettings
 from tests.flows.market_files import TWO_TOWER_OVERRIDES, last_moment, small_market, write_market
 

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from components.config import PipelineConfig
+from components.pipeline.ranking_steps import build_ranking_data, feature_builder_categories
 from components.ranking.dataset import query_groups, split_users
 from components.ranking.features import feature_columns
 from components.ranking.ranker import train_ranker
-from components.ranking_steps import build_ranking_data, feature_builder_categories
 
 pytestmark = pytest.mark.slow
 
@@ -76,9 +76,9 @@ def test_an_ensemble_trains_every_member_on_the_cluster_at_dask_address(
     from components.data.split import write_split
 
     distributed = pytest.importorskip("distributed")
+    from components.pipeline.ranking_steps import train_ranker_step
     from components.ranking import distributed as dask_path
     from components.ranking.ranker import RankerEnsemble, load_ranker
-    from components.ranking_steps import train_ranker_step
 
     write_split(small_split, tmp_path / "split")
     data = build_ranking_data(str(tmp_path / "split"), None, small_config, tmp_path)

@@ -12,14 +12,7 @@ import pytest
 from components.config import PipelineConfig, TwoTowerConfig
 from components.data.split import DataSplit, write_split
 from components.evaluation.suite import evaluate_models
-from components.ranking.model import TwoStageModel
-from components.ranking.ranker import (
-    SINGLE_THREAD_ROWS,
-    RankerEnsemble,
-    TrainedRanker,
-    load_ranker,
-)
-from components.ranking_steps import (
+from components.pipeline.ranking_steps import (
     assemble_two_stage,
     build_ranking_data,
     encoder_before,
@@ -27,6 +20,13 @@ from components.ranking_steps import (
     label_stages,
     retrieval_only,
     train_ranker_step,
+)
+from components.ranking.model import TwoStageModel
+from components.ranking.ranker import (
+    SINGLE_THREAD_ROWS,
+    RankerEnsemble,
+    TrainedRanker,
+    load_ranker,
 )
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import train_two_tower_stages

@@ -22,7 +22,7 @@ from components.registry.registration import (
 )
 from components.registry.tracking import configure_mlflow
 from components.settings import RewearSettings
-from tests.components.registry.conftest import write_tiny_bundle
+from tests.components.serving.conftest import write_tiny_bundle
 
 GOOD_SMOKE = SmokeResult(ok=True, load_s=1.0, requests=50, p50_ms=3.0, p99_ms=9.0)
 #: numpy scalars, as the evaluation suite returns them: the decision must stay JSON-able.
@@ -185,7 +185,7 @@ def biggest_sellers_comparison():
     from components.data.split import split_tables
     from components.data.synthetic import generate_marketplace
     from components.evaluation.suite import evaluate_models
-    from components.retrieval.baselines import fit_baselines
+    from components.retrieval.collaborative import fit_baselines
 
     tables = generate_marketplace(SyntheticSourceConfig(n_users=400, n_days=21)).tables
     split = split_tables(tables, SplitConfig())

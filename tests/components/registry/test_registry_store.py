@@ -9,7 +9,6 @@ import shutil
 import mlflow
 import pytest
 
-from components.registry.bundle import BundleError
 from components.registry.registration import (
     CHAMPION,
     download_alias_bundle,
@@ -20,8 +19,9 @@ from components.registry.tracking import (
     check_tracking_store,
     configure_mlflow,
 )
+from components.serving.bundle import BundleError
 from components.settings import RewearSettings
-from tests.components.registry.conftest import register_tiny_champion
+from tests.components.serving.conftest import register_tiny_champion
 
 
 class Planted(mlflow.pyfunc.PythonModel):

@@ -23,7 +23,6 @@ from components.config import (
 )
 from components.data.split import available_at
 from components.retrieval.ann_index import AnnIndex
-from components.retrieval.baselines import Covisitation, Ease
 from components.retrieval.candidates import (
     CANDIDATE_COLUMNS,
     AnnSource,
@@ -38,6 +37,7 @@ from components.retrieval.candidates import (
     run_sources,
     top_n,
 )
+from components.retrieval.collaborative import Covisitation, Ease
 from components.retrieval.popularity import RecentPopularity
 from tests.conftest import make_tables
 

@@ -23,8 +23,8 @@ from components.config import (
     IalsConfig,
     PopularityConfig,
 )
-from components.evaluation.protocol import Scorer
-from components.retrieval.baselines import Covisitation, Ease, Ials
+from components.interfaces import Scorer
+from components.retrieval.collaborative import Covisitation, Ease, Ials
 from components.retrieval.graph_filter import GraphFilter
 from components.retrieval.popularity import RecentPopularity
 from tests.conftest import make_tables

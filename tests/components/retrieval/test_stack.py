@@ -7,7 +7,7 @@ import pytest
 from components.config import CandidatesConfig, SyntheticSourceConfig
 from components.data.synthetic import generate_marketplace
 from components.retrieval import stack as stack_module
-from components.retrieval.baselines import Covisitation, Ease, Ials
+from components.retrieval.collaborative import Covisitation, Ease, Ials
 from components.retrieval.graph_filter import GraphFilter
 from components.retrieval.popularity import RecentPopularity
 from components.retrieval.stack import fit_candidate_models

@@ -1,5 +1,5 @@
 """The ranking stage's steps (label-stage features, LightGBM training, the assembled
-two-stage model) as plain functions over paths and configs, like `components.steps`.
+two-stage model) as plain functions over paths and configs, like `components.pipeline.steps`.
 
 Labels always lie after the data their candidates and features see:
 - temporal protocol: candidates and features at the valid cut-off T_valid, from the history
@@ -23,6 +23,7 @@ import pandas as pd
 
 from components.config import PipelineConfig, RankerConfig, TwoTowerConfig
 from components.data.split import DataSplit, available_at, latest_moment, read_split
+from components.pipeline.retrieval_steps import best_epoch
 from components.ranking.dataset import (
     QueryGroups,
     attach_labels,
@@ -38,7 +39,6 @@ from components.retrieval.ann_index import build_annoy_index
 from components.retrieval.candidates import candidate_recall
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import TrainedTwoTower, train_two_tower_stages
-from components.retrieval_steps import best_epoch
 from components.store import atomic_directory
 
 TWO_STAGE = "two_stage"

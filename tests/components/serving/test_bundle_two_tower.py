@@ -9,15 +9,15 @@ import pytest
 
 from components.config import AnnoyConfig, PopularityConfig, SplitConfig
 from components.data.split import split_tables
-from components.registry.bundle import (
+from components.retrieval.ann_index import build_annoy_index
+from components.retrieval.popularity import RecentPopularity
+from components.retrieval.two_tower import train_two_tower
+from components.serving.bundle import (
     FALLBACK_SOURCE,
     TWO_TOWER_SOURCE,
     BundleRecommender,
     build_bundle,
 )
-from components.retrieval.ann_index import build_annoy_index
-from components.retrieval.popularity import RecentPopularity
-from components.retrieval.two_tower import train_two_tower
 from tests.components.retrieval.test_two_tower import SMALL, _toy_tables
 
 SHOE_SESSION = ["shoe00", "shoe01", "shoe02"]

@@ -1,5 +1,5 @@
 """The retrieval stage's steps (two-tower training, Annoy index builds, candidate generation)
-as plain functions over paths and configs, like `components.steps`.
+as plain functions over paths and configs, like `components.pipeline.steps`.
 """
 
 from __future__ import annotations

@@ -33,13 +33,13 @@ import pandas as pd
 from components.config import EvaluationConfig
 from components.data.schema import CanonicalTables
 from components.data.split import available_at, latest_moment
-from components.registry.bundle import (
+from components.retrieval.popularity import RecentPopularity
+from components.serving.bundle import (
     TWO_STAGE_DIR,
     TWO_TOWER_SOURCE,
     build_bundle,
     seal_bundle,
 )
-from components.retrieval.popularity import RecentPopularity
 from components.store import atomic_directory, hash_json, read_json
 
 #: Files and folders `build_bundle` writes; everything else in a bundle is copied as is.
@@ -169,8 +169,8 @@ def _refresh_two_stage(
     ranker, encoder and config. Its stack's Annoy index is the one just rebuilt for the
     bundle when the stack holds the bundle's very encoder and index (a retrain gives both
     the same), else its own, re-embedded with its encoder at `now`."""
+    from components.pipeline.ranking_steps import serving_two_stage
     from components.ranking.model import TwoStageModel
-    from components.ranking_steps import serving_two_stage
 
     source = champion_dir / TWO_STAGE_DIR
     champion = TwoStageModel.load(source)

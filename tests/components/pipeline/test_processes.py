@@ -11,7 +11,11 @@ import pytest
 from pydantic import ValidationError
 
 from components.config import InteractionsFileSourceConfig, SyntheticSourceConfig
-from components.orchestration import OrchestrationSettings, code_fingerprint, source_fingerprint
+from components.pipeline.processes import (
+    OrchestrationSettings,
+    code_fingerprint,
+    source_fingerprint,
+)
 from components.store import atomic_directory
 
 

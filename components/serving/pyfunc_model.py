@@ -1,11 +1,11 @@
 """MLflow models-from-code entry point: MLflow imports this file to build the served model.
 
-Kept free of logic: the work is in `components.registry.bundle`. Importing this module
+Kept free of logic: the work is in `components.serving.bundle`. Importing this module
 registers the model with MLflow, which is why nothing else imports it.
 """
 
 import mlflow
 
-from components.registry.pyfunc import RewearPyfunc
+from components.serving.pyfunc import RewearPyfunc
 
 mlflow.models.set_model(RewearPyfunc())

@@ -14,7 +14,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from components.registry.bundle import (
+from components.serving.bundle import (
     BUNDLE_FORMAT,
     MANIFEST,
     BundleError,
@@ -22,7 +22,7 @@ from components.registry.bundle import (
     seal_bundle,
     verify_bundle,
 )
-from tests.components.registry.conftest import write_tiny_bundle
+from tests.components.serving.conftest import write_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -104,7 +104,7 @@ def test_a_format_1_bundle_without_checksums_loads_with_a_warning(tiny_bundle, c
     manifest = _manifest(tiny_bundle)
     del manifest["files"]
     (tiny_bundle / MANIFEST).write_text(json.dumps({**manifest, "format": 1}))
-    with caplog.at_level(logging.WARNING, logger="components.registry.bundle"):
+    with caplog.at_level(logging.WARNING, logger="components.serving.bundle"):
         recommender = BundleRecommender.load(tiny_bundle)
     assert recommender.recommend(["never-seen"], k=1)["item_id"].tolist() == ["i5"]
     assert "written before bundles carried checksums" in caplog.text
@@ -124,7 +124,7 @@ def _plant_ranker(bundle: Path) -> Path:
 
 LOAD_SCRIPT = """
 import sys
-from components.registry.bundle import BundleError, BundleRecommender
+from components.serving.bundle import BundleError, BundleRecommender
 try:
     BundleRecommender.load(sys.argv[1])
 except BundleError as error:

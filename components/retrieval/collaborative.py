@@ -39,8 +39,8 @@ from components.config import (
     EaseConfig,
     IalsConfig,
 )
-from components.evaluation.protocol import Scorer
 from components.ids import IdPositions
+from components.interfaces import Scorer
 from components.retrieval.popularity import RecentPopularity
 
 #: Threads of implicit's ALS solver (BLAS is held at 1); small, to share the machine.

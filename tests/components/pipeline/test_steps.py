@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import steps
 from components.config import PipelineConfig
 from components.data.adapters import SourceError
 from components.data.split import read_split
 from components.data.validation import DataValidationError
+from components.pipeline import steps
 
 
 def _write_events(path, n=200, garbage_every=0):

@@ -13,7 +13,7 @@ from components.config import (
 from components.data.adapters import load_source
 from components.data.split import split_tables
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
-from components.retrieval.baselines import (
+from components.retrieval.collaborative import (
     Covisitation,
     Ease,
     Ials,

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from components.config import PopularityConfig
-from components.registry.bundle import build_bundle
 from components.retrieval.popularity import RecentPopularity
+from components.serving.bundle import build_bundle
 
 #: Interactions per listing: the popularity order is i0 > i5 > i1 > i6 > i2 > i7 > i3 > i8 > i4.
 COUNTS = {"i0": 10, "i5": 8, "i1": 7, "i6": 6, "i2": 5, "i7": 4, "i3": 3, "i8": 2, "i4": 1}

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from components.registry.bundle import (
+from components.serving.bundle import (
     MAX_K,
     MAX_ROWS,
     OUTPUT_COLUMNS,
@@ -16,7 +16,7 @@ from components.registry.bundle import (
     BundleRecommender,
     RequestError,
 )
-from tests.components.registry.conftest import BOUGHT, BUYER, SOLD, write_tiny_bundle
+from tests.components.serving.conftest import BOUGHT, BUYER, SOLD, write_tiny_bundle
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from components.registry.serving import model_server
-from tests.components.registry.conftest import SOLD, register_tiny_champion
+from components.serving.server import model_server
+from tests.components.serving.conftest import SOLD, register_tiny_champion
 
 
 def post(url: str, body: bytes | dict, content_type: str = "application/json") -> tuple[int, dict]:

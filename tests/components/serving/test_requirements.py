@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 from packaging.requirements import Requirement
 
-from tests.components.registry.conftest import register_tiny_champion
+from tests.components.serving.conftest import register_tiny_champion
 
 
 def _normalised(name: str) -> str:
@@ -64,7 +64,7 @@ def test_logged_requirements_list_every_package_the_logged_code_imports(rewear_h
     # Models-from-code: MLflow runs the logged code file, and no pickle is logged.
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in (model_dir / "MLmodel").read_text()
     assert not [p for p in model_dir.rglob("*") if p.suffix in (".pkl", ".pickle", ".cloudpickle")]
-    imported = imported_packages(model_dir / "code", "components.registry.pyfunc_model")
+    imported = imported_packages(model_dir / "code", "components.serving.pyfunc_model")
     # Import name -> the distributions that provide it (mlflow: mlflow, mlflow-skinny, ...).
     providers = {
         name: {_normalised(dist) for dist in packages_distributions()[name]} for name in imported

@@ -25,12 +25,12 @@ from components.data.split import (
 from components.data.validation import enforce_bad_share, validate_tables
 from components.evaluation.figures import FIGURE_FILES, render_figures
 from components.evaluation.suite import evaluate_models
+from components.pipeline.ranking_steps import retrieval_only
+from components.pipeline.retrieval_steps import positive_window
 from components.ranking.model import TwoStageModel
-from components.ranking_steps import retrieval_only
-from components.registry.bundle import BundleRecommender, build_bundle
-from components.retrieval.baselines import fit_baselines
+from components.retrieval.collaborative import fit_baselines
 from components.retrieval.popularity import RecentPopularity
-from components.retrieval_steps import positive_window
+from components.serving.bundle import BundleRecommender, build_bundle
 from components.store import atomic_directory, read_json, write_json
 
 

@@ -5,7 +5,7 @@ or session user `{"recent_item_ids": ["i1", "i2"]}` (both may be given). Params:
 (1..MAX_K, default 20) and `exclude_item_ids` (never returned to any row). A malformed
 request raises an `MlflowException` with INVALID_PARAMETER_VALUE, which `mlflow models
 serve` answers with HTTP 400 and the message, and keeps serving. Under `mlflow models
-serve` the load also installs the request guard (`components.registry.serving`): size,
+serve` the load also installs the request guard (`components.serving.server`): size,
 nesting, content type and payload keys are checked before MLflow parses a request, and
 error answers carry no stack trace or echoed input.
 """
@@ -20,8 +20,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
-from components.registry.bundle import BundleRecommender, RequestError
-from components.registry.serving import install_request_guard
+from components.serving.bundle import BundleRecommender, RequestError
+from components.serving.server import install_request_guard
 from components.settings import RewearSettings
 
 BUNDLE_ARTIFACT = "bundle"

@@ -12,7 +12,7 @@ import pytest
 
 from components.config import EvaluationConfig
 from components.data.schema import CanonicalTables
-from components.monitoring import (
+from components.pipeline.monitoring import (
     MonitoringConfig,
     champion_quality,
     drift_report,
@@ -22,7 +22,7 @@ from components.monitoring import (
     psi,
     threshold_breaches,
 )
-from components.registry.bundle import BundleRecommender
+from components.serving.bundle import BundleRecommender
 
 
 def test_psi_is_zero_for_equal_mixes_and_matches_the_formula():

@@ -1,5 +1,5 @@
 """The request guard of `mlflow models serve` (no server here: the checks and the wrapper
-around MLflow's `invocations`; tests/components/registry/test_serving.py runs the server)."""
+around MLflow's `invocations`; tests/components/serving/test_server.py runs the server)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import scoring_server
 
-from components.registry.pyfunc import RewearPyfunc
-from components.registry.serving import (
+from components.serving.pyfunc import RewearPyfunc
+from components.serving.server import (
     MAX_JSON_DEPTH,
     RefusedRequestError,
     check_request,
@@ -105,14 +105,14 @@ def test_unexpected_errors_answer_500_without_stack_trace_or_paths(guard, caplog
     traced = MlflowException(
         "Encountered an unexpected error while evaluating the model.",
         error_code=INVALID_PARAMETER_VALUE,
-        stack_trace='File "/srv/app/components/registry/bundle.py", line 1',
+        stack_trace='File "/srv/app/components/serving/bundle.py", line 1',
     )
     for error in (traced, RecursionError("maximum recursion depth exceeded")):
         answer = guard(error)
         assert answer["status"] == 500
         assert "stack_trace" not in answer and "/srv" not in answer["message"]
         assert "the server log has the details" in answer["message"]
-    assert "/srv/app/components/registry/bundle.py" in caplog.text  # logged, not answered
+    assert "/srv/app/components/serving/bundle.py" in caplog.text  # logged, not answered
 
 
 def test_the_guard_is_not_installed_outside_the_scoring_server(monkeypatch):
