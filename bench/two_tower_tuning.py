@@ -35,14 +35,13 @@ import torch  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.data.adapters import load_source  # noqa: E402
 from components.data.split import read_split, split_tables, write_split  # noqa: E402
+from components.evaluation.cold_start import cold_start_task  # noqa: E402
+from components.evaluation.encoder_validation import encoder_validation  # noqa: E402
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer  # noqa: E402
 from components.retrieval.collaborative import Covisitation  # noqa: E402
 from components.retrieval.popularity import RecentPopularity  # noqa: E402
-from components.retrieval.two_tower import (  # noqa: E402
-    TwoTowerScorer,
-    cold_start_task,
-    train_two_tower,
-)
+from components.retrieval.two_tower import TwoTowerScorer  # noqa: E402
+from components.retrieval.two_tower_training import train_two_tower  # noqa: E402
 
 
 def _value(text: str) -> object:
@@ -80,7 +79,8 @@ def main() -> None:
     print("config:", tower_config.model_dump(mode="json"))
 
     started = time.perf_counter()
-    trained = train_two_tower(split, tower_config, args.stage, config.evaluation)
+    validation = encoder_validation(split, tower_config, config.evaluation)
+    trained = train_two_tower(split, tower_config, args.stage, validation=validation)
     train_seconds = time.perf_counter() - started
     for record in trained.epochs:
         print("epoch:", record)

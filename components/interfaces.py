@@ -1,6 +1,6 @@
-"""The model interfaces every layer may import: what a scorer and a candidate source
-answer. Data, retrieval, ranking, evaluation and serving meet here and nowhere else, so
-no ML package imports another one just for a type."""
+"""The model interfaces every layer may import: what a scorer, a candidate source and a
+trainer's early-stopping validation answer. Data, retrieval, ranking, evaluation and
+serving meet here and nowhere else, so no ML package imports another one just for a type."""
 
 from __future__ import annotations
 
@@ -30,3 +30,20 @@ class CandidateSource(Protocol):
     name: str
 
     def candidates(self, user_ids: Sequence[str], n: int) -> pd.DataFrame: ...
+
+
+class Validation(Protocol):
+    """A held-out check a trainer runs on its model after each epoch (early stopping).
+
+    The caller builds it (e.g. `components.evaluation.encoder_validation`) and the trainer
+    hands it a `Scorer` of its current model on the held-out window, so no training code
+    imports evaluation code. `__call__` returns metrics by name; early stopping keeps the
+    epoch with the highest `metric`.
+    """
+
+    @property
+    def metric(self) -> str:
+        """The metric early stopping maximises: a key of what `__call__` returns."""
+        ...
+
+    def __call__(self, scorer: Scorer) -> dict[str, float]: ...

@@ -38,7 +38,8 @@ from components.ranking.ranker import RankerEnsemble, TrainedRanker, load_ranker
 from components.retrieval.ann_index import build_annoy_index
 from components.retrieval.candidates import candidate_recall
 from components.retrieval.stack import RetrievalStack
-from components.retrieval.two_tower import TrainedTwoTower, train_two_tower_stages
+from components.retrieval.two_tower import TrainedTwoTower
+from components.retrieval.two_tower_training import train_two_tower_stages
 from components.store import atomic_directory
 
 TWO_STAGE = "two_stage"
@@ -183,7 +184,7 @@ def encoder_before(
     )
     epochs = best_epoch([r for r in chosen.epochs if r.get("phase", "fit") == "fit"])
     tower = config.model_copy(update={"max_epochs": epochs})
-    return train_two_tower_stages(before, tower, "valid")[0]
+    return train_two_tower_stages(before, tower, "valid", validation=None)[0]
 
 
 def feature_builder_categories(features: pd.DataFrame) -> dict[str, list[str]]:

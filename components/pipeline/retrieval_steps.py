@@ -15,17 +15,15 @@ import pandas as pd
 
 from components.config import EvaluationConfig, ModelConfig, PipelineConfig
 from components.data.split import DataSplit, available_at, latest_moment, read_split
+from components.evaluation.encoder_validation import encoder_validation
 from components.ranking.dataset import holdout_interactions
 from components.retrieval.ann_index import AnnIndex, ann_recall, build_annoy_index
 from components.retrieval.candidates import (
     candidate_recall,
 )
 from components.retrieval.stack import RetrievalStack
-from components.retrieval.two_tower import (
-    TrainedTwoTower,
-    TwoTowerScorer,
-    train_two_tower_stages,
-)
+from components.retrieval.two_tower import TrainedTwoTower, TwoTowerScorer
+from components.retrieval.two_tower_training import train_two_tower_stages
 from components.store import atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -67,15 +65,20 @@ def train_label_stage_encoders(
     on the whole train file for the epochs chosen, so that both stages get the two-tower.
     """
     if data.protocol == "temporal":
-        return train_two_tower_stages(data, config.two_tower, "test", evaluation)
+        validation = encoder_validation(data, config.two_tower, evaluation)
+        return train_two_tower_stages(data, config.two_tower, "test", validation=validation)
     kept, held = holdout_interactions(data.train, config.ranker.holdout_share, config.ranker.seed)
     label_split = replace(data, train=kept, valid=held, test=held)
-    fitted = train_two_tower_stages(label_split, config.two_tower, "valid", evaluation)[0]
+    validation = encoder_validation(label_split, config.two_tower, evaluation)
+    fitted, _ = train_two_tower_stages(
+        label_split, config.two_tower, "valid", validation=validation
+    )
     epochs = best_epoch(fitted.epochs)
     logger.info("two-tower: refitting on the whole train file for %d epochs", epochs)
     whole = replace(data, valid=data.valid.iloc[:0])
     refit = config.two_tower.model_copy(update={"max_epochs": epochs})
-    trained = train_two_tower_stages(whole, refit, "test", evaluation)[1]
+    validation = encoder_validation(whole, refit, evaluation)  # None: no valid window
+    trained = train_two_tower_stages(whole, refit, "test", validation=validation)[1]
     trained.epochs = [
         *fitted.epochs,
         *({**record, "phase": "refit"} for record in trained.epochs),

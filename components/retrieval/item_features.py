@@ -13,8 +13,8 @@ moment it is posted:
   across processes and machines; Python's `hash()` is salted per process);
 - the item id, through a vocabulary of the ids seen in training (unknown: index 0).
 
-Everything here is numpy; the tower in `components.retrieval.two_tower` turns these arrays
-into tensors.
+Everything here is numpy; the item tower in `components.retrieval.two_tower_network` turns
+these arrays into tensors.
 """
 
 from __future__ import annotations

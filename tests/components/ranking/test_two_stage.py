@@ -11,6 +11,7 @@ import pytest
 
 from components.config import PipelineConfig, TwoTowerConfig
 from components.data.split import DataSplit, write_split
+from components.evaluation.encoder_validation import encoder_validation
 from components.evaluation.suite import evaluate_models
 from components.pipeline.ranking_steps import (
     assemble_two_stage,
@@ -29,7 +30,7 @@ from components.ranking.ranker import (
     load_ranker,
 )
 from components.retrieval.stack import RetrievalStack
-from components.retrieval.two_tower import train_two_tower_stages
+from components.retrieval.two_tower_training import train_two_tower_stages
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +249,8 @@ def test_an_earlier_label_window_gets_an_encoder_that_never_saw_its_labels(
     tower = TwoTowerConfig(
         embedding_dim=8, feature_dim=4, hidden_dim=16, extra_negatives=16, max_epochs=2
     )
-    chosen = train_two_tower_stages(small_split, tower, "test")[0]
+    validation = encoder_validation(small_split, tower)
+    chosen = train_two_tower_stages(small_split, tower, "test", validation=validation)[0]
     epochs = [r for r in chosen.epochs if r["phase"] == "fit"]
     best = max(epochs, key=lambda r: r["valid_recall@20"])["epoch"]
     length = small_split.test_cutoff - small_split.valid_cutoff

@@ -17,6 +17,8 @@ import torch
 from components.config import EvaluationConfig, SplitConfig, TwoTowerConfig
 from components.data.schema import CanonicalTables, canonicalise
 from components.data.split import split_tables
+from components.evaluation.cold_start import cold_start_task
+from components.evaluation.encoder_validation import encoder_validation
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
 from components.retrieval.item_features import (
     UNKNOWN,
@@ -24,23 +26,21 @@ from components.retrieval.item_features import (
     hash_tokens,
     title_tokens,
 )
-from components.retrieval.two_tower import (
+from components.retrieval.two_tower import EpochScorers, TrainedTwoTower, TwoTowerScorer
+from components.retrieval.two_tower_network import (
     ItemBatch,
-    TrainedTwoTower,
     TwoTowerModel,
-    TwoTowerScorer,
+    pooling_weights,
+    sampled_softmax_loss,
+)
+from components.retrieval.two_tower_training import (
     _adam,
     _build_training_data,
     _epoch_batches,
     _extended_featurizer,
     _load_warm_start,
-    _Monitor,
-    _sampled_users,
     _training_bags,
     _WarmStart,
-    cold_start_task,
-    pooling_weights,
-    sampled_softmax_loss,
     train_two_tower,
     train_two_tower_stages,
 )
@@ -121,7 +121,9 @@ def toy_split():
 
 @pytest.fixture(scope="module")
 def trained(toy_split):
-    return train_two_tower(toy_split, SMALL, "test")
+    return train_two_tower(
+        toy_split, SMALL, "test", validation=encoder_validation(toy_split, SMALL)
+    )
 
 
 # ------------------------------------------------------------------------- item tower
@@ -371,8 +373,9 @@ def test_batches_come_from_one_time_window_and_cover_every_target_once(toy_split
 
 def test_same_seed_and_data_give_identical_embeddings(toy_split):
     config = SMALL.model_copy(update={"max_epochs": 2})
-    first = train_two_tower(toy_split, config, "valid")
-    second = train_two_tower(toy_split, config, "valid")
+    validation = encoder_validation(toy_split, config)
+    first = train_two_tower(toy_split, config, "valid", validation=validation)
+    second = train_two_tower(toy_split, config, "valid", validation=validation)
     items = toy_split.tables.items
     cutoff = toy_split.valid_cutoff
     np.testing.assert_array_equal(
@@ -450,26 +453,12 @@ def test_scorer_matches_vectors_and_scores_unknown_items_lowest(trained, toy_spl
     assert evaluate_scorer(scorer, task, (5,)).metrics["recall@5"] > 0
 
 
-# ------------------------------------------------------------------------- cold start
-
-
-def test_cold_start_task_keeps_only_positives_on_listings_created_in_the_window(toy_split):
-    task = cold_start_task(toy_split, EvaluationConfig(), "test")
-    item_ids = task.item_ids
-    positives = set(item_ids[task.relevant.indices])
-    assert positives == {"shoe_new", "bag_new"}
-    recommendable = set(item_ids[task.recommendable])
-    assert {"shoe_new", "bag_new"} <= recommendable
-    standard = build_evaluation_task(toy_split, "test", EvaluationConfig())
-    assert not {"shoe_new", "bag_new"} & set(item_ids[standard.recommendable])
-    assert task.n_users == 30
-
-
 # ------------------------------------------------------------------------- speed paths
 
 
 def test_warm_refit_continues_the_fit_on_the_valid_window_with_new_listings_added(toy_split):
-    fitted, served = train_two_tower_stages(toy_split, SMALL, "test")
+    validation = encoder_validation(toy_split, SMALL)
+    fitted, served = train_two_tower_stages(toy_split, SMALL, "test", validation=validation)
     refit = [record for record in served.epochs if record["phase"] == "refit"]
     assert len(refit) == 1  # one pass over the targets the fit has not seen
     valid = toy_split.window("valid")
@@ -559,33 +548,18 @@ def test_same_content_shortcut_gives_the_full_towers_vectors_and_gradients():
         torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-5)
 
 
-def test_monitor_recall_matches_a_fresh_scorer(trained, toy_split):
-    task = build_evaluation_task(toy_split, "valid", EvaluationConfig())
-    monitor = _Monitor(
-        task=task,
-        items=toy_split.tables.items,
-        history=toy_split.history("valid"),
-        as_of=toy_split.valid_cutoff,
-        k=5,
+def test_epoch_scorers_score_as_a_fresh_scorer_and_featurize_once(trained, toy_split):
+    items, history, as_of = (
+        toy_split.tables.items,
+        toy_split.history("valid"),
+        toy_split.valid_cutoff,
     )
-    scorer = TwoTowerScorer(
-        trained, toy_split.tables.items, toy_split.history("valid"), toy_split.valid_cutoff
-    )
-    expected = evaluate_scorer(scorer, task, (5,)).metrics["recall@5"]
-    assert monitor.recall(trained) == expected
-    assert monitor.recall(trained) == expected  # prepared once, reused
-
-
-def test_early_stopping_samples_users_with_their_own_rows(toy_split):
-    task = build_evaluation_task(toy_split, "valid", EvaluationConfig())
-    assert _sampled_users(task, task.n_users, seed=0) is task  # few users: all of them
-    sample = _sampled_users(task, task.n_users // 2, seed=0)
-    assert sample.n_users == task.n_users // 2
-    assert sample.n_users == sample.relevant.shape[0] == sample.excluded.shape[0]
-    rows = {user: row for row, user in enumerate(task.user_ids)}
-    for row, user in enumerate(sample.user_ids):
-        original = rows[user]
-        assert (sample.relevant[row] != task.relevant[original]).nnz == 0
-        assert (sample.excluded[row] != task.excluded[original]).nnz == 0
-    again = _sampled_users(task, task.n_users // 2, seed=0)
-    assert list(again.user_ids) == list(sample.user_ids)  # seeded
+    scorers = EpochScorers(items, history, as_of)
+    fresh = TwoTowerScorer(trained, items, history, as_of)
+    users = sorted(toy_split.valid["user_id"].unique())
+    catalogue = items["item_id"].tolist()
+    expected = fresh.score(users, catalogue)
+    np.testing.assert_array_equal(scorers.scorer(trained).score(users, catalogue), expected)
+    prepared = scorers._prepared
+    np.testing.assert_array_equal(scorers.scorer(trained).score(users, catalogue), expected)
+    assert scorers._prepared is prepared  # featurized once, reused

@@ -9,9 +9,10 @@ import pytest
 
 from components.config import AnnoyConfig, PopularityConfig, SplitConfig
 from components.data.split import split_tables
+from components.evaluation.encoder_validation import encoder_validation
 from components.retrieval.ann_index import build_annoy_index
 from components.retrieval.popularity import RecentPopularity
-from components.retrieval.two_tower import train_two_tower
+from components.retrieval.two_tower_training import train_two_tower
 from components.serving.bundle import (
     FALLBACK_SOURCE,
     TWO_TOWER_SOURCE,
@@ -28,7 +29,7 @@ BAG_SESSION = ["bag00", "bag01", "bag02"]
 def recommender(tmp_path_factory) -> BundleRecommender:
     tables = _toy_tables()
     split = split_tables(tables, SplitConfig(valid_duration="4D", test_duration="4D"))
-    trained = train_two_tower(split, SMALL, "test")
+    trained = train_two_tower(split, SMALL, "test", validation=encoder_validation(split, SMALL))
     folder = tmp_path_factory.mktemp("two-tower")
     trained.save(folder / "encoder")
     items, history = tables.items, tables.interactions
