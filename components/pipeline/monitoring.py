@@ -37,7 +37,7 @@ from components.config import EvaluationConfig, StrictModel
 from components.data.schema import CanonicalTables
 from components.data.split import DataSplit
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
-from components.serving.bundle import BundleRecommender
+from components.serving.recommender import BundleRecommender
 
 #: Probability floor in PSI so an empty bin does not give an infinite value.
 PSI_EPSILON = 1e-4

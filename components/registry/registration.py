@@ -14,8 +14,9 @@ from mlflow.exceptions import MlflowException
 from packaging.version import Version
 
 from components.config import ModelConfig
-from components.serving.bundle import BundleError, BundleRecommender, verify_bundle
+from components.serving.bundle import BundleError, verify_bundle
 from components.serving.pyfunc import BUNDLE_ARTIFACT, model_signature
+from components.serving.recommender import BundleRecommender
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -20,7 +20,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
-from components.serving.bundle import BundleRecommender, RequestError
+from components.serving.recommender import BundleRecommender
+from components.serving.request_parsing import RequestError
 from components.serving.server import install_request_guard
 from components.settings import RewearSettings
 

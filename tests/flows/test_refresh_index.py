@@ -16,7 +16,7 @@ from components.ranking.model import TwoStageModel
 from components.registry.lineage import walk_lineage
 from components.retrieval.ann_index import AnnIndex
 from components.retrieval.popularity import RecentPopularity
-from components.serving.bundle import FALLBACK_SOURCE
+from components.serving.recommender import FALLBACK_SOURCE
 from components.settings import RewearSettings
 from tests.flows.market_files import TWO_TOWER_OVERRIDES, last_moment, small_market, write_market
 

@@ -22,7 +22,7 @@ from components.pipeline.monitoring import (
     psi,
     threshold_breaches,
 )
-from components.serving.bundle import BundleRecommender
+from components.serving.recommender import BundleRecommender
 
 
 def test_psi_is_zero_for_equal_mixes_and_matches_the_formula():

@@ -18,10 +18,10 @@ from components.serving.bundle import (
     BUNDLE_FORMAT,
     MANIFEST,
     BundleError,
-    BundleRecommender,
     seal_bundle,
     verify_bundle,
 )
+from components.serving.recommender import BundleRecommender
 from tests.components.serving.conftest import write_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[3]
@@ -124,7 +124,8 @@ def _plant_ranker(bundle: Path) -> Path:
 
 LOAD_SCRIPT = """
 import sys
-from components.serving.bundle import BundleError, BundleRecommender
+from components.serving.bundle import BundleError
+from components.serving.recommender import BundleRecommender
 try:
     BundleRecommender.load(sys.argv[1])
 except BundleError as error:

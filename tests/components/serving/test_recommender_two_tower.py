@@ -13,12 +13,8 @@ from components.evaluation.encoder_validation import encoder_validation
 from components.retrieval.ann_index import build_annoy_index
 from components.retrieval.popularity import RecentPopularity
 from components.retrieval.two_tower_training import train_two_tower
-from components.serving.bundle import (
-    FALLBACK_SOURCE,
-    TWO_TOWER_SOURCE,
-    BundleRecommender,
-    build_bundle,
-)
+from components.serving.bundle import TWO_TOWER_SOURCE, build_bundle
+from components.serving.recommender import FALLBACK_SOURCE, BundleRecommender
 from tests.components.retrieval.test_two_tower import SMALL, _toy_tables
 
 SHOE_SESSION = ["shoe00", "shoe01", "shoe02"]

@@ -7,15 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from components.serving.bundle import (
-    MAX_K,
-    MAX_ROWS,
+from components.serving.bundle import POPULARITY_SOURCE
+from components.serving.recommender import (
     OUTPUT_COLUMNS,
-    POPULARITY_SOURCE,
     SESSION_POPULARITY_SOURCE,
     BundleRecommender,
-    RequestError,
 )
+from components.serving.request_parsing import MAX_K, MAX_ROWS, RequestError
 from tests.components.serving.conftest import BOUGHT, BUYER, SOLD, write_tiny_bundle
 
 
