@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from components.config import load_config  # noqa: E402
-from components.data.adapters import load_source  # noqa: E402
+from components.data.sources import load_source  # noqa: E402
 from components.data.split import read_split, split_tables, write_split  # noqa: E402
 from components.evaluation.cold_start import cold_start_task  # noqa: E402
 from components.evaluation.encoder_validation import encoder_validation  # noqa: E402

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from components.config import MovieLens100kSourceConfig, SyntheticSourceConfig, ValidationConfig
-from components.data.adapters import load_movielens_100k
+from components.data.readers.movielens import load_movielens_100k
 from components.data.schema import TIMESTAMP_DTYPE
 from components.data.synthetic import generate_marketplace
 from components.data.validation import (

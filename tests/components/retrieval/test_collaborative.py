@@ -10,7 +10,7 @@ from components.config import (
     IalsConfig,
     load_config,
 )
-from components.data.adapters import load_source
+from components.data.sources import load_source
 from components.data.split import split_tables
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
 from components.retrieval.collaborative import (
