@@ -22,16 +22,13 @@ import numpy as np
 import pandas as pd
 
 from components.config import CandidatesConfig, PipelineConfig
-from components.interfaces import Scorer
+from components.interfaces import CandidateSource, Scorer
 from components.retrieval.ann_index import AnnIndex
+from components.retrieval.candidate_filters import CandidateFilter
+from components.retrieval.candidate_sources import AnnSource, CategoryPopularitySource, ScorerSource
 from components.retrieval.candidates import (
-    AnnSource,
     CandidateArrays,
-    CandidateFilter,
-    CandidateSource,
-    CategoryPopularitySource,
     MergedCandidates,
-    ScorerSource,
     merge_candidate_arrays,
     run_source_arrays,
 )

@@ -22,20 +22,21 @@ from components.config import (
     PopularityConfig,
 )
 from components.data.split import available_at
+from components.interfaces import CandidateSource
 from components.retrieval.ann_index import AnnIndex
-from components.retrieval.candidates import (
-    CANDIDATE_COLUMNS,
+from components.retrieval.candidate_filters import CandidateFilter, build_exclusions
+from components.retrieval.candidate_sources import (
     AnnSource,
-    CandidateFilter,
-    CandidateSource,
     CategoryPopularitySource,
     ScorerSource,
-    build_exclusions,
+    top_n,
+)
+from components.retrieval.candidates import (
+    CANDIDATE_COLUMNS,
     candidate_recall,
     generate_candidates,
     merge_candidates,
     run_sources,
-    top_n,
 )
 from components.retrieval.collaborative import Covisitation, Ease
 from components.retrieval.popularity import RecentPopularity
