@@ -37,7 +37,7 @@ import yaml  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.data.split import read_split  # noqa: E402
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer  # noqa: E402
-from components.pipeline import steps  # noqa: E402
+from components.pipeline import chain  # noqa: E402
 from components.pipeline.retrieval_steps import train_label_stage_encoders  # noqa: E402
 from components.retrieval.two_tower import TwoTowerScorer  # noqa: E402
 
@@ -49,10 +49,7 @@ def build_split(config_path: Path, overrides: dict[str, object], cache: Path):
     run_dir = cache / f"{config.name}-{source.hexdigest()[:8]}"
     if not (run_dir / "split" / "split.json").is_file():
         started = time.perf_counter()
-        raw = steps.ingest(config, run_dir)
-        validated = steps.validate(raw["uri"], config, run_dir)
-        snap = steps.snapshot(validated["uri"], cache / "snapshots")
-        steps.split(snap["uri"], config.split, run_dir)
+        chain.data_phase(config, run_dir, cache / "snapshots", chain.Stages())
         print(f"split built in {time.perf_counter() - started:.1f} s -> {run_dir / 'split'}")
     return config, read_split(run_dir / "split")
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from components.config import load_config  # noqa: E402
 from components.data.split import read_split  # noqa: E402
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer  # noqa: E402
 from components.evaluation.summary import fairness_rows, markdown_table, summary_rows  # noqa: E402
-from components.pipeline import ranking_steps, retrieval_steps, steps  # noqa: E402
+from components.pipeline import chain  # noqa: E402
+from components.pipeline.report import RunReport  # noqa: E402
 from components.retrieval.popularity import RecentPopularity  # noqa: E402
 
 DATASETS = ("synthetic", "movielens-100k", "ml-1m-lcfn", "gowalla")
@@ -59,100 +61,33 @@ ANCHORS = {
 def run_dataset(
     name: str, scratch: Path, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The whole pipeline of the dataset's config: retrieval (the encoder and its Annoy
-    index with the two-tower source), candidates, ranker on the label stage, evaluation on
-    test."""
+    """The retrain's chain up to evaluation (`components.pipeline.chain`), on the dataset's
+    config: nothing is registered."""
     config = load_config(REPO / "configs" / f"{name}.yaml", overrides)
     run_dir = scratch / name
-    timings: dict[str, float] = {}
+    rss_before_mb: dict[str, float] = {}
 
-    def timed(stage: str, function, *args):
-        started = time.perf_counter()
-        result = function(*args)
-        timings[stage] = time.perf_counter() - started
-        print(f"{name}: {stage} {timings[stage]:.1f} s", flush=True)
-        return result
+    def progress(stage: str, step: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            rss_before_mb[stage] = _rss_mb()
+            started = time.perf_counter()
+            result = step(*args, **kwargs)
+            print(f"{name}: {stage} {time.perf_counter() - started:.1f} s", flush=True)
+            return result
 
-    raw = timed("ingest", steps.ingest, config, run_dir)
-    validated = timed("validate", steps.validate, raw["uri"], config, run_dir)
-    snap = timed("snapshot", steps.snapshot, validated["uri"], scratch / "snapshots")
-    split = timed("split", steps.split, snap["uri"], config.split, run_dir)
-    fitted = timed("fit", steps.fit, split["uri"], config.model, run_dir)
-    del fitted  # the bundle's fallback popularity: not what is evaluated
-    encoder_uri = train_window_uri = index_uri = ranker_uri = None
-    retrieval: dict[str, Any] = {}
-    if config.model.uses_two_tower:
-        encoder = timed(
-            "train_encoder",
-            retrieval_steps.train_encoder,
-            split["uri"],
-            config.model,
-            config.evaluation,
-            run_dir,
-        )
-        encoder_uri, train_window_uri = encoder["uri"], encoder["train_window_uri"]
-        indexes = timed(
-            "build_index", retrieval_steps.build_indexes, split["uri"], encoder_uri, config, run_dir
-        )
-        index_uri = indexes["evaluation_index_uri"]
-        retrieval = {
-            "encoder_training_s": encoder["training_s"],
-            "encoder_epochs": len(encoder["epochs"]),
-            **{k: v for k, v in indexes.items() if not k.endswith("_uri")},
-        }
-    candidates = timed(
-        "generate_candidates",
-        retrieval_steps.generate_candidates,
-        split["uri"],
-        encoder_uri,
-        index_uri,
-        config,
-        run_dir,
-    )
-    retrieval["candidate_recall"] = candidates["candidate_recall"]
-    ranking: dict[str, Any] = {}
-    if config.model.ranker.enabled:
-        data = timed(
-            "build_features",
-            ranking_steps.build_ranking_data,
-            split["uri"],
-            train_window_uri,
-            config,
-            run_dir,
-        )
-        rss_before = _rss_mb()
-        ranker = timed(
-            "train_ranker", ranking_steps.train_ranker_step, data["uri"], config, run_dir
-        )
-        ranker_uri = ranker["uri"]
-        ranking = {
-            "label_rows": data["rows"],
-            "fit_rows": ranker["fit_rows"],
-            "best_iteration": ranker["best_iteration"],
-            "training_s": ranker["training_s"],
-            "peak_rss_mb": ranker["peak_rss_mb"],
-            "rss_before_mb": rss_before,
-            "top_features": list(ranker["importance"])[:8],
-        }
-    model_uri = timed(
-        "assemble_two_stage",
-        ranking_steps.assemble_two_stage,
-        split["uri"],
-        encoder_uri,
-        index_uri,
-        ranker_uri,
-        config,
-        run_dir,
-    )["uri"]
-    evaluation = timed(
-        "evaluate (model + retrieval only + baselines)",
-        steps.evaluate,
-        split["uri"],
-        model_uri,
-        config.evaluation,
-        run_dir,
-    )
-    data_split = read_split(Path(split["uri"]))
+        return call
+
+    stages = chain.Stages(wrap=progress)
+    report = RunReport.start(f"bench-{name}", config)
+    data = chain.data_phase(config, run_dir, scratch / "snapshots", stages)
+    retrieval = chain.retrieval_phase(config, data.split_uri, run_dir, stages)
+    ranking = chain.ranking_phase(config, data.split_uri, retrieval, run_dir, stages)
+    evaluation = chain.evaluation_phase(config, data.split_uri, ranking, run_dir, stages)
+    report.record_data(data)
+    report.record_retrieval(retrieval)
+    report.record_ranking(ranking)
+    report.record_evaluation(evaluation)
+    data_split = read_split(Path(data.split_uri))
     task = build_evaluation_task(data_split, "test", config.evaluation)
     popularity = RecentPopularity.fit(
         data_split.history("test"), config.evaluation.baselines.popularity, data_split.test_cutoff
@@ -162,12 +97,9 @@ def run_dataset(
     full_ranking_s = time.perf_counter() - started
     return {
         "name": name,
-        "config": config,
-        "split": split,
-        "evaluation": evaluation,
-        "ranking": ranking,
-        "retrieval": retrieval,
-        "timings": timings,
+        "report": report.model_dump(mode="json"),
+        "rss_before_ranker_mb": rss_before_mb.get("train_ranker"),
+        "timings": stages.timings_s,
         "full_ranking_s": full_ranking_s,
         "n_items": len(task.item_ids),
     }
@@ -198,8 +130,9 @@ def render(results: list[dict[str, Any]], skipped: list[str]) -> str:
         "",
     ]
     for result in results:
-        evaluation = result["evaluation"]
-        split = result["split"]
+        report = result["report"]
+        evaluation = report
+        split = report["split"]
         lines += [
             f"## {result['name']} ({split['protocol']})",
             "",
@@ -220,25 +153,27 @@ def render(results: list[dict[str, Any]], skipped: list[str]) -> str:
             lines += ["Published anchors (Recall@20 / NDCG@20):", ""]
             lines += [f"- {label}: {recall:.4f} / {ndcg:.4f}" for label, recall, ndcg in anchors]
             lines.append("")
-        retrieval = result["retrieval"]
+        retrieval = report["retrieval"]
         if "encoder_training_s" in retrieval:
             ann = next((f"{k} {v}" for k, v in retrieval.items() if k.startswith("ann_recall")), "")
             lines += [
                 f"Two-tower: trained in {retrieval['encoder_training_s']:.1f} s "
-                f"({retrieval['encoder_epochs']} epochs, fit and refit); Annoy index of "
+                f"({len(retrieval['encoder_epochs'])} epochs, fit and refit); Annoy index of "
                 f"{retrieval['evaluation_items']:,} listings, {ann} vs exact search.",
                 "",
             ]
-        recall = ", ".join(f"{k} {v:.4f}" for k, v in retrieval["candidate_recall"].items())
+        recall = ", ".join(f"{k} {v:.4f}" for k, v in report["candidate_recall"].items())
         lines += [f"Candidate recall on the test window: {recall}.", ""]
-        ranking = result["ranking"]
+        ranking = report["ranking"]
         if ranking:
+            top_features = list(ranking["importance"])[:8]
             lines += [
-                f"Ranker: {ranking['fit_rows']:,} training rows (of {ranking['label_rows']:,} "
+                f"Ranker: {ranking['fit_rows']:,} training rows (of "
+                f"{ranking['label_stage']['rows']:,} "
                 f"label-stage candidates), best iteration {ranking['best_iteration']}, "
                 f"trained in {ranking['training_s']:.1f} s; process peak RSS "
-                f"{ranking['peak_rss_mb']:.0f} MB ({ranking['rss_before_mb']:.0f} MB before "
-                f"the ranker stage). Top features by gain: {', '.join(ranking['top_features'])}.",
+                f"{ranking['peak_rss_mb']:.0f} MB ({result['rss_before_ranker_mb']:.0f} MB before "
+                f"the ranker stage). Top features by gain: {', '.join(top_features)}.",
                 "",
             ]
         timings = ", ".join(f"{k} {v:.1f} s" for k, v in result["timings"].items())
@@ -285,22 +220,22 @@ def main() -> None:
                     continue
                 raise
             results.append(result)
-            metrics = result["evaluation"]["metrics"]
+            metrics = result["report"]["metrics"]
             print(
                 f"{name}: model recall@20 {metrics['recall@20']:.4f} ndcg@20 "
                 f"{metrics['ndcg@20']:.4f}; baselines "
                 + ", ".join(
                     f"{b} {m['recall@20']:.4f}/{m['ndcg@20']:.4f}"
-                    for b, m in result["evaluation"]["baselines"].items()
+                    for b, m in result["report"]["baselines"].items()
                 )
                 + f"; full ranking {result['full_ranking_s']:.2f} s; "
                 + ", ".join(f"{k} {v:.1f}s" for k, v in result["timings"].items())
             )
-            versus = result["evaluation"]["comparisons"].get("retrieval_only", {}).get("ndcg@10")
+            versus = result["report"]["comparisons"].get("retrieval_only", {}).get("ndcg@10")
             if versus:
                 print(
                     f"{name}: re-ranked - retrieval-only NDCG@10 {versus['difference']:+.4f} "
-                    f"[{versus['low']:+.4f}, {versus['high']:+.4f}]; ranker {result['ranking']}"
+                    f"[{versus['low']:+.4f}, {versus['high']:+.4f}]"
                 )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(results, skipped))

@@ -28,7 +28,7 @@ from components.data.split import read_split  # noqa: E402
 from components.evaluation.cold_start import cold_start_task  # noqa: E402
 from components.evaluation.protocol import evaluate_scorer  # noqa: E402
 from components.evaluation.suite import evaluate_models  # noqa: E402
-from components.pipeline import retrieval_steps, steps  # noqa: E402
+from components.pipeline import chain, retrieval_steps  # noqa: E402
 from components.retrieval.collaborative import fit_baselines  # noqa: E402
 from components.retrieval.popularity import RecentPopularity  # noqa: E402
 
@@ -45,15 +45,12 @@ def run_dataset(name: str, scratch: Path) -> dict[str, Any]:
             {"model.candidates.sources": ["two_tower", *sources]},
         )
     run_dir = scratch / name
-    raw = steps.ingest(config, run_dir)
-    validated = steps.validate(raw["uri"], config, run_dir)
-    snap = steps.snapshot(validated["uri"], scratch / "snapshots")
-    split = steps.split(snap["uri"], config.split, run_dir)
-    encoder = retrieval_steps.train_encoder(split["uri"], config.model, config.evaluation, run_dir)
-    indexes = retrieval_steps.build_indexes(split["uri"], encoder["uri"], config, run_dir)
-    candidates = retrieval_steps.generate_candidates(
-        split["uri"], encoder["uri"], indexes["evaluation_index_uri"], config, run_dir
-    )
+    stages = chain.Stages()
+    data_phase = chain.data_phase(config, run_dir, scratch / "snapshots", stages)
+    retrieval = chain.retrieval_phase(config, data_phase.split_uri, run_dir, stages)
+    split, encoder, indexes = data_phase.split, retrieval.encoder, retrieval.indexes
+    candidates = retrieval.candidates
+    assert encoder is not None and indexes is not None  # two_tower is among the sources
     started = time.perf_counter()
     data = read_split(Path(split["uri"]))
     scorers = {
@@ -67,7 +64,7 @@ def run_dataset(name: str, scratch: Path) -> dict[str, Any]:
         "protocol": split["protocol"],
         "encoder_training_s": encoder["training_s"],
         "encoder_epochs": len(encoder["epochs"]),
-        "index": {k: v for k, v in indexes.items() if not k.endswith("_uri")},
+        "index": indexes["figures"],
         "candidate_recall": candidates["candidate_recall"],
         "candidate_n": candidates["n"],
         "candidate_generation_s": candidates["generation_s"],

@@ -40,7 +40,7 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from components.config import load_config  # noqa: E402
-from components.pipeline import ranking_steps, retrieval_steps, steps  # noqa: E402
+from components.pipeline import chain, publish_steps  # noqa: E402
 from components.registry.registration import (  # noqa: E402
     git_commit,
     log_and_register,
@@ -55,48 +55,31 @@ SESSION_LENGTH = 5
 
 
 def build_and_register(config_path: Path, overrides: dict[str, Any], home: Path) -> str:
-    """Train the bundle with the flow's steps, register it in `home`; its models:/ URI."""
+    """Train the bundle with the retrain's chain, register it in `home`; its models:/ URI."""
     config = load_config(config_path, overrides)
     settings = RewearSettings(home=home).ensure()
     client, experiment_id = configure_mlflow(settings, "bench-serving")
     run_id = client.create_run(experiment_id, run_name=f"bench-serving-{config.name}").info.run_id
     run_dir = settings.runs / run_id
     started = time.perf_counter()
-    raw = steps.ingest(config, run_dir)
-    validated = steps.validate(raw["uri"], config, run_dir)
-    snap = steps.snapshot(validated["uri"], settings.snapshots)
-    split = steps.split(snap["uri"], config.split, run_dir)
-    fitted = steps.fit(split["uri"], config.model, run_dir)
-    encoder_uri = index_uri = train_window_encoder_uri = ranker_uri = None
-    if config.model.uses_two_tower:
-        encoder = retrieval_steps.train_encoder(
-            split["uri"], config.model, config.evaluation, run_dir
-        )
-        encoder_uri, train_window_encoder_uri = encoder["uri"], encoder["train_window_uri"]
-        index_uri = retrieval_steps.build_indexes(split["uri"], encoder_uri, config, run_dir)[
-            "serving_index_uri"
-        ]
-    if config.model.ranker.enabled:
-        data = ranking_steps.build_ranking_data(
-            split["uri"], train_window_encoder_uri, config, run_dir
-        )
-        ranker_uri = ranking_steps.train_ranker_step(data["uri"], config, run_dir)["uri"]
-    two_stage_uri = ranking_steps.assemble_two_stage(
-        split["uri"], encoder_uri, index_uri, ranker_uri, config, run_dir, "serving"
-    )["uri"]
-    built = steps.bundle(
-        split["uri"],
-        fitted["final_model_uri"],
+    stages = chain.Stages()
+    data = chain.data_phase(config, run_dir, settings.snapshots, stages)
+    retrieval = chain.retrieval_phase(config, data.split_uri, run_dir, stages)
+    ranking = chain.ranking_phase(config, data.split_uri, retrieval, run_dir, stages)
+    snapshot_id = data.snapshot["snapshot_id"]
+    built = publish_steps.bundle(
+        data.split_uri,
+        retrieval.fitted["final_model_uri"],
         config,
         run_dir,
-        encoder_uri,
-        index_uri,
-        two_stage_uri=two_stage_uri,
-        snapshot_id=snap["snapshot_id"],
+        retrieval.encoder_uri,
+        retrieval.serving_index_uri,
+        two_stage_uri=ranking.served["uri"],
+        snapshot_id=snapshot_id,
         **model_tags(config.model),
     )
     tags = {
-        "snapshot_id": snap["snapshot_id"],
+        "snapshot_id": snapshot_id,
         "git_commit": git_commit(),
         "config_hash": "bench",
         "dataset": config.name,

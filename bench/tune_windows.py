@@ -36,8 +36,8 @@ import yaml  # noqa: E402
 from components.config import PipelineConfig, load_config  # noqa: E402
 from components.data.split import DataSplit, read_split, write_split  # noqa: E402
 from components.evaluation.suite import evaluate_models  # noqa: E402
-from components.pipeline import ranking_steps, retrieval_steps, steps  # noqa: E402
-from components.ranking.model import TwoStageModel  # noqa: E402
+from components.pipeline import chain  # noqa: E402
+from components.ranking.model import TwoStageModel, retrieval_only  # noqa: E402
 from components.retrieval.popularity import RecentPopularity  # noqa: E402
 
 METRICS = ("ndcg@10", "recall@20", "ndcg@20")
@@ -47,31 +47,25 @@ def score_window(data: DataSplit, config: PipelineConfig, run_dir: Path) -> dict
     """Ranking data, ranker and the two-stage model on `data`; metrics on its test window."""
     write_split(data, run_dir / "split")
     split_uri = str(run_dir / "split")
-    encoder_uri = train_window_uri = index_uri = None
+    stages = chain.Stages()
+    retrieval = chain.retrieval_phase(config, split_uri, run_dir, stages)
+    ranking = chain.ranking_phase(config, split_uri, retrieval, run_dir, stages)
+    assert ranking.ranker is not None  # main() refuses a config without the ranker
     encoder_epochs = "no two-tower"
-    if config.model.uses_two_tower:
-        encoder = retrieval_steps.train_encoder(split_uri, config.model, config.evaluation, run_dir)
-        encoder_uri, train_window_uri = encoder["uri"], encoder["train_window_uri"]
+    if retrieval.encoder is not None:
         encoder_epochs = ", ".join(
             f"{r['phase']} {r['epoch']}"
             + "".join(f" {k} {v:.4f}" for k, v in r.items() if k.startswith("valid_recall"))
-            for r in encoder["epochs"]
+            for r in retrieval.encoder["epochs"]
         )
-        indexes = retrieval_steps.build_indexes(split_uri, encoder_uri, config, run_dir)
-        index_uri = indexes["evaluation_index_uri"]
-    ranking = ranking_steps.build_ranking_data(split_uri, train_window_uri, config, run_dir)
-    ranker = ranking_steps.train_ranker_step(ranking["uri"], config, run_dir)
-    built = ranking_steps.assemble_two_stage(
-        split_uri, encoder_uri, index_uri, ranker["uri"], config, run_dir
-    )
-    model = TwoStageModel.load(Path(built["uri"]))
+    model = TwoStageModel.load(Path(ranking.evaluated["uri"]))
     written = read_split(Path(split_uri))
     popularity = RecentPopularity.fit(
         written.history("test"), config.evaluation.baselines.popularity, written.test_cutoff
     )
     scorers = {
         "model": model,
-        "retrieval_only": ranking_steps.retrieval_only(model),
+        "retrieval_only": retrieval_only(model),
         "popularity": popularity,
     }
     suite = evaluate_models("model", scorers, written, "test", config.evaluation)
@@ -81,7 +75,7 @@ def score_window(data: DataSplit, config: PipelineConfig, run_dir: Path) -> dict
         "retrieval_only": suite.baselines["retrieval_only"].metrics,
         "popularity": suite.baselines["popularity"].metrics,
         "delta": suite.comparisons["retrieval_only"],
-        "best_iterations": ranker["member_best_iterations"],
+        "best_iterations": ranking.ranker["figures"]["member_best_iterations"],
         "encoder_epochs": encoder_epochs,
     }
 
@@ -103,10 +97,8 @@ def main() -> None:
         raise SystemExit("a fixed split has one window to tune on (its valid file): --windows 1")
     with tempfile.TemporaryDirectory(prefix="rewear-tune-") as scratch:
         root = Path(scratch)
-        raw = steps.ingest(config, root)
-        validated = steps.validate(raw["uri"], config, root)
-        snap = steps.snapshot(validated["uri"], root / "snapshots")
-        real = read_split(Path(steps.split(snap["uri"], config.split, root)["uri"]))
+        data = chain.data_phase(config, root, root / "snapshots", chain.Stages())
+        real = read_split(Path(data.split_uri))
         label = f"{config.name} {overrides}" if overrides else config.name
         start = "file" if real.protocol == "fixed" else f"window starts at {real.test_cutoff}"
         print(f"{label}: the real test {start} (never read)")

@@ -189,7 +189,7 @@ def evaluate(
 
     from components.config import ConfigError, load_config
     from components.data.snapshot import SnapshotError, load_snapshot_manifest
-    from components.pipeline import steps
+    from components.pipeline import chain, data_steps, evaluation_steps
     from components.registry.registration import load_bundle
     from components.registry.tracking import TrackingStoreError, check_tracking_store
     from components.serving.bundle import BundleError
@@ -214,12 +214,14 @@ def evaluate(
         try:
             if snapshot is None:
                 with tempfile.TemporaryDirectory() as scratch:
-                    raw = steps.ingest(pipeline, Path(scratch))
-                    validated = steps.validate(raw["uri"], pipeline, Path(scratch))
-                    snapshot = steps.snapshot(validated["uri"], settings.snapshots)["snapshot_id"]
+                    validated = chain.validated_source(pipeline, Path(scratch), chain.Stages())
+                    written = data_steps.snapshot(validated["uri"], settings.snapshots)
+                    snapshot = written["snapshot_id"]
             snapshot_path = load_snapshot_manifest(settings.snapshots / snapshot).path
-            result = steps.evaluate_registered(recommender, snapshot_path, pipeline, stage)
-        except (SnapshotError, steps.LeakageError, ValueError) as error:
+            result = evaluation_steps.evaluate_registered(
+                recommender, snapshot_path, pipeline, stage
+            )
+        except (SnapshotError, evaluation_steps.LeakageError, ValueError) as error:
             errors.print(f"[red]error:[/red] {error}")
             raise typer.Exit(2) from error
     result = {"model_uri": model_uri, "snapshot_id": snapshot, "stage": stage, **result}

@@ -27,6 +27,7 @@ from prefect.events import emit_event
 from components.config import PipelineConfig
 from components.data.schema import CanonicalTables
 from components.data.snapshot import read_tables
+from components.pipeline import chain
 from components.pipeline.monitoring import (
     MonitoringAlertError,
     MonitoringConfig,
@@ -36,18 +37,18 @@ from components.pipeline.monitoring import (
     threshold_breaches,
 )
 from components.registry.registration import mlflow_key
-from components.serving.bundle import BundleRecommender
+from components.serving.recommender import BundleRecommender
 from components.store import read_json
 from flows.orchestration import (
     STAGE_CACHE,
     STAGE_OPTIONS,
     UNCACHED_OPTIONS,
     finish_tracked_run,
+    prefect_stages,
     start_tracked_run,
     task_runner_from_settings,
 )
 from flows.refresh_index import fetch_champion_task
-from flows.retrain import ingest_task, validate_task
 
 ALERT_EVENT = "rewear.monitor.alert"
 OK_EVENT = "rewear.monitor.ok"
@@ -124,8 +125,7 @@ def monitor(
         champion = fetch_champion_task(config, run_dir)
         cutoff = training_cutoff_task(champion)
         since = cutoff["data_until"]
-        raw = ingest_task(config, run_dir)
-        validated = validate_task(raw["uri"], config, run_dir)
+        validated = chain.validated_source(config, run_dir, prefect_stages())
         drift_future = drift_task.submit(validated["uri"], cutoff["trained_until"], limits)
         quality_future = quality_task.submit(
             f"{name}/{champion['version']}/{since}",

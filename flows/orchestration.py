@@ -33,7 +33,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -58,6 +58,7 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
 
 from components.config import PipelineConfig, load_config
+from components.pipeline.chain import REGISTRY_STAGES, SOURCE_STAGES, Stages
 from components.pipeline.processes import (
     OrchestrationSettings,
     code_fingerprint,
@@ -264,6 +265,23 @@ class TrackedRun:
     client: Any
     run_id: str
     run_dir: Path
+
+
+def as_stage_task(stage: str, step: Callable[..., Any]) -> Callable[..., Any]:
+    """A pipeline step as the Prefect task of its stage (`components.pipeline.chain.Stages`
+    calls it): the source stage caches on its files' fingerprint, registry stages never
+    cache, every other stage caches on its inputs and code (see the module docstring)."""
+    options = STAGE_OPTIONS
+    if stage in SOURCE_STAGES:
+        options = SOURCE_OPTIONS
+    elif stage in REGISTRY_STAGES:
+        options = UNCACHED_OPTIONS
+    return prefect.task(step, name=stage, **options)
+
+
+def prefect_stages(timings_s: dict[str, float] | None = None) -> Stages:
+    """The chain's stages as Prefect tasks, their wall times kept in `timings_s`."""
+    return Stages(wrap=as_stage_task, timings_s={} if timings_s is None else timings_s)
 
 
 def start_tracked_run(kind: str, config_path: str, overrides: dict[str, Any] | None) -> TrackedRun:

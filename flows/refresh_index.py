@@ -23,6 +23,7 @@ from prefect import flow, task
 
 from components.config import PipelineConfig
 from components.data.snapshot import read_tables
+from components.pipeline import chain
 from components.pipeline.refresh import (
     SmokeTestError,
     answer_problems,
@@ -43,10 +44,10 @@ from components.store import read_json
 from flows.orchestration import (
     UNCACHED_OPTIONS,
     finish_tracked_run,
+    prefect_stages,
     start_tracked_run,
     task_runner_from_settings,
 )
-from flows.retrain import ingest_task, validate_task
 
 #: Version tags copied from the refreshed version: what made its model.
 LINEAGE_TAGS = ("snapshot_id", "git_commit", "config_hash", "dataset", "run_id")
@@ -193,8 +194,7 @@ def refresh_index(
         for key, tag in (("rewear.config_hash", "config_hash"), ("rewear.training_run", "run_id")):
             if tag in champion["tags"]:
                 client.set_tag(run_id, key, champion["tags"][tag])
-        raw = ingest_task(config, run_dir)
-        validated = validate_task(raw["uri"], config, run_dir)
+        validated = chain.validated_source(config, run_dir, prefect_stages())
         refreshed = refresh_bundle_task(
             champion["bundle_dir"], validated["uri"], config, run_dir, champion["version"]
         )

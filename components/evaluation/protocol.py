@@ -49,8 +49,7 @@ def build_evaluation_task(
     item_ids = items["item_id"].to_numpy(dtype=object)
     item_index = pd.Index(item_ids)
     window = split.window(stage)
-    if config.positive_events is not None:
-        window = window[window["event"].isin(config.positive_events)]
+    window = positive_window(window, config)
     user_ids = np.sort(window["user_id"].unique().astype(object))
     if len(user_ids) == 0:
         raise ValueError(
@@ -111,3 +110,10 @@ def _pairs_matrix(frame: pd.DataFrame, user_index: pd.Index, item_index: pd.Inde
     matrix.data[:] = 1.0  # duplicates summed above; keep it binary
     matrix.sort_indices()
     return matrix
+
+
+def positive_window(window: pd.DataFrame, evaluation: EvaluationConfig) -> pd.DataFrame:
+    """The window's interactions that count as positives for evaluation."""
+    if evaluation.positive_events is None:
+        return window
+    return window[window["event"].isin(evaluation.positive_events)]

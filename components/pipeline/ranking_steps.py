@@ -1,39 +1,34 @@
-"""The ranking stage's steps (label-stage features, LightGBM training, the assembled
-two-stage model) as plain functions over paths and configs, like `components.pipeline.steps`.
-
-Labels always lie after the data their candidates and features see:
-- temporal protocol: candidates and features at the valid cut-off T_valid, from the history
-  before it (with the two-tower encoder fitted on that history only); labels = the valid
-  window's events. The test window is never touched;
-- fixed split: a random `ranker.holdout_share` of each user's training interactions is held
-  out as labels, the candidate models are fitted without it; at test time they are refitted
-  on all of the training data.
+"""The ranking phase's steps: label-stage features (`components.ranking.label_stages` says
+which history and labels), LightGBM training, and the assembled two-stage model at the
+test cut-off (evaluation) or at the end of the data (serving). Plain functions over paths,
+like `components.pipeline.data_steps`.
 """
 
 from __future__ import annotations
 
 import resource
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from components.config import PipelineConfig, RankerConfig, TwoTowerConfig
-from components.data.split import DataSplit, available_at, latest_moment, read_split
+from components.data.split import DataSplit, read_split
+from components.pipeline.results import ModelResult, RankerResult, RankingDataResult
 from components.pipeline.retrieval_steps import best_epoch
 from components.ranking.dataset import (
     QueryGroups,
     attach_labels,
     graded_labels,
-    holdout_interactions,
     query_groups,
     split_users,
 )
 from components.ranking.features import CATEGORICAL_FEATURES, feature_columns
-from components.ranking.model import TwoStageModel, feature_builder
+from components.ranking.label_stages import label_stages
+from components.ranking.model import feature_builder, serving_two_stage, two_stage_at
 from components.ranking.ranker import RankerEnsemble, TrainedRanker, load_ranker, train_ranker
 from components.retrieval.ann_index import build_annoy_index
 from components.retrieval.candidates import candidate_recall
@@ -42,68 +37,10 @@ from components.retrieval.two_tower import TrainedTwoTower
 from components.retrieval.two_tower_training import train_two_tower_stages
 from components.store import atomic_directory
 
-TWO_STAGE = "two_stage"
-#: Serving moment: one microsecond after the last event, so "strictly before" keeps it.
-AFTER_LAST_EVENT = pd.Timedelta(microseconds=1)
-
-
-@dataclass(frozen=True)
-class LabelStage:
-    """What the ranker learns from: history before `moment`, labels from `window`."""
-
-    history: pd.DataFrame
-    window: pd.DataFrame
-    moment: pd.Timestamp | None
-    available: np.ndarray
-
-
-def label_stages(data: DataSplit, config: PipelineConfig) -> list[LabelStage]:
-    """The ranker's label stages, latest first (see the module docstring and
-    `RankerConfig.label_windows`)."""
-    items = data.tables.items
-    ranker = config.model.ranker
-    if data.protocol != "temporal":
-        kept, held = holdout_interactions(data.train, ranker.holdout_share, ranker.seed)
-        return [
-            LabelStage(
-                history=kept, window=held, moment=None, available=np.ones(len(items), dtype=bool)
-            )
-        ]
-    length = data.test_cutoff - data.valid_cutoff
-    stages = [
-        LabelStage(
-            history=data.history("valid"),
-            window=data.valid,
-            moment=data.valid_cutoff,
-            available=data.available_items(data.valid_cutoff).to_numpy(bool),
-        )
-    ]
-    train = data.train
-    for step in range(1, ranker.label_windows):
-        start = data.valid_cutoff - step * length
-        window = train[(train["ts"] >= start) & (train["ts"] < start + length)]
-        history = train[train["ts"] < start]
-        if window.empty or history.empty:
-            break
-        stages.append(
-            LabelStage(
-                history=history,
-                window=window,
-                moment=start,
-                available=data.available_items(start).to_numpy(bool),
-            )
-        )
-    return stages
-
-
-def label_stage(data: DataSplit, config: PipelineConfig) -> LabelStage:
-    """The latest label stage (the valid window, or the fixed split's holdout)."""
-    return label_stages(data, config)[0]
-
 
 def build_ranking_data(
     split_uri: str, train_window_encoder_uri: str | None, config: PipelineConfig, run_dir: Path
-) -> dict[str, Any]:
+) -> RankingDataResult:
     """Candidates, features and graded labels of the label stage, as one parquet file.
 
     The two-tower source and the embedding features use an encoder that never saw the
@@ -157,8 +94,7 @@ def build_ranking_data(
         features.to_parquet(staging / "label_features.parquet", index=False)
     positives = features["label"].gt(0).groupby([features["label_window"], features["user_id"]])
     latest = stages[0].moment
-    return {
-        "uri": str(target / "label_features.parquet"),
+    figures = {
         "rows": len(features),
         "label_windows": len(stages),
         "queries": users,
@@ -167,6 +103,7 @@ def build_ranking_data(
         "label_moment": None if latest is None else latest.isoformat(),
         "seconds": round(time.perf_counter() - started, 2),
     }
+    return {"uri": str(target / "label_features.parquet"), "figures": figures}
 
 
 def encoder_before(
@@ -195,7 +132,7 @@ def feature_builder_categories(features: pd.DataFrame) -> dict[str, list[str]]:
     }
 
 
-def train_ranker_step(features_uri: str, config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+def train_ranker_step(features_uri: str, config: PipelineConfig, run_dir: Path) -> RankerResult:
     """Fit the LightGBM ranker on the label-stage users, early-stopped on a held-out part;
     with `ensemble_size` > 1, that many rankers with consecutive seeds, averaged."""
     ranker_config = config.model.ranker
@@ -218,8 +155,7 @@ def train_ranker_step(features_uri: str, config: PipelineConfig, run_dir: Path) 
         round(m.curves[metric][m.best_iteration - 1], 4) if m.curves.get(metric) else None
         for m in members
     ]
-    return {
-        "uri": str(target),
+    figures = {
         "fit_rows": len(first_fit.frame),
         "fit_queries": first_fit.n_queries,
         "early_stopping_queries": first_stop.n_queries,
@@ -230,6 +166,10 @@ def train_ranker_step(features_uri: str, config: PipelineConfig, run_dir: Path) 
         f"member_early_stopping_ndcg@{ranker_config.eval_at}": stopped_at,
         "training_s": trained.training_s,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    return {
+        "uri": str(target),
+        "figures": figures,
         "importance": {k: round(v, 2) for k, v in list(trained.importance().items())[:15]},
         "curves": trained.curves,
     }
@@ -265,7 +205,7 @@ def assemble_two_stage(
     config: PipelineConfig,
     run_dir: Path,
     purpose: Literal["evaluation", "serving"] = "evaluation",
-) -> dict[str, Any]:
+) -> ModelResult:
     """The two-stage model at the test cut-off (what evaluation scores) or at the end of the
     data (what gets registered), saved under run_dir/models/two_stage_<purpose>."""
     data = read_split(Path(split_uri))
@@ -293,52 +233,3 @@ def assemble_two_stage(
     with atomic_directory(target, overwrite=True) as staging:
         model.save(staging)
     return {"uri": str(target)}
-
-
-def serving_two_stage(
-    history: pd.DataFrame,
-    items: pd.DataFrame,
-    config: PipelineConfig,
-    ranker: TrainedRanker | RankerEnsemble | None,
-    *,
-    encoder: TrainedTwoTower | None = None,
-    index_folder: Path | None = None,
-) -> TwoStageModel:
-    """The two-stage model just after the last event of `history`, over the listings
-    available then: what a retrain registers, and what an index refresh rebuilds around the
-    champion's ranker (and encoder) from newer data."""
-    latest = latest_moment(history, items)
-    return two_stage_at(
-        history,
-        items,
-        None if latest is None else latest + AFTER_LAST_EVENT,
-        available_at(items, latest).to_numpy(bool),
-        config,
-        ranker,
-        encoder=encoder,
-        index_folder=index_folder,
-    )
-
-
-def two_stage_at(
-    history: pd.DataFrame,
-    items: pd.DataFrame,
-    moment: pd.Timestamp | None,
-    available: np.ndarray,
-    config: PipelineConfig,
-    ranker: TrainedRanker | RankerEnsemble | None,
-    *,
-    encoder: TrainedTwoTower | None = None,
-    index_folder: Path | None = None,
-) -> TwoStageModel:
-    """The retrieval stack fitted on `history` before `moment` over the `available`
-    listings, with `ranker` (None: fusion order) on features at that moment."""
-    stack = RetrievalStack.fit(
-        history, items, moment, available, config, encoder=encoder, index_folder=index_folder
-    )
-    return TwoStageModel.assemble(stack, ranker, config.model.ranker)
-
-
-def retrieval_only(model: TwoStageModel) -> TwoStageModel:
-    """The same candidates ranked by their fusion score: what the ranker must beat."""
-    return TwoStageModel(stack=model.stack, features=model.features, ranker=None)

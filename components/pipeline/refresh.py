@@ -10,7 +10,7 @@ catalogue with its availability, each user's masked items and recent history. Se
 minutes, against a retrain's full pipeline.
 
 A two-stage bundle (`two_stage/`) keeps its LightGBM ranker (and encoder) and gets the
-rest rebuilt at the new moment the way a retrain builds it (`ranking_steps.
+rest rebuilt at the new moment the way a retrain builds it (`components.ranking.model.
 serving_two_stage`): the retrieval stack's candidate models (popularity, co-visitation,
 EASE / iALS refitted on the new data; no label stage, no ranker training), its Annoy index
 when it has one, its listings and availability, and the feature tables. Known users,
@@ -169,8 +169,7 @@ def _refresh_two_stage(
     ranker, encoder and config. Its stack's Annoy index is the one just rebuilt for the
     bundle when the stack holds the bundle's very encoder and index (a retrain gives both
     the same), else its own, re-embedded with its encoder at `now`."""
-    from components.pipeline.ranking_steps import serving_two_stage
-    from components.ranking.model import TwoStageModel
+    from components.ranking.model import TwoStageModel, serving_two_stage
 
     source = champion_dir / TWO_STAGE_DIR
     champion = TwoStageModel.load(source)

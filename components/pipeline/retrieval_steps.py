@@ -1,5 +1,6 @@
-"""The retrieval stage's steps (two-tower training, Annoy index builds, candidate generation)
-as plain functions over paths and configs, like `components.pipeline.steps`.
+"""The retrieval phase's steps: the popularity fallback, two-tower training, Annoy index
+builds and candidate generation. Plain functions over paths, like
+`components.pipeline.data_steps`.
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from components.config import EvaluationConfig, ModelConfig, PipelineConfig
 from components.data.split import DataSplit, available_at, latest_moment, read_split
 from components.evaluation.encoder_validation import encoder_validation
+from components.evaluation.protocol import positive_window
+from components.pipeline.results import CandidatesResult, EncoderResult, FitResult, IndexResult
 from components.ranking.dataset import holdout_interactions
 from components.retrieval.ann_index import AnnIndex, ann_recall, build_annoy_index
 from components.retrieval.candidates import (
     candidate_recall,
 )
+from components.retrieval.popularity import RecentPopularity
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import TrainedTwoTower, TwoTowerScorer
 from components.retrieval.two_tower_training import train_two_tower_stages
@@ -29,9 +32,27 @@ from components.store import atomic_directory
 logger = logging.getLogger(__name__)
 
 
+def fit(split_uri: str, config: ModelConfig, run_dir: Path) -> FitResult:
+    """Fit the popularity fallback twice: on the history before the test cut-off (what
+    evaluation scores) and, when configured, on all the snapshot's data (what gets
+    registered)."""
+    data = read_split(Path(split_uri))
+    models = Path(run_dir) / "models"
+    held_out = RecentPopularity.fit(data.history("test"), config.popularity, data.test_cutoff)
+    with atomic_directory(models / "evaluation", overwrite=True) as staging:
+        held_out.save(staging)
+    final_uri = models / "evaluation"
+    if config.refit_on_all_data:
+        final = RecentPopularity.fit(data.serving_history(), config.popularity)
+        with atomic_directory(models / "final", overwrite=True) as staging:
+            final.save(staging)
+        final_uri = models / "final"
+    return {"evaluation_model_uri": str(models / "evaluation"), "final_model_uri": str(final_uri)}
+
+
 def train_encoder(
     split_uri: str, config: ModelConfig, evaluation: EvaluationConfig, run_dir: Path
-) -> dict[str, Any]:
+) -> EncoderResult:
     """Train the two-tower encoder twice and save both: one that never saw the ranker's
     labels (the label stage's ANN source and similarity features) and the one the test
     stage and serving use (see `train_label_stage_encoders`)."""
@@ -112,7 +133,7 @@ def two_tower_scorer(encoder_uri: str, data: DataSplit) -> TwoTowerScorer:
 
 def build_indexes(
     split_uri: str, encoder_uri: str, config: PipelineConfig, run_dir: Path
-) -> dict[str, Any]:
+) -> IndexResult:
     """Two angular Annoy indexes over the listings available at a moment: at the test
     cut-off (offline candidates) and at the end of the data (serving). The ANN recall@K
     against exact search is measured on the evaluation index with real user vectors."""
@@ -124,7 +145,8 @@ def build_indexes(
         "evaluation": data.test_cutoff,
         "serving": latest_moment(data.all_interactions(), items),
     }
-    result: dict[str, Any] = {}
+    uris: dict[str, str] = {}
+    figures: dict[str, Any] = {}
     for name, moment in moments.items():
         listings = items[available_at(items, moment).to_numpy()]
         vectors = trained.embed_items(listings, moment)
@@ -132,12 +154,16 @@ def build_indexes(
         index = build_annoy_index(
             vectors, listings["item_id"].astype(str).tolist(), annoy, Path(run_dir) / "index" / name
         )
-        result[f"{name}_index_uri"] = str(Path(run_dir) / "index" / name)
-        result[f"{name}_build_s"] = round(time.perf_counter() - started, 3)
-        result[f"{name}_items"] = index.count
+        uris[name] = str(Path(run_dir) / "index" / name)
+        figures[f"{name}_build_s"] = round(time.perf_counter() - started, 3)
+        figures[f"{name}_items"] = index.count
         if name == "evaluation":
-            result.update(_index_quality(index, vectors, trained, data, annoy.recall_k, annoy))
-    return result
+            figures.update(_index_quality(index, vectors, trained, data, annoy.recall_k, annoy))
+    return {
+        "evaluation_index_uri": uris["evaluation"],
+        "serving_index_uri": uris["serving"],
+        "figures": figures,
+    }
 
 
 def _index_quality(
@@ -177,7 +203,7 @@ def generate_candidates(
     evaluation_index_uri: str | None,
     config: PipelineConfig,
     run_dir: Path,
-) -> dict[str, Any]:
+) -> CandidatesResult:
     """Candidates for the test window's users from every configured source, merged; the
     candidate recall@N per source and combined goes to the report."""
     data = read_split(Path(split_uri))
@@ -209,10 +235,3 @@ def generate_candidates(
         "users": len(users),
         "generation_s": round(seconds, 2),
     }
-
-
-def positive_window(window: pd.DataFrame, evaluation: EvaluationConfig) -> pd.DataFrame:
-    """The window's interactions that count as positives for evaluation."""
-    if evaluation.positive_events is None:
-        return window
-    return window[window["event"].isin(evaluation.positive_events)]

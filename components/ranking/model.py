@@ -15,16 +15,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.config import RankerConfig
+from components.config import PipelineConfig, RankerConfig
+from components.data.split import available_at, latest_moment
 from components.ids import IdPositions
 from components.ranking.features import PointInTimeFeatures
 from components.ranking.ranker import RankerEnsemble, TrainedRanker, load_ranker
 from components.retrieval.candidates import ranks_within_groups
 from components.retrieval.stack import RetrievalStack
+from components.retrieval.two_tower import TrainedTwoTower
 
 #: Items outside a user's candidates score below every candidate (then by popularity).
 NON_CANDIDATE_OFFSET = -1.0e6
 RANKED_COLUMNS = ("user_id", "item_id", "score", "rank", "source")
+#: Serving moment: one microsecond after the last event, so "strictly before" keeps it.
+AFTER_LAST_EVENT = pd.Timedelta(microseconds=1)
 
 
 def feature_builder(
@@ -180,3 +184,52 @@ class RankedCandidates:
             ranks=np.zeros(0, dtype=np.int64),
             sources=np.zeros(0, dtype=object),
         )
+
+
+def two_stage_at(
+    history: pd.DataFrame,
+    items: pd.DataFrame,
+    moment: pd.Timestamp | None,
+    available: np.ndarray,
+    config: PipelineConfig,
+    ranker: TrainedRanker | RankerEnsemble | None,
+    *,
+    encoder: TrainedTwoTower | None = None,
+    index_folder: Path | None = None,
+) -> TwoStageModel:
+    """The retrieval stack fitted on `history` before `moment` over the `available`
+    listings, with `ranker` (None: fusion order) on features at that moment."""
+    stack = RetrievalStack.fit(
+        history, items, moment, available, config, encoder=encoder, index_folder=index_folder
+    )
+    return TwoStageModel.assemble(stack, ranker, config.model.ranker)
+
+
+def serving_two_stage(
+    history: pd.DataFrame,
+    items: pd.DataFrame,
+    config: PipelineConfig,
+    ranker: TrainedRanker | RankerEnsemble | None,
+    *,
+    encoder: TrainedTwoTower | None = None,
+    index_folder: Path | None = None,
+) -> TwoStageModel:
+    """The two-stage model just after the last event of `history`, over the listings
+    available then: what a retrain registers, and what an index refresh rebuilds around the
+    champion's ranker (and encoder) from newer data."""
+    latest = latest_moment(history, items)
+    return two_stage_at(
+        history,
+        items,
+        None if latest is None else latest + AFTER_LAST_EVENT,
+        available_at(items, latest).to_numpy(bool),
+        config,
+        ranker,
+        encoder=encoder,
+        index_folder=index_folder,
+    )
+
+
+def retrieval_only(model: TwoStageModel) -> TwoStageModel:
+    """The same candidates ranked by their fusion score: what the ranker must beat."""
+    return TwoStageModel(stack=model.stack, features=model.features, ranker=None)

@@ -3,7 +3,7 @@
 `run_gate` runs three steps, each usable alone:
 - `smoke_in_fresh_process` loads the version from the registry in a new interpreter and
   times smoke requests (a known user, an unknown user, an anonymous session);
-- `decide` turns the paired comparison with the champion (`steps.compare_with_champion`),
+- `decide` turns the paired comparison with the champion (`evaluation_steps.compare_with_champion`),
   the challenger's test metrics and the smoke result into a `PromotionDecision` (pure);
 - `apply_decision` writes the decision and its figures onto the version's tags and only
   then moves the `champion` alias: one registry call, the last thing a run does. A run

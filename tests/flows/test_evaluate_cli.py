@@ -56,25 +56,19 @@ def test_evaluate_reproduces_the_run_and_refuses_leaky_versions(rewear_home, tmp
     assert "no snapshot at" in " ".join(result.output.split())
 
 
-def test_evaluate_refuses_a_model_folder_that_is_not_a_bundle_without_running_it(
-    rewear_home, tmp_path
-):
-    from tests.components.registry.test_registry_store import plant_pickled_model
-
-    marker = tmp_path / "ran"
-    folder = plant_pickled_model(tmp_path / "planted", marker)
-    result = runner.invoke(app, ["evaluate", "--model", str(folder), "--config", CONFIG])
+@pytest.mark.usefixtures("rewear_home")
+def test_evaluate_refuses_a_model_folder_that_is_not_a_bundle_without_running_it(planted_model):
+    folder = str(planted_model.folder)
+    result = runner.invoke(app, ["evaluate", "--model", folder, "--config", CONFIG])
     assert result.exit_code == 1
     assert "is not a rewear bundle" in " ".join(result.output.split())
-    assert not marker.exists()
+    assert not planted_model.marker.exists()
 
 
-def test_evaluate_names_the_corrupt_file_of_a_bundle_folder(rewear_home, tmp_path):
-    from tests.components.serving.conftest import write_tiny_bundle
-
-    bundle = write_tiny_bundle(tmp_path / "bundle")
-    (bundle / "items.parquet").write_bytes(b"")
-    result = runner.invoke(app, ["evaluate", "--model", str(bundle), "--config", CONFIG])
+@pytest.mark.usefixtures("rewear_home")
+def test_evaluate_names_the_corrupt_file_of_a_bundle_folder(tiny_bundle):
+    (tiny_bundle / "items.parquet").write_bytes(b"")
+    result = runner.invoke(app, ["evaluate", "--model", str(tiny_bundle), "--config", CONFIG])
     assert result.exit_code == 1
     output = " ".join(result.output.split())
     assert "items.parquet is truncated: 0 bytes" in output and "Traceback" not in output

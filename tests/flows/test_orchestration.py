@@ -50,7 +50,7 @@ print("RESULT " + json.dumps({
 }))
 """
 #: The tasks a resumed run runs again: the registry reads and writes (never cached).
-UNCACHED_STAGES = {"compare_with_champion_task", "register_task", "promote_task"}
+UNCACHED_STAGES = {"compare_with_champion", "register", "promote"}
 
 
 def _subprocess_env() -> dict[str, str]:
@@ -372,7 +372,7 @@ def test_deleted_run_folders_are_recomputed_and_planted_pickles_never_run(rewear
     shutil.rmtree(rewear_home / "runs")
     after_delete = run()  # every record names a deleted folder: all recomputed, no error
     assert set(after_delete.values()) == {"Completed"}, after_delete
-    assert run()["ingest_task"] == "Cached"  # the rewritten records are reused
+    assert run()["ingest"] == "Cached"  # the rewritten records are reused
 
     marker = tmp_path / "executed"
     planted = _own_records(rewear_home)

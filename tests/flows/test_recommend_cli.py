@@ -7,17 +7,11 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tests.components.serving.conftest import register_tiny_champion
 
 runner = CliRunner()
 
 
-@pytest.fixture
-def champion(rewear_home, tmp_path) -> None:
-    register_tiny_champion(rewear_home, tmp_path / "bundle")
-
-
-def test_recommend_prints_item_title_category_price_score_and_source(champion, monkeypatch):
+def test_recommend_prints_item_title_category_price_score_and_source(tiny_champion, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     result = runner.invoke(app, ["recommend", "--user-id", "u1", "--k", "2", "--exclude", "i6"])
     assert result.exit_code == 0, result.output
@@ -32,7 +26,7 @@ def test_recommend_prints_item_title_category_price_score_and_source(champion, m
     assert "7.0000" in lines[0] and "recent_popularity" in lines[0]
 
 
-def test_recommend_for_an_anonymous_session(champion, monkeypatch):
+def test_recommend_for_an_anonymous_session(tiny_champion, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     result = runner.invoke(app, ["recommend", "--recent-item", "i9", "--k", "1"])
     assert result.exit_code == 0, result.output
@@ -47,7 +41,7 @@ def test_recommend_for_an_anonymous_session(champion, monkeypatch):
         (["recommend", "--user-id", "u1", "--k", "0"], "k must be between 1 and 1000, got 0"),
     ],
 )
-def test_recommend_refuses_bad_input_with_exit_code_2(champion, arguments, message):
+def test_recommend_refuses_bad_input_with_exit_code_2(tiny_champion, arguments, message):
     result = runner.invoke(app, arguments)
     assert result.exit_code == 2
     assert message in result.output

@@ -59,6 +59,7 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
         "build_features",
         "train_ranker",
         "assemble_two_stage",
+        "assemble_serving",
         "register",
         "promote",
     }

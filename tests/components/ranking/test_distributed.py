@@ -101,7 +101,8 @@ def test_an_ensemble_trains_every_member_on_the_cluster_at_dask_address(
         )
         result = train_ranker_step(data["uri"], config, tmp_path)
     assert seeds == [ranker.seed, ranker.seed + 1]
-    assert result["ensemble_size"] == 2 and len(result["member_best_iterations"]) == 2
+    figures = result["figures"]
+    assert figures["ensemble_size"] == 2 and len(figures["member_best_iterations"]) == 2
     loaded = load_ranker(Path(result["uri"]))
     assert isinstance(loaded, RankerEnsemble)
     frame = pd.read_parquet(data["uri"]).head(500)

@@ -17,12 +17,10 @@ from components.pipeline.ranking_steps import (
     assemble_two_stage,
     build_ranking_data,
     encoder_before,
-    label_stage,
-    label_stages,
-    retrieval_only,
     train_ranker_step,
 )
-from components.ranking.model import TwoStageModel
+from components.ranking.label_stages import label_stage, label_stages
+from components.ranking.model import TwoStageModel, retrieval_only
 from components.ranking.ranker import (
     SINGLE_THREAD_ROWS,
     RankerEnsemble,
@@ -54,9 +52,9 @@ def trained(
 
 def test_label_data_sits_before_the_valid_window(trained: dict, small_split: DataSplit) -> None:
     data = trained["data"]
-    assert data["label_moment"] == small_split.valid_cutoff.isoformat()
+    assert data["figures"]["label_moment"] == small_split.valid_cutoff.isoformat()
     frame = pd.read_parquet(data["uri"])
-    assert data["rows"] == len(frame) and frame["label"].max() >= 1
+    assert data["figures"]["rows"] == len(frame) and frame["label"].max() >= 1
     # Labels are valid-window pairs only; no test-window pair is labelled.
     labelled = frame[frame["label"] > 0][["user_id", "item_id"]]
     valid_pairs = set(zip(small_split.valid["user_id"], small_split.valid["item_id"], strict=True))
@@ -65,9 +63,9 @@ def test_label_data_sits_before_the_valid_window(trained: dict, small_split: Dat
 
 def test_ranker_trains_with_early_stopping_and_reports_importance(trained: dict) -> None:
     ranker = trained["ranker"]
-    assert 1 <= ranker["best_iteration"] <= 60
-    assert ranker["early_stopping_queries"] > 0 and ranker["fit_queries"] > 0
-    assert len(ranker["curves"]["early_stopping.ndcg@10"]) >= ranker["best_iteration"]
+    assert 1 <= ranker["figures"]["best_iteration"] <= 60
+    assert ranker["figures"]["early_stopping_queries"] > 0 and ranker["figures"]["fit_queries"] > 0
+    assert len(ranker["curves"]["early_stopping.ndcg@10"]) >= ranker["figures"]["best_iteration"]
     assert sum(ranker["importance"].values()) > 0
 
 
@@ -187,7 +185,8 @@ def test_an_ensemble_averages_rankers_trained_with_consecutive_seeds(
         update={"model": small_config.model.model_copy(update={"ranker": ranker_config})}
     )
     step = train_ranker_step(trained["data"]["uri"], config, tmp_path)
-    assert step["ensemble_size"] == 3 and len(step["member_best_iterations"]) == 3
+    figures = step["figures"]
+    assert figures["ensemble_size"] == 3 and len(figures["member_best_iterations"]) == 3
     ensemble = load_ranker(Path(step["uri"]))
     assert isinstance(ensemble, RankerEnsemble) and len(ensemble.members) == 3
     # Member 0 is the single ranker of the same seed.
@@ -197,7 +196,7 @@ def test_an_ensemble_averages_rankers_trained_with_consecutive_seeds(
     each = np.array([member.predict(frame) for member in ensemble.members])
     assert not np.allclose(each[0], each[1])  # other early-stopping users, other negatives
     np.testing.assert_allclose(ensemble.predict(frame), each.mean(axis=0))
-    assert step["training_s"] == pytest.approx(sum(m.training_s for m in ensemble.members))
+    assert figures["training_s"] == pytest.approx(sum(m.training_s for m in ensemble.members))
     # The two-stage model saves and loads it, and ranks with it.
     model = assemble_two_stage(trained["split_uri"], None, None, step["uri"], config, tmp_path)
     loaded = TwoStageModel.load(Path(model["uri"]))

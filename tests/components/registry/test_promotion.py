@@ -22,7 +22,7 @@ from components.registry.registration import (
 )
 from components.registry.tracking import configure_mlflow
 from components.settings import RewearSettings
-from tests.components.serving.conftest import write_tiny_bundle
+from tests.conftest import write_tiny_bundle
 
 GOOD_SMOKE = SmokeResult(ok=True, load_s=1.0, requests=50, p50_ms=3.0, p99_ms=9.0)
 #: numpy scalars, as the evaluation suite returns them: the decision must stay JSON-able.

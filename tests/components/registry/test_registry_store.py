@@ -3,7 +3,6 @@ pickles; a registry database that vanished beside its artifacts is refused."""
 
 from __future__ import annotations
 
-import pathlib
 import shutil
 
 import mlflow
@@ -21,43 +20,20 @@ from components.registry.tracking import (
 )
 from components.serving.bundle import BundleError
 from components.settings import RewearSettings
-from tests.components.serving.conftest import register_tiny_champion
 
 
-class Planted(mlflow.pyfunc.PythonModel):
-    """Unpickling it touches `marker`: stands for any code a hostile model folder runs."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
-
-    def predict(self, context, model_input, params=None):
-        return model_input
-
-
-def plant_pickled_model(folder: pathlib.Path, marker: pathlib.Path) -> pathlib.Path:
-    mlflow.pyfunc.save_model(str(folder), python_model=Planted(str(marker)))
-    marker.unlink(missing_ok=True)  # saving may load it back
-    return folder
-
-
-def test_a_pickled_mlflow_model_folder_is_refused_without_running_its_code(tmp_path):
-    marker = tmp_path / "ran"
-    folder = plant_pickled_model(tmp_path / "planted", marker)
+def test_a_pickled_mlflow_model_folder_is_refused_without_running_its_code(planted_model, tmp_path):
     with pytest.raises(BundleError, match="is not a rewear bundle"):
-        load_bundle(str(folder), tmp_path / "scratch")
-    assert not marker.exists()
+        load_bundle(str(planted_model.folder), tmp_path / "scratch")
+    assert not planted_model.marker.exists()
     # The folder is hostile indeed: MLflow's own loader runs its pickle.
     with pytest.raises(Exception):  # noqa: B017 - the planted pickle returns no model
-        mlflow.pyfunc.load_model(str(folder))
-    assert marker.exists()
+        mlflow.pyfunc.load_model(str(planted_model.folder))
+    assert planted_model.marker.exists()
 
 
-def test_registered_versions_and_bundle_folders_load_as_bundles(rewear_home, tmp_path):
-    tracking_uri = register_tiny_champion(rewear_home, tmp_path / "bundle")
-    mlflow.set_tracking_uri(tracking_uri)
+def test_registered_versions_and_bundle_folders_load_as_bundles(tiny_champion, tmp_path):
+    mlflow.set_tracking_uri(tiny_champion)
     by_alias = load_bundle("models:/rewear@champion", tmp_path / "a")
     by_folder = load_bundle(str(tmp_path / "bundle"), tmp_path / "b")
     logged = mlflow.artifacts.download_artifacts("models:/rewear/1", dst_path=str(tmp_path / "m"))
@@ -66,9 +42,8 @@ def test_registered_versions_and_bundle_folders_load_as_bundles(rewear_home, tmp
         assert recommender.recommend(["never-seen"], k=2)["item_id"].tolist() == ["i5", "i1"]
 
 
-def test_a_corrupt_registered_bundle_is_refused_at_download(rewear_home, tmp_path):
-    tracking_uri = register_tiny_champion(rewear_home, tmp_path / "bundle")
-    mlflow.set_tracking_uri(tracking_uri)
+def test_a_corrupt_registered_bundle_is_refused_at_download(rewear_home, tiny_champion, tmp_path):
+    mlflow.set_tracking_uri(tiny_champion)
     stored = next((rewear_home / "mlartifacts").rglob("artifacts/bundle/items.parquet"))
     stored.write_bytes(stored.read_bytes()[:100])
     client, _ = configure_mlflow(RewearSettings(home=rewear_home), "rewear")
@@ -79,8 +54,8 @@ def test_a_corrupt_registered_bundle_is_refused_at_download(rewear_home, tmp_pat
 
 
 @pytest.mark.parametrize("state", ["missing", "empty (0 bytes)"])
+@pytest.mark.usefixtures("tiny_champion")
 def test_a_lost_registry_database_beside_artifacts_is_refused(rewear_home, tmp_path, state):
-    register_tiny_champion(rewear_home, tmp_path / "bundle")
     database = rewear_home / "mlflow.db"
     database.unlink()
     if state != "missing":

@@ -22,7 +22,6 @@ from components.serving.bundle import (
     verify_bundle,
 )
 from components.serving.recommender import BundleRecommender
-from tests.components.serving.conftest import write_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -81,23 +80,21 @@ def _flip_last_byte(path: Path) -> None:
         "no-checksums",
     ],
 )
-def test_a_damaged_bundle_is_one_error_naming_the_file(tmp_path, damage, message):
-    bundle = write_tiny_bundle(tmp_path / "bundle")
-    damage(bundle)
+def test_a_damaged_bundle_is_one_error_naming_the_file(tiny_bundle, damage, message):
+    damage(tiny_bundle)
     with pytest.raises(BundleError) as raised:
-        BundleRecommender.load(bundle)
+        BundleRecommender.load(tiny_bundle)
     assert message in str(raised.value)
-    assert str(bundle) in str(raised.value)
+    assert str(tiny_bundle) in str(raised.value)
 
 
-def test_a_manifest_entry_cannot_point_outside_the_bundle(tmp_path):
-    bundle = write_tiny_bundle(tmp_path / "bundle")
+def test_a_manifest_entry_cannot_point_outside_the_bundle(tiny_bundle, tmp_path):
     (tmp_path / "outside.txt").write_text("x")
-    manifest = _manifest(bundle)
+    manifest = _manifest(tiny_bundle)
     manifest["files"]["../outside.txt"] = {"sha256": "0" * 64, "bytes": 1}
-    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    (tiny_bundle / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"bad entry for '\.\./outside\.txt'"):
-        verify_bundle(bundle)
+        verify_bundle(tiny_bundle)
 
 
 def test_a_format_1_bundle_without_checksums_loads_with_a_warning(tiny_bundle, caplog):
@@ -134,14 +131,13 @@ except BundleError as error:
 """
 
 
-def test_a_truncated_lightgbm_model_is_refused_before_lightgbm_reads_it(tmp_path):
-    bundle = write_tiny_bundle(tmp_path / "bundle")
-    ranker = _plant_ranker(bundle)
-    assert "two_stage/ranker/ranker.txt" in _manifest(bundle)["files"]
+def test_a_truncated_lightgbm_model_is_refused_before_lightgbm_reads_it(tiny_bundle):
+    ranker = _plant_ranker(tiny_bundle)
+    assert "two_stage/ranker/ranker.txt" in _manifest(tiny_bundle)["files"]
     _truncate(ranker)
     # Its own process: were the file handed to LightGBM, its [Fatal] would abort the process.
     done = subprocess.run(
-        [sys.executable, "-c", LOAD_SCRIPT, str(bundle)],
+        [sys.executable, "-c", LOAD_SCRIPT, str(tiny_bundle)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -14,7 +14,7 @@ from components.serving.recommender import (
     BundleRecommender,
 )
 from components.serving.request_parsing import MAX_K, MAX_ROWS, RequestError
-from tests.components.serving.conftest import BOUGHT, BUYER, SOLD, write_tiny_bundle
+from tests.conftest import TINY_BOUGHT, TINY_BUYER, TINY_SOLD, write_tiny_bundle
 
 
 @pytest.fixture
@@ -32,22 +32,22 @@ def test_unknown_user_gets_popular_available_items_never_the_sold_one(recommende
     assert answer["title"].tolist() == ["listing 5", "listing 1", "listing 6"]
     # Asking for the whole catalogue returns every available listing once, never the sold one.
     everything = recommender.recommend(["never-seen"], k=MAX_K)
-    assert len(everything) == 9 and SOLD not in set(everything["item_id"])
+    assert len(everything) == 9 and TINY_SOLD not in set(everything["item_id"])
 
 
 def test_a_buyer_never_gets_what_they_bought(recommender):
-    answer = recommender.recommend([BUYER], k=3)
+    answer = recommender.recommend([TINY_BUYER], k=3)
     assert answer["item_id"].tolist() == ["i1", "i6", "i2"]
-    assert BOUGHT not in set(recommender.recommend([BUYER], k=MAX_K)["item_id"])
+    assert TINY_BOUGHT not in set(recommender.recommend([TINY_BUYER], k=MAX_K)["item_id"])
 
 
 def test_exclude_item_ids_apply_to_every_row_and_unknown_ids_are_ignored(recommender):
-    answer = recommender.recommend(["a", BUYER], k=2, exclude_item_ids=["i1", "no-such-item"])
+    answer = recommender.recommend(["a", TINY_BUYER], k=2, exclude_item_ids=["i1", "no-such-item"])
     assert answer.groupby("request")["item_id"].agg(list).tolist() == [
         ["i5", "i6"],
         ["i6", "i2"],
     ]
-    assert answer["user_id"].tolist() == ["a", "a", BUYER, BUYER]
+    assert answer["user_id"].tolist() == ["a", "a", TINY_BUYER, TINY_BUYER]
 
 
 def test_anonymous_session_gets_popular_items_of_its_categories_first(recommender):
@@ -61,7 +61,7 @@ def test_anonymous_session_gets_popular_items_of_its_categories_first(recommende
 
 def test_rows_mix_users_and_sessions_and_keep_their_row_number(recommender):
     answer = recommender.recommend(
-        ["u-x", None, BUYER], k=1, recent_item_ids=[None, ["i9"], ["i8"]]
+        ["u-x", None, TINY_BUYER], k=1, recent_item_ids=[None, ["i9"], ["i8"]]
     )
     assert answer["request"].tolist() == [0, 1, 2]
     # Row 1: shoes session (i9); row 2: the buyer's shoes session without the bought i5.

@@ -12,8 +12,6 @@ from pathlib import Path
 import mlflow
 from packaging.requirements import Requirement
 
-from tests.components.serving.conftest import register_tiny_champion
-
 
 def _normalised(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -51,9 +49,8 @@ def imported_packages(code_root: Path, entry: str) -> set[str]:
     return found
 
 
-def test_logged_requirements_list_every_package_the_logged_code_imports(rewear_home, tmp_path):
-    tracking_uri = register_tiny_champion(rewear_home, tmp_path / "bundle")
-    mlflow.set_tracking_uri(tracking_uri)
+def test_logged_requirements_list_every_package_the_logged_code_imports(tiny_champion, tmp_path):
+    mlflow.set_tracking_uri(tiny_champion)
     uri = "models:/rewear@champion"
     lines = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().splitlines()
     requirements = {

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from components.serving.server import model_server
-from tests.components.serving.conftest import SOLD, register_tiny_champion
+from tests.conftest import TINY_SOLD
 
 
 def post(url: str, body: bytes | dict, content_type: str = "application/json") -> tuple[int, dict]:
@@ -28,9 +28,8 @@ def post(url: str, body: bytes | dict, content_type: str = "application/json") -
 
 
 @pytest.fixture
-def champion_server(rewear_home: Path, tmp_path: Path) -> Iterator[str]:
-    tracking_uri = register_tiny_champion(rewear_home, tmp_path / "bundle")
-    with model_server("models:/rewear@champion", tracking_uri, tmp_path / "server.log") as base:
+def champion_server(tiny_champion: str, tmp_path: Path) -> Iterator[str]:
+    with model_server("models:/rewear@champion", tiny_champion, tmp_path / "server.log") as base:
         yield f"{base}/invocations"
 
 
@@ -58,7 +57,7 @@ def test_served_champion_ranks_and_refuses_bad_requests_without_going_down(champ
     assert by_request == {0: ["i1", "i2", "i7"], 1: ["i5", "i1", "i2"], 2: ["i1", "i3", "i4"]}
     assert [row["rank"] for row in rows[:3]] == [1, 2, 3]
     assert rows[0]["source"] == "recent_popularity" and rows[0]["title"] == "listing 1"
-    assert SOLD not in {row["item_id"] for row in rows}
+    assert TINY_SOLD not in {row["item_id"] for row in rows}
 
     bad_requests = [
         ({"dataframe_records": [{"item": "x"}]}, "needs a `user_id` column"),

@@ -1,0 +1,147 @@
+"""The evaluation phase's steps: score the held-out model beside the baselines on the test
+window, compare a challenger with the champion on data neither has seen, and score a
+registered bundle on a snapshot (`rewear evaluate`). Plain functions over paths, like
+`components.pipeline.data_steps`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from components.config import EvaluationConfig, PipelineConfig
+from components.data.snapshot import read_tables
+from components.data.split import Stage, read_split, split_tables
+from components.evaluation.figures import FIGURE_FILES, render_figures
+from components.evaluation.suite import evaluate_models
+from components.pipeline.results import EvaluationResult
+from components.ranking.model import TwoStageModel, retrieval_only
+from components.retrieval.collaborative import fit_baselines
+from components.serving.recommender import BundleRecommender
+from components.store import atomic_directory
+
+
+def held_out_scorers(model_uri: str) -> dict[str, TwoStageModel]:
+    """The run's held-out two-stage model as "model"; with a ranker also "retrieval_only"
+    (its candidates in fusion order), the comparison that tells what the ranker adds."""
+    two_stage = TwoStageModel.load(Path(model_uri))
+    if two_stage.ranker is None:
+        return {"model": two_stage}
+    return {"model": two_stage, "retrieval_only": retrieval_only(two_stage)}
+
+
+def evaluate(
+    split_uri: str,
+    evaluation_model_uri: str,
+    config: EvaluationConfig,
+    run_dir: Path,
+) -> EvaluationResult:
+    """Score the held-out two-stage model beside every baseline on the test window with the
+    same code; write per-user metrics and figures to `run_dir/evaluation`."""
+    data = read_split(Path(split_uri))
+    held_out = held_out_scorers(evaluation_model_uri)
+    scorers = {
+        **held_out,
+        **fit_baselines(data.history("test"), config.baselines, data.test_cutoff),
+    }
+    with held_out["model"].stack.remembering_candidates():
+        suite = evaluate_models("model", scorers, data, "test", config)
+    target = Path(run_dir) / "evaluation"
+    with atomic_directory(target, overwrite=True) as staging:
+        suite.per_user_frame().to_parquet(staging / "per_user.parquet", index=False)
+        render_figures(suite, staging)
+    return {
+        "metrics": suite.model.metrics,
+        "baselines": suite.baseline_metrics(),
+        "comparisons": suite.comparisons,
+        "segments": suite.segments(),
+        "evaluated_users": suite.n_users,
+        "uri": str(target),
+        "figures": [str(target / name) for name in FIGURE_FILES],
+    }
+
+
+def compare_with_champion(
+    split_uri: str,
+    evaluation_model_uri: str,
+    champion_bundle_dir: str,
+    champion_version: int,
+    snapshot_id: str,
+    config: EvaluationConfig,
+) -> dict[str, Any]:
+    """Challenger vs champion, paired over users, on data neither has seen.
+
+    Temporal: the window after both the test cut-off and the champion's last training
+    interaction (the champion is usually refitted on everything it had, so the challenger's
+    own test window would flatter it). Fixed split: only on the champion's own snapshot.
+    """
+    champion = BundleRecommender.load(Path(champion_bundle_dir))
+    data = read_split(Path(split_uri))
+    base = {"champion_version": champion_version, "comparable": False}
+    if data.protocol == "fixed":
+        if champion.metadata.get("snapshot_id") != snapshot_id:
+            return {**base, "reason": "the champion was trained on another fixed-split snapshot"}
+    else:
+        start = max(data.test_cutoff, champion.trained_until or data.test_cutoff)
+        if not (data.test["ts"] >= start).any():
+            return {
+                **base,
+                "reason": f"no interaction after the champion's training data ends ({start})",
+            }
+        data = data.with_test_cutoff(start)
+        base["window_start"] = start.isoformat()
+    scorers = {
+        "challenger": held_out_scorers(evaluation_model_uri)["model"],
+        "champion": champion,
+    }
+    suite = evaluate_models("challenger", scorers, data, "test", config)
+    keys = [key for key in suite.model.metrics if key.split("@")[0] in ("recall", "ndcg")]
+    return {
+        **base,
+        "comparable": True,
+        "evaluated_users": suite.n_users,
+        "challenger": {key: suite.model.metrics[key] for key in keys},
+        "champion": {key: suite.baselines["champion"].metrics[key] for key in keys},
+        "intervals": suite.comparisons["champion"],
+    }
+
+
+class LeakageError(ValueError):
+    """The model saw the window it would be evaluated on."""
+
+
+def evaluate_registered(
+    recommender: BundleRecommender,
+    tables_root: Path,
+    config: PipelineConfig,
+    stage: Stage = "test",
+) -> dict[str, Any]:
+    """Score a registered bundle on a snapshot's split, beside freshly fitted baselines.
+
+    Refuses when the bundle was trained on data at or after the stage's cut-off: its
+    metrics would be measured on its own training data.
+    """
+    tables = read_tables(Path(tables_root))
+    data = split_tables(tables, config.split)
+    cutoff = data.cutoff(stage)
+    trained_until = recommender.trained_until
+    if cutoff is not None and trained_until is not None and trained_until > cutoff:
+        raise LeakageError(
+            f"this model was trained on interactions up to {trained_until}, after the "
+            f"{stage} cut-off {cutoff} of this snapshot: it would be scored on its own "
+            "training data. Evaluate it on a newer snapshot, or register models with "
+            "model.refit_on_all_data: false to score them on their own snapshot."
+        )
+    scorers = {
+        "model": recommender,
+        **fit_baselines(data.history(stage), config.evaluation.baselines, cutoff),
+    }
+    suite = evaluate_models("model", scorers, data, stage, config.evaluation)
+    return {
+        "metrics": suite.model.metrics,
+        "baselines": suite.baseline_metrics(),
+        "comparisons": suite.comparisons,
+        "segments": suite.segments(),
+        "evaluated_users": suite.n_users,
+        "split": data.summary(),
+    }
