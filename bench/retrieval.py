@@ -25,11 +25,11 @@ sys.path.insert(0, str(REPO))
 
 from components.config import load_config  # noqa: E402
 from components.data.split import read_split  # noqa: E402
+from components.evaluation.baselines import fit_baselines  # noqa: E402
 from components.evaluation.cold_start import cold_start_task  # noqa: E402
 from components.evaluation.protocol import evaluate_scorer  # noqa: E402
 from components.evaluation.suite import evaluate_models  # noqa: E402
 from components.pipeline import chain, retrieval_steps  # noqa: E402
-from components.retrieval.collaborative import fit_baselines  # noqa: E402
 from components.retrieval.popularity import RecentPopularity  # noqa: E402
 
 DATASETS = ("synthetic", "ml-1m-lcfn", "movielens-100k", "gowalla")

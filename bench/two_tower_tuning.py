@@ -33,11 +33,11 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from components.config import load_config  # noqa: E402
-from components.data.sources import load_source  # noqa: E402
-from components.data.split import read_split, split_tables, write_split  # noqa: E402
+from components.data.split import read_split  # noqa: E402
 from components.evaluation.cold_start import cold_start_task  # noqa: E402
 from components.evaluation.encoder_validation import encoder_validation  # noqa: E402
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer  # noqa: E402
+from components.pipeline import chain  # noqa: E402
 from components.retrieval.collaborative import Covisitation  # noqa: E402
 from components.retrieval.popularity import RecentPopularity  # noqa: E402
 from components.retrieval.two_tower import TwoTowerScorer  # noqa: E402
@@ -66,11 +66,9 @@ def main() -> None:
 
     config = load_config(REPO / "configs" / f"{args.dataset}.yaml")
     cache = Path(args.cache) / args.dataset
-    if (cache / "split.json").is_file():
-        split = read_split(cache)
-    else:
-        split = split_tables(load_source(config.source), config.split)
-        write_split(split, cache)
+    if not (cache / "split" / "split.json").is_file():  # the retrain's data phase, once
+        chain.data_phase(config, cache, Path(args.cache) / "snapshots", chain.Stages())
+    split = read_split(cache / "split")
     overrides = dict(item.split("=", 1) for item in args.set)
     tower_config = config.model.two_tower.model_copy(
         update={key: _value(value) for key, value in overrides.items()}

@@ -12,11 +12,11 @@ from typing import Any
 from components.config import EvaluationConfig, PipelineConfig
 from components.data.snapshot import read_tables
 from components.data.split import Stage, read_split, split_tables
+from components.evaluation.baselines import fit_baselines
 from components.evaluation.figures import FIGURE_FILES, render_figures
 from components.evaluation.suite import evaluate_models
 from components.pipeline.results import EvaluationResult
 from components.ranking.model import TwoStageModel, retrieval_only
-from components.retrieval.collaborative import fit_baselines
 from components.serving.recommender import BundleRecommender
 from components.store import atomic_directory
 

@@ -1,6 +1,8 @@
-"""Baselines that always run beside the model (EVALUATION.md): co-visitation, EASE, iALS.
+"""Collaborative candidate models: co-visitation, EASE, iALS. They are retrieval sources
+of the stack and, fitted the same way, the baselines every model is scored beside
+(`components.evaluation.baselines`).
 
-Every baseline is a frozen dataclass with the same two calls as `RecentPopularity`:
+Every model is a frozen dataclass with the same two calls as `RecentPopularity`:
 `fit(interactions, config, as_of)` learns from the interactions strictly before `as_of`
 (all of them without timestamps) and `score(user_ids, item_ids)` returns a float32
 (users x items) matrix aligned to the requested items, so that `evaluate_scorer` compares
@@ -14,9 +16,9 @@ Shared conventions:
 
 Example
 -------
->>> baselines = fit_baselines(split.history("test"), config.evaluation.baselines,
-...                           split.test_cutoff)  # doctest: +SKIP
->>> scores = baselines["covisitation"].score(["u1", "u2"], item_ids)  # doctest: +SKIP
+>>> covisitation = Covisitation.fit(split.history("test"), config.model.candidates.covisitation,
+...                                  split.test_cutoff)  # doctest: +SKIP
+>>> scores = covisitation.score(["u1", "u2"], item_ids)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -40,8 +42,6 @@ from components.config import (
     IalsConfig,
 )
 from components.ids import IdPositions
-from components.interfaces import Scorer
-from components.retrieval.popularity import RecentPopularity
 
 #: Threads of implicit's ALS solver (BLAS is held at 1); small, to share the machine.
 IALS_THREADS = min(4, os.cpu_count() or 1)
@@ -454,19 +454,3 @@ def fit_linear_baseline(
     if frame["item_id"].nunique() <= config.ease.max_items:
         return Ease.fit(frame, config.ease, as_of)
     return Ials.fit(frame, config.ials, as_of)
-
-
-def fit_baselines(
-    history: pd.DataFrame, config: BaselinesConfig, as_of: pd.Timestamp | None
-) -> dict[str, Scorer]:
-    """Each enabled baseline by name: popularity, covisitation, and ease or ials."""
-    baselines: dict[str, Scorer] = {}
-    for name in config.enabled:
-        if name == "popularity":
-            baselines[name] = RecentPopularity.fit(history, config.popularity, as_of)
-        elif name == "covisitation":
-            baselines[name] = Covisitation.fit(history, config.covisitation, as_of)
-        else:
-            linear = fit_linear_baseline(history, config, as_of)
-            baselines[linear.name] = linear
-    return baselines

@@ -7,11 +7,11 @@ import pytest
 from components.config import EvaluationConfig, SplitConfig, SyntheticSourceConfig
 from components.data.split import split_tables
 from components.data.synthetic import generate_marketplace
+from components.evaluation.baselines import fit_baselines
 from components.evaluation.figures import FIGURE_FILES, render_figures
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
 from components.evaluation.suite import evaluate_models
 from components.evaluation.summary import interval_rows, summary_markdown, summary_rows
-from components.retrieval.collaborative import fit_baselines
 from components.retrieval.popularity import RecentPopularity
 
 

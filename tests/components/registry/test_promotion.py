@@ -184,8 +184,8 @@ def biggest_sellers_comparison():
     from components.config import EvaluationConfig, SplitConfig, SyntheticSourceConfig
     from components.data.split import split_tables
     from components.data.synthetic import generate_marketplace
+    from components.evaluation.baselines import fit_baselines
     from components.evaluation.suite import evaluate_models
-    from components.retrieval.collaborative import fit_baselines
 
     tables = generate_marketplace(SyntheticSourceConfig(n_users=400, n_days=21)).tables
     split = split_tables(tables, SplitConfig())

@@ -12,13 +12,13 @@ from components.config import (
 )
 from components.data.sources import load_source
 from components.data.split import split_tables
+from components.evaluation.baselines import fit_baselines
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
 from components.retrieval.collaborative import (
     Covisitation,
     Ease,
     Ials,
     covisitation_matrix,
-    fit_baselines,
     fit_linear_baseline,
     session_ids,
 )
