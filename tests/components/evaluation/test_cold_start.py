@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from components.config import EvaluationConfig, SplitConfig
-from components.data.split import split_tables
+from components.config import EvaluationConfig
 from components.evaluation.cold_start import cold_start_task
 from components.evaluation.protocol import build_evaluation_task
-from tests.components.retrieval.test_two_tower import _toy_tables
 
 
-def test_cold_start_task_keeps_only_positives_on_listings_created_in_the_window():
-    toy_split = split_tables(_toy_tables(), SplitConfig(valid_duration="4D", test_duration="4D"))
+def test_cold_start_task_keeps_only_positives_on_listings_created_in_the_window(toy_split):
     task = cold_start_task(toy_split, EvaluationConfig(), "test")
     item_ids = task.item_ids
     positives = set(item_ids[task.relevant.indices])

@@ -7,13 +7,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-import pytest
 
-from components.config import EvaluationConfig, SplitConfig
-from components.data.split import split_tables
+from components.config import EvaluationConfig
 from components.evaluation.encoder_validation import encoder_validation, sampled_users
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
-from tests.components.retrieval.test_two_tower import SMALL, _toy_tables
+from tests.components.conftest import TOY_TWO_TOWER
 
 
 class HashScores:
@@ -29,13 +27,8 @@ class HashScores:
         )
 
 
-@pytest.fixture(scope="module")
-def toy_split():
-    return split_tables(_toy_tables(), SplitConfig(valid_duration="4D", test_duration="4D"))
-
-
 def test_validation_is_recall_at_k_of_the_valid_window_on_sampled_users(toy_split):
-    config = SMALL.model_copy(update={"early_stopping_users": 10, "early_stopping_k": 7})
+    config = TOY_TWO_TOWER.model_copy(update={"early_stopping_users": 10, "early_stopping_k": 7})
     validation = encoder_validation(toy_split, config)
     assert validation is not None and validation.metric == "recall@7"
     task = sampled_users(
@@ -47,7 +40,10 @@ def test_validation_is_recall_at_k_of_the_valid_window_on_sampled_users(toy_spli
 
 
 def test_no_valid_window_no_validation(toy_split):
-    assert encoder_validation(replace(toy_split, valid=toy_split.valid.iloc[:0]), SMALL) is None
+    assert (
+        encoder_validation(replace(toy_split, valid=toy_split.valid.iloc[:0]), TOY_TWO_TOWER)
+        is None
+    )
 
 
 def test_early_stopping_samples_users_with_their_own_rows(toy_split):

@@ -4,9 +4,7 @@ summaries and figures, on a small synthetic marketplace."""
 import numpy as np
 import pytest
 
-from components.config import EvaluationConfig, SplitConfig, SyntheticSourceConfig
-from components.data.split import split_tables
-from components.data.synthetic import generate_marketplace
+from components.config import EvaluationConfig
 from components.evaluation.baselines import fit_baselines
 from components.evaluation.figures import FIGURE_FILES, render_figures
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
@@ -16,9 +14,8 @@ from components.retrieval.popularity import RecentPopularity
 
 
 @pytest.fixture(scope="module")
-def suite():
-    tables = generate_marketplace(SyntheticSourceConfig(n_users=400, n_days=21)).tables
-    split = split_tables(tables, SplitConfig())
+def suite(synthetic_split):
+    split = synthetic_split
     config = EvaluationConfig(ks=(10, 20), bootstrap_resamples=200)
     history = split.history("test")
     scorers = {

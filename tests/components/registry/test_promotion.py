@@ -178,21 +178,18 @@ class BiggestSellersOnly:
 
 
 @pytest.fixture(scope="module")
-def biggest_sellers_comparison():
+def biggest_sellers_comparison(synthetic_split):
     """Champion: EASE; challenger: EASE's order restricted to the 5 biggest sellers, both
     evaluated on the synthetic market's test window as `compare_with_champion` does."""
-    from components.config import EvaluationConfig, SplitConfig, SyntheticSourceConfig
-    from components.data.split import split_tables
-    from components.data.synthetic import generate_marketplace
+    from components.config import EvaluationConfig
     from components.evaluation.baselines import fit_baselines
     from components.evaluation.suite import evaluate_models
 
-    tables = generate_marketplace(SyntheticSourceConfig(n_users=400, n_days=21)).tables
-    split = split_tables(tables, SplitConfig())
+    split = synthetic_split
     config = EvaluationConfig(ks=(10, 20), bootstrap_resamples=300)
     history = split.history("test")
     ease = fit_baselines(history, config.baselines, split.test_cutoff)["ease"]
-    scorers = {"challenger": BiggestSellersOnly(ease, tables.items), "champion": ease}
+    scorers = {"challenger": BiggestSellersOnly(ease, split.tables.items), "champion": ease}
     suite = evaluate_models("challenger", scorers, split, "test", config)
     return {
         "champion_version": 1,

@@ -1,8 +1,8 @@
 """Two-tower encoder: towers, pooling, loss, training determinism, persistence, leakage.
 
-The toy marketplace: shoe people interact only with shoes, bag people only with bags; the
-two kinds differ in every attribute (category, brand, title words). A model that learns
-anything puts a user's own kind first, even for listings it has never seen.
+On the toy marketplace of tests/components/conftest.py (shoe people and bag people): a
+model that learns anything puts a user's own kind first, even for listings it has never
+seen.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from components.config import EvaluationConfig, SplitConfig, TwoTowerConfig
-from components.data.schema import CanonicalTables, canonicalise
-from components.data.split import split_tables
+from components.config import EvaluationConfig
 from components.evaluation.cold_start import cold_start_task
 from components.evaluation.encoder_validation import encoder_validation
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
@@ -44,86 +42,13 @@ from components.retrieval.two_tower_training import (
     train_two_tower,
     train_two_tower_stages,
 )
-
-START = pd.Timestamp("2026-01-01T00:00:00Z")
-KINDS = {
-    "shoe": {"category": "shoes", "brand": "Nike", "title": "Nike running sneakers"},
-    "bag": {"category": "bags", "brand": "Gucci", "title": "Gucci leather shoulder bag"},
-}
-SMALL = TwoTowerConfig(
-    embedding_dim=16,
-    feature_dim=8,
-    hidden_dim=32,
-    text_buckets=512,
-    history_length=10,
-    batch_size=32,
-    learning_rate=1e-2,
-    max_epochs=6,
-    patience=6,
-    early_stopping_k=5,
-    item_id_dropout=0.5,
-    extra_negatives=16,
-    batch_window="3D",
-    max_training_seconds=60,
-)
-
-
-def _listing(item_id: str, kind: str, number: int, created: pd.Timestamp) -> dict[str, object]:
-    attributes = KINDS[kind]
-    return {
-        "item_id": item_id,
-        "seller_id": f"s{number % 3}",
-        "category": attributes["category"],
-        "brand": attributes["brand"],
-        "size": "M",
-        "condition": "good",
-        "colour": "black" if number % 2 else "white",
-        "price": 20.0 + number,
-        "title": f"{attributes['title']} {'black' if number % 2 else 'white'}",
-        "created_at": created,
-        "sold_at": pd.NaT,
-    }
-
-
-def _toy_tables(seed: int = 0) -> CanonicalTables:
-    rng = np.random.default_rng(seed)
-    items = [
-        _listing(f"{kind}{n:02d}", kind, n, START + pd.Timedelta(hours=12 * n))
-        for kind in KINDS
-        for n in range(20)
-    ]
-    # Two listings posted during the test window: never seen in training.
-    items += [
-        _listing("shoe_new", "shoe", 99, START + pd.Timedelta(days=26)),
-        _listing("bag_new", "bag", 98, START + pd.Timedelta(days=26)),
-    ]
-    events = []
-    for user in range(30):
-        kind = "shoe" if user % 2 == 0 else "bag"
-        for n in rng.choice(20, size=9, replace=False):
-            created = START + pd.Timedelta(hours=12 * int(n))
-            ts = created + pd.Timedelta(hours=float(rng.uniform(1, 24 * 27 - 12 * int(n))))
-            event = str(rng.choice(["view", "view", "like", "purchase"]))
-            events.append((f"u{user:02d}", f"{kind}{n:02d}", ts, event))
-        new_ts = START + pd.Timedelta(days=26, hours=float(rng.uniform(1, 20)))
-        events.append((f"u{user:02d}", f"{kind}_new", new_ts, "view"))
-    frame = pd.DataFrame(events, columns=["user_id", "item_id", "ts", "event"])
-    frame["weight"] = 1.0
-    users = pd.DataFrame({"user_id": sorted(frame["user_id"].unique())})
-    return canonicalise(CanonicalTables(interactions=frame, items=pd.DataFrame(items), users=users))
+from tests.components.conftest import TOY_KINDS, TOY_START, TOY_TWO_TOWER
 
 
 @pytest.fixture(scope="module")
-def toy_split():
-    tables = _toy_tables()
-    return split_tables(tables, SplitConfig(valid_duration="4D", test_duration="4D"))
-
-
-@pytest.fixture(scope="module")
-def trained(toy_split):
-    return train_two_tower(
-        toy_split, SMALL, "test", validation=encoder_validation(toy_split, SMALL)
-    )
+def trained(toy_two_tower: TrainedTwoTower) -> TrainedTwoTower:
+    """The toy two-tower (tests/components/conftest.py), trained once per session."""
+    return toy_two_tower
 
 
 # ------------------------------------------------------------------------- item tower
@@ -173,13 +98,13 @@ def test_item_embeddings_are_unit_vectors_and_new_listings_embed_from_attributes
     items = toy_split.tables.items
     as_of = toy_split.test_cutoff
     vectors = trained.embed_items(items, as_of)
-    assert vectors.shape == (len(items), SMALL.embedding_dim)
+    assert vectors.shape == (len(items), TOY_TWO_TOWER.embedding_dim)
     assert vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     # A brand-new listing (unknown id) gets a real, attribute-driven vector...
     new = items[items["item_id"] == "shoe_new"]
     assert trained.featurizer.transform(new).ids[0] == UNKNOWN
-    as_bag = new.assign(**KINDS["bag"])
+    as_bag = new.assign(**TOY_KINDS["bag"])
     shoe_vector, bag_vector = trained.embed_items(pd.concat([new, as_bag]), as_of)
     assert np.isfinite(shoe_vector).all() and np.abs(shoe_vector).sum() > 0
     assert not np.allclose(shoe_vector, bag_vector)
@@ -231,7 +156,7 @@ def test_user_history_pools_the_last_interactions_before_as_of_only(trained, toy
     encoder = trained.user_encoder(history, as_of)
     bags = encoder._bags(np.array(["u00"], dtype=object))
     seen = history[(history["user_id"] == "u00") & (history["ts"] < as_of)]
-    assert len(bags.items) == min(len(seen), SMALL.history_length)
+    assert len(bags.items) == min(len(seen), TOY_TWO_TOWER.history_length)
     assert float(bags.weights.sum()) == pytest.approx(1.0)
 
 
@@ -244,7 +169,7 @@ def test_users_without_history_get_the_learned_cold_vector(trained, toy_split):
     np.testing.assert_allclose(vectors[1], cold, rtol=1e-6)
     assert not np.allclose(vectors[2], cold)
     # A user whose only interactions come at or after as_of is cold too.
-    early = trained.embed_users(["u00"], history, START)
+    early = trained.embed_users(["u00"], history, TOY_START)
     np.testing.assert_allclose(early[0], cold, rtol=1e-6)
 
 
@@ -277,7 +202,7 @@ def test_log_q_correction_matches_a_hand_computed_softmax():
 
 
 def test_training_histories_are_strictly_before_each_target(toy_split):
-    config = SMALL
+    config = TOY_TWO_TOWER
     frame = toy_split.history("valid")
     featurizer = ItemFeaturizer.fit(
         toy_split.tables.items, price_buckets=4, age_buckets=8, text_buckets=64
@@ -309,8 +234,10 @@ def test_training_histories_exclude_rows_at_the_same_time_as_the_target():
     )
     items = pd.DataFrame({"item_id": list("abcd")})
     featurizer = ItemFeaturizer.fit(items, price_buckets=4, age_buckets=8, text_buckets=64)
-    data = _build_training_data(frame, items, featurizer, SMALL)
-    rows, offsets, _, _ = _training_bags(data, data.targets, SMALL, np.random.default_rng(0))
+    data = _build_training_data(frame, items, featurizer, TOY_TWO_TOWER)
+    rows, offsets, _, _ = _training_bags(
+        data, data.targets, TOY_TWO_TOWER, np.random.default_rng(0)
+    )
     histories = {
         items["item_id"][data.index.item_rows[target]]: list(
             items["item_id"][rows[offsets[position] : offsets[position + 1]]]
@@ -332,7 +259,7 @@ def test_untimed_training_histories_leave_the_target_out():
     )
     items = pd.DataFrame({"item_id": ["1", "2", "3", "4", "5"]})
     featurizer = ItemFeaturizer.fit(items, price_buckets=4, age_buckets=8, text_buckets=64)
-    config = SMALL.model_copy(update={"history_length": 3})
+    config = TOY_TWO_TOWER.model_copy(update={"history_length": 3})
     data = _build_training_data(frame, items, featurizer, config)
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -344,7 +271,7 @@ def test_untimed_training_histories_leave_the_target_out():
 
 
 def test_batches_come_from_one_time_window_and_cover_every_target_once(toy_split):
-    config = SMALL.model_copy(update={"batch_window": "2D", "batch_size": 8})
+    config = TOY_TWO_TOWER.model_copy(update={"batch_window": "2D", "batch_size": 8})
     featurizer = ItemFeaturizer.fit(
         toy_split.tables.items, price_buckets=4, age_buckets=8, text_buckets=64
     )
@@ -372,7 +299,7 @@ def test_batches_come_from_one_time_window_and_cover_every_target_once(toy_split
 
 
 def test_same_seed_and_data_give_identical_embeddings(toy_split):
-    config = SMALL.model_copy(update={"max_epochs": 2})
+    config = TOY_TWO_TOWER.model_copy(update={"max_epochs": 2})
     validation = encoder_validation(toy_split, config)
     first = train_two_tower(toy_split, config, "valid", validation=validation)
     second = train_two_tower(toy_split, config, "valid", validation=validation)
@@ -410,7 +337,7 @@ def test_save_load_round_trip_gives_the_same_vectors(trained, toy_split, tmp_pat
 def test_epochs_are_recorded_with_loss_and_valid_recall(trained):
     fit = [record for record in trained.epochs if record["phase"] == "fit"]
     refit = [record for record in trained.epochs if record["phase"] == "refit"]
-    assert fit and all(f"valid_recall@{SMALL.early_stopping_k}" in record for record in fit)
+    assert fit and all(f"valid_recall@{TOY_TWO_TOWER.early_stopping_k}" in record for record in fit)
     assert all(np.isfinite(record["loss"]) for record in trained.epochs)
     assert 1 <= len(refit) <= len(fit)
 
@@ -457,8 +384,8 @@ def test_scorer_matches_vectors_and_scores_unknown_items_lowest(trained, toy_spl
 
 
 def test_warm_refit_continues_the_fit_on_the_valid_window_with_new_listings_added(toy_split):
-    validation = encoder_validation(toy_split, SMALL)
-    fitted, served = train_two_tower_stages(toy_split, SMALL, "test", validation=validation)
+    validation = encoder_validation(toy_split, TOY_TWO_TOWER)
+    fitted, served = train_two_tower_stages(toy_split, TOY_TWO_TOWER, "test", validation=validation)
     refit = [record for record in served.epochs if record["phase"] == "refit"]
     assert len(refit) == 1  # one pass over the targets the fit has not seen
     valid = toy_split.window("valid")
@@ -486,15 +413,15 @@ def test_warm_start_copies_weights_and_moments_by_value():
     kwargs = {"price_buckets": 4, "age_buckets": 6, "text_buckets": 64}
     old_f = ItemFeaturizer.fit(old_items, **kwargs)
     new_f = _extended_featurizer(old_f, ItemFeaturizer.fit(new_items, **kwargs))
-    old_model = TwoTowerModel(old_f, 0, SMALL)
-    optimiser = _adam(old_model, SMALL)
+    old_model = TwoTowerModel(old_f, 0, TOY_TWO_TOWER)
+    optimiser = _adam(old_model, TOY_TWO_TOWER)
     loss = old_model.item_tower.item_id.weight.sum() + old_model.item_tower.categorical.weight.sum()
     loss.backward()
     optimiser.step()
-    trained = TrainedTwoTower(old_model, old_f, old_items, (), SMALL, None)
-    model = TwoTowerModel(new_f, 0, SMALL)
+    trained = TrainedTwoTower(old_model, old_f, old_items, (), TOY_TWO_TOWER, None)
+    model = TwoTowerModel(new_f, 0, TOY_TWO_TOWER)
     fresh = copy.deepcopy(model.state_dict())
-    new_optimiser = _adam(model, SMALL)
+    new_optimiser = _adam(model, TOY_TWO_TOWER)
     _load_warm_start(
         model, new_optimiser, _WarmStart(trained, optimiser.state_dict(), None), new_f, ()
     )
@@ -534,7 +461,7 @@ def test_same_content_shortcut_gives_the_full_towers_vectors_and_gradients():
     rows = np.array([0, 3, 3, 5, 1])
     batch = ItemBatch.from_arrays(arrays.take(rows), np.zeros(len(rows), dtype=np.int64))
     torch.manual_seed(0)
-    model = TwoTowerModel(featurizer, 0, SMALL)
+    model = TwoTowerModel(featurizer, 0, TOY_TWO_TOWER)
     results = []
     for same in (False, True):
         model.zero_grad()

@@ -7,25 +7,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.config import AnnoyConfig, PopularityConfig, SplitConfig
-from components.data.split import split_tables
-from components.evaluation.encoder_validation import encoder_validation
+from components.config import AnnoyConfig, PopularityConfig
 from components.retrieval.ann_index import build_annoy_index
 from components.retrieval.popularity import RecentPopularity
-from components.retrieval.two_tower_training import train_two_tower
 from components.serving.bundle import TWO_TOWER_SOURCE, build_bundle
 from components.serving.recommender import FALLBACK_SOURCE, BundleRecommender
-from tests.components.retrieval.test_two_tower import SMALL, _toy_tables
 
 SHOE_SESSION = ["shoe00", "shoe01", "shoe02"]
 BAG_SESSION = ["bag00", "bag01", "bag02"]
 
 
 @pytest.fixture(scope="module")
-def recommender(tmp_path_factory) -> BundleRecommender:
-    tables = _toy_tables()
-    split = split_tables(tables, SplitConfig(valid_duration="4D", test_duration="4D"))
-    trained = train_two_tower(split, SMALL, "test", validation=encoder_validation(split, SMALL))
+def recommender(toy_tables, toy_two_tower, tmp_path_factory) -> BundleRecommender:
+    tables, trained = toy_tables, toy_two_tower
     folder = tmp_path_factory.mktemp("two-tower")
     trained.save(folder / "encoder")
     items, history = tables.items, tables.interactions
