@@ -1,69 +1,10 @@
-"""A synthetic marketplace written as an `interactions_file` source, cut at a moment: what
-the marketplace's export looked like then (listings sold later still on sale)."""
+"""Kept for tests/flows/test_orchestration.py, which imports the market helpers from here:
+they live in tests/flows/conftest.py (remove this module once it imports them from there)."""
 
-from __future__ import annotations
-
-from pathlib import Path
-
-import pandas as pd
-
-from components.config import SyntheticSourceConfig
-from components.data.schema import CanonicalTables
-from components.data.synthetic import generate_marketplace
-
-#: Small enough for a flow run in seconds, big enough for every stage to have signal.
-SMALL_MARKET = {
-    "n_users": 300,
-    "n_sellers": 200,
-    "n_days": 21,
-    "listings_per_day": 60,
-    "initial_listings": 300,
-}
-#: The two-tower alone, without the ranker: its answers come through the index a refresh
-#: rebuilds (the default two-stage bundle has its own refresh test).
-TWO_TOWER_OVERRIDES = {
-    "model.candidates.sources": ["two_tower"],
-    "model.ranker.enabled": False,
-    "model.two_tower.max_epochs": 2,
-    "model.two_tower.embedding_dim": 16,
-    "model.two_tower.hidden_dim": 32,
-    "model.two_tower.extra_negatives": 64,
-    "model.annoy.n_trees": 10,
-    "model.annoy.recall_sample": 50,
-    "evaluation.bootstrap_resamples": 50,
-}
-
-
-def small_market(**changes: object) -> CanonicalTables:
-    return generate_marketplace(SyntheticSourceConfig(**{**SMALL_MARKET, **changes})).tables
-
-
-def write_market(tables: CanonicalTables, folder: Path, until: pd.Timestamp | None = None) -> Path:
-    """Write the tables as parquet files as they were known at `until` (None: all), and a
-    pipeline config reading them; returns the config's path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    interactions, items, users = tables.interactions, tables.items.copy(), tables.users
-    if until is not None:
-        interactions = interactions[interactions["ts"] < until]
-        items = items[items["created_at"].isna() | (items["created_at"] < until)].copy()
-        items.loc[items["sold_at"] >= until, "sold_at"] = pd.NaT
-    for name, frame in (("interactions", interactions), ("items", items), ("users", users)):
-        staging = folder / f".{name}.parquet.tmp"
-        frame.to_parquet(staging, index=False)
-        staging.replace(folder / f"{name}.parquet")
-    config = folder / "market.yaml"
-    config.write_text(
-        "name: market\n"
-        "source:\n"
-        "  kind: interactions_file\n"
-        "  interactions: interactions.parquet\n"
-        "  items: items.parquet\n"
-        "  users: users.parquet\n"
-        "  columns: {event: event, weight: weight}\n"
-        "split: {protocol: temporal, valid_duration: 5D, test_duration: 5D}\n"
-    )
-    return config
-
-
-def last_moment(tables: CanonicalTables) -> pd.Timestamp:
-    return tables.interactions["ts"].max()
+from tests.flows.conftest import (  # noqa: F401
+    SMALL_MARKET,
+    TWO_TOWER_OVERRIDES,
+    last_moment,
+    small_market,
+    write_market,
+)

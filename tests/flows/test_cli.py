@@ -10,13 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
+from tests.flows.conftest import SMALL_SYNTHETIC, set_arguments
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
-SMALL = [
-    "--set", "source.n_users=300",
-    "--set", "source.n_days=21",
-]  # fmt: skip
+SMALL = set_arguments(SMALL_SYNTHETIC)
 
 
 def test_missing_config_file_exits_2_and_names_it(rewear_home, tmp_path):

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.flows.market_files import TWO_TOWER_OVERRIDES, last_moment, small_market, write_market
+from tests.flows.conftest import TWO_TOWER_OVERRIDES, last_moment, small_market, write_market
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))

@@ -7,10 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
+from tests.flows.conftest import SMALL_SYNTHETIC
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "synthetic.yaml")
-SMALL = {"source.n_users": 300, "source.n_days": 21}
 runner = CliRunner()
 
 
@@ -19,7 +19,9 @@ runner = CliRunner()
 def test_evaluate_reproduces_the_run_and_refuses_leaky_versions(rewear_home, tmp_path):
     from flows.retrain import retrain
 
-    held_out = retrain(config_path=CONFIG, overrides={**SMALL, "model.refit_on_all_data": False})
+    held_out = retrain(
+        config_path=CONFIG, overrides={**SMALL_SYNTHETIC, "model.refit_on_all_data": False}
+    )
     out = tmp_path / "evaluation.json"
     args = ["--config", CONFIG, "--snapshot", held_out["snapshot_id"], "--json", str(out)]
     result = runner.invoke(app, ["evaluate", "--model", "models:/rewear/1", *args])
@@ -34,7 +36,9 @@ def test_evaluate_reproduces_the_run_and_refuses_leaky_versions(rewear_home, tmp
         held_out["baselines"]["popularity"]["recall@20"]
     )
 
-    refitted = retrain(config_path=CONFIG, overrides=SMALL)  # trained on the test week too
+    refitted = retrain(
+        config_path=CONFIG, overrides=SMALL_SYNTHETIC
+    )  # trained on the test week too
     assert refitted["model"]["version"] == 2
     # Champion v1 stopped at the test cut-off, so the two are compared on the test window;
     # both evaluation models are the same held-out popularity: a difference of exactly 0.

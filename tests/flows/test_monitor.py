@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from components.data.schema import CanonicalTables
 from components.pipeline.monitoring import MonitoringAlertError
-from components.settings import RewearSettings
 from flows.cli import app
-from tests.flows.market_files import TWO_TOWER_OVERRIDES, last_moment, small_market, write_market
+from tests.flows.conftest import TWO_TOWER_OVERRIDES, last_moment, small_market, write_market
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 FAST = {"evaluation.bootstrap_resamples": 50}
@@ -46,7 +44,9 @@ def _alert_events(since: float) -> list:
 
 
 @pytest.mark.slow
-def test_monitor_passes_on_similar_data_and_fails_with_an_event_on_a_shift(rewear_home, tmp_path):
+def test_monitor_passes_on_similar_data_and_fails_with_an_event_on_a_shift(
+    rewear_home, registry_client, tmp_path
+):
     from flows.monitor import monitor
     from flows.retrain import retrain
 
@@ -55,8 +55,7 @@ def test_monitor_passes_on_similar_data_and_fails_with_an_event_on_a_shift(rewea
     config = write_market(tables, tmp_path / "market", cut)
     retrained = retrain(config_path=str(config), overrides=FAST)
     assert retrained["status"] == "completed"
-    uri = RewearSettings().tracking_uri
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = registry_client
     if not client.get_registered_model("rewear").aliases.get("champion"):
         client.set_registered_model_alias("rewear", "champion", "1")
 
@@ -100,7 +99,7 @@ def test_monitor_passes_on_similar_data_and_fails_with_an_event_on_a_shift(rewea
 
 @pytest.mark.slow
 def test_after_an_index_refresh_the_monitor_stays_quiet_and_no_new_data_is_not_enough_data(
-    rewear_home, tmp_path
+    rewear_home, registry_client, tmp_path
 ):
     from flows.monitor import monitor
     from flows.refresh_index import refresh_index
@@ -111,8 +110,7 @@ def test_after_an_index_refresh_the_monitor_stays_quiet_and_no_new_data_is_not_e
     folder = tmp_path / "market"
     config = write_market(tables, folder, last - pd.Timedelta("4D"))
     retrain(config_path=str(config), overrides=TWO_TOWER_OVERRIDES)
-    uri = RewearSettings().tracking_uri
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = registry_client
     if not client.get_registered_model("rewear").aliases.get("champion"):
         client.set_registered_model_alias("rewear", "champion", "1")
 

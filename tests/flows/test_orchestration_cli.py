@@ -15,7 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tests.flows.market_files import small_market, write_market
+from tests.flows.conftest import (
+    SMALL_MARKET,
+    set_arguments,
+    small_market,
+    source_overrides,
+    write_market,
+)
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
@@ -105,13 +111,11 @@ def test_a_default_retrain_through_the_cli_prints_no_traceback_or_api_error(tmp_
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "REWEAR_"))}
     env.update(REWEAR_HOME=str(home), PREFECT_HOME=str(home / "prefect"), PYTHONPATH=str(REPO))
-    small = ["source.n_users=300", "source.n_sellers=200", "source.n_days=21"]
-    small += ["source.listings_per_day=60", "source.initial_listings=300"]
     code = (
         "import sys; from flows.cli import app; "
         "app(['retrain', '--config', 'configs/synthetic.yaml', *sys.argv[1:]])"
     )
-    arguments = [part for item in small for part in ("--set", item)]
+    arguments = set_arguments(source_overrides(SMALL_MARKET))
     done = subprocess.run(
         [sys.executable, "-c", code, *arguments],
         cwd=REPO,

@@ -13,8 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from components.registry.lineage import walk_lineage
-from components.settings import RewearSettings
-from tests.flows.market_files import small_market, write_market
+from tests.flows.conftest import small_market, write_market
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -41,18 +40,13 @@ DEGRADED = {
 }
 
 
-def _client() -> MlflowClient:
-    uri = RewearSettings().tracking_uri
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
 def _champion(client: MlflowClient) -> int:
     return int(client.get_model_version_by_alias("rewear", "champion").version)
 
 
 @pytest.mark.slow
 def test_a_degraded_challenger_stays_challenger_and_a_better_one_becomes_champion(
-    rewear_home, tmp_path
+    rewear_home, registry_client, tmp_path
 ):
     from flows.retrain import retrain
 
@@ -74,7 +68,7 @@ def test_a_degraded_challenger_stays_challenger_and_a_better_one_becomes_champio
     assert interval["low"] > 0, interval
     assert second["promotion"]["decision"] == "promoted"
     assert second["promoted"] is True
-    client = _client()
+    client = registry_client
     assert _champion(client) == 2
 
     # Week 3: the degraded model again: registered, tagged, but champion stays on v2.
@@ -145,7 +139,7 @@ def test_a_degraded_challenger_stays_challenger_and_a_better_one_becomes_champio
 
 @pytest.mark.slow
 def test_a_run_killed_between_registration_and_promotion_leaves_champion_in_place(
-    rewear_home, tmp_path
+    rewear_home, registry_client, tmp_path
 ):
     from prefect.settings import PREFECT_API_URL
 
@@ -175,7 +169,7 @@ def test_a_run_killed_between_registration_and_promotion_leaves_champion_in_plac
     )
     assert done.returncode == -9, done.stdout[-2000:] + done.stderr[-2000:]
 
-    client = _client()
+    client = registry_client
     registered = client.get_model_version("rewear", "2")  # registration had happened
     assert registered.aliases == ["challenger"]
     assert not [tag for tag in registered.tags if tag.startswith("promotion.")]
