@@ -17,7 +17,13 @@ import scipy.sparse as sp
 
 from components.config import EvaluationConfig
 from components.data.split import DataSplit, Stage
-from components.evaluation.metrics import mean_over_users, per_user_metrics, top_k_from_scores
+from components.evaluation.metrics import (
+    mask_rows,
+    mean_over_users,
+    padded_score_block,
+    per_user_metrics,
+    top_k_padded,
+)
 from components.interfaces import Scorer
 
 
@@ -74,19 +80,33 @@ def build_evaluation_task(
 
 
 def rank_items(scorer: Scorer, task: EvaluationTask, k: int, batch_size: int = 1024) -> np.ndarray:
-    """Top-k item indices per task user, masked and restricted to recommendable items."""
-    k = min(k, len(task.item_ids))
+    """Top-k item indices per task user, masked and restricted to recommendable items.
+
+    Each batch's float32 scores go into one reused padded block, masked in place from the CSR
+    arrays of `task.excluded`, then ranked by `top_k_padded` (exact: ties to the lower item).
+    """
+    n_items = len(task.item_ids)
+    k = min(k, n_items)
     ranked = np.full((task.n_users, k), -1, dtype=np.int64)
-    blocked = ~task.recommendable
+    if k == 0:
+        return ranked
+    blocked = np.flatnonzero(~task.recommendable)
+    excluded = sp.csr_matrix(task.excluded)
+    block = padded_score_block(min(batch_size, task.n_users), n_items, k, np.dtype(np.float32))
     for start in range(0, task.n_users, batch_size):
         stop = min(start + batch_size, task.n_users)
-        scores = np.array(
-            scorer.score(task.user_ids[start:stop], task.item_ids), dtype=np.float32, copy=True
-        )
-        scores[:, blocked] = -np.inf
-        excluded = task.excluded[start:stop].tocoo()
-        scores[excluded.row, excluded.col] = -np.inf
-        ranked[start:stop] = top_k_from_scores(scores, k)
+        scores = block[: stop - start]
+        batch = np.asarray(scorer.score(task.user_ids[start:stop], task.item_ids))
+        if batch.shape != (stop - start, n_items):
+            raise ValueError(
+                f"{type(scorer).__name__}.score returned shape {batch.shape}: expected "
+                f"{(stop - start, n_items)}, one row per user and one column per item"
+            )
+        np.copyto(scores[:, :n_items], batch, casting="unsafe")
+        if blocked.size:
+            scores[:, blocked] = -np.inf
+        mask_rows(scores, excluded.indptr[start : stop + 1], excluded.indices)
+        ranked[start:stop] = top_k_padded(scores, n_items, k)
     return ranked
 
 
