@@ -7,9 +7,9 @@ those resampled means. A difference whose interval contains 0 is not significant
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -18,6 +18,8 @@ from components.evaluation.beyond_accuracy import (
     exposure_share_statistic,
     seller_gini_statistic,
 )
+
+Key = TypeVar("Key", bound=Hashable)
 
 #: Resampled user indices held in memory at once (int64): about 32 MB.
 _MAX_INDICES_PER_CHUNK = 4_000_000
@@ -55,6 +57,40 @@ def paired_bootstrap(
     Users are resampled with replacement in chunks of resamples, so memory stays bounded for
     any number of users; the same seed and inputs always give the same interval.
     """
+    return paired_bootstraps({"": (a, b)}, n_resamples, confidence, seed)[""]
+
+
+def paired_bootstraps(
+    pairs: Mapping[Key, tuple[np.ndarray, np.ndarray]],
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[Key, BootstrapInterval]:
+    """`paired_bootstrap` of each (a, b) pair, all on the same users: each chunk of resampled
+    users is drawn once and shared, so many metrics and baselines cost one set of draws.
+    Each interval equals `paired_bootstrap(a, b, n_resamples, confidence, seed)`."""
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples={n_resamples}: expected at least 1")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence}: expected a level strictly between 0 and 1")
+    differences = {name: _differences(a, b) for name, (a, b) in pairs.items()}
+    sizes = {values.size for values in differences.values()}
+    if len(sizes) > 1:
+        raise ValueError(f"pairs hold {sorted(sizes)} users: expected all on the same users")
+    if not differences:
+        return {}
+    n_users = sizes.pop()
+    resampled_means = {name: np.empty(n_resamples) for name in differences}
+    for start, users in _resampled_users(n_users, n_resamples, seed):
+        for name, values in differences.items():
+            resampled_means[name][start : start + len(users)] = values[users].mean(axis=1)
+    return {
+        name: _interval(float(values.mean()), resampled_means[name], n_users, confidence)
+        for name, values in differences.items()
+    }
+
+
+def _differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
     if a.ndim != 1 or a.shape != b.shape:
@@ -69,16 +105,7 @@ def paired_bootstrap(
             "a or b holds NaN or infinite values: drop users whose metric is undefined first "
             "(compare_per_user does so)"
         )
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples={n_resamples}: expected at least 1")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence={confidence}: expected a level strictly between 0 and 1")
-    differences = a - b
-    n_users = differences.size
-    resampled_means = np.empty(n_resamples)
-    for start, users in _resampled_users(n_users, n_resamples, seed):
-        resampled_means[start : start + len(users)] = differences[users].mean(axis=1)
-    return _interval(float(differences.mean()), resampled_means, n_users, confidence)
+    return a - b
 
 
 def paired_bootstrap_statistic(

@@ -20,8 +20,14 @@ from components.evaluation.beyond_accuracy import (
     lorenz_curve,
     seller_exposure,
 )
-from components.evaluation.bootstrap import compare_exposure, paired_bootstrap
-from components.evaluation.metrics import mean_over_users, per_user_metrics
+from components.evaluation.bootstrap import compare_exposure, paired_bootstraps
+from components.evaluation.metrics import (
+    hits_matrix,
+    mean_over_users,
+    metrics_from_hits,
+    n_relevant,
+    per_user_metrics,
+)
 from components.evaluation.protocol import EvaluationTask, build_evaluation_task, rank_items
 from components.interfaces import Scorer
 
@@ -143,9 +149,9 @@ def evaluate_models(
         for name, scorer in scorers.items()
     }
     model = results.pop(model_name)
+    compared = _compare(model, results, config)
     comparisons = {
-        name: _compare(model, baseline, config)
-        | _compare_exposure(model, baseline, task, context, config)
+        name: compared[name] | _compare_exposure(model, baseline, task, context, config)
         for name, baseline in results.items()
     }
     segment_sizes = {"cold_users": int(context.cold_user_flags.sum())}
@@ -173,7 +179,10 @@ def _evaluate_one(
     max_k = max(max(config.ks), *CURVE_KS)
     ranked = rank_items(scorer, task, max_k)
     ks = tuple(config.ks)
-    per_user = per_user_metrics(ranked, task.relevant, ks)
+    # One membership search of the longest lists serves every K and every curve point.
+    hits = hits_matrix(ranked, task.relevant)
+    positives = n_relevant(task.relevant)
+    per_user = metrics_from_hits(hits, positives, ks)
     metrics = {key: mean_over_users(values, task.relevant) for key, values in per_user.items()}
     for k in ks:
         metrics.update(
@@ -190,12 +199,11 @@ def _evaluate_one(
             )
         )
     curves: dict[str, dict[int, float]] = {"recall": {}, "ndcg": {}}
-    for k in sorted(set(CURVE_KS) | set(ks)):
-        if k > ranked.shape[1]:
-            continue
+    curve_ks = [k for k in sorted(set(CURVE_KS) | set(ks)) if k <= ranked.shape[1]]
+    curve_values = metrics_from_hits(hits, positives, curve_ks, tuple(curves))
+    for k in curve_ks:
         for metric in curves:
-            values = per_user_metrics(ranked, task.relevant, (k,))[f"{metric}@{k}"]
-            curves[metric][k] = mean_over_users(values, task.relevant)
+            curves[metric][k] = mean_over_users(curve_values[f"{metric}@{k}"], task.relevant)
     segments: dict[str, dict[str, float]] = {}
     cold = context.cold_user_flags
     if cold.any():
@@ -227,17 +235,20 @@ def _evaluate_one(
 
 
 def _compare(
-    model: ModelEvaluation, baseline: ModelEvaluation, config: EvaluationConfig
-) -> dict[str, dict[str, Any]]:
-    out = {}
-    for metric in COMPARED_METRICS:
-        if metric in model.per_user and metric in baseline.per_user:
-            interval = paired_bootstrap(
-                model.per_user[metric],
-                baseline.per_user[metric],
-                n_resamples=config.bootstrap_resamples,
-            )
-            out[metric] = interval.to_dict()
+    model: ModelEvaluation, baselines: Mapping[str, ModelEvaluation], config: EvaluationConfig
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Paired bootstrap of model - baseline on COMPARED_METRICS, every baseline and metric
+    on one shared set of resampled users (the same draws each would make alone)."""
+    pairs = {
+        (name, metric): (model.per_user[metric], baseline.per_user[metric])
+        for name, baseline in baselines.items()
+        for metric in COMPARED_METRICS
+        if metric in model.per_user and metric in baseline.per_user
+    }
+    intervals = paired_bootstraps(pairs, n_resamples=config.bootstrap_resamples)
+    out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in baselines}
+    for (name, metric), interval in intervals.items():
+        out[name][metric] = interval.to_dict()
     return out
 
 
