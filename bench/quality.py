@@ -82,7 +82,7 @@ def run_dataset(
     data = chain.data_phase(config, run_dir, scratch / "snapshots", stages)
     retrieval = chain.retrieval_phase(config, data.split_uri, run_dir, stages)
     ranking = chain.ranking_phase(config, data.split_uri, retrieval, run_dir, stages)
-    evaluation = chain.evaluation_phase(config, data.split_uri, ranking, run_dir, stages)
+    evaluation = chain.evaluation_phase(config, data.split_uri, retrieval, ranking, run_dir, stages)
     report.record_data(data)
     report.record_retrieval(retrieval)
     report.record_ranking(ranking)

@@ -691,11 +691,6 @@ class PipelineConfig(StrictModel):
     @model_validator(mode="after")
     def _promotion_metrics_are_evaluated(self) -> PipelineConfig:
         """The gate's metrics must be ones the evaluation produces at `evaluation.ks`."""
-        # Imported here: the evaluation modules import this one.
-        from components.evaluation.metrics import ACCURACY_METRICS
-        from components.evaluation.suite import COMPARED_EXPOSURE, COMPARED_METRICS
-        from components.evaluation.summary import FAIRNESS_METRICS
-
         ks = set(self.evaluation.ks)
         promotion = self.registry.promotion
         compared = [metric for metric in COMPARED_METRICS if metric_k(metric) in ks]
@@ -718,6 +713,25 @@ class PipelineConfig(StrictModel):
                 "to evaluation.ks or set registry.promotion.exposure_guard: false"
             )
         return self
+
+
+#: The evaluation's vocabulary, here so that a config can be checked against it at load
+#: (components.evaluation computes them; tests tie both together):
+#: per-user accuracy metrics, list-level beyond-accuracy figures, the metrics compared to
+#: each baseline with a paired bootstrap, and the exposure figures compared the same way
+#: (the promotion gate's exposure guard reads them).
+ACCURACY_METRICS = ("recall", "ndcg", "capped_recall", "precision", "hit_rate", "mrr", "map")
+FAIRNESS_METRICS = (
+    "coverage",
+    "novelty",
+    "diversity",
+    "gini_items",
+    "gini_sellers",
+    "new_item_exposure",
+    "small_seller_exposure",
+)
+COMPARED_METRICS = ("ndcg@10", "recall@20", "ndcg@20", "recall@100")
+COMPARED_EXPOSURE = ("gini_sellers@20", "new_item_exposure@20")
 
 
 def metric_k(metric: str) -> int:

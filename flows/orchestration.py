@@ -59,7 +59,7 @@ from prefect.utilities.hashing import hash_objects
 
 from components.config import PipelineConfig, load_config
 from components.pipeline.chain import REGISTRY_STAGES, SOURCE_STAGES, Stages
-from components.pipeline.processes import (
+from components.processes import (
     OrchestrationSettings,
     code_fingerprint,
     free_local_port,

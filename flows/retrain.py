@@ -46,7 +46,9 @@ def retrain(
         report.record_retrieval(retrieval)
         ranking = chain.ranking_phase(config, data.split_uri, retrieval, run_dir, stages)
         report.record_ranking(ranking)
-        evaluation = chain.evaluation_phase(config, data.split_uri, ranking, run_dir, stages)
+        evaluation = chain.evaluation_phase(
+            config, data.split_uri, retrieval, ranking, run_dir, stages
+        )
         report.record_evaluation(evaluation)
         report.champion_comparison = chain.champion_comparison(
             config, data, ranking, run_dir, stages

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from components.config import EvaluationConfig, metric_k
+from components.config import COMPARED_EXPOSURE, COMPARED_METRICS, EvaluationConfig, metric_k
 from components.data.split import DataSplit, Stage
 from components.evaluation.beyond_accuracy import (
     beyond_accuracy_report,
@@ -31,11 +31,6 @@ from components.evaluation.metrics import (
 from components.evaluation.protocol import EvaluationTask, build_evaluation_task, rank_items
 from components.interfaces import Scorer
 
-#: Metrics compared between models with a paired bootstrap (those present at the run's K).
-COMPARED_METRICS = ("ndcg@10", "recall@20", "ndcg@20", "recall@100")
-#: Exposure figures compared the same way (bootstrap.compare_exposure), when the data has
-#: seller ids / listing dates: the promotion gate's exposure guard reads them.
-COMPARED_EXPOSURE = ("gini_sellers@20", "new_item_exposure@20")
 CURVE_KS = (1, 5, 10, 20, 50, 100)
 SEGMENTS = ("cold_users", "new_items")
 

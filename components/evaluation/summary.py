@@ -6,18 +6,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from components.config import recommender_line
+from components.config import FAIRNESS_METRICS, recommender_line
 
 HEADLINE_METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "recall@100", "ndcg@100")
-FAIRNESS_METRICS = (
-    "coverage",
-    "novelty",
-    "diversity",
-    "gini_items",
-    "gini_sellers",
-    "new_item_exposure",
-    "small_seller_exposure",
-)
 
 
 def summary_rows(

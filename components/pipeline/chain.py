@@ -197,30 +197,45 @@ def ranking_phase(
         )
     ranker_uri = None if ranker is None else ranker["uri"]
 
-    def assemble(stage: str, index_uri: str | None, purpose: str) -> ModelResult:
-        return run(
-            stage,
+    stack_uri = retrieval.candidates["stack_uri"]
+    evaluated = run(
+        "assemble_two_stage",
+        ranking_steps.assemble_two_stage,
+        split_uri,
+        retrieval.encoder_uri,
+        retrieval.evaluation_index_uri,
+        ranker_uri,
+        config,
+        run_dir,
+        "evaluation",
+        stack_uri,
+    )
+    served = evaluated
+    if config.model.refit_on_all_data:
+        served = run(
+            "assemble_serving",
             ranking_steps.assemble_two_stage,
             split_uri,
             retrieval.encoder_uri,
-            index_uri,
+            retrieval.serving_index_uri,
             ranker_uri,
             config,
             run_dir,
-            purpose,
+            "serving",
         )
-
-    evaluated = assemble("assemble_two_stage", retrieval.evaluation_index_uri, "evaluation")
-    served = evaluated
-    if config.model.refit_on_all_data:
-        served = assemble("assemble_serving", retrieval.serving_index_uri, "serving")
     return RankingPhase(ranking_data, ranker, evaluated, served)
 
 
 def evaluation_phase(
-    config: PipelineConfig, split_uri: str, ranking: RankingPhase, run_dir: Path, run: Stages
+    config: PipelineConfig,
+    split_uri: str,
+    retrieval: RetrievalPhase,
+    ranking: RankingPhase,
+    run_dir: Path,
+    run: Stages,
 ) -> EvaluationResult:
-    """The held-out model beside every baseline on the test window, same code for all."""
+    """The held-out model beside every baseline on the test window, same code for all; the
+    model reads the test candidates the retrieval phase generated."""
     return run(
         "evaluate",
         evaluation_steps.evaluate,
@@ -228,6 +243,7 @@ def evaluation_phase(
         ranking.evaluated["uri"],
         config.evaluation,
         run_dir,
+        retrieval.candidates["uri"],
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from components.config import EvaluationConfig, PipelineConfig
 from components.data.snapshot import read_tables
 from components.data.split import Stage, read_split, split_tables
@@ -17,6 +19,7 @@ from components.evaluation.figures import FIGURE_FILES, render_figures
 from components.evaluation.suite import evaluate_models
 from components.pipeline.results import EvaluationResult
 from components.ranking.model import TwoStageModel, retrieval_only
+from components.retrieval.candidates import CandidateTable
 from components.serving.recommender import BundleRecommender
 from components.store import atomic_directory
 
@@ -35,11 +38,17 @@ def evaluate(
     evaluation_model_uri: str,
     config: EvaluationConfig,
     run_dir: Path,
+    candidates_uri: str | None = None,
 ) -> EvaluationResult:
     """Score the held-out two-stage model beside every baseline on the test window with the
-    same code; write per-user metrics and figures to `run_dir/evaluation`."""
+    same code; write per-user metrics and figures to `run_dir/evaluation`. With
+    `candidates_uri` (the test candidates its own stack generated), the model and its
+    retrieval-only order read them instead of running every source again."""
     data = read_split(Path(split_uri))
     held_out = held_out_scorers(evaluation_model_uri)
+    if candidates_uri is not None:
+        table = CandidateTable.from_frame(pd.read_parquet(candidates_uri))
+        held_out["model"].stack.serve_known_candidates(table)
     scorers = {
         **held_out,
         **fit_baselines(data.history("test"), config.baselines, data.test_cutoff),

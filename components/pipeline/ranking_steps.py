@@ -28,7 +28,12 @@ from components.ranking.dataset import (
 )
 from components.ranking.features import CATEGORICAL_FEATURES, feature_columns
 from components.ranking.label_stages import label_stages
-from components.ranking.model import feature_builder, serving_two_stage, two_stage_at
+from components.ranking.model import (
+    TwoStageModel,
+    feature_builder,
+    serving_two_stage,
+    two_stage_at,
+)
 from components.ranking.ranker import RankerEnsemble, TrainedRanker, load_ranker, train_ranker
 from components.retrieval.ann_index import build_annoy_index
 from components.retrieval.candidates import candidate_recall
@@ -205,30 +210,41 @@ def assemble_two_stage(
     config: PipelineConfig,
     run_dir: Path,
     purpose: Literal["evaluation", "serving"] = "evaluation",
+    stack_uri: str | None = None,
 ) -> ModelResult:
     """The two-stage model at the test cut-off (what evaluation scores) or at the end of the
-    data (what gets registered), saved under run_dir/models/two_stage_<purpose>."""
-    data = read_split(Path(split_uri))
-    items = data.tables.items
-    encoder = None if encoder_uri is None else TrainedTwoTower.load(Path(encoder_uri))
-    index_folder = Path(index_uri) if encoder is not None and index_uri else None
+    data (what gets registered), saved under run_dir/models/two_stage_<purpose>. With
+    `stack_uri` (the stack that generated the test candidates, fitted at the test cut-off
+    already), that stack is loaded instead of being fitted a second time."""
     ranker = None if ranker_uri is None else load_ranker(Path(ranker_uri))
-    if purpose == "evaluation":
-        model = two_stage_at(
-            data.history("test"),
-            items,
-            data.test_cutoff,
-            data.available_items(data.test_cutoff).to_numpy(bool),
-            config,
-            ranker,
-            encoder=encoder,
-            index_folder=index_folder,
-        )
+    if stack_uri is not None:
+        stack = RetrievalStack.load(Path(stack_uri))
+        model = TwoStageModel.assemble(stack, ranker, config.model.ranker)
     else:
-        history = data.serving_history()
-        model = serving_two_stage(
-            history, items, config, ranker, encoder=encoder, index_folder=index_folder
-        )
+        data = read_split(Path(split_uri))
+        items = data.tables.items
+        encoder = None if encoder_uri is None else TrainedTwoTower.load(Path(encoder_uri))
+        index_folder = Path(index_uri) if encoder is not None and index_uri else None
+        if purpose == "evaluation":
+            model = two_stage_at(
+                data.history("test"),
+                items,
+                data.test_cutoff,
+                data.available_items(data.test_cutoff).to_numpy(bool),
+                config,
+                ranker,
+                encoder=encoder,
+                index_folder=index_folder,
+            )
+        else:
+            model = serving_two_stage(
+                data.serving_history(),
+                items,
+                config,
+                ranker,
+                encoder=encoder,
+                index_folder=index_folder,
+            )
     target = Path(run_dir) / "models" / f"two_stage_{purpose}"
     with atomic_directory(target, overwrite=True) as staging:
         model.save(staging)

@@ -58,6 +58,8 @@ class IndexResult(TypedDict):
 
 class CandidatesResult(TypedDict):
     uri: str
+    #: The retrieval stack that generated them (the evaluated model's, loaded not refitted).
+    stack_uri: str
     n: int
     candidate_recall: dict[str, float]
     users: int

@@ -205,7 +205,9 @@ def generate_candidates(
     run_dir: Path,
 ) -> CandidatesResult:
     """Candidates for the test window's users from every configured source, merged; the
-    candidate recall@N per source and combined goes to the report."""
+    candidate recall@N per source and combined goes to the report. The fitted stack is
+    saved beside them: the evaluated two-stage model is assembled on it (not fitted
+    again) and its evaluation reads these candidates instead of generating them again."""
     data = read_split(Path(split_uri))
     settings = config.model.candidates
     stack = RetrievalStack.fit(
@@ -228,8 +230,10 @@ def generate_candidates(
     target = Path(run_dir) / "candidates"
     with atomic_directory(target, overwrite=True) as staging:
         merged.to_parquet(staging / "test.parquet", index=False)
+        stack.save(staging / "stack")
     return {
         "uri": str(target / "test.parquet"),
+        "stack_uri": str(target / "stack"),
         "n": settings.n,
         "candidate_recall": {name: round(value, 4) for name, value in recall.items()},
         "users": len(users),

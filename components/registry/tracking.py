@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 from mlflow import MlflowClient
 
-from components.pipeline.processes import owner_is_gone, process_owner
+from components.processes import owner_is_gone, process_owner
 from components.settings import RewearSettings
 
 

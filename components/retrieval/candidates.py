@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import CandidatesConfig
+from components.ids import IdPositions
 from components.interfaces import CandidateSource
 from components.retrieval.candidate_filters import CandidateFilter, isin_sorted
 
@@ -353,6 +354,61 @@ class MergedCandidates:
         for name, values in columns.items():
             frame[name] = values
         return frame
+
+
+@dataclass(frozen=True)
+class CandidateTable:
+    """Merged candidates computed earlier for a set of users, served again by user: the
+    run's test candidates, generated once and then read by the evaluation of the model and
+    of its retrieval-only order instead of running every source again."""
+
+    merged: MergedCandidates
+    users: IdPositions
+    starts: np.ndarray
+    stops: np.ndarray
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> CandidateTable:
+        """From `MergedCandidates.frame()` (as written to parquet): rows grouped by user."""
+        names = tuple(c[len("rank_") :] for c in frame.columns if c.startswith("rank_"))
+        merged = MergedCandidates(
+            user_ids=_as_strings(frame["user_id"]),
+            item_ids=_as_strings(frame["item_id"]),
+            score=frame["score"].to_numpy(np.float64),
+            rank=frame["rank"].to_numpy(np.int64),
+            n_sources=frame["n_sources"].to_numpy(np.int64),
+            source_names=names,
+            source_scores=frame[[f"score_{n}" for n in names]].to_numpy(np.float64),
+            source_ranks=frame[[f"rank_{n}" for n in names]].to_numpy(np.float64),
+        )
+        codes, uniques = pd.factorize(merged.user_ids)
+        if len(codes) and (np.diff(codes) < 0).any():
+            raise ValueError("a candidate table needs its rows grouped by user")
+        bounds = np.flatnonzero(np.diff(codes)) + 1
+        starts = np.concatenate([[0], bounds]).astype(np.int64)
+        stops = np.concatenate([bounds, [len(codes)]]).astype(np.int64)
+        return cls(merged, IdPositions(uniques), starts, stops)
+
+    def take(self, user_ids: Sequence[str]) -> MergedCandidates | None:
+        """The candidates of `user_ids`, in their order (None: a user is not in the table,
+        so the caller runs the sources)."""
+        positions = self.users.positions(np.asarray(user_ids, dtype=object))
+        if (positions < 0).any():
+            return None
+        lengths = self.stops[positions] - self.starts[positions]
+        offsets = np.repeat(self.starts[positions] - np.cumsum(lengths) + lengths, lengths)
+        rows = offsets + np.arange(int(lengths.sum()))
+        m = self.merged
+        return MergedCandidates(
+            user_ids=m.user_ids[rows],
+            item_ids=m.item_ids[rows],
+            score=m.score[rows],
+            rank=m.rank[rows],
+            n_sources=m.n_sources[rows],
+            source_names=m.source_names,
+            source_scores=m.source_scores[rows],
+            source_ranks=m.source_ranks[rows],
+        )
 
 
 def empty_candidates() -> pd.DataFrame:

@@ -28,6 +28,7 @@ from components.retrieval.candidate_filters import CandidateFilter
 from components.retrieval.candidate_sources import AnnSource, CategoryPopularitySource, ScorerSource
 from components.retrieval.candidates import (
     CandidateArrays,
+    CandidateTable,
     MergedCandidates,
     merge_candidate_arrays,
     run_source_arrays,
@@ -85,6 +86,14 @@ class RetrievalStack:
     _index_folder: Path | None = field(default=None, repr=False)
     #: Merged candidates per batch of users while `remembering_candidates` is on.
     _memo: dict[tuple[str, ...], MergedCandidates] | None = field(default=None, repr=False)
+    #: Candidates this stack computed before (`serve_known_candidates`).
+    _known: CandidateTable | None = field(default=None, repr=False)
+
+    def serve_known_candidates(self, table: CandidateTable) -> None:
+        """Answer `candidate_arrays` from `table` for the users it holds (candidates this
+        very stack generated earlier: the run's test candidates), instead of running every
+        source again; other users still go through the sources."""
+        self._known = table
 
     @contextmanager
     def remembering_candidates(self) -> Iterator[None]:
@@ -189,6 +198,10 @@ class RetrievalStack:
     ) -> MergedCandidates:
         """`candidates` as arrays, without building a frame (the per-request path);
         `hits`: the sources' own arrays, when the caller already ran them."""
+        if hits is None and self._known is not None:
+            known = self._known.take(user_ids)
+            if known is not None:
+                return known
         key = None
         if hits is None and self._memo is not None:
             key = tuple(str(user) for user in user_ids)

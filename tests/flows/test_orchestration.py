@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from components.settings import RewearSettings
-from tests.flows.market_files import last_moment, small_market, write_market
+from tests.flows.conftest import last_moment, small_market, write_market
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 REPO = Path(__file__).resolve().parents[2]
@@ -221,7 +221,7 @@ def test_two_retrains_at_once_register_two_intact_versions(rewear_home, tmp_path
 def test_a_local_dask_runner_leaves_the_process_environment_as_it_found_it():
     """Its workers compute on one BLAS / OpenMP thread each; this process, and every
     process it starts later, keeps its own thread settings."""
-    from components.pipeline.processes import OrchestrationSettings
+    from components.processes import OrchestrationSettings
     from flows.orchestration import task_runner_from_settings
 
     before = dict(os.environ)
@@ -359,7 +359,7 @@ def _own_records(home: Path) -> dict[str, Path]:
 def test_deleted_run_folders_are_recomputed_and_planted_pickles_never_run(rewear_home, tmp_path):
     from flows.orchestration import StageRecords
     from flows.retrain import retrain
-    from tests.flows.market_files import TWO_TOWER_OVERRIDES
+    from tests.flows.conftest import TWO_TOWER_OVERRIDES
 
     config = write_market(small_market(), tmp_path / "market")
 
@@ -404,7 +404,7 @@ def test_runs_left_open_by_a_dead_process_are_marked_failed_at_the_next_start(re
         [
             sys.executable,
             "-c",
-            "from components.pipeline.processes import process_owner as p; print(p())",
+            "from components.processes import process_owner as p; print(p())",
         ],
         cwd=REPO,
         capture_output=True,

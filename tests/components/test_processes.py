@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from components.config import InteractionsFileSourceConfig, SyntheticSourceConfig
-from components.pipeline.processes import (
+from components.processes import (
     OrchestrationSettings,
     code_fingerprint,
     source_fingerprint,
