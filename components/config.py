@@ -458,6 +458,8 @@ class RankerConfig(StrictModel):
     """
 
     enabled: bool = True
+    #: Label-stage users whose candidates and features are built at a time (memory bound).
+    chunk_users: int = Field(4096, ge=1)
     objective: Literal["lambdarank", "rank_xendcg"] = "lambdarank"
     learning_rate: float = Field(0.05, gt=0, le=1)
     num_leaves: int = Field(31, ge=2)

@@ -14,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from components.config import PipelineConfig, RankerConfig, TwoTowerConfig
 from components.data.split import DataSplit, read_split
@@ -62,8 +64,12 @@ def build_ranking_data(
     latest_encoder = None
     if train_window_encoder_uri is not None:
         latest_encoder = TrainedTwoTower.load(Path(train_window_encoder_uri))
-    frames, recalls, users = [], [], 0
-    with atomic_directory(target, overwrite=True) as staging:
+    rows = users = with_positive = 0
+    recall_sum = 0.0
+    with (
+        atomic_directory(target, overwrite=True) as staging,
+        LabelFeatureWriter(staging / "label_features.parquet") as writer,
+    ):
         for number, stage in enumerate(stages):
             encoder, index_folder = latest_encoder, None
             if latest_encoder is not None and number > 0:
@@ -90,25 +96,58 @@ def build_ranking_data(
             )
             labels = graded_labels(stage.window, ranker)
             stage_users = labels["user_id"].drop_duplicates().tolist()
-            candidates = stack.candidates(stage_users)
-            recalls.append(candidate_recall(candidates, stage.window, config.model.candidates.n))
-            features = attach_labels(feature_builder(stack, ranker).transform(candidates), labels)
-            frames.append(features.assign(label_window=np.int32(number)))
+            builder = feature_builder(stack, ranker)
+            # Bounded memory: a chunk of users' candidates and features at a time, appended
+            # to one file (features are per user and item: chunks change no value).
+            for start in range(0, max(len(stage_users), 1), ranker.chunk_users):
+                chunk = stage_users[start : start + ranker.chunk_users]
+                candidates = stack.candidates(chunk)
+                if number == 0:
+                    window = stage.window[stage.window["user_id"].astype(str).isin(chunk)]
+                    recall = candidate_recall(candidates, window, config.model.candidates.n)
+                    recall_sum += recall["combined"] * window["user_id"].nunique()
+                features = attach_labels(builder.transform(candidates), labels)
+                features = features.assign(label_window=np.int32(number))
+                writer.write(features)
+                rows += len(features)
+                with_positive += int(features.loc[features["label"] > 0, "user_id"].nunique())
             users += len(stage_users)
-        features = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        features.to_parquet(staging / "label_features.parquet", index=False)
-    positives = features["label"].gt(0).groupby([features["label_window"], features["user_id"]])
     latest = stages[0].moment
+    first_users = stages[0].window["user_id"].nunique()
     figures = {
-        "rows": len(features),
+        "rows": rows,
         "label_windows": len(stages),
         "queries": users,
-        "queries_with_positive_candidate": int(positives.any().sum()),
-        "label_candidate_recall": round(float(recalls[0].get("combined", np.nan)), 4),
+        "queries_with_positive_candidate": with_positive,
+        "label_candidate_recall": round(recall_sum / first_users, 4) if first_users else None,
         "label_moment": None if latest is None else latest.isoformat(),
         "seconds": round(time.perf_counter() - started, 2),
     }
     return {"uri": str(target / "label_features.parquet"), "figures": figures}
+
+
+class LabelFeatureWriter:
+    """Appends label-stage feature chunks to one parquet file, with the first chunk's
+    schema (fixed categorical vocabularies keep every chunk's schema the same)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> LabelFeatureWriter:
+        return self
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self._writer is None:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        else:
+            table = pa.Table.from_pandas(frame, schema=self._writer.schema, preserve_index=False)
+        self._writer.write_table(table)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 def encoder_before(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from components.config import PipelineConfig, TwoTowerConfig
@@ -48,6 +49,22 @@ def trained(
         "ranker": ranker,
         "model_uri": model["uri"],
     }
+
+
+def test_label_features_built_in_user_chunks_are_the_same_file_content(
+    trained: dict, small_config: PipelineConfig, tmp_path: Path
+) -> None:
+    """Chunks bound the memory of the label stage and change no row, value or figure."""
+    ranker = small_config.model.ranker.model_copy(update={"chunk_users": 7})
+    chunked_config = small_config.model_copy(
+        update={"model": small_config.model.model_copy(update={"ranker": ranker})}
+    )
+    chunked = build_ranking_data(trained["split_uri"], None, chunked_config, tmp_path)
+    whole = trained["data"]
+    pd.testing.assert_frame_equal(pd.read_parquet(chunked["uri"]), pd.read_parquet(whole["uri"]))
+    assert pq.ParquetFile(chunked["uri"]).num_row_groups > 10
+    figures = {k: v for k, v in chunked["figures"].items() if k != "seconds"}
+    assert figures == {k: v for k, v in whole["figures"].items() if k != "seconds"}
 
 
 def test_label_data_sits_before_the_valid_window(trained: dict, small_split: DataSplit) -> None:
