@@ -394,6 +394,9 @@ class CandidatesConfig(StrictModel):
 
     #: Candidates kept per source and per user.
     per_source: int = Field(200, ge=1)
+    #: Users whose candidates (and label-stage features) are built at a time: bounds the
+    #: memory of the candidate and feature stages whatever the number of users.
+    chunk_users: int = Field(4096, ge=1)
     #: Size of the merged set per user (the ranker's input); candidate recall is at this N.
     n: int = Field(200, ge=1)
     #: The candidate models, merged by reciprocal-rank fusion:
@@ -458,8 +461,6 @@ class RankerConfig(StrictModel):
     """
 
     enabled: bool = True
-    #: Label-stage users whose candidates and features are built at a time (memory bound).
-    chunk_users: int = Field(4096, ge=1)
     objective: Literal["lambdarank", "rank_xendcg"] = "lambdarank"
     learning_rate: float = Field(0.05, gt=0, le=1)
     num_leaves: int = Field(31, ge=2)

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 def hash_frame(frame: pd.DataFrame) -> str:
@@ -172,3 +174,28 @@ def write_json(path: Path, payload: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+class ParquetAppender:
+    """Appends frames to one parquet file as row groups, with the first frame's schema: a
+    stage that works through users in chunks writes one file without holding every chunk
+    in memory (categoricals need fixed vocabularies, so that every chunk has that schema)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> ParquetAppender:
+        return self
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self._writer is None:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        else:
+            table = pa.Table.from_pandas(frame, schema=self._writer.schema, preserve_index=False)
+        self._writer.write_table(table)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -14,8 +14,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from components.config import PipelineConfig, RankerConfig, TwoTowerConfig
 from components.data.split import DataSplit, read_split
@@ -42,7 +40,7 @@ from components.retrieval.candidates import candidate_recall
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import TrainedTwoTower
 from components.retrieval.two_tower_training import train_two_tower_stages
-from components.store import atomic_directory
+from components.store import ParquetAppender, atomic_directory
 
 
 def build_ranking_data(
@@ -68,7 +66,7 @@ def build_ranking_data(
     recall_sum = 0.0
     with (
         atomic_directory(target, overwrite=True) as staging,
-        LabelFeatureWriter(staging / "label_features.parquet") as writer,
+        ParquetAppender(staging / "label_features.parquet") as writer,
     ):
         for number, stage in enumerate(stages):
             encoder, index_folder = latest_encoder, None
@@ -99,8 +97,8 @@ def build_ranking_data(
             builder = feature_builder(stack, ranker)
             # Bounded memory: a chunk of users' candidates and features at a time, appended
             # to one file (features are per user and item: chunks change no value).
-            for start in range(0, max(len(stage_users), 1), ranker.chunk_users):
-                chunk = stage_users[start : start + ranker.chunk_users]
+            for start in range(0, max(len(stage_users), 1), config.model.candidates.chunk_users):
+                chunk = stage_users[start : start + config.model.candidates.chunk_users]
                 candidates = stack.candidates(chunk)
                 if number == 0:
                     window = stage.window[stage.window["user_id"].astype(str).isin(chunk)]
@@ -124,30 +122,6 @@ def build_ranking_data(
         "seconds": round(time.perf_counter() - started, 2),
     }
     return {"uri": str(target / "label_features.parquet"), "figures": figures}
-
-
-class LabelFeatureWriter:
-    """Appends label-stage feature chunks to one parquet file, with the first chunk's
-    schema (fixed categorical vocabularies keep every chunk's schema the same)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._writer: pq.ParquetWriter | None = None
-
-    def __enter__(self) -> LabelFeatureWriter:
-        return self
-
-    def write(self, frame: pd.DataFrame) -> None:
-        if self._writer is None:
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            self._writer = pq.ParquetWriter(self.path, table.schema)
-        else:
-            table = pa.Table.from_pandas(frame, schema=self._writer.schema, preserve_index=False)
-        self._writer.write_table(table)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._writer is not None:
-            self._writer.close()
 
 
 def encoder_before(

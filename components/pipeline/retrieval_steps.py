@@ -27,7 +27,7 @@ from components.retrieval.popularity import RecentPopularity
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import TrainedTwoTower, TwoTowerScorer
 from components.retrieval.two_tower_training import train_two_tower_stages
-from components.store import atomic_directory
+from components.store import ParquetAppender, atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -220,22 +220,32 @@ def generate_candidates(
         index_folder=None if evaluation_index_uri is None else Path(evaluation_index_uri),
     )
     window = positive_window(data.test, config.evaluation)
-    users = window["user_id"].drop_duplicates().astype(str).tolist()
-    started = time.perf_counter()
-    hits = stack.source_arrays(users)
-    merged = stack.candidate_arrays(users, hits).frame()
-    seconds = time.perf_counter() - started
-    frames = {name: source_hits.frame() for name, source_hits in hits.items()}
-    recall = candidate_recall(merged, window, settings.n, sources=frames)
+    window_users = window["user_id"].astype(str)
+    users = window_users.drop_duplicates().tolist()
+    seconds = 0.0
+    recall_sums: dict[str, float] = {}
     target = Path(run_dir) / "candidates"
     with atomic_directory(target, overwrite=True) as staging:
-        merged.to_parquet(staging / "test.parquet", index=False)
+        with ParquetAppender(staging / "test.parquet") as candidates:
+            # A chunk of users at a time: memory bounded whatever the number of users.
+            for start in range(0, len(users), settings.chunk_users):
+                chunk = users[start : start + settings.chunk_users]
+                started = time.perf_counter()
+                hits = stack.source_arrays(chunk)
+                merged = stack.candidate_arrays(chunk, hits).frame()
+                seconds += time.perf_counter() - started
+                frames = {name: source_hits.frame() for name, source_hits in hits.items()}
+                positives = window[window_users.isin(chunk).to_numpy()]
+                recall = candidate_recall(merged, positives, settings.n, sources=frames)
+                for name, value in recall.items():
+                    recall_sums[name] = recall_sums.get(name, 0.0) + value * len(chunk)
+                candidates.write(merged)
         stack.save(staging / "stack")
     return {
         "uri": str(target / "test.parquet"),
         "stack_uri": str(target / "stack"),
         "n": settings.n,
-        "candidate_recall": {name: round(value, 4) for name, value in recall.items()},
+        "candidate_recall": {name: round(s / len(users), 4) for name, s in recall_sums.items()},
         "users": len(users),
         "generation_s": round(seconds, 2),
     }

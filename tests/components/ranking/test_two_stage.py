@@ -55,9 +55,9 @@ def test_label_features_built_in_user_chunks_are_the_same_file_content(
     trained: dict, small_config: PipelineConfig, tmp_path: Path
 ) -> None:
     """Chunks bound the memory of the label stage and change no row, value or figure."""
-    ranker = small_config.model.ranker.model_copy(update={"chunk_users": 7})
+    candidates = small_config.model.candidates.model_copy(update={"chunk_users": 7})
     chunked_config = small_config.model_copy(
-        update={"model": small_config.model.model_copy(update={"ranker": ranker})}
+        update={"model": small_config.model.model_copy(update={"candidates": candidates})}
     )
     chunked = build_ranking_data(trained["split_uri"], None, chunked_config, tmp_path)
     whole = trained["data"]
