@@ -80,31 +80,36 @@ def query_groups(
     if "user_id" not in frame or (training and "label" not in frame):
         raise ValueError("query_groups needs user_id (and label for training) columns")
     frame = frame.reset_index(drop=True)
+    # The selection and order are worked out on a narrow frame of keys, then the wide
+    # feature frame is taken once (every copy of it costs rows x features).
     query = frame["user_id"].astype(str)
     if "label_window" in frame:
         query = frame["label_window"].astype(str) + "|" + query
-    frame = frame.assign(_query=query.to_numpy(dtype=object))
+    keys = pd.DataFrame({"_query": query.to_numpy(dtype=object)})
+    if "retrieval_rank" in frame:
+        keys["retrieval_rank"] = frame["retrieval_rank"].to_numpy()
     if training:
-        has_positive = frame["label"].gt(0).groupby(frame["_query"]).transform("any")
-        frame = frame[has_positive.to_numpy()]
+        label = frame["label"].to_numpy()
+        has_positive = pd.Series(label > 0).groupby(keys["_query"]).transform("any")
+        keys = keys[has_positive.to_numpy()]
+        label = label[has_positive.to_numpy()]
         rng = np.random.default_rng(seed)
-        noise = rng.random(len(frame))
-        positive = frame["label"].to_numpy() > 0
+        noise = rng.random(len(keys))
+        positive = label > 0
         # Positives first (best grade first), then negatives in random order.
-        order_key = np.where(positive, -frame["label"].to_numpy(dtype=float), noise)
-        frame = frame.assign(_positive=positive, _key=order_key)
-        frame = frame.sort_values(["_query", "_positive", "_key"], ascending=[True, False, True])
-        negative_rank = (~frame["_positive"]).groupby(frame["_query"]).cumsum()
+        order_key = np.where(positive, -label.astype(float), noise)
+        keys = keys.assign(_positive=positive, _key=order_key)
+        keys = keys.sort_values(["_query", "_positive", "_key"], ascending=[True, False, True])
+        negative_rank = (~keys["_positive"]).groupby(keys["_query"]).cumsum()
         if sample_negatives:
-            keep = frame["_positive"] | (negative_rank <= config.max_negatives)
-            frame = frame[keep.to_numpy()]
-        position = frame.groupby("_query").cumcount()
-        frame = frame[(position < config.max_rows_per_query).to_numpy()]
-        frame = frame.drop(columns=["_positive", "_key"])
-    sort_by = ["_query", "retrieval_rank"] if "retrieval_rank" in frame else ["_query"]
-    frame = frame.sort_values(sort_by, kind="stable").reset_index(drop=True)
-    sizes = frame.groupby("_query", sort=False).size().to_numpy(dtype=np.int64)
-    return QueryGroups(frame=frame.drop(columns="_query"), sizes=sizes)
+            keep = keys["_positive"] | (negative_rank <= config.max_negatives)
+            keys = keys[keep.to_numpy()]
+        position = keys.groupby("_query").cumcount()
+        keys = keys[(position < config.max_rows_per_query).to_numpy()]
+    sort_by = ["_query", "retrieval_rank"] if "retrieval_rank" in keys else ["_query"]
+    keys = keys.sort_values(sort_by, kind="stable")
+    sizes = keys.groupby("_query", sort=False).size().to_numpy(dtype=np.int64)
+    return QueryGroups(frame=frame.take(keys.index.to_numpy()).reset_index(drop=True), sizes=sizes)
 
 
 def split_users(
