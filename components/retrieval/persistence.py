@@ -2,8 +2,8 @@
 
 The served two-stage model needs the very candidate sources the ranker was trained on:
 co-visitation (a sparse or dense item x item matrix), EASE (a dense item x item matrix),
-GF-CF (a sparse item graph and two low-pass factor matrices), iALS (two factor matrices),
-and recent popularity. Each is a frozen dataclass; its fields
+GF-CF (a sparse item graph and two low-pass factor matrices), RP3beta (a sparse item
+graph), iALS (two factor matrices), and recent popularity. Each is a frozen dataclass; its fields
 are written one file each: `.npy` for arrays, `.npz` for sparse matrices, `.parquet` for id
 indexes, and `model.json` for timestamps, configs and the class name.
 """
@@ -23,16 +23,17 @@ from pydantic import BaseModel
 from components.retrieval.collaborative import Covisitation, Ease, Ials
 from components.retrieval.graph_filter import GraphFilter
 from components.retrieval.popularity import RecentPopularity
+from components.retrieval.rp3beta import Rp3Beta
 from components.store import read_json, write_json
 
 MODEL_CLASSES: dict[str, type] = {
-    cls.__name__: cls for cls in (Covisitation, Ease, GraphFilter, Ials)
+    cls.__name__: cls for cls in (Covisitation, Ease, GraphFilter, Ials, Rp3Beta)
 }
 FORMAT = 1
 
 
 def save_model(model: Any, folder: Path) -> None:
-    """Write a fitted Covisitation, Ease, GraphFilter, Ials or RecentPopularity."""
+    """Write a fitted Covisitation, Ease, GraphFilter, Ials, Rp3Beta or RecentPopularity."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(model, RecentPopularity):

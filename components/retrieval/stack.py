@@ -37,6 +37,7 @@ from components.retrieval.collaborative import Covisitation, Ials, fit_linear_ba
 from components.retrieval.graph_filter import GraphFilter
 from components.retrieval.persistence import load_model, save_model
 from components.retrieval.popularity import RecentPopularity
+from components.retrieval.rp3beta import Rp3Beta
 from components.retrieval.two_tower import TrainedTwoTower, TwoTowerScorer
 from components.store import read_json, write_json
 
@@ -67,6 +68,8 @@ def fit_candidate_models(
         models["factors"] = Ials.fit(history, settings.ials, moment)
     if "graph_filter" in sources:
         models["graph_filter"] = GraphFilter.fit(history, settings.graph_filter, moment)
+    if "rp3beta" in sources:
+        models["rp3beta"] = Rp3Beta.fit(history, settings.rp3beta, moment)
     return models
 
 

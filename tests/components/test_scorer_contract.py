@@ -32,6 +32,7 @@ from components.config import (
     IalsConfig,
     PipelineConfig,
     PopularityConfig,
+    Rp3BetaConfig,
     TwoTowerConfig,
 )
 from components.data.split import DataSplit
@@ -49,6 +50,7 @@ from components.retrieval.ann_index import build_annoy_index
 from components.retrieval.collaborative import Covisitation, Ease, Ials
 from components.retrieval.graph_filter import GraphFilter
 from components.retrieval.popularity import RecentPopularity
+from components.retrieval.rp3beta import Rp3Beta
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import UNKNOWN_ITEM_SCORE, TrainedTwoTower, TwoTowerScorer
 from components.retrieval.two_tower_training import train_two_tower
@@ -314,6 +316,11 @@ FACTORIES = [
     Factory(
         "graph_filter",
         lambda frame, as_of: GraphFilter.fit(frame, GraphFilterConfig(factors=2), as_of),
+        top_for_q="b",
+    ),
+    Factory(
+        "rp3beta",
+        lambda frame, as_of: Rp3Beta.fit(frame, Rp3BetaConfig(), as_of),
         top_for_q="b",
     ),
     Factory(
