@@ -217,8 +217,9 @@ def top_k_from_scores(
 
 
 def group_size(n_items: int, k: int) -> int:
-    """Items per group of the top-k prefilter: about 8k groups or more, at most 32 items each."""
-    return int(min(32, max(1, n_items // (8 * max(k, 1)))))
+    """Items per group of the top-k prefilter: about 8k groups or more, at most 16 items each
+    (larger groups admit more candidates; bench/evaluation_speed.py on Gowalla)."""
+    return int(min(16, max(1, n_items // (8 * max(k, 1)))))
 
 
 def padded_score_block(n_rows: int, n_items: int, k: int, dtype: np.dtype) -> np.ndarray:
