@@ -118,8 +118,13 @@ def item_positions(
 def _aligned_scores(model_scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Columns of `model_scores` (model item order) at `positions`; unknown (-1) -> 0."""
     known = positions >= 0
-    out = np.zeros((model_scores.shape[0], len(positions)), dtype=np.float32)
-    out[:, known] = model_scores[:, positions[known]]
+    # One gather along rows (fast on C-ordered blocks), then zero the few unknown columns:
+    # a boolean column mask on both sides costs several times more on large catalogues.
+    out = np.take(model_scores, np.where(known, positions, 0), axis=1).astype(
+        np.float32, copy=False
+    )
+    if not known.all():
+        out[:, ~known] = 0.0
     return out
 
 
