@@ -42,6 +42,8 @@ TWO_TOWER_OVERRIDES = {
 }
 #: The synthetic config's marketplace with 300 users over 21 days (its other sizes scale).
 SMALL_SYNTHETIC = {"source.n_users": 300, "source.n_days": 21}
+#: Fewer bootstrap resamples: the flow tests check behaviour, not interval widths.
+FAST = {"evaluation.bootstrap_resamples": 50}
 
 
 def source_overrides(market: Mapping[str, object]) -> dict[str, object]:

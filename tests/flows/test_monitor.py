@@ -13,10 +13,9 @@ from typer.testing import CliRunner
 from components.data.schema import CanonicalTables
 from components.pipeline.monitoring import MonitoringAlertError
 from flows.cli import app
-from tests.flows.conftest import TWO_TOWER_OVERRIDES, last_moment, small_market, write_market
+from tests.flows.conftest import FAST, TWO_TOWER_OVERRIDES, last_moment, small_market, write_market
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-FAST = {"evaluation.bootstrap_resamples": 50}
 
 
 def shifted(tables: CanonicalTables, since: pd.Timestamp) -> CanonicalTables:

@@ -15,11 +15,10 @@ import pytest
 from mlflow import MlflowClient
 
 from components.settings import RewearSettings
-from tests.flows.conftest import last_moment, small_market, write_market
+from tests.flows.conftest import FAST, last_moment, small_market, write_market
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 REPO = Path(__file__).resolve().parents[2]
-FAST = {"evaluation.bootstrap_resamples": 50}
 #: A worker process that dies (as if killed) in the promotion gate: after every stage, the
 #: registration included (whose model logging ends the MLflow run), and before the report.
 CRASHING_RUN = """

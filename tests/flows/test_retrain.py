@@ -5,7 +5,6 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
 from components.config import SyntheticSourceConfig
 from components.data.synthetic import generate_marketplace
@@ -26,13 +25,8 @@ SMALL_MARKET = {
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-def _client() -> MlflowClient:
-    uri = RewearSettings().tracking_uri
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
 @pytest.mark.slow
-def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home):
+def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home, registry_client):
     from flows.retrain import retrain
 
     first = retrain(config_path=str(REPO / "configs" / "synthetic.yaml"), overrides=SMALL_MARKET)
@@ -85,7 +79,7 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
     summary = by_key[keys[0]].data
     assert "## Accuracy on the test window" in summary and "covisitation" in summary
     assert "Δ vs popularity" in summary and "cold_users" in summary
-    client = _client()
+    client = registry_client
     logged = {a.path for a in client.list_artifacts(first["run_id"], "figures")}
     assert logged == {
         "figures/metric_at_k.png",
@@ -135,7 +129,7 @@ def test_two_runs_register_two_versions_champion_stays_on_the_first(rewear_home)
     assert second["promotion"]["decision"] == "rejected"
     assert any("not comparable with champion v1" in r for r in second["promotion"]["reasons"])
 
-    client = _client()
+    client = registry_client
     champion = client.get_model_version_by_alias("rewear", "champion")
     assert int(champion.version) == 1
     assert champion.tags["snapshot_id"] == first["snapshot_id"]
@@ -206,7 +200,7 @@ def _market_csv(path: Path, damage: str) -> None:
     ],
 )
 def test_bad_data_fails_before_training_and_leaves_the_registry_untouched(
-    rewear_home, tmp_path, damage, message
+    rewear_home, registry_client, tmp_path, damage, message
 ):
     from flows.retrain import retrain
 
@@ -228,12 +222,12 @@ def test_bad_data_fails_before_training_and_leaves_the_registry_untouched(
         quarantined = pd.read_parquet(run_dirs[0] / "quarantine" / "interactions.parquet")
         assert len(quarantined) == report["validation"]["counts"]["interactions"]["quarantined"]
     assert not (run_dirs[0] / "models").exists()
-    assert _client().search_registered_models() == []
+    assert registry_client.search_registered_models() == []
     assert list((rewear_home / "snapshots").iterdir()) == []
 
 
 @pytest.mark.slow
-def test_a_test_window_thinner_than_min_users_fails_before_training(rewear_home):
+def test_a_test_window_thinner_than_min_users_fails_before_training(rewear_home, registry_client):
     from flows.retrain import retrain
 
     overrides = {**SMALL_MARKET, "registry.promotion.min_users": 100_000}
@@ -243,11 +237,13 @@ def test_a_test_window_thinner_than_min_users_fails_before_training(rewear_home)
     report = pd.read_json(run_dir / "report.json", typ="series")
     assert report["status"] == "failed" and "nothing is registered" in report["error"]
     assert not (run_dir / "models").exists()  # no encoder, no ranker: it stopped at the split
-    assert _client().search_registered_models() == []
+    assert registry_client.search_registered_models() == []
 
 
 @pytest.mark.slow
-def test_the_default_bundle_holds_the_encoder_and_annoy_index_and_ranks_with_ann(rewear_home):
+def test_the_default_bundle_holds_the_encoder_and_annoy_index_and_ranks_with_ann(
+    rewear_home, registry_client
+):
     from flows.retrain import retrain
 
     result = retrain(config_path=str(REPO / "configs" / "synthetic.yaml"), overrides=SMALL_MARKET)
@@ -258,7 +254,7 @@ def test_the_default_bundle_holds_the_encoder_and_annoy_index_and_ranks_with_ann
     assert result["ranking"]["label_stage"]["label_windows"] == 1
     importance = result["ranking"]["importance"]
     assert any(name.endswith("_two_tower") for name in importance) or "x_cos_user" in importance
-    run = _client().get_run(result["run_id"])
+    run = registry_client.get_run(result["run_id"])
     assert "candidate_recall.two_tower" in run.data.metrics
 
     mlflow.set_tracking_uri(RewearSettings().tracking_uri)
@@ -288,7 +284,9 @@ def test_the_default_bundle_holds_the_encoder_and_annoy_index_and_ranks_with_ann
 
 
 @pytest.mark.slow
-def test_without_the_ranker_the_sources_fusion_is_registered_and_tagged_so(rewear_home):
+def test_without_the_ranker_the_sources_fusion_is_registered_and_tagged_so(
+    rewear_home, registry_client
+):
     from flows.retrain import retrain
 
     overrides = {
@@ -306,6 +304,6 @@ def test_without_the_ranker_the_sources_fusion_is_registered_and_tagged_so(rewea
     # No encoder, no index, no ranker: none of their stages ran.
     assert not {"train_encoder", "build_index", "train_ranker"} & set(result["timings_s"])
     assert "retrieval_only" not in result["baselines"]  # the model is the fusion itself
-    version = _client().get_model_version_by_alias("rewear", "champion")
+    version = registry_client.get_model_version_by_alias("rewear", "champion")
     assert version.tags["model"] == "retrieval_fusion: covisitation+popularity"
     assert version.tags["model.ranker"] == "none"
