@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -199,3 +200,25 @@ class ParquetAppender:
     def __exit__(self, *exc: object) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def read_parquet_rows(path: Path, rows: np.ndarray) -> pd.DataFrame:
+    """The rows at positions `rows` of a parquet file, in that order, read one row group at
+    a time: a stage that needs a part of a large file never holds all of it."""
+    parquet = pq.ParquetFile(path)
+    order = np.argsort(rows, kind="stable")
+    wanted = np.asarray(rows, dtype=np.int64)[order]
+    pieces, start = [], 0
+    for group in range(parquet.num_row_groups):
+        size = parquet.metadata.row_group(group).num_rows
+        low, high = np.searchsorted(wanted, [start, start + size])
+        if high > low:
+            table = parquet.read_row_group(group)
+            pieces.append(table.take(pa.array(wanted[low:high] - start)))
+        start += size
+    if not pieces:
+        return parquet.schema_arrow.empty_table().to_pandas()
+    frame = pa.concat_tables(pieces).to_pandas()
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return frame.take(inverse).reset_index(drop=True)

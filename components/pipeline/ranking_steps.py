@@ -14,16 +14,18 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from components.config import PipelineConfig, RankerConfig, TwoTowerConfig
 from components.data.split import DataSplit, read_split
 from components.pipeline.results import ModelResult, RankerResult, RankingDataResult
 from components.pipeline.retrieval_steps import best_epoch
 from components.ranking.dataset import (
+    QUERY_KEYS,
     QueryGroups,
     attach_labels,
     graded_labels,
-    query_groups,
+    query_group_rows,
     split_users,
 )
 from components.ranking.features import CATEGORICAL_FEATURES, feature_columns
@@ -40,7 +42,7 @@ from components.retrieval.candidates import candidate_recall
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import TrainedTwoTower
 from components.retrieval.two_tower_training import train_two_tower_stages
-from components.store import ParquetAppender, atomic_directory
+from components.store import ParquetAppender, atomic_directory, read_parquet_rows
 
 
 def build_ranking_data(
@@ -152,15 +154,20 @@ def feature_builder_categories(features: pd.DataFrame) -> dict[str, list[str]]:
 
 def train_ranker_step(features_uri: str, config: PipelineConfig, run_dir: Path) -> RankerResult:
     """Fit the LightGBM ranker on the label-stage users, early-stopped on a held-out part;
-    with `ensemble_size` > 1, that many rankers with consecutive seeds, averaged."""
+    with `ensemble_size` > 1, that many rankers with consecutive seeds, averaged. The rows
+    each ranker trains on are chosen on the query keys alone, then only those are read."""
     ranker_config = config.model.ranker
-    frame = pd.read_parquet(features_uri)
-    names = [c for c in feature_columns(frame) if frame[c].notna().any()]
-    categories = feature_builder_categories(frame)
+    parquet = pq.ParquetFile(features_uri)
+    columns = parquet.schema_arrow.names
+    keys = pd.read_parquet(features_uri, columns=[c for c in QUERY_KEYS if c in columns])
+    candidates = feature_columns(pd.DataFrame(columns=columns))
+    names = [c for c in candidates if _has_values(features_uri, c)]
+    categorical = [c for c in CATEGORICAL_FEATURES if c in columns]
+    categories = feature_builder_categories(pd.read_parquet(features_uri, columns=categorical))
     members: list[TrainedRanker] = []
     for offset in range(ranker_config.ensemble_size):
         seeded = ranker_config.model_copy(update={"seed": ranker_config.seed + offset})
-        member, fit, stop = _train_one_ranker(frame, names, categories, seeded)
+        member, fit, stop = _train_one_ranker(features_uri, keys, names, categories, seeded)
         members.append(member)
         if offset == 0:
             first_fit, first_stop = fit, stop
@@ -193,21 +200,31 @@ def train_ranker_step(features_uri: str, config: PipelineConfig, run_dir: Path) 
     }
 
 
+def _has_values(path: str, column: str) -> bool:
+    """Whether a column of the label features holds any value (read alone: one column of
+    a large file at a time)."""
+    return bool(pd.read_parquet(path, columns=[column])[column].notna().any())
+
+
 def _train_one_ranker(
-    frame: pd.DataFrame,
+    features_uri: str,
+    keys: pd.DataFrame,
     names: list[str],
     categories: dict[str, list[str]],
     ranker_config: RankerConfig,
 ) -> tuple[TrainedRanker, QueryGroups, QueryGroups]:
     """One ranker: its seed picks the early-stopping users and the fit's negatives."""
     fit_users, _ = split_users(
-        frame["user_id"], ranker_config.early_stopping_user_share, ranker_config.seed
+        keys["user_id"], ranker_config.early_stopping_user_share, ranker_config.seed
     )
-    in_fit = frame["user_id"].isin(fit_users).to_numpy()
-    fit = query_groups(frame[in_fit], ranker_config, seed=ranker_config.seed)
-    stop = query_groups(
-        frame[~in_fit], ranker_config, seed=ranker_config.seed, sample_negatives=False
+    in_fit = keys["user_id"].isin(fit_users).to_numpy()
+    seed = ranker_config.seed
+    fit_rows, fit_sizes = query_group_rows(keys[in_fit], ranker_config, seed=seed)
+    stop_rows, stop_sizes = query_group_rows(
+        keys[~in_fit], ranker_config, seed=seed, sample_negatives=False
     )
+    fit = QueryGroups(read_parquet_rows(Path(features_uri), fit_rows), fit_sizes)
+    stop = QueryGroups(read_parquet_rows(Path(features_uri), stop_rows), stop_sizes)
     if ranker_config.dask_address is not None:
         from components.ranking.distributed import train_ranker_on_dask
 

@@ -70,46 +70,68 @@ def query_groups(
     seed: int = 0,
 ) -> QueryGroups:
     """Sort by query (user, or label window and user) then retrieval rank; count rows per
-    query.
+    query (`query_group_rows` picks and orders the rows; the wide frame is taken once)."""
+    if "user_id" not in frame or (training and "label" not in frame):
+        raise ValueError("query_groups needs user_id (and label for training) columns")
+    frame = frame.reset_index(drop=True)
+    keys = frame[[c for c in QUERY_KEYS if c in frame]]
+    rows, sizes = query_group_rows(
+        keys, config, training=training, sample_negatives=sample_negatives, seed=seed
+    )
+    return QueryGroups(frame=frame.take(rows).reset_index(drop=True), sizes=sizes)
+
+
+#: The columns that decide a training set's rows and their order.
+QUERY_KEYS = ("user_id", "label", "label_window", "retrieval_rank")
+
+
+def query_group_rows(
+    keys: pd.DataFrame,
+    config: RankerConfig,
+    *,
+    training: bool = True,
+    sample_negatives: bool = True,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row labels of `keys`'s index in query order, rows per query): the rows of a
+    training set, decided on the QUERY_KEYS columns alone, so that the wide feature rows
+    can be read afterwards, only those kept.
 
     With `training`: drop users without a positive label, keep every positive and (with
     `sample_negatives`) at most `config.max_negatives` random negatives per user (seeded),
     and cap each query at `config.max_rows_per_query` rows (positives first, best grades
     first). Without it (scoring) every row is kept.
     """
-    if "user_id" not in frame or (training and "label" not in frame):
-        raise ValueError("query_groups needs user_id (and label for training) columns")
-    frame = frame.reset_index(drop=True)
-    # The selection and order are worked out on a narrow frame of keys, then the wide
-    # feature frame is taken once (every copy of it costs rows x features).
-    query = frame["user_id"].astype(str)
-    if "label_window" in frame:
-        query = frame["label_window"].astype(str) + "|" + query
-    keys = pd.DataFrame({"_query": query.to_numpy(dtype=object)})
-    if "retrieval_rank" in frame:
-        keys["retrieval_rank"] = frame["retrieval_rank"].to_numpy()
+    if "user_id" not in keys or (training and "label" not in keys):
+        raise ValueError("query_group_rows needs user_id (and label for training) columns")
+    query = keys["user_id"].astype(str)
+    if "label_window" in keys:
+        query = keys["label_window"].astype(str) + "|" + query
+    rows = pd.DataFrame({"_query": query.to_numpy(dtype=object)}, index=keys.index)
+    if "retrieval_rank" in keys:
+        rows["retrieval_rank"] = keys["retrieval_rank"].to_numpy()
     if training:
-        label = frame["label"].to_numpy()
-        has_positive = pd.Series(label > 0).groupby(keys["_query"]).transform("any")
-        keys = keys[has_positive.to_numpy()]
+        label = keys["label"].to_numpy()
+        has_positive = pd.Series(label > 0).groupby(rows["_query"].to_numpy()).transform("any")
+        rows = rows[has_positive.to_numpy()]
         label = label[has_positive.to_numpy()]
         rng = np.random.default_rng(seed)
-        noise = rng.random(len(keys))
+        noise = rng.random(len(rows))
         positive = label > 0
         # Positives first (best grade first), then negatives in random order.
         order_key = np.where(positive, -label.astype(float), noise)
-        keys = keys.assign(_positive=positive, _key=order_key)
-        keys = keys.sort_values(["_query", "_positive", "_key"], ascending=[True, False, True])
-        negative_rank = (~keys["_positive"]).groupby(keys["_query"]).cumsum()
+        rows = rows.assign(_positive=positive, _key=order_key)
+        rows = rows.sort_values(["_query", "_positive", "_key"], ascending=[True, False, True])
+        negative_rank = (~rows["_positive"]).groupby(rows["_query"]).cumsum()
         if sample_negatives:
-            keep = keys["_positive"] | (negative_rank <= config.max_negatives)
-            keys = keys[keep.to_numpy()]
-        position = keys.groupby("_query").cumcount()
-        keys = keys[(position < config.max_rows_per_query).to_numpy()]
-    sort_by = ["_query", "retrieval_rank"] if "retrieval_rank" in keys else ["_query"]
-    keys = keys.sort_values(sort_by, kind="stable")
-    sizes = keys.groupby("_query", sort=False).size().to_numpy(dtype=np.int64)
-    return QueryGroups(frame=frame.take(keys.index.to_numpy()).reset_index(drop=True), sizes=sizes)
+            keep = rows["_positive"] | (negative_rank <= config.max_negatives)
+            rows = rows[keep.to_numpy()]
+        position = rows.groupby("_query").cumcount()
+        rows = rows[(position < config.max_rows_per_query).to_numpy()]
+    sort_by = ["_query", "retrieval_rank"] if "retrieval_rank" in rows else ["_query"]
+    rows = rows.sort_values(sort_by, kind="stable")
+    sizes = rows.groupby("_query", sort=False).size().to_numpy(dtype=np.int64)
+    return rows.index.to_numpy(), sizes
 
 
 def split_users(

@@ -4,6 +4,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -137,3 +138,22 @@ def test_the_flows_do_not_retry_a_storage_error():
     full = storage_error(OSError(errno.ENOSPC, "No space left on device", "/x"), Path("/x"))
     assert retry_on_io_error(None, None, Failed(full)) is False
     assert retry_on_io_error(None, None, Failed(OSError(errno.EIO, "I/O error"))) is True
+
+
+def test_read_parquet_rows_gives_the_rows_asked_in_their_order_across_row_groups(tmp_path):
+    from components.store import ParquetAppender, read_parquet_rows
+
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"u{i}" for i in range(50)],
+            "value": np.arange(50, dtype=float),
+            "kind": pd.Categorical(["a", "b"] * 25, categories=["a", "b", "c"]),
+        }
+    )
+    with ParquetAppender(tmp_path / "rows.parquet") as appender:
+        for start in range(0, 50, 7):  # 8 row groups
+            appender.write(frame.iloc[start : start + 7])
+    rows = np.array([49, 0, 13, 7, 6, 48, 13])
+    expected = frame.take(rows).reset_index(drop=True)
+    pd.testing.assert_frame_equal(read_parquet_rows(tmp_path / "rows.parquet", rows), expected)
+    assert read_parquet_rows(tmp_path / "rows.parquet", np.array([], dtype=int)).empty
