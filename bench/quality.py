@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -72,7 +73,9 @@ def run_dataset(
             rss_before_mb[stage] = _rss_mb()
             started = time.perf_counter()
             result = step(*args, **kwargs)
-            print(f"{name}: {stage} {time.perf_counter() - started:.1f} s", flush=True)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            seconds = time.perf_counter() - started
+            print(f"{name}: {stage} {seconds:.1f} s (process peak RSS {peak:.0f} MB)", flush=True)
             return result
 
         return call
