@@ -52,7 +52,9 @@ def save_model(model: Any, folder: Path) -> None:
             pd.DataFrame({"id": value.astype(str)}).to_parquet(folder / f"{spec.name}.parquet")
             fields[spec.name] = {"kind": "index"}
         elif sp.issparse(value):
-            sp.save_npz(folder / f"{spec.name}.npz", sp.csr_matrix(value))
+            # Uncompressed: zlib costs ~18 s per 40M-link item graph, on every stack save
+            # (a retrain saves three), for a third less disk.
+            sp.save_npz(folder / f"{spec.name}.npz", sp.csr_matrix(value), compressed=False)
             fields[spec.name] = {"kind": "sparse"}
         elif isinstance(value, np.ndarray):
             np.save(folder / f"{spec.name}.npy", value, allow_pickle=False)
