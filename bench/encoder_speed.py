@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import hashlib
 import json
 import logging
 import sys
@@ -34,24 +33,10 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from components.config import load_config  # noqa: E402
-from components.data.split import read_split  # noqa: E402
+from bench.split_cache import cached_split  # noqa: E402
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer  # noqa: E402
-from components.pipeline import chain  # noqa: E402
 from components.pipeline.retrieval_steps import train_label_stage_encoders  # noqa: E402
 from components.retrieval.two_tower import TwoTowerScorer  # noqa: E402
-
-
-def build_split(config_path: Path, overrides: dict[str, object], cache: Path):
-    """The retrain's split of `config_path` (ingest -> validate -> snapshot -> split)."""
-    config = load_config(config_path, overrides)
-    source = hashlib.sha256(json.dumps(config.source.model_dump(mode="json")).encode())
-    run_dir = cache / f"{config.name}-{source.hexdigest()[:8]}"
-    if not (run_dir / "split" / "split.json").is_file():
-        started = time.perf_counter()
-        chain.data_phase(config, run_dir, cache / "snapshots", chain.Stages())
-        print(f"split built in {time.perf_counter() - started:.1f} s -> {run_dir / 'split'}")
-    return config, read_split(run_dir / "split")
 
 
 def main() -> None:
@@ -71,7 +56,7 @@ def main() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     overrides = {key: yaml.safe_load(value) for key, value in (i.split("=", 1) for i in args.set)}
-    config, split = build_split(Path(args.config), overrides, Path(args.cache))
+    config, split = cached_split(Path(args.config), overrides, Path(args.cache))
     tower = config.model.two_tower
     print(
         f"{config.name}: {split.protocol} split, {len(split.history('valid')):,} fit rows, "

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import hashlib
-import json
 import resource
 import statistics
 import sys
@@ -29,27 +27,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components.config import load_config  # noqa: E402
-from components.data.split import read_split  # noqa: E402
+from bench.split_cache import cached_split  # noqa: E402
 from components.evaluation.baselines import fit_baselines  # noqa: E402
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer  # noqa: E402
 from components.evaluation.suite import evaluate_models  # noqa: E402
-from components.pipeline import chain  # noqa: E402
 from components.retrieval.popularity import RecentPopularity  # noqa: E402
 
 DATASETS = {"gowalla": "configs/gowalla.yaml", "ml-1m-lcfn": "configs/ml-1m-lcfn.yaml"}
-
-
-def build_split(config_path: Path, cache: Path):
-    """The retrain's split of `config_path` (ingest -> validate -> snapshot -> split)."""
-    config = load_config(config_path)
-    source = hashlib.sha256(json.dumps(config.source.model_dump(mode="json")).encode())
-    run_dir = cache / f"{config.name}-{source.hexdigest()[:8]}"
-    if not (run_dir / "split" / "split.json").is_file():
-        started = time.perf_counter()
-        chain.data_phase(config, run_dir, cache / "snapshots", chain.Stages())
-        print(f"split built in {time.perf_counter() - started:.1f} s -> {run_dir / 'split'}")
-    return config, read_split(run_dir / "split")
 
 
 def timed(function: Callable[[], object], repeat: int) -> str:
@@ -72,7 +56,7 @@ def peak_rss_gib() -> float:
 
 
 def bench(name: str, cache: Path, repeat: int, profile: str | None) -> None:
-    config, split = build_split(REPO / DATASETS[name], cache)
+    config, split = cached_split(REPO / DATASETS[name], None, cache)
     evaluation = config.evaluation
     history = split.history("test")
     task = build_evaluation_task(split, "test", evaluation)
