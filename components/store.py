@@ -202,23 +202,33 @@ class ParquetAppender:
             self._writer.close()
 
 
-def read_parquet_rows(path: Path, rows: np.ndarray) -> pd.DataFrame:
-    """The rows at positions `rows` of a parquet file, in that order, read one row group at
-    a time: a stage that needs a part of a large file never holds all of it."""
+def read_parquet_rows(path: Path, *row_sets: np.ndarray) -> list[pd.DataFrame]:
+    """For each of `row_sets`, the rows at those positions of a parquet file, in that order;
+    the file is read once, one row group at a time: a stage that needs parts of a large file
+    never holds all of it."""
     parquet = pq.ParquetFile(path)
-    order = np.argsort(rows, kind="stable")
-    wanted = np.asarray(rows, dtype=np.int64)[order]
-    pieces, start = [], 0
+    orders = [np.argsort(rows, kind="stable") for rows in row_sets]
+    wanted = [
+        np.asarray(rows, dtype=np.int64)[order]
+        for rows, order in zip(row_sets, orders, strict=True)
+    ]
+    pieces: list[list[pa.Table]] = [[] for _ in row_sets]
+    start = 0
     for group in range(parquet.num_row_groups):
         size = parquet.metadata.row_group(group).num_rows
-        low, high = np.searchsorted(wanted, [start, start + size])
-        if high > low:
-            table = parquet.read_row_group(group)
-            pieces.append(table.take(pa.array(wanted[low:high] - start)))
+        table = None
+        for found, rows in zip(pieces, wanted, strict=True):
+            low, high = np.searchsorted(rows, [start, start + size])
+            if high > low:
+                table = parquet.read_row_group(group) if table is None else table
+                found.append(table.take(pa.array(rows[low:high] - start)))
         start += size
-    if not pieces:
-        return parquet.schema_arrow.empty_table().to_pandas()
-    frame = pa.concat_tables(pieces).to_pandas()
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    return frame.take(inverse).reset_index(drop=True)
+    frames = []
+    for found, order in zip(pieces, orders, strict=True):
+        if not found:
+            frames.append(parquet.schema_arrow.empty_table().to_pandas())
+            continue
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        frames.append(pa.concat_tables(found).to_pandas().take(inverse).reset_index(drop=True))
+    return frames

@@ -38,7 +38,7 @@ from components.ranking.model import (
 )
 from components.ranking.ranker import RankerEnsemble, TrainedRanker, load_ranker, train_ranker
 from components.retrieval.ann_index import build_annoy_index
-from components.retrieval.candidates import candidate_recall
+from components.retrieval.candidates import ChunkedRecall
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import TrainedTwoTower
 from components.retrieval.two_tower_training import train_two_tower_stages
@@ -65,7 +65,7 @@ def build_ranking_data(
     if train_window_encoder_uri is not None:
         latest_encoder = TrainedTwoTower.load(Path(train_window_encoder_uri))
     rows = users = with_positive = 0
-    recall_sum = 0.0
+    recall = ChunkedRecall(config.model.candidates.n)
     with (
         atomic_directory(target, overwrite=True) as staging,
         ParquetAppender(staging / "label_features.parquet") as writer,
@@ -97,15 +97,14 @@ def build_ranking_data(
             labels = graded_labels(stage.window, ranker)
             stage_users = labels["user_id"].drop_duplicates().tolist()
             builder = feature_builder(stack, ranker)
+            window_users = stage.window["user_id"].astype(str)
             # Bounded memory: a chunk of users' candidates and features at a time, appended
             # to one file (features are per user and item: chunks change no value).
             for start in range(0, max(len(stage_users), 1), config.model.candidates.chunk_users):
                 chunk = stage_users[start : start + config.model.candidates.chunk_users]
                 candidates = stack.candidates(chunk)
                 if number == 0:
-                    window = stage.window[stage.window["user_id"].astype(str).isin(chunk)]
-                    recall = candidate_recall(candidates, window, config.model.candidates.n)
-                    recall_sum += recall["combined"] * window["user_id"].nunique()
+                    recall.add(candidates, stage.window[window_users.isin(chunk).to_numpy()])
                 features = attach_labels(builder.transform(candidates), labels)
                 features = features.assign(label_window=np.int32(number))
                 writer.write(features)
@@ -113,13 +112,12 @@ def build_ranking_data(
                 with_positive += int(features.loc[features["label"] > 0, "user_id"].nunique())
             users += len(stage_users)
     latest = stages[0].moment
-    first_users = stages[0].window["user_id"].nunique()
     figures = {
         "rows": rows,
         "label_windows": len(stages),
         "queries": users,
         "queries_with_positive_candidate": with_positive,
-        "label_candidate_recall": round(recall_sum / first_users, 4) if first_users else None,
+        "label_candidate_recall": recall.result().get("combined"),
         "label_moment": None if latest is None else latest.isoformat(),
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -223,8 +221,9 @@ def _train_one_ranker(
     stop_rows, stop_sizes = query_group_rows(
         keys[~in_fit], ranker_config, seed=seed, sample_negatives=False
     )
-    fit = QueryGroups(read_parquet_rows(Path(features_uri), fit_rows), fit_sizes)
-    stop = QueryGroups(read_parquet_rows(Path(features_uri), stop_rows), stop_sizes)
+    fit_frame, stop_frame = read_parquet_rows(Path(features_uri), fit_rows, stop_rows)
+    fit = QueryGroups(fit_frame, fit_sizes)
+    stop = QueryGroups(stop_frame, stop_sizes)
     if ranker_config.dask_address is not None:
         from components.ranking.distributed import train_ranker_on_dask
 

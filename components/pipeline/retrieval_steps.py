@@ -20,9 +20,7 @@ from components.evaluation.protocol import positive_window
 from components.pipeline.results import CandidatesResult, EncoderResult, FitResult, IndexResult
 from components.ranking.dataset import holdout_interactions
 from components.retrieval.ann_index import AnnIndex, ann_recall, build_annoy_index
-from components.retrieval.candidates import (
-    candidate_recall,
-)
+from components.retrieval.candidates import ChunkedRecall
 from components.retrieval.popularity import RecentPopularity
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import TrainedTwoTower, TwoTowerScorer
@@ -223,7 +221,7 @@ def generate_candidates(
     window_users = window["user_id"].astype(str)
     users = window_users.drop_duplicates().tolist()
     seconds = 0.0
-    recall_sums: dict[str, float] = {}
+    recall = ChunkedRecall(settings.n)
     target = Path(run_dir) / "candidates"
     with atomic_directory(target, overwrite=True) as staging:
         with ParquetAppender(staging / "test.parquet") as candidates:
@@ -236,16 +234,14 @@ def generate_candidates(
                 seconds += time.perf_counter() - started
                 frames = {name: source_hits.frame() for name, source_hits in hits.items()}
                 positives = window[window_users.isin(chunk).to_numpy()]
-                recall = candidate_recall(merged, positives, settings.n, sources=frames)
-                for name, value in recall.items():
-                    recall_sums[name] = recall_sums.get(name, 0.0) + value * len(chunk)
+                recall.add(merged, positives, sources=frames)
                 candidates.write(merged)
         stack.save(staging / "stack")
     return {
         "uri": str(target / "test.parquet"),
         "stack_uri": str(target / "stack"),
         "n": settings.n,
-        "candidate_recall": {name: round(s / len(users), 4) for name, s in recall_sums.items()},
+        "candidate_recall": recall.result(),
         "users": len(users),
         "generation_s": round(seconds, 2),
     }

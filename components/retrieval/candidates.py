@@ -27,7 +27,7 @@ Example (not run)::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -243,6 +243,32 @@ def candidate_recall(
             result[name] = recall(candidates, f"rank_{name}")
     result["combined"] = recall(candidates, "rank")
     return result
+
+
+@dataclass
+class ChunkedRecall:
+    """`candidate_recall` over users taken a chunk at a time: each chunk's figures weighted
+    by its users with positives, so that the result is the mean over all of them."""
+
+    n: int
+    _sums: dict[str, float] = field(default_factory=dict)
+    _users: int = 0
+
+    def add(
+        self,
+        candidates: pd.DataFrame,
+        positives: pd.DataFrame,
+        *,
+        sources: Mapping[str, pd.DataFrame] | None = None,
+    ) -> None:
+        users = int(positives["user_id"].nunique())
+        for name, value in candidate_recall(candidates, positives, self.n, sources=sources).items():
+            self._sums[name] = self._sums.get(name, 0.0) + value * users
+        self._users += users
+
+    def result(self) -> dict[str, float]:
+        """Per source and `combined`, rounded to 4 places (what the report shows)."""
+        return {name: round(total / self._users, 4) for name, total in self._sums.items()}
 
 
 # ------------------------------------------------------------------------- frames

@@ -154,6 +154,10 @@ def test_read_parquet_rows_gives_the_rows_asked_in_their_order_across_row_groups
         for start in range(0, 50, 7):  # 8 row groups
             appender.write(frame.iloc[start : start + 7])
     rows = np.array([49, 0, 13, 7, 6, 48, 13])
-    expected = frame.take(rows).reset_index(drop=True)
-    pd.testing.assert_frame_equal(read_parquet_rows(tmp_path / "rows.parquet", rows), expected)
-    assert read_parquet_rows(tmp_path / "rows.parquet", np.array([], dtype=int)).empty
+    others = np.array([3, 1, 2])
+    first, second, empty = read_parquet_rows(
+        tmp_path / "rows.parquet", rows, others, np.array([], dtype=int)
+    )
+    pd.testing.assert_frame_equal(first, frame.take(rows).reset_index(drop=True))
+    pd.testing.assert_frame_equal(second, frame.take(others).reset_index(drop=True))
+    assert empty.empty
