@@ -121,22 +121,27 @@ class AnnSource:
                 )
             rows, cols = self.filters.excluded_pairs(batch, item_index)
             banned = np.sort(rows * self.index.count + cols)
-            most_excluded = int(np.bincount(rows).max()) if len(rows) else 0
-            top, top_scores = self._search(vectors, banned, n, most_excluded)
+            excluded = np.bincount(rows, minlength=len(batch))
+            top, top_scores = self._search(vectors, banned, n, excluded)
             parts.append(_arrays_from_matrix(batch, top, top_scores, self.index.item_ids))
         return CandidateArrays.concat(parts)
 
     def _search(
-        self, vectors: np.ndarray, banned: np.ndarray, n: int, most_excluded: int
+        self, vectors: np.ndarray, banned: np.ndarray, n: int, excluded: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Query k > n neighbours, filter, and re-query rows left short with 2k."""
+        """Query each row for n + its own exclusions + 8 neighbours, filter, and re-query
+        the rows left short with twice as many (`AnnIndex.search`: exact when a scan is
+        cheaper). Each row's depth is its own: one heavy user no longer deepens (and slows)
+        the search of the whole batch."""
         count = self.index.count
         top = np.full((len(vectors), n), -1, dtype=np.int64)
         top_scores = np.full((len(vectors), n), -np.inf, dtype=np.float32)
         pending = np.arange(len(vectors))
-        k = min(count, n + most_excluded + 8)
-        while len(pending) and k > 0:
-            found = self.index.query(vectors[pending], k)
+        if count == 0:
+            return top, top_scores
+        k = np.minimum(count, n + excluded + 8)
+        while len(pending):
+            found = self.index.search(vectors[pending], k)
             keys = pending[:, None] * count + np.maximum(found.positions, 0)
             ok = found.positions >= 0
             ok &= self._allowed_positions[np.maximum(found.positions, 0)]
@@ -149,7 +154,7 @@ class AnnSource:
             returned = (found.positions >= 0).sum(axis=1)
             short = (taken.sum(axis=1) < n) & (returned == k) & (k < count)
             pending = pending[short]
-            k = min(count, 2 * k)
+            k = np.minimum(count, 2 * k[short])
         return top, top_scores
 
 

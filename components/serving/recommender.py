@@ -334,7 +334,7 @@ class BundleRecommender:
         if user_vector is not None and self.retrieval is not None:
             index = self.retrieval.index
             wanted = k + int(blocked.sum() - (~self.available).sum()) + ANN_MARGIN
-            found = index.query(user_vector[None, :], min(wanted, index.count))
+            found = index.search(user_vector[None, :], min(wanted, index.count))
             positions = found.positions[0]
             keep = positions >= 0
             rows = self.retrieval.index_rows[positions[keep]]

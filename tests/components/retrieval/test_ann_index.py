@@ -256,3 +256,74 @@ def test_recall_needs_the_vectors_that_were_indexed(items: np.ndarray) -> None:
 
     with pytest.raises(ValueError, match="in index order"):
         ann_recall(index, items[:21], items[:3], k=5)
+
+
+@pytest.mark.parametrize("inner_product", [False, True])
+def test_scan_is_exact_search_under_the_index_metric(
+    items: np.ndarray, queries: np.ndarray, inner_product: bool
+) -> None:
+    scaled = items * np.random.default_rng(3).uniform(0.2, 1.0, (len(items), 1))
+    vectors = scaled.astype(np.float32) if inner_product else items
+    index = AnnIndex.build(
+        vectors, ids(len(items)), AnnoyConfig(n_trees=5, inner_product=inner_product)
+    )
+
+    found = index.scan(queries, k=25)
+
+    np.testing.assert_array_equal(found.positions, exact_top_k(index, vectors, queries, 25))
+    if inner_product:
+        expected = queries @ vectors.T
+    else:
+        expected = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ vectors.T
+    np.testing.assert_allclose(
+        found.scores, np.take_along_axis(expected, found.positions, axis=1), atol=1e-5
+    )
+    annoy = index.query(queries, k=25)  # the same scale: cosine, or the inner product
+    same = annoy.positions[:, 0] == found.positions[:, 0]
+    assert same.mean() > 0.5
+    np.testing.assert_allclose(annoy.scores[same, 0], found.scores[same, 0], atol=1e-3)
+
+
+def test_search_scans_only_when_annoy_would_inspect_as_many_nodes_as_items(
+    items: np.ndarray, queries: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = AnnIndex.build(items, ids(len(items)), AnnoyConfig(n_trees=10, search_k_factor=3.0))
+    # 3 x 10 x k nodes per query against 3,000 items: a scan from k = 100 on.
+    assert not index.scan_is_cheaper(99) and index.scan_is_cheaper(100)
+    assert index.scan_is_cheaper(np.array([50, 150]))  # 1,500 + 4,500 nodes >= 6,000
+    assert not index.scan_is_cheaper(np.array([50, 140]))
+    used: list[str] = []
+    monkeypatch.setattr(AnnIndex, "scan", lambda self, v, k: used.append("scan"))
+    monkeypatch.setattr(AnnIndex, "query", lambda self, v, k: used.append("query"))
+
+    index.search(queries, 120)
+    index.search(queries, 20)
+
+    assert used == ["scan", "query"]
+
+
+@pytest.mark.parametrize("how", ["query", "scan"])
+def test_each_row_gets_its_own_depth(items: np.ndarray, queries: np.ndarray, how: str) -> None:
+    index = AnnIndex.build(items, ids(len(items)), AnnoyConfig(n_trees=10))
+    depths = np.array([3, 10, 1])
+
+    found = getattr(index, how)(queries[:3], depths)
+    alone = [getattr(index, how)(queries[row : row + 1], int(d)) for row, d in enumerate(depths)]
+
+    assert found.positions.shape == (3, 10)
+    for row, depth in enumerate(depths):
+        np.testing.assert_array_equal(found.positions[row, :depth], alone[row].positions[0])
+        assert np.all(found.positions[row, depth:] == -1)
+        assert np.all(np.isneginf(found.scores[row, depth:]))
+
+
+def test_scan_pads_directionless_queries_and_small_catalogues() -> None:
+    vectors = clustered_vectors(5, 4, seed=1)
+    index = AnnIndex.build(vectors, ids(5), AnnoyConfig(n_trees=3))
+    queries = np.vstack([vectors[:1], np.zeros((1, 4)), np.full((1, 4), np.nan)])
+
+    found = index.scan(queries, k=8)
+
+    assert found.positions.shape == (3, 8) and found.positions[0, 0] == 0
+    assert sorted(found.positions[0, :5]) == [0, 1, 2, 3, 4]
+    assert np.all(found.positions[0, 5:] == -1) and np.all(found.positions[1:] == -1)

@@ -432,3 +432,23 @@ def test_sources_must_have_unique_names(
 
     with pytest.raises(ValueError, match="unique names"):
         run_sources([popularity, popularity], USERS, 3)
+
+
+def test_ann_source_answers_a_user_the_same_in_any_batch() -> None:
+    """Each user is searched to their own depth: a heavy user in the batch (many
+    exclusions) changes nobody else's answer."""
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((400, 8)).astype(np.float32)
+    item_ids = [f"i{n:03d}" for n in range(400)]
+    index = AnnIndex.build(vectors, item_ids, AnnoyConfig(n_trees=4, search_k_factor=1.0))
+    user_vectors = {f"u{n}": rng.standard_normal(8).astype(np.float32) for n in range(6)}
+    filters = CandidateFilter(exclude={"u0": frozenset(item_ids[:300])})
+    source = AnnSource(lambda users: np.vstack([user_vectors[u] for u in users]), index, filters)
+
+    together = source.candidates(list(user_vectors), 20)
+
+    for user in user_vectors:
+        alone = source.candidates([user], 20)
+        mine = together[together["user_id"] == user].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, alone)
+    assert not set(together.loc[together["user_id"] == "u0", "item_id"]) & set(item_ids[:300])
