@@ -202,32 +202,43 @@ class ParquetAppender:
             self._writer.close()
 
 
-def read_parquet_rows(path: Path, *row_sets: np.ndarray) -> list[pd.DataFrame]:
-    """For each of `row_sets`, the rows at those positions of a parquet file, in that order;
-    the file is read once, one row group at a time: a stage that needs parts of a large file
-    never holds all of it."""
+def parquet_row_pieces(
+    path: Path, row_sets: Iterable[np.ndarray], columns: list[str] | None = None
+) -> Iterator[tuple[int, np.ndarray, pa.Table]]:
+    """The rows at the positions in each of `row_sets`, read one row group at a time: yields
+    (which set, where those rows go in that set's order, the rows as a table), so a stage
+    that needs parts of a large file never holds all of it. `columns`: only these."""
     parquet = pq.ParquetFile(path)
-    orders = [np.argsort(rows, kind="stable") for rows in row_sets]
-    wanted = [
-        np.asarray(rows, dtype=np.int64)[order]
-        for rows, order in zip(row_sets, orders, strict=True)
-    ]
-    pieces: list[list[pa.Table]] = [[] for _ in row_sets]
+    sets = [np.asarray(rows, dtype=np.int64) for rows in row_sets]
+    orders = [np.argsort(rows, kind="stable") for rows in sets]
+    wanted = [rows[order] for rows, order in zip(sets, orders, strict=True)]
     start = 0
     for group in range(parquet.num_row_groups):
         size = parquet.metadata.row_group(group).num_rows
         table = None
-        for found, rows in zip(pieces, wanted, strict=True):
+        for which, (rows, order) in enumerate(zip(wanted, orders, strict=True)):
             low, high = np.searchsorted(rows, [start, start + size])
             if high > low:
-                table = parquet.read_row_group(group) if table is None else table
-                found.append(table.take(pa.array(rows[low:high] - start)))
+                if table is None:
+                    table = parquet.read_row_group(group, columns=columns)
+                yield which, order[low:high], table.take(pa.array(rows[low:high] - start))
         start += size
+
+
+def read_parquet_rows(path: Path, *row_sets: np.ndarray) -> list[pd.DataFrame]:
+    """For each of `row_sets`, the rows at those positions of a parquet file, in that order
+    (`parquet_row_pieces`: the file is read once, one row group at a time)."""
+    pieces: list[list[pa.Table]] = [[] for _ in row_sets]
+    targets: list[list[np.ndarray]] = [[] for _ in row_sets]
+    for which, positions, table in parquet_row_pieces(path, row_sets):
+        pieces[which].append(table)
+        targets[which].append(positions)
     frames = []
-    for found, order in zip(pieces, orders, strict=True):
+    for found, positions in zip(pieces, targets, strict=True):
         if not found:
-            frames.append(parquet.schema_arrow.empty_table().to_pandas())
+            frames.append(pq.ParquetFile(path).schema_arrow.empty_table().to_pandas())
             continue
+        order = np.concatenate(positions)
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         frames.append(pa.concat_tables(found).to_pandas().take(inverse).reset_index(drop=True))

@@ -36,7 +36,13 @@ from components.ranking.model import (
     serving_two_stage,
     two_stage_at,
 )
-from components.ranking.ranker import RankerEnsemble, TrainedRanker, load_ranker, train_ranker
+from components.ranking.ranker import (
+    RankerEnsemble,
+    TrainedRanker,
+    load_ranker,
+    read_ranking_matrices,
+    train_ranker,
+)
 from components.retrieval.ann_index import build_annoy_index
 from components.retrieval.candidates import ChunkedRecall
 from components.retrieval.stack import RetrievalStack
@@ -165,10 +171,10 @@ def train_ranker_step(features_uri: str, config: PipelineConfig, run_dir: Path) 
     members: list[TrainedRanker] = []
     for offset in range(ranker_config.ensemble_size):
         seeded = ranker_config.model_copy(update={"seed": ranker_config.seed + offset})
-        member, fit, stop = _train_one_ranker(features_uri, keys, names, categories, seeded)
+        member, *sizes = _train_one_ranker(features_uri, keys, names, categories, seeded)
         members.append(member)
         if offset == 0:
-            first_fit, first_stop = fit, stop
+            fit_rows, fit_queries, stop_queries = sizes
     trained = members[0] if len(members) == 1 else RankerEnsemble(members)
     target = Path(run_dir) / "models" / "ranker"
     with atomic_directory(target, overwrite=True) as staging:
@@ -179,9 +185,9 @@ def train_ranker_step(features_uri: str, config: PipelineConfig, run_dir: Path) 
         for m in members
     ]
     figures = {
-        "fit_rows": len(first_fit.frame),
-        "fit_queries": first_fit.n_queries,
-        "early_stopping_queries": first_stop.n_queries,
+        "fit_rows": fit_rows,
+        "fit_queries": fit_queries,
+        "early_stopping_queries": stop_queries,
         "ensemble_size": len(members),
         "best_iteration": members[0].best_iteration,
         "member_best_iterations": [m.best_iteration for m in members],
@@ -210,8 +216,10 @@ def _train_one_ranker(
     names: list[str],
     categories: dict[str, list[str]],
     ranker_config: RankerConfig,
-) -> tuple[TrainedRanker, QueryGroups, QueryGroups]:
-    """One ranker: its seed picks the early-stopping users and the fit's negatives."""
+) -> tuple[TrainedRanker, int, int, int]:
+    """One ranker and its (fit rows, fit queries, early-stopping queries): its seed picks
+    the early-stopping users and the fit's negatives. The rows are read straight into
+    feature matrices (`read_ranking_matrices`); the Dask path reads frames."""
     fit_users, _ = split_users(
         keys["user_id"], ranker_config.early_stopping_user_share, ranker_config.seed
     )
@@ -221,14 +229,19 @@ def _train_one_ranker(
     stop_rows, stop_sizes = query_group_rows(
         keys[~in_fit], ranker_config, seed=seed, sample_negatives=False
     )
-    fit_frame, stop_frame = read_parquet_rows(Path(features_uri), fit_rows, stop_rows)
-    fit = QueryGroups(fit_frame, fit_sizes)
-    stop = QueryGroups(stop_frame, stop_sizes)
     if ranker_config.dask_address is not None:
         from components.ranking.distributed import train_ranker_on_dask
 
-        return train_ranker_on_dask(fit, stop, names, categories, ranker_config), fit, stop
-    return train_ranker(fit, stop, names, categories, ranker_config), fit, stop
+        fit_frame, stop_frame = read_parquet_rows(Path(features_uri), fit_rows, stop_rows)
+        fit = QueryGroups(fit_frame, fit_sizes)
+        stop = QueryGroups(stop_frame, stop_sizes)
+        trained = train_ranker_on_dask(fit, stop, names, categories, ranker_config)
+        return trained, len(fit_frame), fit.n_queries, stop.n_queries
+    fit_matrix, stop_matrix = read_ranking_matrices(
+        Path(features_uri), [(fit_rows, fit_sizes), (stop_rows, stop_sizes)], names, categories
+    )
+    trained = train_ranker(fit_matrix, stop_matrix, names, categories, ranker_config)
+    return trained, fit_matrix.n_rows, fit_matrix.n_queries, stop_matrix.n_queries
 
 
 def assemble_two_stage(

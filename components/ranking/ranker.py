@@ -18,10 +18,11 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from components.config import RankerConfig
 from components.ranking.dataset import QueryGroups
-from components.store import read_json, write_json
+from components.store import parquet_row_pieces, read_json, write_json
 
 BOOSTER_FILE = "ranker.txt"
 META_FILE = "ranker.json"
@@ -68,20 +69,12 @@ class TrainedRanker:
     def predict_columns(self, columns: Mapping[str, Any], n_rows: int) -> np.ndarray:
         """Scores for `n_rows` rows given as columns (`PointInTimeFeatures.feature_columns`).
 
-        Builds the float matrix LightGBM would make of a pandas frame itself (categorical
-        columns as codes in the trained vocabularies), without its per-call pandas overhead.
+        The matrix is `feature_matrix`'s, as in training (categorical columns as
+        codes in the trained vocabularies), without LightGBM's per-call pandas overhead.
         Features absent here (e.g. a source missing at serving time) are unknown (NaN)."""
         if not n_rows:
             return np.zeros(0)
-        matrix = np.full((n_rows, len(self.feature_names)), np.nan)
-        for position, name in enumerate(self.feature_names):
-            values = columns.get(name)
-            if values is None:
-                continue
-            if name in self.categories:
-                matrix[:, position] = category_codes(values, self.categories[name])
-            else:
-                matrix[:, position] = np.asarray(values, dtype=np.float64)
+        matrix = feature_matrix(columns, n_rows, self.feature_names, self.categories)
         # One request's few hundred rows: OpenMP's thread start-up and, on a busy machine,
         # its spinning cost ten times the prediction itself.
         threads = 1 if n_rows <= SINGLE_THREAD_ROWS else 0
@@ -224,36 +217,28 @@ def category_codes(values: Any, vocabulary: Sequence[str]) -> np.ndarray:
     return codes
 
 
-def _dataset(
-    groups: QueryGroups, feature_names: Sequence[str], categorical: Sequence[str]
-) -> lgb.Dataset:
-    return lgb.Dataset(
-        groups.frame[list(feature_names)],
-        label=groups.frame["label"].to_numpy(),
-        group=groups.sizes,
-        categorical_feature=list(categorical),
-        free_raw_data=False,
-    )
-
-
 def train_ranker(
-    fit: QueryGroups,
-    early_stopping: QueryGroups,
+    fit: RankingMatrix | QueryGroups,
+    early_stopping: RankingMatrix | QueryGroups,
     feature_names: Sequence[str],
     categories: dict[str, list[str]],
     config: RankerConfig,
 ) -> TrainedRanker:
-    """Fit on `fit`, stop when NDCG@eval_at on `early_stopping` stops improving."""
+    """Fit on `fit`, stop when NDCG@eval_at on `early_stopping` stops improving. Query
+    groups (frames) are turned into the matrices first (`RankingMatrix.from_groups`)."""
+    fit = RankingMatrix.of(fit, feature_names, categories)
+    early_stopping = RankingMatrix.of(early_stopping, feature_names, categories)
     if fit.n_queries == 0:
         raise ValueError(
             "no ranker training query has a positive candidate: the label window's positives "
             "are not among the candidates; widen candidates.n or the label window"
         )
     categorical = [name for name in categories if name in feature_names]
-    train_set = _dataset(fit, feature_names, categorical)
+    train_set = fit.dataset(feature_names, categorical)
     valid_sets, names, callbacks = [train_set], ["fit"], []
     if early_stopping.n_queries:
-        valid_sets.append(_dataset(early_stopping, feature_names, categorical).construct())
+        # Binned with the fit's bin boundaries (LightGBM would otherwise rebuild it so).
+        valid_sets.append(early_stopping.dataset(feature_names, categorical, reference=train_set))
         names.append("early_stopping")
         callbacks.append(lgb.early_stopping(config.early_stopping_rounds, verbose=False))
     record: dict[str, dict[str, list[float]]] = {}
@@ -281,3 +266,111 @@ def train_ranker(
         curves=curves,
         training_s=round(seconds, 2),
     )
+
+
+@dataclass
+class RankingMatrix:
+    """A ranker's fit or early-stopping set as LightGBM reads it: one row per candidate,
+    in query order, of the features it uses only, categorical ones as codes
+    (`feature_matrix`, the matrix `predict_columns` builds). LightGBM bins it without a
+    copy of its own; the frame it replaces held every column, and was copied twice.
+
+    float64, as LightGBM made of the frame: float32 would halve it, but its rounding moves
+    bin edges, and the ranker trained on gowalla stopped at another iteration."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    sizes: np.ndarray
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def of(
+        cls,
+        groups: RankingMatrix | QueryGroups,
+        feature_names: Sequence[str],
+        categories: Mapping[str, Sequence[str]],
+    ) -> RankingMatrix:
+        if isinstance(groups, RankingMatrix):
+            return groups
+        frame = groups.frame
+        columns = _frame_columns(frame, feature_names)
+        return cls(
+            features=feature_matrix(columns, len(frame), feature_names, categories),
+            labels=frame["label"].to_numpy(dtype=np.float64) if len(frame) else np.zeros(0),
+            sizes=np.asarray(groups.sizes, dtype=np.int64),
+        )
+
+    def dataset(
+        self,
+        feature_names: Sequence[str],
+        categorical: Sequence[str],
+        reference: lgb.Dataset | None = None,
+    ) -> lgb.Dataset:
+        return lgb.Dataset(
+            self.features,
+            label=self.labels,
+            group=self.sizes,
+            feature_name=list(feature_names),
+            categorical_feature=list(categorical),
+            reference=reference,
+            free_raw_data=True,
+        )
+
+
+def read_ranking_matrices(
+    path: Path,
+    row_sets: Sequence[tuple[np.ndarray, np.ndarray]],
+    feature_names: Sequence[str],
+    categories: Mapping[str, Sequence[str]],
+) -> list[RankingMatrix]:
+    """One `RankingMatrix` per (rows, query sizes) of `row_sets` (`query_group_rows`),
+    filled from the label-feature parquet one row group at a time: the stage holds the
+    matrices and one row group, never a frame of every row and column."""
+    names = list(feature_names)
+    matrices = [
+        RankingMatrix(
+            features=np.full((len(rows), len(names)), np.nan),
+            labels=np.zeros(len(rows)),
+            sizes=np.asarray(sizes, dtype=np.int64),
+        )
+        for rows, sizes in row_sets
+    ]
+    present = set(pq.ParquetFile(path).schema_arrow.names)
+    columns = [name for name in [*names, "label"] if name in present]
+    pieces = parquet_row_pieces(path, [rows for rows, _ in row_sets], columns)
+    for which, positions, table in pieces:
+        frame = table.to_pandas()
+        target = matrices[which]
+        target.features[positions] = feature_matrix(
+            _frame_columns(frame, names), len(frame), names, categories
+        )
+        target.labels[positions] = frame["label"].to_numpy(dtype=np.float64)
+    return matrices
+
+
+def feature_matrix(
+    columns: Mapping[str, Any],
+    n_rows: int,
+    feature_names: Sequence[str],
+    categories: Mapping[str, Sequence[str]],
+) -> np.ndarray:
+    """The float matrix a ranker trains and predicts on: a column per feature name in
+    that order, categorical ones as codes in their vocabularies, NaN for absent features
+    and unknown values. One function for training and serving."""
+    matrix = np.full((n_rows, len(feature_names)), np.nan)
+    for position, name in enumerate(feature_names):
+        values = columns.get(name)
+        if values is None:
+            continue
+        if name in categories:
+            matrix[:, position] = category_codes(values, categories[name])
+        else:
+            matrix[:, position] = np.asarray(values, dtype=np.float64)
+    return matrix

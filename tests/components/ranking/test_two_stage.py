@@ -20,13 +20,17 @@ from components.pipeline.ranking_steps import (
     encoder_before,
     train_ranker_step,
 )
+from components.ranking.dataset import QUERY_KEYS, QueryGroups, query_group_rows
 from components.ranking.label_stages import label_stage, label_stages
 from components.ranking.model import TwoStageModel, retrieval_only
 from components.ranking.ranker import (
     SINGLE_THREAD_ROWS,
     RankerEnsemble,
+    RankingMatrix,
     TrainedRanker,
     load_ranker,
+    read_ranking_matrices,
+    train_ranker,
 )
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower_training import train_two_tower_stages
@@ -290,3 +294,40 @@ def test_remembered_candidates_change_no_score(trained: dict, small_split: DataS
     assert model.stack.candidate_arrays(users) is not first  # off again outside
     np.testing.assert_array_equal(remembered[0], fresh[0])
     np.testing.assert_array_equal(remembered[1], fresh[1])
+
+
+def test_ranking_matrices_read_from_the_file_equal_the_frames_they_replace(
+    trained: dict, small_config: PipelineConfig, tmp_path: Path
+) -> None:
+    """The ranker stage reads its rows straight into matrices, a row group at a time; they
+    hold what the query-group frames would, and train the same ranker."""
+    frame = pd.read_parquet(trained["data"]["uri"])
+    uri = tmp_path / "features.parquet"
+    pq.write_table(pq.read_table(trained["data"]["uri"]), uri, row_group_size=len(frame) // 5)
+    assert pq.ParquetFile(uri).num_row_groups >= 5
+    ranker_config = small_config.model.ranker
+    keys = frame[[c for c in QUERY_KEYS if c in frame]]
+    fit_rows, fit_sizes = query_group_rows(keys, ranker_config, seed=3)
+    all_rows, all_sizes = query_group_rows(keys, ranker_config, sample_negatives=False)
+    ranker = load_ranker(Path(trained["ranker"]["uri"]))
+    names, categories = ranker.feature_names, ranker.categories
+
+    fit, everything = read_ranking_matrices(
+        uri, [(fit_rows, fit_sizes), (all_rows, all_sizes)], names, categories
+    )
+
+    for matrix, rows, sizes in ((fit, fit_rows, fit_sizes), (everything, all_rows, all_sizes)):
+        groups = QueryGroups(frame.take(rows).reset_index(drop=True), sizes)
+        expected = RankingMatrix.of(groups, names, categories)
+        np.testing.assert_array_equal(matrix.features, expected.features)
+        np.testing.assert_array_equal(matrix.labels, expected.labels)
+        np.testing.assert_array_equal(matrix.sizes, sizes)
+    from_file = train_ranker(fit, everything, names, categories, ranker_config)
+    from_frames = train_ranker(
+        QueryGroups(frame.take(fit_rows).reset_index(drop=True), fit_sizes),
+        QueryGroups(frame.take(all_rows).reset_index(drop=True), all_sizes),
+        names,
+        categories,
+        ranker_config,
+    )
+    np.testing.assert_array_equal(from_file.predict(frame), from_frames.predict(frame))
