@@ -9,8 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from components.config import EvaluationConfig, PipelineConfig
 from components.data.snapshot import read_tables
 from components.data.split import Stage, read_split, split_tables
@@ -47,13 +45,24 @@ def evaluate(
     data = read_split(Path(split_uri))
     held_out = held_out_scorers(evaluation_model_uri)
     if candidates_uri is not None:
-        table = CandidateTable.from_frame(pd.read_parquet(candidates_uri))
+        table = CandidateTable.read(Path(candidates_uri))
         held_out["model"].stack.serve_known_candidates(table)
+    stack = held_out["model"].stack
+    history = data.history("test")
+    # The model's own stack was fitted on this history at this cut-off: baselines with
+    # its sources' settings are its fitted models.
+    same_fit = stack.moment == data.test_cutoff and len(stack.history) == len(history)
     scorers = {
         **held_out,
-        **fit_baselines(data.history("test"), config.baselines, data.test_cutoff),
+        **fit_baselines(
+            history,
+            config.baselines,
+            data.test_cutoff,
+            fitted=stack.models if same_fit else None,
+            fitted_with=stack.config.model.candidates,
+        ),
     }
-    with held_out["model"].stack.remembering_candidates():
+    with stack.remembering_candidates():
         suite = evaluate_models("model", scorers, data, "test", config)
     target = Path(run_dir) / "evaluation"
     with atomic_directory(target, overwrite=True) as staging:

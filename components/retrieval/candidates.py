@@ -28,9 +28,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from components.config import CandidatesConfig
 from components.ids import IdPositions
@@ -395,18 +397,65 @@ class CandidateTable:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> CandidateTable:
-        """From `MergedCandidates.frame()` (as written to parquet): rows grouped by user."""
+        """From `MergedCandidates.frame()`: rows grouped by user."""
         names = tuple(c[len("rank_") :] for c in frame.columns if c.startswith("rank_"))
-        merged = MergedCandidates(
-            user_ids=_as_strings(frame["user_id"]),
-            item_ids=_as_strings(frame["item_id"]),
-            score=frame["score"].to_numpy(np.float64),
-            rank=frame["rank"].to_numpy(np.int64),
-            n_sources=frame["n_sources"].to_numpy(np.int64),
-            source_names=names,
-            source_scores=frame[[f"score_{n}" for n in names]].to_numpy(np.float64),
-            source_ranks=frame[[f"rank_{n}" for n in names]].to_numpy(np.float64),
+        return cls.from_merged(
+            MergedCandidates(
+                user_ids=_as_strings(frame["user_id"]),
+                item_ids=_as_strings(frame["item_id"]),
+                score=frame["score"].to_numpy(np.float64),
+                rank=frame["rank"].to_numpy(np.int64),
+                n_sources=frame["n_sources"].to_numpy(np.int64),
+                source_names=names,
+                source_scores=frame[[f"score_{n}" for n in names]].to_numpy(np.float64),
+                source_ranks=frame[[f"rank_{n}" for n in names]].to_numpy(np.float64),
+            )
         )
+
+    @classmethod
+    def read(cls, path: Path) -> CandidateTable:
+        """From the parquet file `MergedCandidates.frame()` chunks were written to, one
+        column at a time and without a frame: ids point into one string per distinct id
+        (30k users x 200 candidates: 0.1 GB of ids, not 0.7 GB of strings per row), so the
+        table costs its numbers and little more."""
+        parquet = pq.ParquetFile(path)
+        columns = parquet.schema_arrow.names
+        names = tuple(c[len("rank_") :] for c in columns if c.startswith("rank_"))
+        rows = parquet.metadata.num_rows
+
+        def numbers(column: str, dtype: type) -> np.ndarray:
+            values = parquet.read(columns=[column]).column(0)
+            return values.to_numpy().astype(dtype, copy=False) if rows else np.zeros(0, dtype)
+
+        def matrix(prefix: str) -> np.ndarray:
+            out = np.empty((rows, len(names)))
+            for position, name in enumerate(names):
+                out[:, position] = numbers(f"{prefix}{name}", np.float64)
+            return out
+
+        def ids(column: str) -> np.ndarray:
+            encoded = parquet.read(columns=[column]).column(0).dictionary_encode()
+            encoded = encoded.combine_chunks() if encoded.num_chunks else encoded
+            if not rows:
+                return np.zeros(0, dtype=object)
+            strings = np.array([str(v) for v in encoded.dictionary.to_pylist()], dtype=object)
+            return strings[encoded.indices.to_numpy(zero_copy_only=False)]
+
+        return cls.from_merged(
+            MergedCandidates(
+                user_ids=ids("user_id"),
+                item_ids=ids("item_id"),
+                score=numbers("score", np.float64),
+                rank=numbers("rank", np.int64),
+                n_sources=numbers("n_sources", np.int64),
+                source_names=names,
+                source_scores=matrix("score_"),
+                source_ranks=matrix("rank_"),
+            )
+        )
+
+    @classmethod
+    def from_merged(cls, merged: MergedCandidates) -> CandidateTable:
         codes, uniques = pd.factorize(merged.user_ids)
         if len(codes) and (np.diff(codes) < 0).any():
             raise ValueError("a candidate table needs its rows grouped by user")

@@ -241,8 +241,12 @@ class Covisitation(_UserItemScorer):
         raw = product.toarray() if sp.issparse(product) else np.asarray(product)
         raw = raw.astype(np.float32, copy=False)
         row_max = raw.max(axis=1, keepdims=True)
-        scaled = 1.0 + raw / np.where(row_max > 0, row_max, 1.0)
-        return np.where(raw > 0, scaled, self.popularity[None, :] * np.float32(0.999))
+        cold = raw <= 0
+        # In place: a batch of users x catalogue is the bulk of an evaluation's memory.
+        raw /= np.where(row_max > 0, row_max, np.float32(1.0))
+        raw += np.float32(1.0)
+        np.copyto(raw, self.popularity[None, :] * np.float32(0.999), where=cold)
+        return raw
 
 
 def session_ids(frame: pd.DataFrame, session_gap: str) -> np.ndarray:

@@ -33,7 +33,7 @@ from components.retrieval.collaborative import (
     user_item_matrix,
 )
 
-#: Item rows of W computed (and pruned) at a time when `neighbours` is set.
+#: Item rows of W computed (and pruned) at a time.
 ITEM_BLOCK = 4096
 
 
@@ -73,9 +73,10 @@ class Rp3Beta(_UserItemScorer):
             dtype=np.float32,
         )
         blocks = []
-        block = len(item_index) if config.neighbours is None else ITEM_BLOCK
-        for start in range(0, len(item_index), block):
-            walk = sp.csr_matrix(to_users[start : start + block] @ to_items, dtype=np.float32)
+        # A block of rows at a time, pruned or not: the walk of a 41k catalogue has 40M
+        # links, and building it whole held several copies of them at once.
+        for start in range(0, len(item_index), ITEM_BLOCK):
+            walk = sp.csr_matrix(to_users[start : start + ITEM_BLOCK] @ to_items, dtype=np.float32)
             walk = _without_self_links(walk, start)
             if config.neighbours is not None:
                 walk = _strongest_per_row(walk, config.neighbours)

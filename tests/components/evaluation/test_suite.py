@@ -4,13 +4,14 @@ summaries and figures, on a small synthetic marketplace."""
 import numpy as np
 import pytest
 
-from components.config import EvaluationConfig
+from components.config import CandidatesConfig, EvaluationConfig
 from components.evaluation.baselines import fit_baselines
 from components.evaluation.figures import FIGURE_FILES, render_figures
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
 from components.evaluation.suite import evaluate_models
 from components.evaluation.summary import interval_rows, summary_markdown, summary_rows
 from components.retrieval.popularity import RecentPopularity
+from components.retrieval.stack import fit_candidate_models
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +87,36 @@ def test_summaries_and_figures(suite, tmp_path):
     assert [p.name for p in paths] == list(FIGURE_FILES)
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_baselines_reuse_candidate_models_fitted_with_their_settings(synthetic_split):
+    """A baseline whose settings equal a candidate source's is that fitted model (no second
+    fit); one with other settings is fitted anew, and scores as it would alone."""
+    split = synthetic_split
+    history = split.history("test")
+    baselines = EvaluationConfig().baselines
+    candidates = CandidatesConfig(covisitation=baselines.covisitation)
+    fitted = fit_candidate_models(
+        history,
+        candidates.model_copy(update={"sources": ("covisitation", "popularity", "linear")}),
+        split.test_cutoff,
+    )
+    other = baselines.popularity.model_copy(update={"window": "3D"})
+    assert candidates.popularity != other
+
+    reused = fit_baselines(
+        history,
+        baselines.model_copy(update={"popularity": other}),
+        split.test_cutoff,
+        fitted=fitted,
+        fitted_with=candidates,
+    )
+
+    assert reused["covisitation"] is fitted["covisitation"]
+    assert reused["ease"] is fitted["linear"]
+    assert reused["popularity"] is not fitted["popularity"]
+    alone = RecentPopularity.fit(history, other, split.test_cutoff)
+    users, items = list(history["user_id"].unique()[:5]), list(history["item_id"].unique())
+    np.testing.assert_array_equal(
+        reused["popularity"].score(users, items), alone.score(users, items)
+    )

@@ -12,6 +12,7 @@ from components.config import PipelineConfig
 from components.data.split import DataSplit
 from components.retrieval.candidates import CandidateTable, MergedCandidates
 from components.retrieval.stack import RetrievalStack
+from components.store import ParquetAppender
 
 
 def _stack(split: DataSplit) -> RetrievalStack:
@@ -50,8 +51,14 @@ def test_a_table_read_back_from_parquet_answers_what_the_sources_would(
 ) -> None:
     stack = _stack(synthetic_split)
     users = synthetic_split.test["user_id"].drop_duplicates().astype(str).tolist()
-    stack.candidates(users).to_parquet(tmp_path / "test.parquet", index=False)
-    table = CandidateTable.from_frame(pd.read_parquet(tmp_path / "test.parquet"))
+    # Written as the candidates stage does: a chunk of users at a time.
+    with ParquetAppender(tmp_path / "test.parquet") as writer:
+        for start in range(0, len(users), 40):
+            writer.write(stack.candidates(users[start : start + 40]))
+    table = CandidateTable.read(tmp_path / "test.parquet")
+    whole = CandidateTable.from_frame(pd.read_parquet(tmp_path / "test.parquet"))
+    _assert_same(table.merged, whole.merged)
+    assert len(users) > 80 and len(table.merged) == len(whole.merged)
     # Another batch, in another order: each user's rows, in the batch's user order.
     batch = users[::-3][:50]
     fresh = stack.candidate_arrays(batch)
