@@ -152,12 +152,15 @@ class PointInTimeFeatures:
         for column in AFFINITY_COLUMNS:
             values = attributes[column]
             shares = lookups["affinity"].get(column, {})
-            share = np.fromiter(
-                (shares.get(pair, 0.0) for pair in zip(users, values, strict=True)),
+            unknown = pd.isna(values)
+            share = np.full(len(users), np.nan)
+            # Only rows with a value are looked up (none when listings lack the attribute).
+            known = np.flatnonzero(~unknown)
+            share[known] = np.fromiter(
+                (shares.get(pair, 0.0) for pair in zip(users[known], values[known], strict=True)),
                 float,
-                len(users),
+                len(known),
             )
-            share[pd.isna(values)] = np.nan
             columns[f"x_{column}_share"] = share
         columns["x_price_z"] = (columns["i_log_price"] - columns["u_log_price_mean"]) / (
             np.nan_to_num(columns["u_log_price_std"], nan=0.0) + 0.25
@@ -206,12 +209,18 @@ class PointInTimeFeatures:
         cos_user = np.einsum("ij,ij->i", user_matrix[codes], item_matrix).astype(float)
         order = np.argsort(codes, kind="stable")
         bounds = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(unique_users)))]
-        for code, user in enumerate(unique_users):
-            recent = self.recent.get(user)
-            if not recent:
-                continue
+        # Every user's recent items looked up in one call (one call per user cost 0.25 ms:
+        # 7 s for 30k users), then each user's rows against their own.
+        recent = [self.recent.get(user) or [] for user in unique_users]
+        lengths = np.array([len(items) for items in recent], dtype=np.int64)
+        if not lengths.sum():
+            return cos_user, cos_recent
+        flat = [item for items in recent for item in items]
+        recent_vectors = np.asarray(self.item_vectors(flat), dtype=np.float32)
+        starts = np.r_[0, np.cumsum(lengths)]
+        for code in np.flatnonzero(lengths):
             rows = order[bounds[code] : bounds[code + 1]]
-            recent_matrix = np.asarray(self.item_vectors(recent), dtype=np.float32)
+            recent_matrix = recent_vectors[starts[code] : starts[code + 1]]
             cos_recent[rows] = (item_matrix[rows] @ recent_matrix.T).max(axis=1)
         return cos_user, cos_recent
 
