@@ -411,7 +411,7 @@ class CandidatesConfig(StrictModel):
     per_source: int = Field(200, ge=1)
     #: Users whose candidates (and label-stage features) are built at a time: bounds the
     #: memory of the candidate and feature stages whatever the number of users.
-    chunk_users: int = Field(4096, ge=1)
+    chunk_users: int = Field(2048, ge=1)
     #: Size of the merged set per user (the ranker's input); candidate recall is at this N.
     n: int = Field(200, ge=1)
     #: The candidate models, merged by reciprocal-rank fusion:

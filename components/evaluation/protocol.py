@@ -26,6 +26,10 @@ from components.evaluation.metrics import (
 )
 from components.interfaces import Scorer
 
+#: Scores one evaluation batch may hold (float32: 64 MiB), and its most users.
+SCORE_CELLS = 1 << 24
+MAX_BATCH_USERS = 1024
+
 
 @dataclass(frozen=True)
 class EvaluationTask:
@@ -79,8 +83,14 @@ def build_evaluation_task(
     )
 
 
-def rank_items(scorer: Scorer, task: EvaluationTask, k: int, batch_size: int = 1024) -> np.ndarray:
+def rank_items(
+    scorer: Scorer, task: EvaluationTask, k: int, batch_size: int | None = None
+) -> np.ndarray:
     """Top-k item indices per task user, masked and restricted to recommendable items.
+
+    Users are scored `batch_size` at a time; by default as many as keep a batch's scores
+    within `SCORE_CELLS` (at most `MAX_BATCH_USERS`): memory bounded by the catalogue's
+    size, not only by the users' (41k items: 409 users a batch).
 
     Each batch's float32 scores go into one reused padded block, masked in place from the CSR
     arrays of `task.excluded`, then ranked by `top_k_padded` (exact: ties to the lower item).
@@ -90,6 +100,8 @@ def rank_items(scorer: Scorer, task: EvaluationTask, k: int, batch_size: int = 1
     ranked = np.full((task.n_users, k), -1, dtype=np.int64)
     if k == 0:
         return ranked
+    if batch_size is None:
+        batch_size = min(MAX_BATCH_USERS, max(1, SCORE_CELLS // max(n_items, 1)))
     blocked = np.flatnonzero(~task.recommendable)
     excluded = sp.csr_matrix(task.excluded)
     block = padded_score_block(min(batch_size, task.n_users), n_items, k, np.dtype(np.float32))
@@ -111,7 +123,7 @@ def rank_items(scorer: Scorer, task: EvaluationTask, k: int, batch_size: int = 1
 
 
 def evaluate_scorer(
-    scorer: Scorer, task: EvaluationTask, ks: Sequence[int], batch_size: int = 1024
+    scorer: Scorer, task: EvaluationTask, ks: Sequence[int], batch_size: int | None = None
 ) -> EvaluationResult:
     ranked = rank_items(scorer, task, max(ks), batch_size)
     per_user = per_user_metrics(ranked, task.relevant, tuple(ks))
