@@ -257,6 +257,8 @@ class AnnIndex:
         rows = np.flatnonzero(usable)
         block = max(1, SCAN_CELLS // max(self.count, 1))
         depth = min(width, self.count)
+        if depth == 0:  # an empty index: nothing to find
+            rows = rows[:0]
         for start in range(0, len(rows), block):
             chosen = rows[start : start + block]
             similarity = queries[chosen] @ items.T

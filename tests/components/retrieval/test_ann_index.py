@@ -327,3 +327,10 @@ def test_scan_pads_directionless_queries_and_small_catalogues() -> None:
     assert found.positions.shape == (3, 8) and found.positions[0, 0] == 0
     assert sorted(found.positions[0, :5]) == [0, 1, 2, 3, 4]
     assert np.all(found.positions[0, 5:] == -1) and np.all(found.positions[1:] == -1)
+
+
+def test_an_empty_index_finds_nothing_either_way() -> None:
+    index = AnnIndex.build(np.zeros((0, 4), dtype=np.float32), [], AnnoyConfig(n_trees=2))
+
+    for found in (index.search(np.ones((2, 4)), 3), index.query(np.ones((2, 4)), 3)):
+        assert found.positions.shape == (2, 3) and np.all(found.positions == -1)
