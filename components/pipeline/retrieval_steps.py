@@ -230,12 +230,11 @@ def generate_candidates(
                 chunk = users[start : start + settings.chunk_users]
                 started = time.perf_counter()
                 hits = stack.source_arrays(chunk)
-                merged = stack.candidate_arrays(chunk, hits).frame()
+                merged = stack.candidate_arrays(chunk, hits)
                 seconds += time.perf_counter() - started
-                frames = {name: source_hits.frame() for name, source_hits in hits.items()}
                 positives = window[window_users.isin(chunk).to_numpy()]
-                recall.add(merged, positives, sources=frames)
-                candidates.write(merged)
+                recall.add(merged, positives, sources=hits)
+                candidates.write(merged.frame())
         stack.save(staging / "stack")
     return {
         "uri": str(target / "test.parquet"),

@@ -204,17 +204,18 @@ def generate_candidates(
 
 
 def candidate_recall(
-    candidates: pd.DataFrame,
+    candidates: pd.DataFrame | MergedCandidates,
     positives: pd.DataFrame,
     n: int,
     *,
-    sources: Mapping[str, pd.DataFrame] | None = None,
+    sources: Mapping[str, pd.DataFrame | CandidateArrays] | None = None,
 ) -> dict[str, float]:
     """Recall@n (BARS: hits / |positives|, averaged over users with positives).
 
-    `combined` uses the `rank` column of `candidates`. Per source: the source's own top-n
-    when its frame is in `sources`, otherwise its `rank_<source>` column of a merged frame
-    (its hits that survived the merge). Users with positives but no candidates count 0.
+    `combined` uses the merged candidates' rank. Per source: the source's own top-n when it
+    is in `sources`, otherwise its `rank_<source>` column of the merged candidates (its hits
+    that survived the merge). Users with positives but no candidates count 0. Candidates
+    and sources may be frames or the arrays they are made of (no frame built to count).
     """
     truth = positives[["user_id", "item_id"]].astype("string").drop_duplicates()
     if truth.empty:
@@ -223,27 +224,46 @@ def candidate_recall(
     item_codes, items = pd.factorize(truth["item_id"])
     truth_keys = user_codes.astype(np.int64) * len(items) + item_codes
     per_user = np.bincount(user_codes, minlength=len(users))
-    user_index, item_index = pd.Index(users), pd.Index(items)
+    user_index = pd.Index(np.asarray(users, dtype=object))
+    item_index = pd.Index(np.asarray(items, dtype=object))
 
-    def recall(frame: pd.DataFrame, rank_column: str) -> float:
-        top = frame[frame[rank_column] <= n]
-        rows = user_index.get_indexer(top["user_id"].astype("string"))
-        cols = item_index.get_indexer(top["item_id"].astype("string"))
+    def recall(user_ids: np.ndarray, item_ids: np.ndarray, ranks: np.ndarray) -> float:
+        top = np.asarray(ranks, dtype=np.float64) <= n
+        rows = user_index.get_indexer(user_ids[top])
+        cols = item_index.get_indexer(item_ids[top])
         known = (rows >= 0) & (cols >= 0)
         keys = np.sort(rows[known].astype(np.int64) * len(items) + cols[known])
         found = isin_sorted(truth_keys, keys)
         hits = np.bincount(user_codes, weights=found, minlength=len(users))
         return float(np.mean(hits / per_user))
 
+    if isinstance(candidates, MergedCandidates):
+        merged_users, merged_items = candidates.user_ids, candidates.item_ids
+        merged_ranks = {
+            name: candidates.source_ranks[:, code]
+            for code, name in enumerate(candidates.source_names)
+        }
+        combined_ranks = candidates.rank
+    else:
+        merged_users = _as_strings(candidates["user_id"])
+        merged_items = _as_strings(candidates["item_id"])
+        merged_ranks = {
+            c[len("rank_") :]: candidates[c].to_numpy(dtype=np.float64)
+            for c in candidates.columns
+            if c.startswith("rank_")
+        }
+        combined_ranks = candidates["rank"].to_numpy()
     result: dict[str, float] = {}
     own = dict(sources or {})
-    merged_sources = [c[len("rank_") :] for c in candidates.columns if c.startswith("rank_")]
-    for name in [*merged_sources, *(s for s in own if s not in merged_sources)]:
+    for name in [*merged_ranks, *(s for s in own if s not in merged_ranks)]:
         if name in own:
-            result[name] = recall(own[name], "rank")
+            hits = own[name]
+            if not isinstance(hits, CandidateArrays):
+                hits = CandidateArrays.from_frame(hits)
+            result[name] = recall(hits.user_ids, hits.item_ids, hits.ranks)
         else:
-            result[name] = recall(candidates, f"rank_{name}")
-    result["combined"] = recall(candidates, "rank")
+            result[name] = recall(merged_users, merged_items, merged_ranks[name])
+    result["combined"] = recall(merged_users, merged_items, combined_ranks)
     return result
 
 
@@ -258,10 +278,10 @@ class ChunkedRecall:
 
     def add(
         self,
-        candidates: pd.DataFrame,
+        candidates: pd.DataFrame | MergedCandidates,
         positives: pd.DataFrame,
         *,
-        sources: Mapping[str, pd.DataFrame] | None = None,
+        sources: Mapping[str, pd.DataFrame | CandidateArrays] | None = None,
     ) -> None:
         users = int(positives["user_id"].nunique())
         for name, value in candidate_recall(candidates, positives, self.n, sources=sources).items():

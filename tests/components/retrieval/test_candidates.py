@@ -35,7 +35,9 @@ from components.retrieval.candidates import (
     CANDIDATE_COLUMNS,
     candidate_recall,
     generate_candidates,
+    merge_candidate_arrays,
     merge_candidates,
+    run_source_arrays,
     run_sources,
 )
 from components.retrieval.collaborative import Covisitation, Ease
@@ -408,6 +410,27 @@ def test_candidate_recall_per_source_uses_the_sources_own_lists_when_given() -> 
     recall = candidate_recall(merged, positives, n=2, sources=own)
 
     assert recall == {"a": 1.0, "b": 0.0, "combined": 0.0}
+
+
+def test_candidate_recall_counts_the_same_from_arrays_as_from_frames(
+    world: tuple[pd.DataFrame, pd.DataFrame, CandidateFilter],
+) -> None:
+    """The candidates stage counts recall on the arrays it merged (no frames built just to
+    count): the same figures as from frames, per source and combined."""
+    history, items, filters = world
+    sources = [make_source(name, history, items, filters) for name in SOURCES]
+    hits = run_source_arrays(sources, USERS, 4)
+    merged = merge_candidate_arrays(hits, 5, filters=filters)
+    positives = history[["user_id", "item_id"]].sample(frac=0.5, random_state=0)
+    frames = {name: arrays.frame() for name, arrays in hits.items()}
+
+    from_arrays = candidate_recall(merged, positives, n=3, sources=hits)
+    from_frames = candidate_recall(merged.frame(), positives, n=3, sources=frames)
+    merged_only = candidate_recall(merged, positives, n=3)
+
+    assert from_arrays == from_frames and set(from_arrays) == {*SOURCES, "combined"}
+    assert merged_only == candidate_recall(merged.frame(), positives, n=3)
+    assert 0 < from_arrays["combined"] < 1
 
 
 def test_generate_candidates_runs_every_source_and_drops_configured_blocks(
