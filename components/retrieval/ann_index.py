@@ -62,6 +62,7 @@ import pandas as pd
 from annoy import AnnoyIndex
 
 from components.config import AnnoyConfig
+from components.retrieval.selection import top_n
 from components.store import atomic_directory, read_json, write_json
 
 INDEX_FILE = "index.ann"
@@ -261,12 +262,8 @@ class AnnIndex:
             rows = rows[:0]
         for start in range(0, len(rows), block):
             chosen = rows[start : start + block]
-            similarity = queries[chosen] @ items.T
-            part = np.argpartition(-similarity, depth - 1, axis=1)[:, :depth]
-            part_scores = np.take_along_axis(similarity, part, axis=1)
-            order = np.lexsort((part, -part_scores), axis=1)
-            positions[chosen, :depth] = np.take_along_axis(part, order, axis=1)
-            scores[chosen, :depth] = np.take_along_axis(part_scores, order, axis=1)
+            found, found_scores = top_n(queries[chosen] @ items.T, depth)
+            positions[chosen, :depth], scores[chosen, :depth] = found, found_scores
         beyond = np.arange(width)[None, :] >= depths[:, None]
         positions[beyond], scores[beyond] = -1, -np.inf
         return Neighbours(positions=positions, scores=scores)
@@ -354,10 +351,8 @@ def exact_top_k(
     k = min(k, len(items))
     top = np.empty((len(queries), k), dtype=np.int64)
     for start in range(0, len(queries), EXACT_BATCH):
-        scores = queries[start : start + EXACT_BATCH] @ items.T
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-        top[start : start + EXACT_BATCH] = np.take_along_axis(part, order, axis=1)
+        block = queries[start : start + EXACT_BATCH]
+        top[start : start + EXACT_BATCH] = top_n(block @ items.T, k)[0]
     return top
 
 
