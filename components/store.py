@@ -202,6 +202,26 @@ class ParquetAppender:
             self._writer.close()
 
 
+def columns_with_values(path: Path, columns: Iterable[str]) -> list[str]:
+    """Those of `columns` holding at least one non-null value, in the order given: decided
+    on the row groups' null counts (the file's metadata), a column without statistics is
+    read alone. A stage that drops empty features never reads the data for it."""
+    parquet = pq.ParquetFile(path)
+    meta = parquet.metadata
+    positions = {meta.schema.column(i).name: i for i in range(meta.num_columns)}
+    kept = []
+    for column in columns:
+        chunks = [meta.row_group(g).column(positions[column]) for g in range(meta.num_row_groups)]
+        if all(
+            chunk.statistics is not None and chunk.statistics.has_null_count for chunk in chunks
+        ):
+            if any(chunk.statistics.null_count < chunk.num_values for chunk in chunks):
+                kept.append(column)
+        elif parquet.read(columns=[column]).column(0).null_count < meta.num_rows:
+            kept.append(column)
+    return kept
+
+
 def parquet_row_pieces(
     path: Path, row_sets: Iterable[np.ndarray], columns: list[str] | None = None
 ) -> Iterator[tuple[int, np.ndarray, pa.Table]]:

@@ -48,7 +48,12 @@ from components.retrieval.candidates import ChunkedRecall
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import TrainedTwoTower
 from components.retrieval.two_tower_training import train_two_tower_stages
-from components.store import ParquetAppender, atomic_directory, read_parquet_rows
+from components.store import (
+    ParquetAppender,
+    atomic_directory,
+    columns_with_values,
+    read_parquet_rows,
+)
 
 
 def build_ranking_data(
@@ -165,7 +170,7 @@ def train_ranker_step(features_uri: str, config: PipelineConfig, run_dir: Path) 
     columns = parquet.schema_arrow.names
     keys = pd.read_parquet(features_uri, columns=[c for c in QUERY_KEYS if c in columns])
     candidates = feature_columns(pd.DataFrame(columns=columns))
-    names = [c for c in candidates if _has_values(features_uri, c)]
+    names = columns_with_values(Path(features_uri), candidates)
     categorical = [c for c in CATEGORICAL_FEATURES if c in columns]
     categories = feature_builder_categories(pd.read_parquet(features_uri, columns=categorical))
     members: list[TrainedRanker] = []
@@ -202,12 +207,6 @@ def train_ranker_step(features_uri: str, config: PipelineConfig, run_dir: Path) 
         "importance": {k: round(v, 2) for k, v in list(trained.importance().items())[:15]},
         "curves": trained.curves,
     }
-
-
-def _has_values(path: str, column: str) -> bool:
-    """Whether a column of the label features holds any value (read alone: one column of
-    a large file at a time)."""
-    return bool(pd.read_parquet(path, columns=[column])[column].notna().any())
 
 
 def _train_one_ranker(

@@ -71,8 +71,6 @@ def query_groups(
 ) -> QueryGroups:
     """Sort by query (user, or label window and user) then retrieval rank; count rows per
     query (`query_group_rows` picks and orders the rows; the wide frame is taken once)."""
-    if "user_id" not in frame or (training and "label" not in frame):
-        raise ValueError("query_groups needs user_id (and label for training) columns")
     frame = frame.reset_index(drop=True)
     keys = frame[[c for c in QUERY_KEYS if c in frame]]
     rows, sizes = query_group_rows(
@@ -103,7 +101,7 @@ def query_group_rows(
     first). Without it (scoring) every row is kept.
     """
     if "user_id" not in keys or (training and "label" not in keys):
-        raise ValueError("query_group_rows needs user_id (and label for training) columns")
+        raise ValueError("ranking rows need user_id (and label for training) columns")
     query = keys["user_id"].astype(str)
     if "label_window" in keys:
         query = keys["label_window"].astype(str) + "|" + query

@@ -225,7 +225,7 @@ def train_ranker(
     config: RankerConfig,
 ) -> TrainedRanker:
     """Fit on `fit`, stop when NDCG@eval_at on `early_stopping` stops improving. Query
-    groups (frames) are turned into the matrices first (`RankingMatrix.from_groups`)."""
+    groups (frames) are turned into the matrices first (`RankingMatrix.of`)."""
     fit = RankingMatrix.of(fit, feature_names, categories)
     early_stopping = RankingMatrix.of(early_stopping, feature_names, categories)
     if fit.n_queries == 0:

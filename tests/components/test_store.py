@@ -161,3 +161,21 @@ def test_read_parquet_rows_gives_the_rows_asked_in_their_order_across_row_groups
     pd.testing.assert_frame_equal(first, frame.take(rows).reset_index(drop=True))
     pd.testing.assert_frame_equal(second, frame.take(others).reset_index(drop=True))
     assert empty.empty
+
+
+def test_columns_with_values_reads_null_counts_and_falls_back_to_the_data(tmp_path):
+    import pyarrow.parquet as pq
+
+    from components.store import ParquetAppender, columns_with_values
+
+    with ParquetAppender(tmp_path / "with.parquet") as writer:
+        writer.write(pd.DataFrame({"a": [np.nan, np.nan], "b": [np.nan, np.nan], "c": ["x", None]}))
+        writer.write(pd.DataFrame({"a": [1.0, np.nan], "b": [np.nan, np.nan], "c": [None, None]}))
+    pq.write_table(
+        pq.read_table(tmp_path / "with.parquet"),
+        tmp_path / "without.parquet",
+        write_statistics=False,
+    )
+
+    for name in ("with.parquet", "without.parquet"):
+        assert columns_with_values(tmp_path / name, ["c", "b", "a"]) == ["c", "a"]
