@@ -112,6 +112,10 @@ class SyntheticSourceConfig(StrictModel):
     freshness_days: float = Field(4.0, gt=0)
     #: Share of sessions that browse the feed with only a weak pull of the user's taste.
     browse_share: float = Field(0.2, ge=0, le=1)
+    #: Listings of one category the feed surfaces to a slot's sessions (drawn by freshness,
+    #: popularity and appeal when more are live); sessions choose among these. Bounds a
+    #: session's cost whatever the catalogue size, so generation grows with the events.
+    feed_depth: int = Field(1_000, ge=10)
 
 
 class MovieLens100kSourceConfig(StrictModel):
@@ -641,6 +645,13 @@ class EvaluationConfig(StrictModel):
     #: A seller with at most this many listings counts as small (exposure fairness).
     small_seller_max_listings: int = Field(3, ge=1)
     bootstrap_resamples: int = Field(1000, ge=10)
+    #: Windows with more users than this are evaluated on a seeded sample of this many
+    #: (the report names both counts; the bootstrap intervals carry the sampling
+    #: uncertainty). Full ranking costs users x items; this bounds the users. Null: all.
+    #: 50k evaluates every user of the public benchmarks (Gowalla: 29,858).
+    max_users: int | None = Field(50_000, ge=1)
+    #: Seed of that sample: the same window always gives the same users.
+    users_sample_seed: int = 0
 
     @model_validator(mode="after")
     def _positive_ks(self) -> EvaluationConfig:

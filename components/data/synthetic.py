@@ -8,8 +8,10 @@ seeded numpy Generator, so a config always gives identical tables.
 
 How events arise: the period is simulated day by day and, inside a day, in two-hour slots
 (vectorised over the slot's sessions). Each session has an intent category drawn from the
-user's current category preferences and samples listings of it, among those available at
-the slot's start, with probability proportional to
+user's current category preferences and samples listings of it, among those the slot's
+feed surfaces (the available listings of that category, or `feed_depth` of them drawn by
+freshness, popularity and appeal when more are live, so that a session's cost does not grow
+with the catalogue), with probability proportional to
 exp(taste affinity) x popularity boost (social proof) x freshness decay. Each view may
 escalate to like, save, add_to_bag or purchase with probabilities increasing with the
 affinity; a deeper event always comes seconds to minutes after its view. The first
@@ -858,8 +860,9 @@ def _simulate_slot(
     events they lead to.
 
     Each session has an intent category, drawn from the user's category preferences
-    (blended with supply for browse sessions), and samples listings of that category
-    with probability proportional to exp(taste x pull + appeal) x social proof x freshness.
+    (blended with supply for browse sessions), and samples listings of that category in
+    the slot's feed (`_feed`) with probability proportional to
+    exp(taste x pull + appeal) x social proof x freshness.
     """
     n_sessions = len(session_user)
     pull = np.where(rng.random(n_sessions) < config.browse_share, _BROWSE_TASTE, 1.0)
@@ -881,7 +884,7 @@ def _simulate_slot(
     sessions, items, tastes_of_views = [], [], []
     for category in np.unique(intent):
         rows = np.flatnonzero(intent == category)
-        columns = np.flatnonzero(pool_category == category)
+        columns = _feed(np.flatnonzero(pool_category == category), item_prior, config, rng)
         taste = _user_item_affinity(tastes, week, session_user[rows], traits, pool[columns])
         logits = pull[rows, None].astype(np.float32) * taste + item_prior[None, columns]
         row, column = _sample_without_repeats(logits, n_views[rows], rng)
@@ -895,6 +898,21 @@ def _simulate_slot(
     gaps = rng.exponential(40.0, len(session)) * _US_PER_SECOND
     view_ts = session_ts[session] + _cumsum_within(gaps, session).astype(np.int64)
     return _escalate(session_user[session], item, view_ts, affinity, rng)
+
+
+def _feed(
+    columns: np.ndarray,
+    item_prior: np.ndarray,
+    config: SyntheticSourceConfig,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The pool columns of one category a slot's feed surfaces: all of them up to
+    `feed_depth`, else `feed_depth` drawn without replacement with probability following
+    the listings' prior (fresh, popular, appealing first: Gumbel top-k), in pool order."""
+    if len(columns) <= config.feed_depth:
+        return columns
+    keys = item_prior[columns] + rng.gumbel(size=len(columns)).astype(np.float32)
+    return np.sort(columns[np.argpartition(-keys, config.feed_depth - 1)[: config.feed_depth]])
 
 
 def _sample_without_repeats(

@@ -145,7 +145,32 @@ def _pairs_matrix(frame: pd.DataFrame, user_index: pd.Index, item_index: pd.Inde
 
 
 def positive_window(window: pd.DataFrame, evaluation: EvaluationConfig) -> pd.DataFrame:
-    """The window's interactions that count as positives for evaluation."""
-    if evaluation.positive_events is None:
+    """The window's interactions that count as positives for evaluation, of at most
+    `evaluation.max_users` users (`evaluated_users_sample`)."""
+    if evaluation.positive_events is not None:
+        window = window[window["event"].isin(evaluation.positive_events)]
+    users = evaluated_users_sample(window["user_id"], evaluation)
+    if users is None:
         return window
-    return window[window["event"].isin(evaluation.positive_events)]
+    return window[window["user_id"].isin(users).to_numpy()]
+
+
+def evaluated_users_sample(user_ids: pd.Series, evaluation: EvaluationConfig) -> np.ndarray | None:
+    """The seeded sample of `evaluation.max_users` users when the window has more (None:
+    every user is evaluated). Drawn from the sorted distinct ids, so the same window and
+    seed always give the same users, whatever the rows' order."""
+    if evaluation.max_users is None:
+        return None
+    distinct = np.sort(pd.unique(user_ids.astype(str)).astype(object))
+    if len(distinct) <= evaluation.max_users:
+        return None
+    rng = np.random.default_rng(evaluation.users_sample_seed)
+    return np.sort(rng.choice(distinct, evaluation.max_users, replace=False))
+
+
+def window_user_count(window: pd.DataFrame, evaluation: EvaluationConfig) -> int:
+    """Users with a positive in the window before any sampling (what the report sets the
+    evaluated count against)."""
+    if evaluation.positive_events is not None:
+        window = window[window["event"].isin(evaluation.positive_events)]
+    return int(window["user_id"].nunique())

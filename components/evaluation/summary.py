@@ -123,6 +123,14 @@ def chain_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def evaluated_users_line(report: dict[str, Any]) -> str:
+    """ "N evaluated users", naming the window's count when they are a seeded sample of it."""
+    evaluated, window = report.get("evaluated_users"), report.get("window_users")
+    if evaluated is not None and window is not None and window > evaluated:
+        return f"{evaluated} evaluated users (a seeded sample of the window's {window})"
+    return f"{evaluated} evaluated users"
+
+
 def summary_markdown(report: dict[str, Any]) -> str:
     """The run's readable summary: headline metrics with intervals, baselines, segments,
     exposure fairness, and what was registered."""
@@ -134,7 +142,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"# rewear retrain `{report['dataset']}` — run `{report['run_id']}`",
         "",
         f"Snapshot `{report.get('snapshot_id')}` · protocol **{report['protocol']}** · "
-        f"{report.get('evaluated_users')} evaluated users · model `{recommender}`. "
+        f"{evaluated_users_line(report)} · model `{recommender}`. "
         "Δ columns: model − baseline, paired bootstrap over users, 95% interval "
         "(n.s. = the interval contains 0).",
         "",

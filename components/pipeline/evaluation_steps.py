@@ -14,6 +14,7 @@ from components.data.snapshot import read_tables
 from components.data.split import Stage, read_split, split_tables
 from components.evaluation.baselines import fit_baselines
 from components.evaluation.figures import FIGURE_FILES, render_figures
+from components.evaluation.protocol import window_user_count
 from components.evaluation.suite import evaluate_models
 from components.pipeline.results import EvaluationResult
 from components.ranking.model import TwoStageModel, retrieval_only
@@ -74,6 +75,7 @@ def evaluate(
         "comparisons": suite.comparisons,
         "segments": suite.segments(),
         "evaluated_users": suite.n_users,
+        "window_users": window_user_count(data.test, config),
         "uri": str(target),
         "figures": [str(target / name) for name in FIGURE_FILES],
     }

@@ -62,6 +62,8 @@ class RunReport(BaseModel):
     #: null when there is no champion yet.
     champion_comparison: dict[str, Any] | None = None
     evaluated_users: int | None = None
+    #: The test window's users with a positive (evaluation.max_users samples above it).
+    window_users: int | None = None
     split: dict[str, Any] = Field(default_factory=dict)
     validation: dict[str, Any] = Field(default_factory=dict)
     model: ModelRef | None = None
@@ -119,6 +121,7 @@ class RunReport(BaseModel):
         self.metrics = evaluation["metrics"]
         self.baselines = evaluation["baselines"]
         self.evaluated_users = evaluation["evaluated_users"]
+        self.window_users = evaluation["window_users"]
         self.comparisons = evaluation["comparisons"]
         self.segments = evaluation["segments"]
         self.figures = evaluation["figures"]

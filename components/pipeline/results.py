@@ -91,6 +91,8 @@ class EvaluationResult(TypedDict):
     comparisons: dict[str, dict[str, dict[str, Any]]]
     segments: dict[str, dict[str, Any]]
     evaluated_users: int
+    #: Users with a positive in the window; more than `evaluated_users` when sampled.
+    window_users: int
     figures: list[str]
 
 

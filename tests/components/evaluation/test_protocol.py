@@ -76,3 +76,35 @@ def test_positive_events_filter_the_window(split):
     assert list(task.user_ids) == ["u3"]
     with pytest.raises(ValueError, match="no test interaction counts as a positive"):
         build_evaluation_task(split, "test", EvaluationConfig(positive_events=("purchase",)))
+
+
+def test_windows_above_max_users_are_evaluated_on_a_seeded_sample_of_that_many_users():
+    import pandas as pd
+
+    from components.evaluation.protocol import positive_window, window_user_count
+
+    rows = [(f"u{n:03d}", f"i{n % 7}", "purchase") for n in range(200) for _ in range(2)]
+    window = pd.DataFrame(rows, columns=["user_id", "item_id", "event"])
+    config = EvaluationConfig(max_users=30, users_sample_seed=4)
+
+    sampled = positive_window(window, config)
+    again = positive_window(window.iloc[::-1], config)
+
+    assert sampled["user_id"].nunique() == 30
+    assert sorted(sampled["user_id"].unique()) == sorted(again["user_id"].unique())
+    # every positive of a sampled user is kept, none of the others
+    assert len(sampled) == 60
+    assert window_user_count(window, config) == 200
+    other_seed = positive_window(window, EvaluationConfig(max_users=30, users_sample_seed=5))
+    assert set(other_seed["user_id"]) != set(sampled["user_id"])
+    # at or under the limit, and with no limit, every user is evaluated
+    assert positive_window(window, EvaluationConfig(max_users=200)).equals(window)
+    assert positive_window(window, EvaluationConfig(max_users=None)).equals(window)
+
+
+def test_the_evaluation_task_holds_only_the_sampled_users(split):
+    full = build_evaluation_task(split, "test", EvaluationConfig())
+    sampled = build_evaluation_task(split, "test", EvaluationConfig(max_users=2))
+    assert full.n_users == 3
+    assert sampled.n_users == 2
+    assert set(sampled.user_ids) < set(full.user_ids)
