@@ -281,6 +281,11 @@ class TwoTowerConfig(StrictModel):
     #: ranks the whole catalogue per user (Gowalla, 30k users x 41k items: ~10 s a check).
     early_stopping_users: int = Field(10_000, ge=10)
     max_training_seconds: float = Field(600, gt=0)
+    #: Processes that train the encoder data-parallel (torch.distributed, gloo on CPU):
+    #: each trains on its part of every batch with `cpus // processes` torch threads and
+    #: the step uses their averaged gradients (same batches, same steps as one process).
+    #: 1: one process (the default). REWEAR_ENCODER_PROCESSES overrides it.
+    processes: int = Field(1, ge=1)
     #: Temporal splits, stage "test": after choosing the epoch count on the valid window,
     #: retrain from scratch on the test-stage history (train + valid) for that many epochs.
     #: False: serve the model fitted on the train window (half the training time).

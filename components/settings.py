@@ -23,6 +23,9 @@ class RewearSettings(BaseSettings):
     #: gets a 400 / 413 that names the limit.
     max_answer_rows: int = Field(default=100_000, ge=1)
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    #: `REWEAR_ENCODER_PROCESSES`: overrides `model.two_tower.processes` (data-parallel
+    #: encoder training) without editing configs, e.g. on Dask workers with CPUs to spare.
+    encoder_processes: int | None = Field(default=None, ge=1)
 
     @field_validator("mlflow_tracking_uri")
     @classmethod

@@ -70,6 +70,7 @@ from components.config import TwoTowerConfig
 from components.data.split import DataSplit
 from components.interfaces import Validation
 from components.retrieval.collaborative import history_before
+from components.retrieval.data_parallel import Ranks, run_in_processes
 from components.retrieval.item_features import (
     NO_DATE,
     UNKNOWN,
@@ -91,6 +92,7 @@ from components.retrieval.two_tower_network import (
     pooling_weights,
     sampled_softmax_loss,
 )
+from components.settings import RewearSettings
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +129,11 @@ def train_two_tower_stages(
     for the chosen epochs (`config.refit_on_test_history`), unless what is left of
     `max_training_seconds` (which bounds both phases) cannot fit it: then the early-stopped
     model is returned. Deterministic on CPU for a given seed, data and thread count.
+
+    `config.processes` > 1 (or `REWEAR_ENCODER_PROCESSES`): each phase trains
+    data-parallel in that many processes (`_fit_in_processes`).
     """
+    config = _with_environment(config)
     deadline = time.monotonic() + config.max_training_seconds
     monitor = None
     if validation is not None:
@@ -199,11 +205,30 @@ def _fit(
     monitor: _Monitor | None,
     phase: str,
     warm: _WarmStart | None = None,
+    ranks: Ranks | None = None,
 ) -> tuple[TrainedTwoTower, int, dict[str, Any]]:
     """Fit on `history` strictly before `as_of`; returns the model (best epoch's weights
     when monitored), the number of epochs that model was trained for and the optimiser
     state at that epoch. `warm`: continue that model (vocabularies extended with the new
-    values, bucket edges kept) on the targets at or after `warm.since_us` only."""
+    values, bucket edges kept) on the targets at or after `warm.since_us` only.
+
+    `config.processes` > 1: the same fit in that many processes (`_fit_in_processes`),
+    each of which runs this function with its `ranks`: every rank builds the same data,
+    takes its part of every batch and steps on the whole batch's gradient; rank 0 alone
+    runs `monitor`, logs, and decides when to stop."""
+    if ranks is None and config.processes > 1:
+        return _fit_in_processes(
+            history,
+            items,
+            as_of,
+            config,
+            max_epochs=max_epochs,
+            deadline=deadline,
+            monitor=monitor,
+            phase=phase,
+            warm=warm,
+        )
+    leader = ranks is None or ranks.leader
     frame, as_of = history_before(history, as_of)
     if frame.empty:
         raise ValueError(
@@ -227,13 +252,15 @@ def _fit(
     user_ids = tuple(data.index.users.astype(str)) if config.use_user_id else ()
     rng = np.random.default_rng(config.seed)
     id_dropout = config.item_id_dropout if data.has_content else 0.0
-    if id_dropout != config.item_id_dropout:
+    if id_dropout != config.item_id_dropout and leader:
         logger.info("two-tower: listings have no content features; item-id dropout off")
 
     model = TwoTowerModel(featurizer, len(user_ids), config)
     optimiser = _adam(model, config)
     if warm is not None:
         _load_warm_start(model, optimiser, warm, featurizer, user_ids)
+    if ranks is not None:
+        ranks.broadcast_parameters(model)
     trained = TrainedTwoTower(
         model=model,
         featurizer=featurizer,
@@ -247,7 +274,9 @@ def _fit(
     epochs_done = 0
     for epoch in range(1, max_epochs + 1):
         started = time.monotonic()
-        loss, finished = _train_epoch(model, optimiser, data, config, id_dropout, rng, deadline)
+        loss, finished, rank_examples = _train_epoch(
+            model, optimiser, data, config, id_dropout, rng, deadline, ranks=ranks
+        )
         epochs_done = epoch
         record: dict[str, Any] = {
             "phase": phase,
@@ -256,9 +285,12 @@ def _fit(
             "complete": finished,
             "examples": len(data.targets),
         }
+        if ranks is not None:
+            record.update(processes=ranks.size, rank_examples=rank_examples)
         record["train_s"] = round(time.monotonic() - started, 2)
-        if monitor is not None:
-            metrics = monitor.validation(monitor.scorers.scorer(trained))
+        if monitor is not None and leader:
+            with ranks.all_threads() if ranks is not None else contextlib.nullcontext():
+                metrics = monitor.validation(monitor.scorers.scorer(trained))
             record.update({f"valid_{name}": value for name, value in metrics.items()})
             value = metrics[monitor.validation.metric]
             if value > best_value:
@@ -269,11 +301,15 @@ def _fit(
                 stale += 1
         record["total_s"] = round(time.monotonic() - started, 2)
         trained.epochs.append(record)
-        logger.info("two-tower %s epoch %d: %s", phase, epoch, record)
-        if not finished or time.monotonic() > deadline:
+        if leader:
+            logger.info("two-tower %s epoch %d: %s", phase, epoch, record)
+        out_of_time = not finished or time.monotonic() > deadline
+        stop = out_of_time or (monitor is not None and stale >= config.patience)
+        if ranks is not None:
+            stop = ranks.decide(stop)  # rank 0's clock and monitor decide for all
+        if out_of_time and leader:
             logger.warning("two-tower %s: max_training_seconds reached at epoch %d", phase, epoch)
-            break
-        if monitor is not None and stale >= config.patience:
+        if stop:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -288,6 +324,78 @@ class _Monitor:
 
     validation: Validation
     scorers: EpochScorers
+
+
+# =========================================================================== data-parallel fit
+
+#: What the ranks may take beyond the training deadline before the parent gives up on
+#: them: start-up (imports, the same data built in every rank), the validation checks and
+#: the result's transfer.
+_RANKS_OVERHEAD_S = 900.0
+
+
+def _with_environment(config: TwoTowerConfig) -> TwoTowerConfig:
+    """`config` with `REWEAR_ENCODER_PROCESSES` applied when set: a deployment (e.g. on
+    Dask workers with CPUs to spare) sets the process count without editing configs, and
+    the trained model's config records the count it was trained with."""
+    processes = RewearSettings().encoder_processes
+    if processes is None or processes == config.processes:
+        return config
+    return config.model_copy(update={"processes": processes})
+
+
+def _fit_in_processes(
+    history: pd.DataFrame,
+    items: pd.DataFrame,
+    as_of: pd.Timestamp | None,
+    config: TwoTowerConfig,
+    *,
+    max_epochs: int,
+    deadline: float,
+    monitor: _Monitor | None,
+    phase: str,
+    warm: _WarmStart | None,
+) -> tuple[TrainedTwoTower, int, dict[str, Any]]:
+    """`_fit` in `config.processes` gloo ranks (components.retrieval.data_parallel); rank
+    0's model, epoch count and optimiser state. The deadline travels as wall-clock time."""
+    remaining = deadline - time.monotonic()
+    logger.info("two-tower %s: data-parallel in %d processes", phase, config.processes)
+    return run_in_processes(
+        _fit_rank,
+        (history, items, as_of, config, max_epochs, time.time() + remaining, monitor, phase, warm),
+        config.processes,
+        timeout_s=remaining + _RANKS_OVERHEAD_S,
+        what=f"two-tower {phase}",
+        log_name=__name__,
+    )
+
+
+def _fit_rank(
+    ranks: Ranks,
+    history: pd.DataFrame,
+    items: pd.DataFrame,
+    as_of: pd.Timestamp | None,
+    config: TwoTowerConfig,
+    max_epochs: int,
+    deadline_wall: float,
+    monitor: _Monitor | None,
+    phase: str,
+    warm: _WarmStart | None,
+) -> tuple[TrainedTwoTower, int, dict[str, Any]]:
+    """One rank of `_fit_in_processes`: the same `_fit`, seeded as the parent seeds it."""
+    with _deterministic(config.seed):
+        return _fit(
+            history,
+            items,
+            as_of,
+            config,
+            max_epochs=max_epochs,
+            deadline=time.monotonic() + (deadline_wall - time.time()),
+            monitor=monitor if ranks.leader else None,
+            phase=phase,
+            warm=warm,
+            ranks=ranks,
+        )
 
 
 # =========================================================================== warm start
@@ -407,22 +515,48 @@ def _train_epoch(
     id_dropout: float,
     rng: np.random.Generator,
     deadline: float,
-) -> tuple[float, bool]:
-    """One pass over the targets in seeded random batches; (mean loss, finished)."""
+    *,
+    ranks: Ranks | None = None,
+) -> tuple[float, bool, list[int]]:
+    """One pass over the targets in seeded random batches; (mean loss, finished, the
+    examples each rank trained on).
+
+    With `ranks`: every rank draws the same batches from `rng` (seeded alike on all
+    ranks) and takes its own part of each (`np.array_split` by rank); the step uses the
+    gradient of the whole batch's mean loss (each rank's weighted by its examples), so an
+    epoch takes the optimiser steps of the single-process run. What is drawn inside a part
+    (negatives: `extra_negatives` per rank, id dropout, bags) comes from a per-rank stream,
+    which keeps `rng` in step across ranks for the next epoch's batches.
+    """
     model.train()
-    total, batches = 0.0, 0
-    for batch, shares in _epoch_batches(data, config, rng):
-        if time.monotonic() > deadline:
-            return total / max(batches, 1), False
+    total, batches, mine = 0.0, 0, 0
+    epoch_batches = _epoch_batches(data, config, rng)
+    sampling = rng
+    if ranks is not None:
+        sampling = np.random.default_rng([int(rng.integers(2**63)), ranks.rank])
+    for batch, shares in epoch_batches:
+        late = time.monotonic() > deadline
+        if ranks is None and late:
+            return total / max(batches, 1), False, [mine]
         if len(batch) < 2:
             continue
-        loss = _batch_loss(model, data, batch, shares, config, id_dropout, rng)
+        part = batch if ranks is None else np.array_split(batch, ranks.size)[ranks.rank]
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = None
+        if not late and len(part):
+            loss = _batch_loss(model, data, part, shares, config, id_dropout, sampling)
+            loss.backward()
+            mine += len(part)
+        if ranks is None:
+            loss_value = float(loss.detach())
+        else:
+            late, loss_value = ranks.average_gradients(model, loss, len(part), late)
+            if late:
+                return total / max(batches, 1), False, ranks.per_rank(mine)
         optimiser.step()
-        total += float(loss.detach())
+        total += loss_value
         batches += 1
-    return total / max(batches, 1), True
+    return total / max(batches, 1), True, [mine] if ranks is None else ranks.per_rank(mine)
 
 
 def _batch_loss(
