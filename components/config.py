@@ -714,6 +714,20 @@ class RegistryConfig(StrictModel):
     promotion: PromotionConfig = PromotionConfig()
 
 
+class ExecutionConfig(StrictModel):
+    """How the per-user stages (candidates, label-stage features, evaluation) are cut: into
+    shards of at most `shard_users` users, each a task of its own (mapped over the Dask
+    workers with REWEAR_TASK_RUNNER=dask, one after the other otherwise) writing its own
+    parquet part; the parts' partial results are combined exactly. Inside a shard,
+    `model.candidates.chunk_users` still bounds the memory of a step."""
+
+    #: Users per shard (rounded down to whole chunks of `model.candidates.chunk_users`, and
+    #: of the evaluation's scoring batches, when larger than one: the same batches, so the
+    #: same figures, as one process): the 4k-user demo's windows are one shard each, a
+    #: window of 100k users seven.
+    shard_users: int = Field(16_384, ge=1)
+
+
 class PipelineConfig(StrictModel):
     """Everything one `retrain` run needs."""
 
@@ -724,6 +738,7 @@ class PipelineConfig(StrictModel):
     model: ModelConfig = ModelConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig = RegistryConfig()
+    execution: ExecutionConfig = ExecutionConfig()
 
     @model_validator(mode="after")
     def _promotion_metrics_are_evaluated(self) -> PipelineConfig:

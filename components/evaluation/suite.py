@@ -5,7 +5,7 @@ paired bootstrap intervals, all from the same ranked lists and the same protocol
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,13 @@ from components.evaluation.metrics import (
     n_relevant,
     per_user_metrics,
 )
-from components.evaluation.protocol import EvaluationTask, build_evaluation_task, rank_items
+from components.evaluation.protocol import (
+    MAX_BATCH_USERS,
+    SCORE_CELLS,
+    EvaluationTask,
+    build_evaluation_task,
+    rank_items,
+)
 from components.interfaces import Scorer
 
 CURVE_KS = (1, 5, 10, 20, 50, 100)
@@ -134,14 +140,61 @@ def evaluate_models(
 ) -> EvaluationSuite:
     """Evaluate `scorers[model_name]` and every other scorer (the baselines) identically."""
     task = build_evaluation_task(split, stage, config)
+    ranked = rank_every_scorer(scorers, task, config)
+    return evaluate_ranked(model_name, ranked, split, stage, config, task)
+
+
+def rank_depth(config: EvaluationConfig) -> int:
+    """How many items each user's ranked list holds: the largest K and curve point."""
+    return max(max(config.ks), *CURVE_KS)
+
+
+def scoring_batch_users(task: EvaluationTask) -> int:
+    """Users `rank_items` scores at a time on this task's catalogue (its default): shards
+    of whole batches score the same batches as one pass over every user."""
+    return min(MAX_BATCH_USERS, max(1, SCORE_CELLS // max(len(task.item_ids), 1)))
+
+
+def task_rows(task: EvaluationTask, start: int, stop: int) -> EvaluationTask:
+    """The task restricted to its users [start, stop) (a shard): same items, same masks."""
+    return replace(
+        task,
+        user_ids=task.user_ids[start:stop],
+        relevant=task.relevant[start:stop],
+        excluded=task.excluded[start:stop],
+    )
+
+
+def rank_every_scorer(
+    scorers: Mapping[str, Scorer], task: EvaluationTask, config: EvaluationConfig
+) -> dict[str, np.ndarray]:
+    """Each scorer's top `rank_depth` item indices per task user, by scorer name: the only
+    per-user work of an evaluation (all the rest is summaries of these lists)."""
+    depth = rank_depth(config)
+    return {name: rank_items(scorer, task, depth) for name, scorer in scorers.items()}
+
+
+def evaluate_ranked(
+    model_name: str,
+    ranked: Mapping[str, np.ndarray],
+    split: DataSplit,
+    stage: Stage,
+    config: EvaluationConfig,
+    task: EvaluationTask | None = None,
+) -> EvaluationSuite:
+    """The suite from every scorer's ranked lists of all the task's users (in the task's
+    user order, e.g. shards' lists concatenated): metrics, curves, segments, exposure and
+    the paired bootstrap intervals, as `evaluate_models` computes them."""
+    if task is None:
+        task = build_evaluation_task(split, stage, config)
     context = catalogue_context(split, stage, task, config)
     new_item_relevant = None
     if context.new_item_flags is not None:
         new_item_relevant = task.relevant.multiply(context.new_item_flags[None, :]).tocsr()
         new_item_relevant.eliminate_zeros()
     results = {
-        name: _evaluate_one(name, scorer, task, context, config, new_item_relevant)
-        for name, scorer in scorers.items()
+        name: _evaluate_one(name, lists, task, context, config, new_item_relevant)
+        for name, lists in ranked.items()
     }
     model = results.pop(model_name)
     compared = _compare(model, results, config)
@@ -165,14 +218,16 @@ def evaluate_models(
 
 def _evaluate_one(
     name: str,
-    scorer: Scorer,
+    ranked: np.ndarray,
     task: EvaluationTask,
     context: CatalogueContext,
     config: EvaluationConfig,
     new_item_relevant: sp.csr_matrix | None,
 ) -> ModelEvaluation:
-    max_k = max(max(config.ks), *CURVE_KS)
-    ranked = rank_items(scorer, task, max_k)
+    if ranked.shape[0] != task.n_users:
+        raise ValueError(
+            f"{name}: ranked lists of {ranked.shape[0]} users for a task of {task.n_users}"
+        )
     ks = tuple(config.ks)
     # One membership search of the longest lists serves every K and every curve point.
     hits = hits_matrix(ranked, task.relevant)

@@ -1,21 +1,25 @@
 """The retrain chain, written once: its phases in order, each a few named steps.
 
     data        ingest -> validate -> snapshot -> split
-    retrieval   fit -> train_encoder -> build_index -> generate_candidates
-    ranking     build_features -> train_ranker -> assemble_two_stage (-> assemble_serving)
-    evaluation  evaluate
+    retrieval   fit -> train_encoder -> build_index -> generate_candidates*
+    ranking     build_features* -> train_ranker -> assemble_two_stage (-> assemble_serving)
+    evaluation  evaluate*
     publish     compare_with_champion -> register -> promote
 
 Every step is a plain function of `components.pipeline.*_steps`. A phase hands each one to
 a `Stages` runner with its stage name: called directly (benchmarks, notebooks, tests) or,
 in `flows.retrain`, wrapped as a Prefect task with the stage's cache and retry options.
 The flow and the bench scripts therefore run the same chain, branches included.
+
+The per-user stages (*) are sharded (`components.pipeline.sharding`): a plan, one shard
+step per shard of at most `execution.shard_users` users, an exact combine. `Stages` runs
+the shards one after the other; the flow maps them as Prefect tasks over its task runner.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +47,7 @@ from components.pipeline.results import (
     SplitResult,
     ValidationResult,
 )
+from components.pipeline.sharding import Shard, ShardedStep
 
 T = TypeVar("T")
 
@@ -55,18 +60,75 @@ REGISTRY_STAGES = frozenset({"compare_with_champion", "register", "promote"})
 @dataclass
 class Stages:
     """Runs each step, directly or through `wrap` (the flow's Prefect task), and keeps its
-    wall time under the stage's name."""
+    wall time under the stage's name.
+
+    A per-user stage (`sharded`) runs as plan -> one shard step per shard -> combine
+    (`components.pipeline.sharding`); its shards go through `map`: one after the other
+    here, or through `mapper` (the flow's: one Prefect task per shard on its task runner,
+    the Dask workers with REWEAR_TASK_RUNNER=dask). `dask_address`: the cluster the flow's
+    tasks run on, where the ranker then trains too (DaskLGBMRanker)."""
 
     wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]] | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    mapper: Mapper | None = None
+    dask_address: str | None = None
 
     def __call__(self, stage: str, step: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        call = step if self.wrap is None else self.wrap(stage, step)
         started = time.perf_counter()
         try:
-            return call(*args, **kwargs)
+            return self._call(stage, step, *args, **kwargs)
         finally:
             self.timings_s[stage] = round(time.perf_counter() - started, 3)
+
+    def _call(self, stage: str, step: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        call = step if self.wrap is None else self.wrap(stage, step)
+        return call(*args, **kwargs)
+
+    def map(
+        self,
+        stage: str,
+        step: Callable[..., T],
+        shards: Sequence[Shard],
+        /,
+        *args: Any,
+        **kwargs: Any,
+    ) -> list[T]:
+        """`step(*args, shard, **kwargs)` for every shard, results in the shards' order."""
+        if self.mapper is not None:
+            return self.mapper(stage, step, shards, args, kwargs)
+        return [self._call(stage, step, *args, shard, **kwargs) for shard in shards]
+
+    def sharded(self, stage: str, steps: ShardedStep, /, *args: Any, run_dir: Path) -> Any:
+        """A per-user stage: `<stage>.plan`, the `<stage>.shard` steps mapped over its shards,
+        `<stage>.combine`; its wall time (all three) under `stage`."""
+        started = time.perf_counter()
+        try:
+            plan = self._call(f"{stage}.plan", steps.plan, *args, run_dir=run_dir)
+            parts = self.map(
+                f"{stage}.shard", steps.shard, plan["shards"], *args, plan, run_dir=run_dir
+            )
+            return self._call(
+                f"{stage}.combine", steps.combine, *args, plan, parts, run_dir=run_dir
+            )
+        finally:
+            self.timings_s[stage] = round(time.perf_counter() - started, 3)
+
+
+#: How a flow maps a shard step: (stage, step, shards, args, kwargs) -> the step's results
+#: in the shards' order (`step(*args, shard, **kwargs)` each).
+Mapper = Callable[
+    [str, Callable[..., Any], Sequence[Shard], tuple[Any, ...], dict[str, Any]], list[Any]
+]
+
+
+def ranker_config(config: PipelineConfig, run: Stages) -> PipelineConfig:
+    """`config` for the ranker's training: on the cluster the flow's tasks run on
+    (`run.dask_address`) unless `model.ranker.dask_address` names one already."""
+    ranker = config.model.ranker
+    if run.dask_address is None or ranker.dask_address is not None:
+        return config
+    ranker = ranker.model_copy(update={"dask_address": run.dask_address})
+    return config.model_copy(update={"model": config.model.model_copy(update={"ranker": ranker})})
 
 
 @dataclass(frozen=True)
@@ -161,14 +223,14 @@ def retrieval_phase(
         indexes = run(
             "build_index", retrieval_steps.build_indexes, split_uri, encoder["uri"], config, run_dir
         )
-    candidates = run(
+    candidates = run.sharded(
         "generate_candidates",
-        retrieval_steps.generate_candidates,
+        retrieval_steps.CANDIDATES,
         split_uri,
         None if encoder is None else encoder["uri"],
         None if indexes is None else indexes["evaluation_index_uri"],
         config,
-        run_dir,
+        run_dir=run_dir,
     )
     return RetrievalPhase(fitted, encoder, indexes, candidates)
 
@@ -184,16 +246,20 @@ def ranking_phase(
     assembled at the test cut-off and, with the refit, at the end of the data."""
     ranking_data = ranker = None
     if config.model.ranker.enabled:
-        ranking_data = run(
+        ranking_data = run.sharded(
             "build_features",
-            ranking_steps.build_ranking_data,
+            ranking_steps.RANKING_DATA,
             split_uri,
             retrieval.train_window_encoder_uri,
             config,
-            run_dir,
+            run_dir=run_dir,
         )
         ranker = run(
-            "train_ranker", ranking_steps.train_ranker_step, ranking_data["uri"], config, run_dir
+            "train_ranker",
+            ranking_steps.train_ranker_step,
+            ranking_data["uri"],
+            ranker_config(config, run),
+            run_dir,
         )
     ranker_uri = None if ranker is None else ranker["uri"]
 
@@ -236,14 +302,15 @@ def evaluation_phase(
 ) -> EvaluationResult:
     """The held-out model beside every baseline on the test window, same code for all; the
     model reads the test candidates the retrieval phase generated."""
-    return run(
+    return run.sharded(
         "evaluate",
-        evaluation_steps.evaluate,
+        evaluation_steps.EVALUATION,
         split_uri,
         ranking.evaluated["uri"],
-        config.evaluation,
-        run_dir,
         retrieval.candidates["uri"],
+        config.evaluation,
+        config.execution,
+        run_dir=run_dir,
     )
 
 

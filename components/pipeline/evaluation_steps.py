@@ -6,17 +6,36 @@ registered bundle on a snapshot (`rewear evaluate`). Plain functions over paths,
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from components.config import EvaluationConfig, PipelineConfig
+import numpy as np
+
+from components.config import EvaluationConfig, ExecutionConfig, PipelineConfig
 from components.data.snapshot import read_tables
-from components.data.split import Stage, read_split, split_tables
+from components.data.split import DataSplit, Stage, read_split, split_tables
 from components.evaluation.baselines import fit_baselines
 from components.evaluation.figures import FIGURE_FILES, render_figures
-from components.evaluation.protocol import window_user_count
-from components.evaluation.suite import evaluate_models
+from components.evaluation.protocol import build_evaluation_task, window_user_count
+from components.evaluation.suite import (
+    evaluate_models,
+    evaluate_ranked,
+    rank_every_scorer,
+    scoring_batch_users,
+    task_rows,
+)
+from components.interfaces import Scorer
 from components.pipeline.results import EvaluationResult
+from components.pipeline.sharding import (
+    Shard,
+    ShardedStep,
+    publish_shard,
+    run_sharded,
+    shard_folder,
+    shard_ranges,
+    where_it_ran,
+)
 from components.ranking.model import TwoStageModel, retrieval_only
 from components.retrieval.candidates import CandidateTable
 from components.serving.recommender import BundleRecommender
@@ -38,12 +57,30 @@ def evaluate(
     config: EvaluationConfig,
     run_dir: Path,
     candidates_uri: str | None = None,
+    execution: ExecutionConfig | None = None,
 ) -> EvaluationResult:
     """Score the held-out two-stage model beside every baseline on the test window with the
     same code; write per-user metrics and figures to `run_dir/evaluation`. With
     `candidates_uri` (the test candidates its own stack generated), the model and its
-    retrieval-only order read them instead of running every source again."""
-    data = read_split(Path(split_uri))
+    retrieval-only order read them instead of running every source again.
+
+    Shard by shard in this process (`EVALUATION`: the flow maps the shards as tasks)."""
+    return run_sharded(
+        EVALUATION,
+        split_uri,
+        evaluation_model_uri,
+        candidates_uri,
+        config,
+        execution or ExecutionConfig(),
+        run_dir=run_dir,
+    )
+
+
+def evaluation_scorers(
+    data: DataSplit, evaluation_model_uri: str, config: EvaluationConfig, candidates_uri: str | None
+) -> dict[str, Scorer]:
+    """The held-out model (reading `candidates_uri` when given), its retrieval-only order
+    and every baseline, by name: the model first."""
     held_out = held_out_scorers(evaluation_model_uri)
     if candidates_uri is not None:
         table = CandidateTable.read(Path(candidates_uri))
@@ -53,7 +90,7 @@ def evaluate(
     # The model's own stack was fitted on this history at this cut-off: baselines with
     # its sources' settings are its fitted models.
     same_fit = stack.moment == data.test_cutoff and len(stack.history) == len(history)
-    scorers = {
+    return {
         **held_out,
         **fit_baselines(
             history,
@@ -63,8 +100,77 @@ def evaluate(
             fitted_with=stack.config.model.candidates,
         ),
     }
-    with stack.remembering_candidates():
-        suite = evaluate_models("model", scorers, data, "test", config)
+
+
+def plan_evaluation(
+    split_uri: str,
+    evaluation_model_uri: str,
+    candidates_uri: str | None,
+    config: EvaluationConfig,
+    execution: ExecutionConfig,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """The test window's evaluated users (sorted ids) cut into shards of whole scoring
+    batches."""
+    task = build_evaluation_task(read_split(Path(split_uri)), "test", config)
+    return {
+        "users": task.n_users,
+        "shards": shard_ranges(task.n_users, execution.shard_users, scoring_batch_users(task)),
+    }
+
+
+def evaluation_shard(
+    split_uri: str,
+    evaluation_model_uri: str,
+    candidates_uri: str | None,
+    config: EvaluationConfig,
+    execution: ExecutionConfig,
+    plan: dict[str, Any],
+    shard: Shard,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Every scorer's ranked lists of one shard's users (the per-user work: scoring the
+    catalogue), saved as arrays for the combine."""
+    started = time.perf_counter()
+    data = read_split(Path(split_uri))
+    task = task_rows(build_evaluation_task(data, "test", config), shard["start"], shard["stop"])
+    scorers = evaluation_scorers(data, evaluation_model_uri, config, candidates_uri)
+    with scorers["model"].stack.remembering_candidates():
+        ranked = rank_every_scorer(scorers, task, config)
+    with publish_shard(run_dir, "evaluate", shard) as staging:
+        np.savez(staging / "ranked.npz", **ranked)
+    folder = shard_folder(run_dir, "evaluate", shard)
+    return {
+        "uri": str(folder / "ranked.npz"),
+        "scorers": list(ranked),
+        "users": task.n_users,
+        "seconds": time.perf_counter() - started,
+        "ran_on": where_it_ran(),
+    }
+
+
+def combine_evaluation(
+    split_uri: str,
+    evaluation_model_uri: str,
+    candidates_uri: str | None,
+    config: EvaluationConfig,
+    execution: ExecutionConfig,
+    plan: dict[str, Any],
+    parts: list[dict[str, Any]],
+    run_dir: Path,
+) -> EvaluationResult:
+    """Every scorer's ranked lists of all users (the shards' in order: the task's user
+    order), then the suite's summaries, intervals and figures from them, as one pass."""
+    data = read_split(Path(split_uri))
+    task = build_evaluation_task(data, "test", config)
+    names = parts[0]["scorers"]
+    lists: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for part in parts:
+        with np.load(part["uri"], allow_pickle=False) as arrays:
+            for name in names:
+                lists[name].append(arrays[name])
+    ranked = {name: np.concatenate(arrays) for name, arrays in lists.items()}
+    suite = evaluate_ranked("model", ranked, data, "test", config, task)
     target = Path(run_dir) / "evaluation"
     with atomic_directory(target, overwrite=True) as staging:
         suite.per_user_frame().to_parquet(staging / "per_user.parquet", index=False)
@@ -79,6 +185,10 @@ def evaluate(
         "uri": str(target),
         "figures": [str(target / name) for name in FIGURE_FILES],
     }
+
+
+#: The evaluation as plan -> shards -> combine (components.pipeline.sharding).
+EVALUATION = ShardedStep(plan_evaluation, evaluation_shard, combine_evaluation)
 
 
 def compare_with_champion(

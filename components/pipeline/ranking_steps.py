@@ -7,10 +7,11 @@ like `components.pipeline.data_steps`.
 from __future__ import annotations
 
 import resource
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,18 @@ from components.config import PipelineConfig, RankerConfig, TwoTowerConfig
 from components.data.split import DataSplit, read_split
 from components.pipeline.results import ModelResult, RankerResult, RankingDataResult
 from components.pipeline.retrieval_steps import best_epoch
+from components.pipeline.sharding import (
+    RecallSums,
+    Shard,
+    ShardedStep,
+    chunk_starts,
+    concatenate_parts,
+    publish_shard,
+    run_sharded,
+    shard_folder,
+    shard_ranges,
+    where_it_ran,
+)
 from components.ranking.dataset import (
     QUERY_KEYS,
     QueryGroups,
@@ -29,7 +42,7 @@ from components.ranking.dataset import (
     split_users,
 )
 from components.ranking.features import CATEGORICAL_FEATURES, feature_columns
-from components.ranking.label_stages import label_stages
+from components.ranking.label_stages import LabelStage, label_stages
 from components.ranking.model import (
     TwoStageModel,
     feature_builder,
@@ -44,7 +57,7 @@ from components.ranking.ranker import (
     train_ranker,
 )
 from components.retrieval.ann_index import build_annoy_index
-from components.retrieval.candidates import ChunkedRecall
+from components.retrieval.candidates import candidate_recall
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import TrainedTwoTower
 from components.retrieval.two_tower_training import train_two_tower_stages
@@ -66,27 +79,41 @@ def build_ranking_data(
     or on what the holdout keeps of the train file (fixed split;
     `retrieval_steps.train_label_stage_encoders`); each earlier label window gets its own,
     fitted on the history before it for as many epochs as that one chose.
+
+    Shard by shard in this process (`RANKING_DATA`: the flow maps the shards as tasks).
     """
+    return run_sharded(RANKING_DATA, split_uri, train_window_encoder_uri, config, run_dir=run_dir)
+
+
+def _stage_users(stage: LabelStage, ranker: RankerConfig) -> tuple[pd.DataFrame, list[str]]:
+    """A label stage's graded labels and its users (in the labels' order)."""
+    labels = graded_labels(stage.window, ranker)
+    return labels, labels["user_id"].drop_duplicates().tolist()
+
+
+def plan_ranking_data(
+    split_uri: str, train_window_encoder_uri: str | None, config: PipelineConfig, run_dir: Path
+) -> dict[str, Any]:
+    """Per label stage: its encoder (an earlier window's own, trained here), its Annoy index
+    and its retrieval stack, saved for the shards; the stage's users cut into shards of
+    whole chunks, numbered across stages (latest stage first: the rows' order)."""
     started = time.perf_counter()
     data = read_split(Path(split_uri))
     stages = label_stages(data, config)
-    ranker = config.model.ranker
-    target = Path(run_dir) / "ranking"
     latest_encoder = None
     if train_window_encoder_uri is not None:
         latest_encoder = TrainedTwoTower.load(Path(train_window_encoder_uri))
-    rows = users = with_positive = 0
-    recall = ChunkedRecall(config.model.candidates.n)
-    with (
-        atomic_directory(target, overwrite=True) as staging,
-        ParquetAppender(staging / "label_features.parquet") as writer,
-    ):
-        for number, stage in enumerate(stages):
-            encoder, index_folder = latest_encoder, None
-            if latest_encoder is not None and number > 0:
-                encoder = encoder_before(
-                    data, stage.history, stage.moment, config.model.two_tower, latest_encoder
-                )
+    stacks: list[str] = []
+    shards: list[Shard] = []
+    for number, stage in enumerate(stages):
+        encoder = latest_encoder
+        if latest_encoder is not None and number > 0:
+            encoder = encoder_before(
+                data, stage.history, stage.moment, config.model.two_tower, latest_encoder
+            )
+        target = Path(run_dir) / "ranking_stacks" / f"{number:02d}"
+        with atomic_directory(target, overwrite=True) as staging:
+            index_folder = None
             if encoder is not None:
                 listings = data.tables.items[stage.available]
                 index_folder = staging / "label_index"
@@ -105,34 +132,116 @@ def build_ranking_data(
                 encoder=encoder,
                 index_folder=index_folder,
             )
-            labels = graded_labels(stage.window, ranker)
-            stage_users = labels["user_id"].drop_duplicates().tolist()
-            builder = feature_builder(stack, ranker)
-            window_users = stage.window["user_id"].astype(str)
-            # Bounded memory: a chunk of users' candidates and features at a time, appended
-            # to one file (features are per user and item: chunks change no value).
-            for start in range(0, max(len(stage_users), 1), config.model.candidates.chunk_users):
-                chunk = stage_users[start : start + config.model.candidates.chunk_users]
-                candidates = stack.candidates(chunk)
-                if number == 0:
-                    recall.add(candidates, stage.window[window_users.isin(chunk).to_numpy()])
-                features = attach_labels(builder.transform(candidates), labels)
-                features = features.assign(label_window=np.int32(number))
-                writer.write(features)
-                rows += len(features)
-                with_positive += int(features.loc[features["label"] > 0, "user_id"].nunique())
-            users += len(stage_users)
+            stack.save(staging / "stack")
+            if index_folder is not None:
+                shutil.rmtree(index_folder)  # the stack keeps its own copy
+        stacks.append(str(target / "stack"))
+        _, stage_users = _stage_users(stage, config.model.ranker)
+        for shard in shard_ranges(
+            len(stage_users),
+            config.execution.shard_users,
+            config.model.candidates.chunk_users,
+            label_stage=number,
+        ):
+            shards.append({**shard, "number": len(shards)})
     latest = stages[0].moment
-    figures = {
-        "rows": rows,
-        "label_windows": len(stages),
-        "queries": users,
-        "queries_with_positive_candidate": with_positive,
-        "label_candidate_recall": recall.result().get("combined"),
+    return {
+        "stacks": stacks,
+        "shards": shards,
         "label_moment": None if latest is None else latest.isoformat(),
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def ranking_data_shard(
+    split_uri: str,
+    train_window_encoder_uri: str | None,
+    config: PipelineConfig,
+    plan: dict[str, Any],
+    shard: Shard,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """One shard of a label stage's users: candidates from the stage's stack, features and
+    labels, a chunk at a time (features are per user and item: chunks change no value),
+    into its own parquet part; rows, users with a positive candidate and, on the latest
+    stage, its chunks' candidate recall figures."""
+    started = time.perf_counter()
+    data = read_split(Path(split_uri))
+    ranker = config.model.ranker
+    number = shard["label_stage"]
+    stage = label_stages(data, config)[number]
+    stack = RetrievalStack.load(Path(plan["stacks"][number]))
+    labels, stage_users = _stage_users(stage, ranker)
+    builder = feature_builder(stack, ranker)
+    window_users = stage.window["user_id"].astype(str)
+    chunk_users = config.model.candidates.chunk_users
+    rows = with_positive = 0
+    chunks: list[dict[str, Any]] = []
+    with (
+        publish_shard(run_dir, "build_features", shard) as staging,
+        ParquetAppender(staging / "label_features.parquet") as writer,
+    ):
+        for start in chunk_starts(shard, chunk_users):
+            chunk = stage_users[start : min(start + chunk_users, shard["stop"])]
+            candidates = stack.candidates(chunk)
+            if number == 0:
+                positives = stage.window[window_users.isin(chunk).to_numpy()]
+                chunks.append(
+                    {
+                        "users": int(positives["user_id"].nunique()),
+                        "recall": candidate_recall(
+                            candidates, positives, config.model.candidates.n
+                        ),
+                    }
+                )
+            features = attach_labels(builder.transform(candidates), labels)
+            features = features.assign(label_window=np.int32(number))
+            writer.write(features)
+            rows += len(features)
+            with_positive += int(features.loc[features["label"] > 0, "user_id"].nunique())
+    folder = shard_folder(run_dir, "build_features", shard)
+    return {
+        "uri": str(folder / "label_features.parquet"),
+        "folder": str(folder),
+        "rows": rows,
+        "users": shard["stop"] - shard["start"],
+        "with_positive": with_positive,
+        "recall_chunks": chunks,
+        "seconds": time.perf_counter() - started,
+        "ran_on": where_it_ran(),
+    }
+
+
+def combine_ranking_data(
+    split_uri: str,
+    train_window_encoder_uri: str | None,
+    config: PipelineConfig,
+    plan: dict[str, Any],
+    parts: list[dict[str, Any]],
+    run_dir: Path,
+) -> RankingDataResult:
+    """The shards' parts as one `ranking/label_features.parquet`, in shard order (stage by
+    stage, users in order: the rows of one loop), and their figures added up."""
+    target = Path(run_dir) / "ranking"
+    with atomic_directory(target, overwrite=True) as staging:
+        concatenate_parts([Path(part["uri"]) for part in parts], staging / "label_features.parquet")
+    recall = RecallSums()
+    for part in parts:
+        recall.replay(part["recall_chunks"])
+    figures = {
+        "rows": sum(part["rows"] for part in parts),
+        "label_windows": len(plan["stacks"]),
+        "queries": sum(part["users"] for part in parts),
+        "queries_with_positive_candidate": sum(part["with_positive"] for part in parts),
+        "label_candidate_recall": recall.result().get("combined"),
+        "label_moment": plan["label_moment"],
+        "seconds": round(plan["seconds"] + sum(part["seconds"] for part in parts), 2),
     }
     return {"uri": str(target / "label_features.parquet"), "figures": figures}
+
+
+#: The label-stage features as plan -> shards -> combine (components.pipeline.sharding).
+RANKING_DATA = ShardedStep(plan_ranking_data, ranking_data_shard, combine_ranking_data)
 
 
 def encoder_before(

@@ -12,15 +12,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from components.config import EvaluationConfig, ModelConfig, PipelineConfig
 from components.data.split import DataSplit, available_at, latest_moment, read_split
 from components.evaluation.encoder_validation import encoder_validation
 from components.evaluation.protocol import positive_window
 from components.pipeline.results import CandidatesResult, EncoderResult, FitResult, IndexResult
+from components.pipeline.sharding import (
+    RecallSums,
+    Shard,
+    ShardedStep,
+    concatenate_parts,
+    publish_shard,
+    run_sharded,
+    shard_folder,
+    shard_ranges,
+    where_it_ran,
+)
 from components.ranking.dataset import holdout_interactions
 from components.retrieval.ann_index import AnnIndex, ann_recall, build_annoy_index
-from components.retrieval.candidates import ChunkedRecall
+from components.retrieval.candidates import candidate_recall
 from components.retrieval.popularity import RecentPopularity
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import TrainedTwoTower, TwoTowerScorer
@@ -205,9 +217,32 @@ def generate_candidates(
     """Candidates for the test window's users from every configured source, merged; the
     candidate recall@N per source and combined goes to the report. The fitted stack is
     saved beside them: the evaluated two-stage model is assembled on it (not fitted
-    again) and its evaluation reads these candidates instead of generating them again."""
+    again) and its evaluation reads these candidates instead of generating them again.
+
+    Shard by shard in this process (`CANDIDATES`: the flow maps the shards as tasks)."""
+    return run_sharded(
+        CANDIDATES, split_uri, encoder_uri, evaluation_index_uri, config, run_dir=run_dir
+    )
+
+
+def _test_window(data: DataSplit, config: PipelineConfig) -> tuple[pd.DataFrame, pd.Series]:
+    """The test window's positives and their users as strings (the candidates' users, in
+    order of first appearance)."""
+    window = positive_window(data.test, config.evaluation)
+    return window, window["user_id"].astype(str)
+
+
+def plan_candidates(
+    split_uri: str,
+    encoder_uri: str | None,
+    evaluation_index_uri: str | None,
+    config: PipelineConfig,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Fit the retrieval stack at the test cut-off, save it (every shard loads it; the
+    evaluated model is assembled on it), and cut the test users into shards of whole
+    chunks."""
     data = read_split(Path(split_uri))
-    settings = config.model.candidates
     stack = RetrievalStack.fit(
         data.history("test"),
         data.tables.items,
@@ -217,30 +252,93 @@ def generate_candidates(
         encoder=None if encoder_uri is None else TrainedTwoTower.load(Path(encoder_uri)),
         index_folder=None if evaluation_index_uri is None else Path(evaluation_index_uri),
     )
-    window = positive_window(data.test, config.evaluation)
-    window_users = window["user_id"].astype(str)
-    users = window_users.drop_duplicates().tolist()
+    target = Path(run_dir) / "candidates_stack"
+    with atomic_directory(target, overwrite=True) as staging:
+        stack.save(staging)
+    _, window_users = _test_window(data, config)
+    users = int(window_users.nunique())
+    chunk = config.model.candidates.chunk_users
+    return {
+        "stack_uri": str(target),
+        "users": users,
+        "shards": shard_ranges(users, config.execution.shard_users, chunk),
+    }
+
+
+def candidates_shard(
+    split_uri: str,
+    encoder_uri: str | None,
+    evaluation_index_uri: str | None,
+    config: PipelineConfig,
+    plan: dict[str, Any],
+    shard: Shard,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """One shard's candidates, a chunk of users at a time, into its own parquet part; its
+    chunks' candidate recall figures for the combine."""
+    data = read_split(Path(split_uri))
+    settings = config.model.candidates
+    stack = RetrievalStack.load(Path(plan["stack_uri"]))
+    window, window_users = _test_window(data, config)
+    users = window_users.drop_duplicates().tolist()[shard["start"] : shard["stop"]]
     seconds = 0.0
-    recall = ChunkedRecall(settings.n)
+    chunks: list[dict[str, Any]] = []
+    with (
+        publish_shard(run_dir, "generate_candidates", shard) as staging,
+        ParquetAppender(staging / "candidates.parquet") as candidates,
+    ):
+        # A chunk of users at a time: memory bounded whatever the number of users.
+        for start in range(0, len(users), settings.chunk_users):
+            chunk = users[start : start + settings.chunk_users]
+            started = time.perf_counter()
+            hits = stack.source_arrays(chunk)
+            merged = stack.candidate_arrays(chunk, hits)
+            seconds += time.perf_counter() - started
+            positives = window[window_users.isin(chunk).to_numpy()]
+            chunks.append(
+                {
+                    "users": int(positives["user_id"].nunique()),
+                    "recall": candidate_recall(merged, positives, settings.n, sources=hits),
+                }
+            )
+            candidates.write(merged.frame())
+    folder = shard_folder(run_dir, "generate_candidates", shard)
+    return {
+        "uri": str(folder / "candidates.parquet"),
+        "folder": str(folder),
+        "users": len(users),
+        "recall_chunks": chunks,
+        "generation_s": seconds,
+        "ran_on": where_it_ran(),
+    }
+
+
+def combine_candidates(
+    split_uri: str,
+    encoder_uri: str | None,
+    evaluation_index_uri: str | None,
+    config: PipelineConfig,
+    plan: dict[str, Any],
+    parts: list[dict[str, Any]],
+    run_dir: Path,
+) -> CandidatesResult:
+    """The shards' parts as one `candidates/test.parquet` (in shard order: the rows of one
+    loop over every user) and their recall figures added up as that loop would have."""
     target = Path(run_dir) / "candidates"
     with atomic_directory(target, overwrite=True) as staging:
-        with ParquetAppender(staging / "test.parquet") as candidates:
-            # A chunk of users at a time: memory bounded whatever the number of users.
-            for start in range(0, len(users), settings.chunk_users):
-                chunk = users[start : start + settings.chunk_users]
-                started = time.perf_counter()
-                hits = stack.source_arrays(chunk)
-                merged = stack.candidate_arrays(chunk, hits)
-                seconds += time.perf_counter() - started
-                positives = window[window_users.isin(chunk).to_numpy()]
-                recall.add(merged, positives, sources=hits)
-                candidates.write(merged.frame())
-        stack.save(staging / "stack")
+        concatenate_parts([Path(part["uri"]) for part in parts], staging / "test.parquet")
+    recall = RecallSums()
+    for part in parts:
+        recall.replay(part["recall_chunks"])
     return {
         "uri": str(target / "test.parquet"),
-        "stack_uri": str(target / "stack"),
-        "n": settings.n,
+        "stack_uri": plan["stack_uri"],
+        "n": config.model.candidates.n,
         "candidate_recall": recall.result(),
-        "users": len(users),
-        "generation_s": round(seconds, 2),
+        "users": sum(part["users"] for part in parts),
+        "generation_s": round(sum(part["generation_s"] for part in parts), 2),
     }
+
+
+#: The candidate stage as plan -> shards -> combine (see components.pipeline.sharding).
+CANDIDATES = ShardedStep(plan_candidates, candidates_shard, combine_candidates)
