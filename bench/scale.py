@@ -103,10 +103,15 @@ def run_size(n_users: int, scratch: Path) -> dict[str, Any]:
         config, data.split_uri, retrieval, ranking, scratch / "run", stages
     )
     rows = data.split["rows"]
+    encoder = retrieval.encoder or {}
     return {
         "n_users": n_users,
         "events": int(sum(rows.values())),
+        "live_listings": (retrieval.indexes or {}).get("figures", {}).get("evaluation_items"),
         "evaluated_users": evaluation["evaluated_users"],
+        "window_users": evaluation.get("window_users"),
+        "encoder_epochs": len(encoder.get("epochs", [])),
+        "candidate_recall": retrieval.candidates.get("candidate_recall"),
         "wall_s": round(time.perf_counter() - started, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "stage_s": stages.timings_s,

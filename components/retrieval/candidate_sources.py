@@ -67,20 +67,59 @@ class ScorerSource:
     def candidates(self, user_ids: Sequence[str], n: int) -> pd.DataFrame:
         return self.candidate_arrays(user_ids, n).frame()
 
+    @cached_property
+    def _shared_order(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(allowed positions best first, their scores) when the scorer ranks every user
+        alike (it has `item_scores`, like popularity); None otherwise."""
+        item_scores = getattr(self.scorer, "item_scores", None)
+        if item_scores is None:
+            return None
+        scores = np.asarray(item_scores(self._allowed_list), dtype=np.float32)
+        order = np.argsort(-scores, kind="stable")
+        return order, scores[order]
+
     def candidate_arrays(self, user_ids: Sequence[str], n: int) -> CandidateArrays:
         users = _unique_users(user_ids)
         parts: list[CandidateArrays] = []
         if len(self._allowed_array) == 0:
             return CandidateArrays.empty()
         for batch in _batches(users, self.batch_size):
+            rows, cols = self.filters.excluded_pairs(batch, self._allowed_positions)
+            if self._shared_order is not None:
+                parts.append(self._shared_top(batch, rows, cols, n))
+                continue
             scores = np.array(
                 self.scorer.score(list(batch), self._allowed_list), dtype=np.float32, copy=True
             )
-            rows, cols = self.filters.excluded_pairs(batch, self._allowed_positions)
             scores[rows, cols] = -np.inf
             top, top_scores = top_n(scores, n)
             parts.append(_arrays_from_matrix(batch, top, top_scores, self._allowed_array))
         return CandidateArrays.concat(parts)
+
+    def _shared_top(
+        self, batch: np.ndarray, rows: np.ndarray, cols: np.ndarray, n: int
+    ) -> CandidateArrays:
+        """Top-n of a user-independent scorer: the shared order's head, deep enough for the
+        batch's heaviest exclusions, with each user's exclusions struck out. Costs the
+        batch x (n + exclusions), not batch x catalogue (the same lists as the full top-n,
+        ties in the shared order going to the earlier item)."""
+        order, ordered_scores = self._shared_order or (np.zeros(0, np.int64), np.zeros(0))
+        depth = min(len(order), n + int(np.bincount(rows, minlength=1).max()))
+        rank_of = np.full(len(self._allowed_array), -1, dtype=np.int64)
+        rank_of[order[:depth]] = np.arange(depth)
+        scores = np.broadcast_to(ordered_scores[:depth], (len(batch), depth)).copy()
+        struck = rank_of[cols]
+        scores[rows[struck >= 0], struck[struck >= 0]] = -np.inf
+        keep = np.isfinite(scores)
+        kept_rank = np.cumsum(keep, axis=1)
+        top = np.full((len(batch), n), -1, dtype=np.int64)
+        top_scores = np.full((len(batch), n), -np.inf, dtype=np.float32)
+        take = keep & (kept_rank <= n)
+        row_of, column_of = np.nonzero(take)
+        slot = kept_rank[row_of, column_of] - 1
+        top[row_of, slot] = order[column_of]
+        top_scores[row_of, slot] = scores[row_of, column_of]
+        return _arrays_from_matrix(batch, top, top_scores, self._allowed_array)
 
 
 @dataclass(frozen=True)

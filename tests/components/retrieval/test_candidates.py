@@ -475,3 +475,40 @@ def test_ann_source_answers_a_user_the_same_in_any_batch() -> None:
         mine = together[together["user_id"] == user].reset_index(drop=True)
         pd.testing.assert_frame_equal(mine, alone)
     assert not set(together.loc[together["user_id"] == "u0", "item_id"]) & set(item_ids[:300])
+
+
+class _EveryUserScored:
+    """A scorer that hides `item_scores`: ScorerSource ranks its full score matrix."""
+
+    def __init__(self, model: RecentPopularity) -> None:
+        self.model = model
+
+    def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+        return self.model.score(user_ids, item_ids)
+
+
+@pytest.mark.parametrize("n", [1, 3, 50])
+def test_a_user_independent_scorer_gives_the_full_ranking_lists_from_its_shared_order(
+    world: tuple[pd.DataFrame, pd.DataFrame, CandidateFilter], n: int
+) -> None:
+    history, items, filters = world
+    item_ids = list(items["item_id"].astype(str))
+    popularity = RecentPopularity.fit(
+        history, PopularityConfig(window="365D", half_life=None), AS_OF
+    )
+    users = [*sorted(history["user_id"].astype(str).unique()), "nobody"]
+    shared = ScorerSource("popularity", popularity, item_ids, filters, batch_size=2)
+    full = ScorerSource("popularity", _EveryUserScored(popularity), item_ids, filters)
+    assert shared._shared_order is not None and full._shared_order is None
+
+    fast, reference = shared.candidates(users, n), full.candidates(users, n)
+
+    # The same users, ranks and scores; the same items except among those tied at a
+    # user's last kept score (the full top-n breaks that tie by selection, not position).
+    columns = ["user_id", "rank", "score"]
+    pd.testing.assert_frame_equal(fast[columns], reference[columns])
+    last = fast.groupby("user_id")["score"].transform("min")
+    above = fast["score"] > last
+    assert fast.loc[above, "item_id"].tolist() == reference.loc[above, "item_id"].tolist()
+    assert (fast.groupby("user_id").size() <= n).all()
+    assert filters.keep(fast["user_id"], fast["item_id"]).all()
