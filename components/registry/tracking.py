@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from components.processes import owner_is_gone, process_owner
 from components.settings import RewearSettings
@@ -34,21 +38,47 @@ def check_tracking_store(settings: RewearSettings) -> None:
     )
 
 
+#: A logged model's URI (MLflow 3): `models:/m-<hex>`.
+_LOGGED_MODEL_URI = re.compile(r"models:/(m-[0-9a-f]+)")
+
+
+class RegistryClient(MlflowClient):
+    """MlflowClient that names the logged model a version is registered from: a tracking
+    server refuses a `models:/m-...` source without its `model_id` ("the model_id request
+    parameter must identify the resource that contains the source"), which MLflow's client
+    does not fill in and a SQLite store does not ask for."""
+
+    def create_model_version(self, name: str, source: str, *args: Any, **kwargs: Any) -> Any:
+        found = _LOGGED_MODEL_URI.fullmatch(source)
+        if found is not None and kwargs.get("model_id") is None:
+            kwargs["model_id"] = found.group(1)
+        return super().create_model_version(name, source, *args, **kwargs)
+
+
 def configure_mlflow(settings: RewearSettings, experiment: str) -> tuple[MlflowClient, str]:
-    """Point MLflow at the home's SQLite store; create the experiment with its artifact
-    folder inside the home (MLflow's default would be ./mlruns in the working directory).
+    """Point MLflow at the home's SQLite store (or REWEAR_MLFLOW_TRACKING_URI); create the
+    experiment with its artifact folder inside the home (MLflow's default would be ./mlruns
+    in the working directory), or, on a tracking server, where the server keeps artifacts
+    (its shared store: a folder of one worker's home would be missing on the others).
     Raises `TrackingStoreError` when the database is gone but artifacts remain."""
     check_tracking_store(settings)
     settings.ensure()
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    client = RegistryClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         return client, found.experiment_id
-    experiment_id = client.create_experiment(
-        experiment, artifact_location=settings.mlflow_artifacts.as_uri()
-    )
+    served = settings.tracking_uri.startswith(("http://", "https://"))
+    location = None if served else settings.mlflow_artifacts.as_uri()
+    try:
+        experiment_id = client.create_experiment(experiment, artifact_location=location)
+    except MlflowException as error:
+        # Two first runs at once (two workers): the other one created it.
+        found = client.get_experiment_by_name(experiment)
+        if error.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
+            raise
+        experiment_id = found.experiment_id
     return client, experiment_id
 
 
