@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -100,17 +100,20 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def start_process_dying_with_parent(
-    args: Sequence[str], env: Mapping[str, str] | None = None
+    args: Sequence[str], env: Mapping[str, str] | None = None, **popen: Any
 ) -> subprocess.Popen[bytes]:
     """Start a helper process (e.g. a local Prefect server) that does not outlive this one,
     even when this one is SIGKILLed: on Linux the kernel kills it (PR_SET_PDEATHSIG); on
     other systems the caller's normal exit must stop it. Call from the main thread (the
-    signal fires when the starting thread ends)."""
+    signal fires when the starting thread ends). `popen`: more `subprocess.Popen` arguments
+    (stdout, cwd, user: the death signal is asked for after the switch of user, which would
+    otherwise clear it)."""
     parent = os.getpid()
     return subprocess.Popen(
         list(args),
         env=None if env is None else dict(env),
         preexec_fn=lambda: _die_with_parent(parent),
+        **popen,
     )
 
 
