@@ -200,7 +200,7 @@ def start(args: argparse.Namespace) -> int:
     data = Path(args.postgres_data or folder / "postgres").expanduser().resolve()
     password = init_postgres(data, folder / "postgres-password", bin_dir, as_user)
     database = f"postgres:{password}@127.0.0.1:{ports['postgres']}"
-    public = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    public = args.advertise or ("127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host)
     state = {
         "pid": os.getpid(),
         "prefect_api_url": f"http://{public}:{ports['prefect']}/api",
@@ -306,7 +306,12 @@ def _state(args: argparse.Namespace) -> dict[str, object]:
 
 def stop(args: argparse.Namespace) -> int:
     pid = int(_state(args)["pid"])
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:  # killed outright: its servers died with it (death signal)
+        (servers_dir(args.home) / STATE_FILE).unlink(missing_ok=True)
+        print(f"launcher {pid} was not running; removed its stale {STATE_FILE}")
+        return 0
     deadline = time.monotonic() + 3 * STOP_TIMEOUT_S + 10
     while time.monotonic() < deadline:
         try:
@@ -325,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("start", parents=[common], help="start them; Ctrl-C stops them")
     run.add_argument("--host", default="127.0.0.1", help="where Prefect and MLflow listen")
+    run.add_argument(
+        "--advertise", help="the host name workers reach them by, in the URLs `env` prints"
+    )
     run.add_argument("--prefect-port", type=int, default=4200, help="0: a free one")
     run.add_argument("--mlflow-port", type=int, default=5000, help="0: a free one")
     run.add_argument("--postgres-port", type=int, default=5432, help="0: a free one")
