@@ -5,6 +5,9 @@
         --set source.path=../../shared/data/gowalla/tune --set source.test_file=valid.txt
     .venv/bin/python bench/encoder_speed.py --set model.two_tower.batch_size=2048 \\
         --profile /tmp/enc.prof
+    .venv/bin/python bench/encoder_speed.py --set model.two_tower.processes=2 --test-recall
+        # data-parallel in 2 gloo processes (cpus // 2 threads each; --threads is the
+        # parent's); "process CPU" then counts the parent only
 
 The split is built as the retrain flow builds it (components.pipeline.steps: ingest -> validate ->
 snapshot -> split, into `--cache/<config name>-<hash of the overrides>`, reused when
