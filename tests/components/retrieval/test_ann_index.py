@@ -13,6 +13,7 @@ import pytest
 from components.config import AnnoyConfig
 from components.retrieval import ann_index
 from components.retrieval.ann_index import (
+    ITEMS_SCANNED_PER_NODE,
     AnnIndex,
     ann_recall,
     build_annoy_index,
@@ -284,20 +285,21 @@ def test_scan_is_exact_search_under_the_index_metric(
     np.testing.assert_allclose(annoy.scores[same, 0], found.scores[same, 0], atol=1e-3)
 
 
-def test_search_scans_only_when_annoy_would_inspect_as_many_nodes_as_items(
+def test_search_scans_only_when_the_scan_costs_no_more_than_annoys_nodes(
     items: np.ndarray, queries: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     index = AnnIndex.build(items, ids(len(items)), AnnoyConfig(n_trees=10, search_k_factor=3.0))
-    # 3 x 10 x k nodes per query against 3,000 items: a scan from k = 100 on.
-    assert not index.scan_is_cheaper(99) and index.scan_is_cheaper(100)
-    assert index.scan_is_cheaper(np.array([50, 150]))  # 1,500 + 4,500 nodes >= 6,000
-    assert not index.scan_is_cheaper(np.array([50, 140]))
+    assert ITEMS_SCANNED_PER_NODE == 5
+    # 3 x 10 x k nodes per query, 5 scanned items each, against 3,000 items: scan from k = 20.
+    assert not index.scan_is_cheaper(19) and index.scan_is_cheaper(20)
+    assert index.scan_is_cheaper(np.array([10, 30]))  # 5 x (300 + 900) nodes >= 6,000
+    assert not index.scan_is_cheaper(np.array([10, 29]))
     used: list[str] = []
     monkeypatch.setattr(AnnIndex, "scan", lambda self, v, k: used.append("scan"))
     monkeypatch.setattr(AnnIndex, "query", lambda self, v, k: used.append("query"))
 
     index.search(queries, 120)
-    index.search(queries, 20)
+    index.search(queries, 5)
 
     assert used == ["scan", "query"]
 
