@@ -42,7 +42,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, from anywhere
 
-from components.processes import free_local_port, start_process_dying_with_parent
+from components.processes import (
+    free_local_port,
+    owner_is_gone,
+    process_owner,
+    start_process_dying_with_parent,
+)
 
 BIN = Path(sys.executable).parent
 DATABASES = ("prefect", "mlflow")
@@ -203,6 +208,7 @@ def start(args: argparse.Namespace) -> int:
     public = args.advertise or ("127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host)
     state = {
         "pid": os.getpid(),
+        "owner": process_owner(),  # pid and start time: a reused pid is not taken for it
         "prefect_api_url": f"http://{public}:{ports['prefect']}/api",
         "mlflow_tracking_uri": f"http://{public}:{ports['mlflow']}",
         "prefect_database_url": f"postgresql+asyncpg://{database}/prefect",
@@ -286,8 +292,8 @@ def start(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return 1
     finally:
-        state_path.unlink(missing_ok=True)
         _stop(servers)
+        state_path.unlink(missing_ok=True)  # last: `stop` waits for it to go
 
 
 def _exports(state: dict[str, object]) -> str:
@@ -305,18 +311,19 @@ def _state(args: argparse.Namespace) -> dict[str, object]:
 
 
 def stop(args: argparse.Namespace) -> int:
-    pid = int(_state(args)["pid"])
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:  # killed outright: its servers died with it (death signal)
-        (servers_dir(args.home) / STATE_FILE).unlink(missing_ok=True)
+    """SIGTERM the launcher, then wait until it has stopped every server (it removes
+    servers.json last; its pid alone would still answer while a parent has not reaped it)."""
+    path = servers_dir(args.home) / STATE_FILE
+    state = _state(args)
+    pid = int(state["pid"])
+    if owner_is_gone(str(state["owner"])):  # killed outright: its servers died with it
+        path.unlink(missing_ok=True)
         print(f"launcher {pid} was not running; removed its stale {STATE_FILE}")
         return 0
+    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 3 * STOP_TIMEOUT_S + 10
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not path.exists():
             return 0
         time.sleep(0.5)
     print(f"launcher {pid} still running", file=sys.stderr)

@@ -140,6 +140,7 @@ def _workers_of(run_id: str, logs: dict[str, Path]) -> set[str]:
 def test_two_workers_share_postgres_backed_prefect_and_mlflow_servers(tmp_path: Path) -> None:
     import mlflow
     import pandas as pd
+    import psutil
     import psycopg
     from mlflow import MlflowClient
 
@@ -149,6 +150,8 @@ def test_two_workers_share_postgres_backed_prefect_and_mlflow_servers(tmp_path: 
         "PYTHONPATH": str(REPO),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
+        # Workers ask for due runs every 2 s, not 10: a run starts soon after it is created.
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
     }
     servers_home = tmp_path / "servers-home"
     launcher_log = tmp_path / "launcher.log"
@@ -161,6 +164,7 @@ def test_two_workers_share_postgres_backed_prefect_and_mlflow_servers(tmp_path: 
     launcher_command = [sys.executable, str(REPO / "deployments" / "shared_servers.py")]
     launcher_command += ["start", "--home", str(servers_home)]
     launcher_command += ["--prefect-port", "0", "--mlflow-port", "0", "--postgres-port", "0"]
+    launcher_command += ["--mlflow-workers", "1"]  # 2 cores: the flows need them more
     # As root, PostgreSQL runs as another user, who cannot reach into pytest's private
     # (0700, and reset by any other pytest session) temporary tree: its data lives beside.
     postgres_data = Path(tempfile.mkdtemp(prefix="rewear-test-postgres-"))
@@ -235,6 +239,10 @@ def test_two_workers_share_postgres_backed_prefect_and_mlflow_servers(tmp_path: 
         runs = prefect.wait(pair_ids, list(logs.values()))
         for run in runs:
             assert run.state.is_completed(), (run.name, run.state)
+        # At the same time: each started before the other ended.
+        assert max(r.start_time for r in runs) < min(r.end_time for r in runs), [
+            (r.start_time, r.end_time) for r in runs
+        ]
         both_s = time.perf_counter() - started
 
         # Each run on one worker; the two runs at once on the two workers.
@@ -308,9 +316,20 @@ def test_two_workers_share_postgres_backed_prefect_and_mlflow_servers(tmp_path: 
             )
         assert [row[0] for row in rows] == [1, 2, 3]
         assert aliases == {alias: int(n) for alias, n in model.aliases.items()}
+        # `stop` ends the launcher, which stops every server and their own processes.
+        family = _descendants(processes[0].pid)
+        assert family, "the servers run as the launcher's descendants"
+        stop_started = time.perf_counter()
+        subprocess.run([*launcher_command[:2], "stop", "--home", str(servers_home)], check=True)
+        assert processes[0].wait(timeout=30) == 0
+        _, alive = psutil.wait_procs(family, timeout=30)
+        assert not alive, [process.cmdline()[:3] for process in alive]
+        assert not (servers_home / "servers" / "servers.json").exists()
+        stop_s = time.perf_counter() - stop_started
         print(
             f"servers up {up_s:.0f}s, first retrain at {first_s:.0f}s, retrain + refresh at "
-            f"{both_s:.0f}s, champion v{champion}, workers {workers}"
+            f"{both_s:.0f}s, stopped in {stop_s:.0f}s; champion v{champion}, refresh "
+            f"v{refreshed}, workers {workers}"
         )
     finally:
         _end(processes)
