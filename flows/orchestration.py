@@ -33,7 +33,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 import prefect
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
-from prefect.context import TaskRunContext
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.filesystems import LocalFileSystem
 from prefect.logging import get_logger
 from prefect.serializers import JSONSerializer
@@ -56,6 +56,7 @@ from prefect.settings import (
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from prefect.utilities.hashing import hash_objects
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from components.config import PipelineConfig, load_config
 from components.pipeline.chain import REGISTRY_STAGES, SOURCE_STAGES, Stages
@@ -280,8 +281,66 @@ def as_stage_task(stage: str, step: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def prefect_stages(timings_s: dict[str, float] | None = None) -> Stages:
-    """The chain's stages as Prefect tasks, their wall times kept in `timings_s`."""
-    return Stages(wrap=as_stage_task, timings_s={} if timings_s is None else timings_s)
+    """The chain's stages as Prefect tasks, their wall times kept in `timings_s`; shard
+    steps mapped over the flow's task runner (`map_shard_tasks`); on a Dask task runner
+    the ranker trains on its cluster (DaskLGBMRanker)."""
+    return Stages(
+        wrap=as_stage_task,
+        timings_s={} if timings_s is None else timings_s,
+        mapper=map_shard_tasks,
+        dask_address=flow_dask_address(),
+    )
+
+
+def _runs_on_dask() -> bool:
+    context = FlowRunContext.get()
+    runner = None if context is None else context.task_runner
+    return runner is not None and not isinstance(runner, ThreadPoolTaskRunner)
+
+
+class RankerOnDaskSettings(BaseSettings):
+    """`REWEAR_DASK_RANKER` (default true): on a Dask task runner the ranker trains on its
+    cluster with DaskLGBMRanker; false: in the flow's process with LightGBM, as on the
+    thread pool (the same ranker, so the same metrics, as a thread-pool run)."""
+
+    model_config = SettingsConfigDict(env_prefix="REWEAR_", frozen=True, extra="ignore")
+
+    dask_ranker: bool = True
+
+
+def flow_dask_address() -> str | None:
+    """The scheduler address of the current flow run's Dask task runner, where the ranker
+    trains (None: not Dask, or REWEAR_DASK_RANKER=false)."""
+    if not _runs_on_dask() or not RankerOnDaskSettings().dask_ranker:
+        return None
+    context = FlowRunContext.get()
+    client = getattr(context.task_runner, "client", None) if context is not None else None
+    if client is None:
+        return None
+    return str(client.scheduler.address)
+
+
+def map_shard_tasks(
+    stage: str,
+    step: Callable[..., Any],
+    shards: Sequence[dict[str, Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> list[Any]:
+    """A shard step as one Prefect task per shard (task run `<stage>-<number>`, cached and
+    retried as the other stages) on the flow's task runner: all submitted at once on Dask
+    (the workers bound the memory), one at a time on the thread pool (memory bounded by a
+    shard, as in one process). Results in the shards' order."""
+    task = as_stage_task(stage, step)
+
+    def submit(shard: dict[str, Any]) -> Any:
+        named = task.with_options(task_run_name=f"{stage}-{shard['number']:03d}")
+        return named.submit(*args, shard, **kwargs)
+
+    if _runs_on_dask():
+        futures = [submit(shard) for shard in shards]
+        return [future.result() for future in futures]
+    return [submit(shard).result() for shard in shards]
 
 
 def start_tracked_run(kind: str, config_path: str, overrides: dict[str, Any] | None) -> TrackedRun:
