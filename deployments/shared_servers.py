@@ -114,6 +114,13 @@ def _hand_to(path: Path, as_user: dict[str, Any]) -> None:
             folder.chmod(mode | 0o001)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only this user can read, from its first byte on."""
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(text)
+
+
 def init_postgres(data: Path, password_file: Path, bin_dir: Path, as_user: dict[str, Any]) -> str:
     """initdb on the first start (password auth; the password kept in `password_file`,
     readable by this user only); returns the password."""
@@ -121,8 +128,7 @@ def init_postgres(data: Path, password_file: Path, bin_dir: Path, as_user: dict[
         return password_file.read_text().strip()
     data.mkdir(parents=True, exist_ok=True)
     password = secrets.token_urlsafe(24)
-    password_file.write_text(password)
-    password_file.chmod(0o600)
+    _write_private(password_file, password)
     if as_user:
         _hand_to(data, as_user)
     # initdb reads the password from a file of its own user's, in the system's temporary
@@ -205,7 +211,8 @@ def start(args: argparse.Namespace) -> int:
     data = Path(args.postgres_data or folder / "postgres").expanduser().resolve()
     password = init_postgres(data, folder / "postgres-password", bin_dir, as_user)
     database = f"postgres:{password}@127.0.0.1:{ports['postgres']}"
-    public = args.advertise or ("127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host)
+    local = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # health checks
+    public = args.advertise or local
     state = {
         "pid": os.getpid(),
         "owner": process_owner(),  # pid and start time: a reused pid is not taken for it
@@ -257,7 +264,8 @@ def start(args: argparse.Namespace) -> int:
                 ),
             )
         )
-        _wait(_http_ok(f"{state['prefect_api_url']}/health"), servers[-1], folder / "prefect.log")
+        prefect_health = f"http://{local}:{ports['prefect']}/api/health"
+        _wait(_http_ok(prefect_health), servers[-1], folder / "prefect.log")
 
         # MLflow's job runner (GenAI jobs rewear does not use) would add eight processes.
         mlflow_env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
@@ -273,12 +281,10 @@ def start(args: argparse.Namespace) -> int:
                 ),
             )
         )
-        _wait(
-            _http_ok(f"{state['mlflow_tracking_uri']}/health"), servers[-1], folder / "mlflow.log"
-        )
+        mlflow_health = f"http://{local}:{ports['mlflow']}/health"
+        _wait(_http_ok(mlflow_health), servers[-1], folder / "mlflow.log")
 
-        state_path.write_text(json.dumps(state, indent=2))
-        state_path.chmod(0o600)  # the database URLs hold the password
+        _write_private(state_path, json.dumps(state, indent=2))  # the URLs hold the password
         print(f"shared servers up ({state_path}):", flush=True)
         print(_exports(state), flush=True)
         while not stopping:
