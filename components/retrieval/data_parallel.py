@@ -15,9 +15,11 @@ without one: one flat all-reduce per step does all that.
 
 Failures: an exception in a rank ends that rank; the parent then stops the others and
 raises `DataParallelError` with the rank's traceback (no rank waits on a dead peer: the
-parent kills them). `timeout_s` bounds the whole run, `collective_timeout_s` the gloo
-rendezvous and every collective. Rank 0 logs through the parent's loggers (a queue), the
-other ranks' warnings and errors too.
+parent kills them), and the ranks die with the parent (PR_SET_PDEATHSIG with SIGKILL,
+Linux: torch's own SIGINT waits until a rank is back from C code, e.g. a collective).
+`timeout_s` bounds the whole run, `collective_timeout_s` the gloo rendezvous and every
+collective. Rank 0 logs through the parent's loggers (a queue), the other ranks' warnings
+and errors too.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import torch.distributed as dist
 import torch.multiprocessing as torch_mp
 from torch import nn
 
-from components.processes import free_local_port
+from components.processes import _die_with_parent, free_local_port
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +94,10 @@ class Ranks:
         Returns (any rank past the deadline, the weighted mean loss)."""
         weight = weight if loss is not None else 0
         parameters = list(model.parameters())
+        # Sparse table gradients (rows a batch touched) travel dense: the optimiser takes
+        # the averaged rows back as sparse (two_tower_training._Adam.step).
         parts = [
-            p.grad.reshape(-1) * weight if p.grad is not None else torch.zeros(p.numel())
+            _dense(p.grad).reshape(-1) * weight if p.grad is not None else torch.zeros(p.numel())
             for p in parameters
         ]
         tail = [float(p.grad is not None) for p in parameters]
@@ -170,6 +174,7 @@ def run_in_processes(
                 args=(
                     fn,
                     tuple(args),
+                    os.getpid(),
                     processes,
                     free_local_port(),
                     str(result),
@@ -237,6 +242,7 @@ def _rank_main(
     rank: int,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
+    parent: int,
     size: int,
     port: int,
     result: str,
@@ -244,7 +250,9 @@ def _rank_main(
     level: int,
     collective_timeout_s: float,
 ) -> None:
-    """One rank: logging to the parent, threads, the gloo group, `fn`, rank 0's result."""
+    """One rank: logging to the parent, threads, the gloo group, `fn`, rank 0's result.
+    It dies with the parent (Linux): a killed task leaves no rank training on."""
+    _die_with_parent(parent)
     handler = logging.handlers.QueueHandler(logs)
     handler.setLevel(level if rank == 0 else max(level, logging.WARNING))
     root = logging.getLogger()
@@ -287,3 +295,7 @@ class _ParentLoggers(logging.Handler):
         target = logging.getLogger(record.name)
         if target.isEnabledFor(record.levelno):
             target.handle(record)
+
+
+def _dense(gradient: torch.Tensor) -> torch.Tensor:
+    return gradient.to_dense() if gradient.is_sparse else gradient

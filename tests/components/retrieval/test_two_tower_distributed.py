@@ -8,9 +8,14 @@ one-process seed spread, widened by that spread (see TOLERANCE below for why).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,6 +44,7 @@ SMALL = TwoTowerConfig(
     early_stopping_k=20,
 )
 K = 20
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _recalls(split: DataSplit, config: TwoTowerConfig) -> tuple[float, float, list[dict]]:
@@ -125,6 +131,69 @@ def test_ranks_return_rank_0s_value_and_failures_or_hangs_raise_in_the_parent():
 
     with pytest.raises(DataParallelError, match="did not finish within 20 s"):
         run_in_processes(_hang_on_rank_1, (), 2, timeout_s=20, what="test")
+
+
+def _sleep_and_tell(ranks: Ranks, folder: str) -> None:
+    # Deaf to SIGINT, torch's own parent-death signal, as a rank is while inside a gloo
+    # collective or a long torch kernel (Python handles signals between bytecodes).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    (Path(folder) / f"rank{ranks.rank}.pid").write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+def test_the_ranks_die_with_a_killed_parent(tmp_path):
+    code = (
+        "from components.retrieval.data_parallel import run_in_processes\n"
+        "from tests.components.retrieval.test_two_tower_distributed import _sleep_and_tell\n"
+        f"run_in_processes(_sleep_and_tell, ({str(tmp_path)!r},), 2, timeout_s=600, what='t')\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    try:
+        files = [tmp_path / f"rank{rank}.pid" for rank in range(2)]
+        deadline = time.monotonic() + 120
+        while not all(f.exists() and f.read_text() for f in files):
+            assert parent.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        pids = [int(f.read_text()) for f in files]
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 20
+    while not all(_gone(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"ranks {pids} outlived their parent"
+        time.sleep(0.2)
+
+
+def _ranks_from_a_daemon(answers) -> None:
+    try:
+        run_in_processes(_threads_and_rank, (), 2, timeout_s=60, what="encoder")
+        answers.put("ran")
+    except DataParallelError as error:
+        answers.put(str(error))
+
+
+@pytest.mark.slow
+def test_a_daemonic_process_such_as_a_dask_worker_is_told_how_to_allow_the_ranks():
+    context = multiprocessing.get_context("spawn")
+    answers = context.Queue()
+    daemon = context.Process(target=_ranks_from_a_daemon, args=(answers,), daemon=True)
+    daemon.start()
+    try:
+        answer = answers.get(timeout=120)
+    finally:
+        daemon.join(30)
+    assert "DASK_DISTRIBUTED__WORKER__DAEMON=False" in answer
+    assert "REWEAR_ENCODER_PROCESSES=1" in answer
 
 
 def test_processes_come_from_the_config_or_the_environment(monkeypatch):
