@@ -451,11 +451,15 @@ def _affinities(history: pd.DataFrame, catalogue: pd.DataFrame) -> dict[str, pd.
 
 
 def _recent_items(history: pd.DataFrame, n: int) -> dict[str, list[str]]:
+    ts = history["ts"]
+    if isinstance(ts.dtype, pd.DatetimeTZDtype):
+        # datetime64 values, not an object array of Timestamps (7 s per 1M rows to build)
+        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
     frame = pd.DataFrame(
         {
             "user_id": history["user_id"].astype(str).to_numpy(dtype=object),
             "item_id": history["item_id"].astype(str).to_numpy(dtype=object),
-            "ts": history["ts"].to_numpy(),
+            "ts": ts.to_numpy(),
             "_row": np.arange(len(history)),
         }
     )
