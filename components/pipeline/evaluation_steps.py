@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from components.config import EvaluationConfig, ExecutionConfig, PipelineConfig
 from components.data.snapshot import read_tables
@@ -134,10 +137,22 @@ def evaluation_shard(
     started = time.perf_counter()
     data = read_split(Path(split_uri))
     task = task_rows(build_evaluation_task(data, "test", config), shard["start"], shard["stop"])
-    scorers = evaluation_scorers(data, evaluation_model_uri, config, candidates_uri)
-    with scorers["model"].stack.remembering_candidates():
-        ranked = rank_every_scorer(scorers, task, config)
     with publish_shard(run_dir, "evaluate", shard) as staging:
+        own = None
+        if candidates_uri is not None:
+            # Only this shard's users' candidates: its memory is a shard's, not every user's.
+            own = staging / "candidates.parquet"
+            users = pa.array([str(user) for user in task.user_ids], pa.string())
+            pq.write_table(
+                pq.read_table(candidates_uri, filters=pc.field("user_id").isin(users)), own
+            )
+        scorers = evaluation_scorers(
+            data, evaluation_model_uri, config, None if own is None else str(own)
+        )
+        with scorers["model"].stack.remembering_candidates():
+            ranked = rank_every_scorer(scorers, task, config)
+        if own is not None:
+            own.unlink()
         np.savez(staging / "ranked.npz", **ranked)
     folder = shard_folder(run_dir, "evaluate", shard)
     return {
