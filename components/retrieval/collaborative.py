@@ -446,8 +446,38 @@ class Ials(_UserItemScorer):
             config=config,
         )
 
-    def _warm_scores(self, rows: np.ndarray) -> np.ndarray:
-        return self.user_factors[rows] @ self.item_factors.T
+    _factor_columns: dict[int, tuple[Sequence[str], np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+        """As `_UserItemScorer.score`, but the product runs on the factors of `item_ids`
+        only (zero rows for unknown items), remembered per catalogue list: a candidate
+        source ranks the live listings, often a fraction of the items the model knows, and
+        the full product would then be gathered into them (twice the work, one more copy
+        of a batch x catalogue block)."""
+        rows = self._user_rows.positions(user_ids)
+        warm = rows >= 0
+        factors = self._factors_of(item_ids)
+        scores = np.empty((len(rows), len(factors)), dtype=np.float32)
+        if (~warm).any():
+            positions = item_positions(self._positions, self.item_index, item_ids)
+            scores[~warm] = _aligned_scores(self.popularity[None, :], positions)
+        if warm.any():
+            scores[warm] = self.user_factors[rows[warm]] @ factors.T
+        return scores
+
+    def _factors_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        hit = self._factor_columns.get(id(item_ids))
+        if hit is not None and hit[0] is item_ids:
+            return hit[1]
+        positions = item_positions(self._positions, self.item_index, item_ids)
+        factors = np.zeros((len(positions), self.item_factors.shape[1]), dtype=np.float32)
+        known = positions >= 0
+        factors[known] = self.item_factors[positions[known]]
+        self._factor_columns.clear()
+        self._factor_columns[id(item_ids)] = (item_ids, factors)
+        return factors
 
 
 # ------------------------------------------------------------------------- wiring
