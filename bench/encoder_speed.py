@@ -7,7 +7,7 @@
         --profile /tmp/enc.prof
     .venv/bin/python bench/encoder_speed.py --set model.two_tower.processes=2 --test-recall
         # data-parallel in 2 gloo processes (cpus // 2 threads each; --threads is the
-        # parent's); "process CPU" then counts the parent only
+        # parent's); "ranks CPU" is what the spawned ranks used
 
 The split is built as the retrain flow builds it (components.pipeline.steps: ingest -> validate ->
 snapshot -> split, into `--cache/<config name>-<hash of the overrides>`, reused when
@@ -26,6 +26,7 @@ import argparse
 import cProfile
 import json
 import logging
+import resource
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,7 @@ def main() -> None:
 
     profiler = cProfile.Profile() if args.profile else None
     started, cpu = time.perf_counter(), time.process_time()
+    ranks_cpu = _children_cpu()
     if profiler is not None:
         profiler.enable()
     fitted, trained = train_label_stage_encoders(split, config.model, config.evaluation)
@@ -77,6 +79,7 @@ def main() -> None:
         profiler.disable()
         profiler.dump_stats(args.profile)
     total, cpu = time.perf_counter() - started, time.process_time() - cpu
+    ranks_cpu = _children_cpu() - ranks_cpu
 
     key = f"valid_recall@{tower.early_stopping_k}"
     best = None
@@ -101,7 +104,8 @@ def main() -> None:
         )
     print(
         f"fit epochs {len(fit)}, refit epochs {len(refit)}; "
-        f"train_two_tower_stages wall {total:.1f} s (process CPU {cpu:.1f} s)"
+        f"train_two_tower_stages wall {total:.1f} s (process CPU {cpu:.1f} s, "
+        f"ranks CPU {ranks_cpu:.1f} s)"
     )
     if args.test_recall:
         task = build_evaluation_task(split, "test", config.evaluation)
@@ -112,6 +116,13 @@ def main() -> None:
             )
             recall = evaluate_scorer(scorer, task, (k,)).metrics[f"recall@{k}"]
             print(f"test recall@{k} of the model {name}: {recall:.4f}")
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the finished child processes (the data-parallel ranks): on a busy
+    machine, work done is easier to compare than wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

@@ -3,7 +3,12 @@
 Real spawned processes and a real gloo group, no mocks. The quality test trains a small
 two-tower on the synthetic marketplace (tests/components/conftest.py) in one process for
 three seeds and in two processes for one: the two-process recall must lie within the
-one-process seed spread, widened by that spread (see TOLERANCE below for why).
+one-process seeds' range widened by its width on each side. Why that tolerance: over five
+seeds one process gave best valid recall@20 .066-.082 and test recall@20 .059-.073, two
+processes over three seeds .071-.084 and .056-.062 (same code, same data): the seed is
+worth more than the process count, three seeds see half to three quarters of the five-seed
+range, and doubling it covers the rest while a run that learned a third as much (one
+epoch instead of three: valid .037-.047) still fails it.
 """
 
 from __future__ import annotations
