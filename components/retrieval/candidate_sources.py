@@ -19,6 +19,7 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from components.config import CandidatesConfig
 from components.ids import IdPositions
@@ -88,6 +89,11 @@ class ScorerSource:
             if self._shared_order is not None:
                 parts.append(self._shared_top(batch, rows, cols, n))
                 continue
+            sparse = getattr(self.scorer, "sparse_scores", None)
+            split = None if sparse is None else sparse(list(batch), self._allowed_list)
+            if split is not None:
+                parts.append(self._sparse_top(batch, rows, cols, n, *split))
+                continue
             scores = np.array(
                 self.scorer.score(list(batch), self._allowed_list), dtype=np.float32, copy=True
             )
@@ -119,6 +125,60 @@ class ScorerSource:
         slot = kept_rank[row_of, column_of] - 1
         top[row_of, slot] = order[column_of]
         top_scores[row_of, slot] = scores[row_of, column_of]
+        return _arrays_from_matrix(batch, top, top_scores, self._allowed_array)
+
+    def _sparse_top(
+        self,
+        batch: np.ndarray,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        n: int,
+        matrix: sp.csr_matrix,
+        fallback: np.ndarray,
+        scale: np.ndarray,
+    ) -> CandidateArrays:
+        """Top-n of a scorer answering `sparse_scores` (co-visitation): each user's own
+        scored items first (all above the fallback), best first, then the fallback order's
+        head past their exclusions and those items. Costs the batch's co-visits plus
+        batch x (2n + exclusions) cells, not batch x catalogue."""
+        width = len(self._allowed_array)
+        coo = matrix.tocoo()
+        banned = np.sort(rows * width + cols)
+        allowed = ~isin_sorted(coo.row.astype(np.int64) * width + coo.col, banned)
+        entry_row, entry_col = coo.row[allowed].astype(np.int64), coo.col[allowed].astype(np.int64)
+        entry_score = coo.data[allowed]
+        order = np.lexsort((entry_col, -entry_score, entry_row))
+        entry_row, entry_col, entry_score = entry_row[order], entry_col[order], entry_score[order]
+        starts = np.searchsorted(entry_row, np.arange(len(batch)))
+        rank = np.arange(len(entry_row)) - starts[entry_row]
+        chosen = rank < n
+        top = np.full((len(batch), n), -1, dtype=np.int64)
+        top_scores = np.full((len(batch), n), -np.inf, dtype=np.float32)
+        top[entry_row[chosen], rank[chosen]] = entry_col[chosen]
+        top_scores[entry_row[chosen], rank[chosen]] = entry_score[chosen]
+        filled = np.bincount(entry_row[chosen], minlength=len(batch))
+        short = np.flatnonzero(filled < n)
+        if len(short) == 0 or width == 0:
+            return _arrays_from_matrix(batch, top, top_scores, self._allowed_array)
+        # The fallback's head, deep enough for any short row's exclusions and own items.
+        fallback_order = np.argsort(-fallback, kind="stable")
+        struck_per_row = np.bincount(rows, minlength=len(batch)) + filled
+        depth = min(width, n + int(struck_per_row[short].max()))
+        rank_of = np.full(width, -1, dtype=np.int64)
+        rank_of[fallback_order[:depth]] = np.arange(depth)
+        slot_of_row = np.full(len(batch), -1, dtype=np.int64)
+        slot_of_row[short] = np.arange(len(short))
+        keep = np.ones((len(short), depth), dtype=bool)
+        for struck_rows, struck_cols in ((rows, cols), (entry_row[chosen], entry_col[chosen])):
+            hit = (rank_of[struck_cols] >= 0) & (slot_of_row[struck_rows] >= 0)
+            keep[slot_of_row[struck_rows[hit]], rank_of[struck_cols[hit]]] = False
+        kept_rank = np.cumsum(keep, axis=1)
+        take = keep & (kept_rank <= (n - filled[short])[:, None])
+        slot, column = np.nonzero(take)
+        row = short[slot]
+        position = filled[row] + kept_rank[slot, column] - 1
+        top[row, position] = fallback_order[column]
+        top_scores[row, position] = fallback[fallback_order[column]] * scale[row]
         return _arrays_from_matrix(batch, top, top_scores, self._allowed_array)
 
 

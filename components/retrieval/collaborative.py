@@ -236,6 +236,38 @@ class Covisitation(_UserItemScorer):
             config=config,
         )
 
+    def sparse_scores(
+        self, user_ids: Sequence[str], item_ids: Sequence[str]
+    ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray] | None:
+        """`score` in two parts, for a top-n that costs the co-visits, not users x catalogue
+        (None while the similarity is dense): the co-visited items' scores 1 + s / max(s)
+        as CSR over `item_ids`; the user-independent score every other item gets (training
+        popularity, 0 for unknown items); and its scale per user (0.999 warm, 1 cold)."""
+        if not sp.issparse(self.similarity):
+            return None
+        rows = self._user_rows.positions(user_ids)
+        warm = rows >= 0
+        positions = item_positions(self._positions, self.item_index, item_ids)
+        fallback = _aligned_scores(self.popularity[None, :], positions)[0]
+        scale = np.where(warm, np.float32(0.999), np.float32(1.0)).astype(np.float32)
+        columns = np.full(len(self.item_index), -1, dtype=np.int64)
+        columns[positions[positions >= 0]] = np.flatnonzero(positions >= 0)
+        # The warm rows' product exactly as `score` computes it (same sums, same floats).
+        product = sp.csr_matrix(self.seeds[rows[warm]] @ self.similarity, dtype=np.float32)
+        product.eliminate_zeros()
+        coo = product.tocoo()
+        entry_rows = np.flatnonzero(warm)[coo.row]
+        row_max = np.zeros(len(rows), dtype=np.float32)
+        np.maximum.at(row_max, entry_rows, coo.data)
+        values = coo.data / row_max[entry_rows] + np.float32(1.0)
+        kept = (coo.data > 0) & (columns[coo.col] >= 0)
+        matrix = sp.csr_matrix(
+            (values[kept], (entry_rows[kept], columns[coo.col[kept]])),
+            shape=(len(rows), len(positions)),
+            dtype=np.float32,
+        )
+        return matrix, fallback, scale
+
     def _warm_scores(self, rows: np.ndarray) -> np.ndarray:
         product = self.seeds[rows] @ self.similarity
         raw = product.toarray() if sp.issparse(product) else np.asarray(product)

@@ -9,6 +9,7 @@ must not come back to them; `cold` has no history at all.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -512,3 +513,42 @@ def test_a_user_independent_scorer_gives_the_full_ranking_lists_from_its_shared_
     assert fast.loc[above, "item_id"].tolist() == reference.loc[above, "item_id"].tolist()
     assert (fast.groupby("user_id").size() <= n).all()
     assert filters.keep(fast["user_id"], fast["item_id"]).all()
+
+
+class _DenseScored:
+    """A co-visitation scorer without `sparse_scores`: ScorerSource ranks its full scores."""
+
+    def __init__(self, model: Covisitation) -> None:
+        self.model = model
+
+    def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+        return self.model.score(user_ids, item_ids)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 50])
+def test_co_visitation_ranked_from_its_sparse_scores_gives_the_full_ranking_lists(
+    world: tuple[pd.DataFrame, pd.DataFrame, CandidateFilter], n: int
+) -> None:
+    import scipy.sparse as sp
+
+    history, items, filters = world
+    item_ids = list(items["item_id"].astype(str))
+    model = Covisitation.fit(history, CovisitationConfig(), AS_OF)
+    sparse_model = replace(model, similarity=sp.csr_matrix(model.similarity))
+    users = [*sorted(history["user_id"].astype(str).unique()), "nobody"]
+    scores = sparse_model.score(users, item_ids)
+    matrix, fallback, scale = sparse_model.sparse_scores(users, item_ids)
+    # the two parts are the scores: co-visited cells, else the scaled fallback
+    rebuilt = np.where(matrix.toarray() > 0, matrix.toarray(), fallback[None, :] * scale[:, None])
+    np.testing.assert_array_equal(rebuilt, scores)
+
+    fast = ScorerSource("covisitation", sparse_model, item_ids, filters, batch_size=2)
+    full = ScorerSource("covisitation", _DenseScored(sparse_model), item_ids, filters)
+    got, reference = fast.candidates(users, n), full.candidates(users, n)
+
+    columns = ["user_id", "rank", "score"]
+    pd.testing.assert_frame_equal(got[columns], reference[columns])
+    last = got.groupby("user_id")["score"].transform("min")
+    above = got["score"] > last
+    assert got.loc[above, "item_id"].tolist() == reference.loc[above, "item_id"].tolist()
+    assert filters.keep(got["user_id"], got["item_id"]).all()
