@@ -84,7 +84,10 @@ def run_size(n_users: int, scratch: Path) -> dict[str, Any]:
             started = time.perf_counter()
             with PeakSampler() as sampler:
                 result = step(*args, **kwargs)
-            stage_peaks[stage] = round(sampler.peak_mb, 1)
+            # A per-user stage runs as <stage>.plan, .shard (one per shard), .combine:
+            # its peak is the highest of them.
+            name = stage.split(".")[0]
+            stage_peaks[name] = round(max(stage_peaks.get(name, 0.0), sampler.peak_mb), 1)
             print(
                 f"{n_users} users: {stage} {time.perf_counter() - started:.1f} s "
                 f"(peak RSS {sampler.peak_mb:.0f} MB)",
