@@ -94,8 +94,8 @@ class Ranks:
         Returns (any rank past the deadline, the weighted mean loss)."""
         weight = weight if loss is not None else 0
         parameters = list(model.parameters())
-        # Sparse table gradients (rows a batch touched) travel dense: the optimiser takes
-        # the averaged rows back as sparse (two_tower_training._Adam.step).
+        # A sparse gradient (an embedding with sparse=True: the rows a batch touched)
+        # travels dense, and the averaged gradient is dense.
         parts = [
             _dense(p.grad).reshape(-1) * weight if p.grad is not None else torch.zeros(p.numel())
             for p in parameters
@@ -298,4 +298,5 @@ class _ParentLoggers(logging.Handler):
 
 
 def _dense(gradient: torch.Tensor) -> torch.Tensor:
+    """The gradient as a dense tensor (one flat all-reduce buffer holds them all)."""
     return gradient.to_dense() if gradient.is_sparse else gradient

@@ -201,6 +201,27 @@ def test_a_daemonic_process_such_as_a_dask_worker_is_told_how_to_allow_the_ranks
     assert "REWEAR_ENCODER_PROCESSES=1" in answer
 
 
+def _ranks_on_a_dask_worker() -> tuple[int, int, int]:
+    return run_in_processes(_threads_and_rank, (), 2, timeout_s=120, what="encoder")
+
+
+@pytest.mark.slow
+def test_a_dask_worker_started_non_daemonic_runs_the_ranks():
+    """What REWEAR_TASK_RUNNER=dask needs: workers with DASK_DISTRIBUTED__WORKER__DAEMON=
+    False (the same setting as configuration here) start the ranks from a task."""
+    dask = pytest.importorskip("dask")
+    distributed = pytest.importorskip("distributed")
+    with (
+        dask.config.set({"distributed.worker.daemon": False}),
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        rank, size, _ = client.submit(_ranks_on_a_dask_worker, pure=False).result()
+    assert (rank, size) == (0, 2)
+
+
 def test_processes_come_from_the_config_or_the_environment(monkeypatch):
     with pytest.raises(ValueError):
         TwoTowerConfig(processes=0)
