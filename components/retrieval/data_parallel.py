@@ -94,10 +94,8 @@ class Ranks:
         Returns (any rank past the deadline, the weighted mean loss)."""
         weight = weight if loss is not None else 0
         parameters = list(model.parameters())
-        # A sparse gradient (an embedding with sparse=True: the rows a batch touched)
-        # travels dense, and the averaged gradient is dense.
         parts = [
-            _dense(p.grad).reshape(-1) * weight if p.grad is not None else torch.zeros(p.numel())
+            p.grad.reshape(-1) * weight if p.grad is not None else torch.zeros(p.numel())
             for p in parameters
         ]
         tail = [float(p.grad is not None) for p in parameters]
@@ -295,8 +293,3 @@ class _ParentLoggers(logging.Handler):
         target = logging.getLogger(record.name)
         if target.isEnabledFor(record.levelno):
             target.handle(record)
-
-
-def _dense(gradient: torch.Tensor) -> torch.Tensor:
-    """The gradient as a dense tensor (one flat all-reduce buffer holds them all)."""
-    return gradient.to_dense() if gradient.is_sparse else gradient
