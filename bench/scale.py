@@ -5,6 +5,7 @@ sizes, log-log). Issue 15 asks for no exponent above 1.2.
 
     .venv/bin/python bench/scale.py                         # 4k, 20k, 90k users
     .venv/bin/python bench/scale.py --users 4000 --users 20000 --out /tmp/scale
+    .venv/bin/python bench/scale.py --reuse --out /tmp/scale  # re-aggregate kept sizes
 
 About 107 events per user (4k users: 0.43M events, 20k: 2.3M, 90k: about 10M); supply
 (sellers, listings) scales with the users. Each size runs in its own process, so a peak RSS
@@ -218,6 +219,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, action="append", help="users per size (repeat)")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "rewear-scale")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read a size's result from --out when its size-N.json is there (re-measure one "
+        "size, e.g. after a noisy run, without running the others again)",
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -231,6 +238,10 @@ def main() -> None:
     results = []
     for n_users in args.users or DEFAULT_USERS:
         target = args.out / f"size-{n_users}.json"
+        if args.reuse and target.is_file():
+            print(f"== {n_users} users: reusing {target}", flush=True)
+            results.append(json.loads(target.read_text()))
+            continue
         command = [sys.executable, __file__, "--one", str(n_users), "--result", str(target)]
         print(f"== {n_users} users", flush=True)
         if subprocess.run(command, check=False).returncode != 0 or not target.is_file():
