@@ -95,7 +95,7 @@ class Ranks:
         weight = weight if loss is not None else 0
         parameters = list(model.parameters())
         parts = [
-            p.grad.reshape(-1) * weight if p.grad is not None else torch.zeros(p.numel())
+            _dense(p.grad).reshape(-1) * weight if p.grad is not None else torch.zeros(p.numel())
             for p in parameters
         ]
         tail = [float(p.grad is not None) for p in parameters]
@@ -293,3 +293,9 @@ class _ParentLoggers(logging.Handler):
         target = logging.getLogger(record.name)
         if target.isEnabledFor(record.levelno):
             target.handle(record)
+
+
+def _dense(gradient: torch.Tensor) -> torch.Tensor:
+    """A large id table's sparse gradient (the rows a batch touched) travels dense in the
+    one flat all-reduce buffer; the optimiser takes the average back as sparse."""
+    return gradient.to_dense() if gradient.is_sparse else gradient

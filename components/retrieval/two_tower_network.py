@@ -68,7 +68,12 @@ class ItemTower(nn.Module):
             nn.init.normal_(table.weight, std=0.1)
         self.item_id: nn.Embedding | None = None
         if config.use_item_id:
-            self.item_id = nn.Embedding(n_item_ids + 1, config.embedding_dim, padding_idx=UNKNOWN)
+            self.item_id = nn.Embedding(
+                n_item_ids + 1,
+                config.embedding_dim,
+                padding_idx=UNKNOWN,
+                sparse=n_item_ids + 1 > config.sparse_id_rows,
+            )
             nn.init.normal_(self.item_id.weight, std=0.1)
             with torch.no_grad():
                 self.item_id.weight[UNKNOWN].zero_()
@@ -124,7 +129,12 @@ class UserTower(nn.Module):
         self.cold = nn.Parameter(torch.randn(dim) * 0.1)
         self.user_id: nn.Embedding | None = None
         if config.use_user_id:
-            self.user_id = nn.Embedding(n_user_ids + 1, dim, padding_idx=UNKNOWN)
+            self.user_id = nn.Embedding(
+                n_user_ids + 1,
+                dim,
+                padding_idx=UNKNOWN,
+                sparse=n_user_ids + 1 > config.sparse_id_rows,
+            )
             nn.init.normal_(self.user_id.weight, std=0.1)
             with torch.no_grad():
                 self.user_id.weight[UNKNOWN].zero_()

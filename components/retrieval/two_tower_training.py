@@ -40,7 +40,9 @@ over one week overfit it); with `refit_warm_start: false` the refit is from scra
 fixed split's test-stage history is the train file, so the early-stopped model is the
 result.
 
-Speed (CPU, 2 threads): the optimiser is Adam's fused kernel; the item tower runs once
+Speed (CPU, 2 threads): the optimiser is Adam's fused kernel, and lazy Adam for id tables
+above `sparse_id_rows` (`_Adam`: a step then costs its batch, not the catalogue); the
+item tower runs once
 per distinct (listing, age bucket) of a batch, and on the content path once per batch when
 no listing has content features (fixed splits); the early-stopping check scores the model
 through `EpochScorers`, which featurizes the valid window's listings and histories once per
@@ -412,15 +414,61 @@ class _WarmStart:
     since_us: int | None
 
 
-def _adam(model: nn.Module, config: TwoTowerConfig) -> torch.optim.Optimizer:
-    """Adam; the fused CPU kernel (one pass over every parameter, same update rule) is
-    several times faster than the per-tensor loop on the 2.5M-parameter tables."""
-    return torch.optim.Adam(
-        model.parameters(),
-        lr=config.learning_rate,
-        weight_decay=config.weight_decay,
-        fused=True,
-    )
+class _Adam:
+    """Adam for the dense weights (the fused CPU kernel: one pass over every parameter, same
+    update rule, several times faster than the per-tensor loop) and lazy Adam
+    (`torch.optim.SparseAdam`) for the id tables built with sparse gradients (above
+    `sparse_id_rows` rows): those move only the rows a batch touched, moments included,
+    so a step costs the batch, not the catalogue. Weight decay applies to the dense
+    weights only (SparseAdam has none)."""
+
+    def __init__(self, model: nn.Module, config: TwoTowerConfig) -> None:
+        sparse = {
+            f"{name}.weight"
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Embedding) and module.sparse
+        }
+        named = list(model.named_parameters())
+        parameters = dict(named)
+        #: Parameter names in each part's order (how a state dict's positions are read).
+        self.names = {
+            "dense": [name for name, _ in named if name not in sparse],
+            "sparse": [name for name, _ in named if name in sparse],
+        }
+        self._sparse = [parameters[name] for name in self.names["sparse"]]
+        self.parts: dict[str, torch.optim.Optimizer] = {
+            "dense": torch.optim.Adam(
+                [parameters[name] for name in self.names["dense"]],
+                lr=config.learning_rate,
+                weight_decay=config.weight_decay,
+                fused=True,
+            )
+        }
+        if self._sparse:
+            self.parts["sparse"] = torch.optim.SparseAdam(self._sparse, lr=config.learning_rate)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts.values():
+            part.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for parameter in self._sparse:
+            if parameter.grad is not None and not parameter.grad.is_sparse:
+                # Data-parallel ranks average gradients densely: back to the rows touched.
+                parameter.grad = parameter.grad.to_sparse(sparse_dim=1)
+        for part in self.parts.values():
+            part.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: part.state_dict() for name, part in self.parts.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, part in self.parts.items():
+            part.load_state_dict(state[name])
+
+
+def _adam(model: nn.Module, config: TwoTowerConfig) -> _Adam:
+    return _Adam(model, config)
 
 
 def _extended_featurizer(fitted: ItemFeaturizer, new: ItemFeaturizer) -> ItemFeaturizer:
@@ -454,7 +502,7 @@ def _row_map(old: Sequence[str], new: Sequence[str], offsets: tuple[int, int] = 
 
 def _load_warm_start(
     model: TwoTowerModel,
-    optimiser: torch.optim.Optimizer,
+    optimiser: _Adam,
     warm: _WarmStart,
     featurizer: ItemFeaturizer,
     user_ids: tuple[str, ...],
@@ -493,14 +541,14 @@ def _load_warm_start(
     model.load_state_dict(
         {name: moved(name, value, state[name]) for name, value in old.model.state_dict().items()}
     )
-    names = [name for name, _ in model.named_parameters()]
     parameters = dict(model.named_parameters())
     moments = copy.deepcopy(warm.optimiser_state)
-    for position, values in moments["state"].items():
-        name = names[position]
-        for key in ("exp_avg", "exp_avg_sq"):
-            zeros = torch.zeros_like(parameters[name].detach())
-            values[key] = moved(name, values[key], zeros)
+    for part, state in moments.items():
+        for position, values in state["state"].items():
+            name = optimiser.names[part][position]
+            for key in ("exp_avg", "exp_avg_sq"):
+                zeros = torch.zeros_like(parameters[name].detach())
+                values[key] = moved(name, values[key], zeros)
     optimiser.load_state_dict(moments)
 
 
@@ -509,7 +557,7 @@ def _load_warm_start(
 
 def _train_epoch(
     model: TwoTowerModel,
-    optimiser: torch.optim.Optimizer,
+    optimiser: _Adam,
     data: _TrainingData,
     config: TwoTowerConfig,
     id_dropout: float,

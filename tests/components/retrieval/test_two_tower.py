@@ -405,7 +405,9 @@ def test_warm_refit_continues_the_fit_on_the_valid_window_with_new_listings_adde
     assert [r["phase"] for r in fitted.epochs] == ["fit"] * len(fitted.epochs)
 
 
-def test_warm_start_copies_weights_and_moments_by_value():
+@pytest.mark.parametrize("sparse_id_rows", [65_536, 1])
+def test_warm_start_copies_weights_and_moments_by_value(sparse_id_rows: int):
+    config = TOY_TWO_TOWER.model_copy(update={"sparse_id_rows": sparse_id_rows})
     old_items = pd.DataFrame({"item_id": ["b", "d"], "brand": ["Nike", "Zara"]})
     new_items = pd.DataFrame(
         {"item_id": ["a", "b", "c", "d"], "brand": ["Adidas", "Nike", None, "Zara"]}
@@ -413,15 +415,15 @@ def test_warm_start_copies_weights_and_moments_by_value():
     kwargs = {"price_buckets": 4, "age_buckets": 6, "text_buckets": 64}
     old_f = ItemFeaturizer.fit(old_items, **kwargs)
     new_f = _extended_featurizer(old_f, ItemFeaturizer.fit(new_items, **kwargs))
-    old_model = TwoTowerModel(old_f, 0, TOY_TWO_TOWER)
-    optimiser = _adam(old_model, TOY_TWO_TOWER)
+    old_model = TwoTowerModel(old_f, 0, config)
+    optimiser = _adam(old_model, config)
     loss = old_model.item_tower.item_id.weight.sum() + old_model.item_tower.categorical.weight.sum()
     loss.backward()
     optimiser.step()
-    trained = TrainedTwoTower(old_model, old_f, old_items, (), TOY_TWO_TOWER, None)
-    model = TwoTowerModel(new_f, 0, TOY_TWO_TOWER)
+    trained = TrainedTwoTower(old_model, old_f, old_items, (), config, None)
+    model = TwoTowerModel(new_f, 0, config)
     fresh = copy.deepcopy(model.state_dict())
-    new_optimiser = _adam(model, TOY_TWO_TOWER)
+    new_optimiser = _adam(model, config)
     _load_warm_start(
         model, new_optimiser, _WarmStart(trained, optimiser.state_dict(), None), new_f, ()
     )
@@ -445,9 +447,12 @@ def test_warm_start_copies_weights_and_moments_by_value():
     torch.testing.assert_close(
         model.item_tower.content[0].weight, old_model.item_tower.content[0].weight
     )
-    position = [name for name, _ in model.named_parameters()].index("item_tower.item_id.weight")
-    moments = new_optimiser.state_dict()["state"][position]["exp_avg"]
-    old_moments = optimiser.state_dict()["state"][position]["exp_avg"]
+    # Above sparse_id_rows the id table is sparse: its moments are lazy Adam's.
+    part = "sparse" if sparse_id_rows == 1 else "dense"
+    assert model.item_tower.item_id.sparse == (part == "sparse")
+    position = new_optimiser.names[part].index("item_tower.item_id.weight")
+    moments = new_optimiser.state_dict()[part]["state"][position]["exp_avg"]
+    old_moments = optimiser.state_dict()[part]["state"][position]["exp_avg"]
     torch.testing.assert_close(
         moments[new_f.item_ids.index("d") + 1], old_moments[old_f.item_ids.index("d") + 1]
     )
@@ -490,3 +495,36 @@ def test_epoch_scorers_score_as_a_fresh_scorer_and_featurize_once(trained, toy_s
     prepared = scorers._prepared
     np.testing.assert_array_equal(scorers.scorer(trained).score(users, catalogue), expected)
     assert scorers._prepared is prepared  # featurized once, reused
+
+
+def test_large_id_tables_move_only_the_rows_a_batch_touched(toy_split):
+    """Above `sparse_id_rows`, the listing id table has sparse gradients and lazy Adam: a
+    step leaves the rows no example touched as they were (dense Adam moves every row with
+    a moment), and the model still learns the users' kinds."""
+    config = TOY_TWO_TOWER.model_copy(update={"sparse_id_rows": 1})
+    items = pd.DataFrame({"item_id": [f"i{n}" for n in range(50)], "brand": ["a", "b"] * 25})
+    featurizer = ItemFeaturizer.fit(items, price_buckets=4, age_buckets=6, text_buckets=64)
+    model = TwoTowerModel(featurizer, 0, config)
+    optimiser = _adam(model, config)
+    assert optimiser.names["sparse"] == ["item_tower.item_id.weight"]
+    arrays = featurizer.transform(items).take(np.array([0, 3, 3, 5]))
+    batch = ItemBatch.from_arrays(arrays, np.zeros(4, dtype=np.int64))
+    before = model.item_tower.item_id.weight.detach().clone()
+    for _ in range(2):
+        optimiser.zero_grad()
+        model.item_tower(batch).sum().backward()
+        assert model.item_tower.item_id.weight.grad.is_sparse
+        optimiser.step()
+    after = model.item_tower.item_id.weight.detach()
+    touched = np.unique(np.asarray(arrays.ids))
+    assert len(touched) == 3 and 0 not in touched  # row 0 is the unknown id
+    moved = (after != before).any(dim=1).numpy()
+    assert moved[touched].all() and moved.sum() == len(touched)
+
+    validation = encoder_validation(toy_split, config)
+    fitted, _ = train_two_tower_stages(toy_split, config, "valid", validation=validation)
+    dense, _ = train_two_tower_stages(toy_split, TOY_TWO_TOWER, "valid", validation=validation)
+    key = f"valid_recall@{TOY_TWO_TOWER.early_stopping_k}"
+    lazy_recall = max(record[key] for record in fitted.epochs if key in record)
+    dense_recall = max(record[key] for record in dense.epochs if key in record)
+    assert lazy_recall >= dense_recall - 0.1

@@ -104,6 +104,23 @@ def test_a_failure_in_rank_0_raises_in_the_parent(toy_split):
     assert time.monotonic() - started < 120
 
 
+@pytest.mark.slow
+def test_two_processes_train_a_large_id_table_with_sparse_gradients(toy_split):
+    """Above `sparse_id_rows` the listing ids have sparse gradients: the ranks average them
+    densely and the lazy Adam takes the rows back; the result learns like one process."""
+    from components.evaluation.encoder_validation import encoder_validation
+
+    key = f"valid_recall@{TOY_TWO_TOWER.early_stopping_k}"
+    recalls = []
+    for processes in (1, 2):
+        config = TOY_TWO_TOWER.model_copy(update={"processes": processes, "sparse_id_rows": 1})
+        validation = encoder_validation(toy_split, config)
+        fitted, _ = train_two_tower_stages(toy_split, config, "valid", validation=validation)
+        assert fitted.model.item_tower.item_id.sparse
+        recalls.append(max(record[key] for record in fitted.epochs if key in record))
+    assert recalls[1] >= recalls[0] - 0.1 and recalls[1] > 0.2
+
+
 def _fail_on_rank_1(ranks: Ranks) -> int:
     """Rank 1 fails while rank 0 waits for it in an all-reduce."""
     if ranks.rank == 1:
