@@ -29,11 +29,10 @@ from components.evaluation.metrics import (
     per_user_metrics,
 )
 from components.evaluation.protocol import (
-    MAX_BATCH_USERS,
-    SCORE_CELLS,
     EvaluationTask,
     build_evaluation_task,
     rank_items,
+    scoring_batch_size,
 )
 from components.interfaces import Scorer
 
@@ -150,9 +149,9 @@ def rank_depth(config: EvaluationConfig) -> int:
 
 
 def scoring_batch_users(task: EvaluationTask) -> int:
-    """Users `rank_items` scores at a time on this task's catalogue (its default): shards
-    of whole batches score the same batches as one pass over every user."""
-    return min(MAX_BATCH_USERS, max(1, SCORE_CELLS // max(len(task.item_ids), 1)))
+    """Users `rank_items` scores at a time on this task (its default): shards of whole
+    batches score the same batches as one pass over every user."""
+    return scoring_batch_size(int(np.count_nonzero(task.recommendable)))
 
 
 def task_rows(task: EvaluationTask, start: int, stop: int) -> EvaluationTask:

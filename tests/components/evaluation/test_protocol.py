@@ -62,6 +62,27 @@ def test_masked_and_unavailable_items_are_never_ranked(split):
         assert items.index("fresh") not in row and items.index("sold") not in row
 
 
+def test_only_recommendable_items_are_scored_and_lists_name_catalogue_items(split):
+    task = build_evaluation_task(split, "test", EvaluationConfig())
+    asked: list[list[str]] = []
+
+    class Recording(FixedScores):
+        def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+            asked.append(list(item_ids))
+            return super().score(user_ids, item_ids)
+
+    scores = {"bought": 9, "fresh": 8, "sold": 7, "viewed": 1}
+    ranked = rank_items(Recording(scores), task, k=len(task.item_ids), batch_size=2)
+    items = list(task.item_ids)
+    live = [item for item, ok in zip(items, task.recommendable, strict=True) if ok]
+    assert asked == [live, live]  # two batches, each over the live listings only
+    assert ranked.shape == (3, len(items))
+    # u2's list: the live items by score (ties to the earlier item), padded with -1.
+    expected = sorted(live, key=lambda item: (-scores.get(item, 0.0), items.index(item)))
+    assert [items[i] for i in ranked[1] if i >= 0] == expected
+    assert (ranked[1, len(live) :] == -1).all()
+
+
 def test_full_ranking_metrics_keep_unreachable_positives_in_the_denominator(split):
     task = build_evaluation_task(split, "test", EvaluationConfig(ks=(1, 2)))
     result = evaluate_scorer(FixedScores({"viewed": 2, "bought": 1}), task, ks=(1, 2))
