@@ -11,6 +11,12 @@ from pathlib import Path
 import pytest
 
 from components.pipeline import evaluation_steps, ranking_steps, retrieval_steps
+
+# Imported here, with the test session's environment: the flow's default task runner is
+# read from the environment when flows.retrain is first imported, and imported inside the
+# test (REWEAR_TASK_RUNNER=dask) every later retrain in the session would reach for this
+# test's cluster after it has closed.
+from flows.retrain import retrain
 from tests.flows.conftest import FAST, SMALL_SYNTHETIC
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,8 +58,6 @@ def _shard_runs(flow_run_id) -> dict[str, list[str]]:
 def _retrain_on(runner, client, overrides=SHARDED):
     """The retrain flow on `runner`, and (key, worker) of every task the cluster ran."""
     import distributed
-
-    from flows.retrain import retrain
 
     with distributed.get_task_stream(client) as stream:
         state = retrain.with_options(task_runner=runner)(
