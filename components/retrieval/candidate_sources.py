@@ -92,7 +92,8 @@ class ScorerSource:
             sparse = getattr(self.scorer, "sparse_scores", None)
             split = None if sparse is None else sparse(list(batch), self._allowed_list)
             if split is not None:
-                parts.append(self._sparse_top(batch, rows, cols, n, *split))
+                matrix, _, scale = split  # the fallback: `_fallback_order`, sorted once
+                parts.append(self._sparse_top(batch, rows, cols, n, matrix, scale))
                 continue
             scores = np.array(
                 self.scorer.score(list(batch), self._allowed_list), dtype=np.float32, copy=True
@@ -105,27 +106,24 @@ class ScorerSource:
     def _shared_top(
         self, batch: np.ndarray, rows: np.ndarray, cols: np.ndarray, n: int
     ) -> CandidateArrays:
-        """Top-n of a user-independent scorer: the shared order's head, deep enough for the
-        batch's heaviest exclusions, with each user's exclusions struck out. Costs the
-        batch x (n + exclusions), not batch x catalogue (the same lists as the full top-n,
-        ties in the shared order going to the earlier item)."""
+        """Top-n of a user-independent scorer: the shared order's head past each user's
+        exclusions (`_fill_from_order`). Costs batch x (n + exclusions), not batch x
+        catalogue (the same lists as the full top-n, ties going to the earlier item)."""
         order, ordered_scores = self._shared_order or (np.zeros(0, np.int64), np.zeros(0))
-        depth = min(len(order), n + int(np.bincount(rows, minlength=1).max()))
-        rank_of = np.full(len(self._allowed_array), -1, dtype=np.int64)
-        rank_of[order[:depth]] = np.arange(depth)
-        scores = np.broadcast_to(ordered_scores[:depth], (len(batch), depth)).copy()
-        struck = rank_of[cols]
-        scores[rows[struck >= 0], struck[struck >= 0]] = -np.inf
-        keep = np.isfinite(scores)
-        kept_rank = np.cumsum(keep, axis=1)
         top = np.full((len(batch), n), -1, dtype=np.int64)
         top_scores = np.full((len(batch), n), -np.inf, dtype=np.float32)
-        take = keep & (kept_rank <= n)
-        row_of, column_of = np.nonzero(take)
-        slot = kept_rank[row_of, column_of] - 1
-        top[row_of, slot] = order[column_of]
-        top_scores[row_of, slot] = scores[row_of, column_of]
+        filled = np.zeros(len(batch), dtype=np.int64)
+        scale = np.ones(len(batch), dtype=np.float32)
+        _fill_from_order(top, top_scores, filled, order, ordered_scores, scale, [(rows, cols)])
         return _arrays_from_matrix(batch, top, top_scores, self._allowed_array)
+
+    @cached_property
+    def _fallback_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """(allowed positions by the `sparse_scores` fallback, best first, their scores):
+        user-independent, so sorted once, not once per batch."""
+        fallback = self.scorer.sparse_scores([], self._allowed_list)[1]
+        order = np.argsort(-fallback, kind="stable")
+        return order, fallback[order]
 
     def _sparse_top(
         self,
@@ -134,7 +132,6 @@ class ScorerSource:
         cols: np.ndarray,
         n: int,
         matrix: sp.csr_matrix,
-        fallback: np.ndarray,
         scale: np.ndarray,
     ) -> CandidateArrays:
         """Top-n of a scorer answering `sparse_scores` (co-visitation): each user's own
@@ -157,28 +154,11 @@ class ScorerSource:
         top[entry_row[chosen], rank[chosen]] = entry_col[chosen]
         top_scores[entry_row[chosen], rank[chosen]] = entry_score[chosen]
         filled = np.bincount(entry_row[chosen], minlength=len(batch))
-        short = np.flatnonzero(filled < n)
-        if len(short) == 0 or width == 0:
-            return _arrays_from_matrix(batch, top, top_scores, self._allowed_array)
-        # The fallback's head, deep enough for any short row's exclusions and own items.
-        fallback_order = np.argsort(-fallback, kind="stable")
-        struck_per_row = np.bincount(rows, minlength=len(batch)) + filled
-        depth = min(width, n + int(struck_per_row[short].max()))
-        rank_of = np.full(width, -1, dtype=np.int64)
-        rank_of[fallback_order[:depth]] = np.arange(depth)
-        slot_of_row = np.full(len(batch), -1, dtype=np.int64)
-        slot_of_row[short] = np.arange(len(short))
-        keep = np.ones((len(short), depth), dtype=bool)
-        for struck_rows, struck_cols in ((rows, cols), (entry_row[chosen], entry_col[chosen])):
-            hit = (rank_of[struck_cols] >= 0) & (slot_of_row[struck_rows] >= 0)
-            keep[slot_of_row[struck_rows[hit]], rank_of[struck_cols[hit]]] = False
-        kept_rank = np.cumsum(keep, axis=1)
-        take = keep & (kept_rank <= (n - filled[short])[:, None])
-        slot, column = np.nonzero(take)
-        row = short[slot]
-        position = filled[row] + kept_rank[slot, column] - 1
-        top[row, position] = fallback_order[column]
-        top_scores[row, position] = fallback[fallback_order[column]] * scale[row]
+        if width and (filled < n).any():
+            # Then the fallback's head past each short row's exclusions and own items.
+            order, ordered_scores = self._fallback_order
+            struck = [(rows, cols), (entry_row[chosen], entry_col[chosen])]
+            _fill_from_order(top, top_scores, filled, order, ordered_scores, scale, struck)
         return _arrays_from_matrix(batch, top, top_scores, self._allowed_array)
 
 
@@ -447,6 +427,42 @@ def _arrays_from_matrix(
         top_scores[valid].astype(np.float64),
         cols.astype(np.int64) + 1,
     )
+
+
+def _fill_from_order(
+    top: np.ndarray,
+    top_scores: np.ndarray,
+    filled: np.ndarray,
+    order: np.ndarray,
+    ordered_scores: np.ndarray,
+    scale: np.ndarray,
+    struck: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> None:
+    """Complete each row of `top` (its first `filled[row]` slots taken) from one shared
+    order of catalogue positions, best first, skipping the (row, position) pairs in
+    `struck`; scores are `ordered_scores x scale[row]`. Only the order's head is read:
+    deep enough for the most pairs any short row must skip."""
+    n = top.shape[1]
+    short = np.flatnonzero(filled < n)
+    if len(short) == 0 or len(order) == 0:
+        return
+    skipped = sum(np.bincount(rows, minlength=len(top)) for rows, _ in struck) + filled
+    depth = min(len(order), n + int(skipped[short].max()))
+    rank_of = np.full(len(order), -1, dtype=np.int64)  # order: every position once
+    rank_of[order[:depth]] = np.arange(depth)
+    slot_of_row = np.full(len(top), -1, dtype=np.int64)
+    slot_of_row[short] = np.arange(len(short))
+    keep = np.ones((len(short), depth), dtype=bool)
+    for struck_rows, struck_cols in struck:
+        hit = (rank_of[struck_cols] >= 0) & (slot_of_row[struck_rows] >= 0)
+        keep[slot_of_row[struck_rows[hit]], rank_of[struck_cols[hit]]] = False
+    kept_rank = np.cumsum(keep, axis=1)
+    take = keep & (kept_rank <= (n - filled[short])[:, None])
+    slot, column = np.nonzero(take)
+    row = short[slot]
+    position = filled[row] + kept_rank[slot, column] - 1
+    top[row, position] = order[column]
+    top_scores[row, position] = ordered_scores[column] * scale[row]
 
 
 def _unique_users(user_ids: Sequence[str]) -> np.ndarray:
