@@ -160,8 +160,7 @@ def _pairs_matrix(frame: pd.DataFrame, user_index: pd.Index, item_index: pd.Inde
 def positive_window(window: pd.DataFrame, evaluation: EvaluationConfig) -> pd.DataFrame:
     """The window's interactions that count as positives for evaluation, of at most
     `evaluation.max_users` users (`evaluated_users_sample`)."""
-    if evaluation.positive_events is not None:
-        window = window[window["event"].isin(evaluation.positive_events)]
+    window = _positive_events(window, evaluation)
     users = evaluated_users_sample(window["user_id"], evaluation)
     if users is None:
         return window
@@ -184,6 +183,10 @@ def evaluated_users_sample(user_ids: pd.Series, evaluation: EvaluationConfig) ->
 def window_user_count(window: pd.DataFrame, evaluation: EvaluationConfig) -> int:
     """Users with a positive in the window before any sampling (what the report sets the
     evaluated count against)."""
-    if evaluation.positive_events is not None:
-        window = window[window["event"].isin(evaluation.positive_events)]
-    return int(window["user_id"].nunique())
+    return int(_positive_events(window, evaluation)["user_id"].nunique())
+
+
+def _positive_events(window: pd.DataFrame, evaluation: EvaluationConfig) -> pd.DataFrame:
+    if evaluation.positive_events is None:
+        return window
+    return window[window["event"].isin(evaluation.positive_events)]
