@@ -319,6 +319,12 @@ class TwoTowerConfig(StrictModel):
     #: boundaries moved at random every epoch), so in-batch negatives are listings live at
     #: about the same time and log-Q uses their popularity then. Null: the whole history.
     batch_window: Duration | None = "1D"
+    #: Timestamped data: targets are shuffled in runs of up to this many consecutive
+    #: targets of one user, so a batch embeds the listings of their shared history once (1:
+    #: each target on its own; fixed splits always are). 4 trains the 20k-user synthetic
+    #: marketplace 1.6x faster, at the same valid recall within seed noise (synthetic 4k
+    #: and 20k users, MovieLens-100K); a user's other targets in a batch are not negatives.
+    user_run: int = Field(4, ge=1)
 
 
 class AnnoyConfig(StrictModel):

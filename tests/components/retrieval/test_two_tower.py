@@ -38,6 +38,7 @@ from components.retrieval.two_tower_training import (
     _extended_featurizer,
     _load_warm_start,
     _training_bags,
+    _user_run_order,
     _WarmStart,
     train_two_tower,
     train_two_tower_stages,
@@ -268,6 +269,30 @@ def test_untimed_training_histories_leave_the_target_out():
             got = rows[offsets[position] : offsets[position + 1]]
             assert data.index.item_rows[target] not in got
             assert len(got) == min(3, counts[position])
+
+
+def test_user_runs_keep_consecutive_targets_of_a_user_together_in_random_order():
+    # Pools 0 and 1; targets given sorted by user then time, as the training data holds them.
+    pool = np.array([0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 1])
+    users = np.array([0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 2])
+    orders = [_user_run_order(pool, users, 2, np.random.default_rng(seed)) for seed in range(30)]
+    for order in orders:
+        assert sorted(order) == list(range(len(pool)))
+        # Pool by pool, each user's targets of a pool in runs of at most 2 consecutive
+        # targets, in time order: user 0's five pool-0 targets are runs {0,1} {2,3} {4}.
+        assert (np.diff(pool[order]) >= 0).all()
+        position = {target: at for at, target in enumerate(order)}
+        for first, second in ((0, 1), (2, 3), (5, 6), (7, 8)):
+            assert position[second] == position[first] + 1
+    # The runs' order is random: a user's runs are apart in some orders, user 0's last
+    # pool-0 run does not always come last.
+    assert any(list(order).index(2) != list(order).index(1) + 1 for order in orders)
+    assert len({tuple(order) for order in orders}) > 5
+    assert any(list(order).index(4) < list(order).index(7) for order in orders)
+    assert any(list(order).index(4) > list(order).index(7) for order in orders)
+    # Run 1: every target on its own.
+    singles = [_user_run_order(pool, users, 1, np.random.default_rng(s)) for s in range(30)]
+    assert any(list(order).index(1) != list(order).index(0) + 1 for order in singles)
 
 
 def test_batches_come_from_one_time_window_and_cover_every_target_once(toy_split):
