@@ -16,6 +16,10 @@ from rich.table import Table
 app = typer.Typer(help="rewear: retrain and serve a two-stage marketplace recommender.")
 data_app = typer.Typer(help="Data utilities.")
 app.add_typer(data_app, name="data")
+experiment_app = typer.Typer(
+    help="Online experiments: champion against challenger on live (or simulated) traffic."
+)
+app.add_typer(experiment_app, name="experiment")
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)
 
@@ -400,6 +404,83 @@ def monitor(
         f"{result['quality']['metrics']}, candidate recall {result['quality']['candidate_recall']}",
         markup=False,
     )
+
+
+VersionOption = Annotated[
+    int | None, typer.Option(help="Registered version (default: the alias's version)")
+]
+
+
+@experiment_app.command("start")
+def experiment_start_command(
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: OverridesOption = None,
+    control: VersionOption = None,
+    treatment: VersionOption = None,
+) -> None:
+    """Pin champion (control) and challenger (treatment), register the experiment model
+    and print how to serve it."""
+    _prepare_environment()
+    parsed = _checked_overrides(config, overrides)
+    from flows.experiment import experiment_start
+
+    result = _run_flow(experiment_start, config, parsed, control, treatment)
+    console.print(
+        f"experiment {result['experiment_id']}: v{result['control_version']} (control) vs "
+        f"v{result['treatment_version']} (treatment), {result['design']}; serve it with\n"
+        f"  {result['serve_command']}",
+        markup=False,
+    )
+
+
+@experiment_app.command("readout")
+def experiment_readout_command(
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: OverridesOption = None,
+    as_of: Annotated[str | None, typer.Option(help="Read out as of this UTC time")] = None,
+) -> None:
+    """Read the live experiment out; a final verdict moves `champion` or holds it."""
+    _prepare_environment()
+    parsed = _checked_overrides(config, overrides)
+    from flows.experiment import experiment_readout
+
+    print_experiment(_run_flow(experiment_readout, config, parsed, as_of))
+
+
+@experiment_app.command("simulate")
+def experiment_simulate_command(
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: OverridesOption = None,
+    control: VersionOption = None,
+    treatment: VersionOption = None,
+) -> None:
+    """Run champion against challenger on the simulated market, read out daily, decide."""
+    _prepare_environment()
+    parsed = _checked_overrides(config, overrides)
+    from flows.experiment import experiment_simulate
+
+    print_experiment(_run_flow(experiment_simulate, config, parsed, control, treatment))
+
+
+def print_experiment(summary: dict[str, Any]) -> None:
+    readout = summary["readout"]
+    primary = readout["primary"]
+    console.print(
+        f"experiment {summary['experiment_id']} ({readout['design']}, {readout['days']:.0f} "
+        f"days, units {readout['units']}): {readout['primary_metric']} per unit "
+        f"{primary['treatment_mean']:.4f} vs {primary['control_mean']:.4f}, "
+        f"{primary['relative']:+.2%} [{readout['relative_low']:+.2%}, "
+        f"{readout['relative_high']:+.2%}] (always-valid)",
+        markup=False,
+    )
+    if readout.get("interference_bias") is not None:
+        console.print(
+            f"global effect {readout['global_effect']:+.4f}, interference bias "
+            f"{readout['interference_bias']:+.4f}",
+            markup=False,
+        )
+    why = "; ".join(summary["reasons"]) or "every check passed"
+    console.print(f"verdict: {summary['verdict']} ({why})", markup=False)
 
 
 def _checked_overrides(config: Path, overrides: list[str] | None) -> dict[str, Any]:

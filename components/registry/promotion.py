@@ -51,7 +51,11 @@ SMOKE_K = 20
 UNKNOWN_SMOKE_USER = "rewear-smoke-unknown-user"
 TAG_PREFIX = "promotion."
 
-Decision = Literal["promoted", "rejected", "forced"]
+#: `awaiting_experiment`: the offline checks passed under `registry.promotion.online`; the
+#: version stays `challenger` until an online experiment's readout decides.
+Decision = Literal["promoted", "rejected", "forced", "awaiting_experiment"]
+#: Where the online decision's tags go (`promotion.online.*`), beside the offline gate's.
+ONLINE_TAG_PREFIX = f"{TAG_PREFIX}online."
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class PromotionDecision:
 
     @property
     def promote(self) -> bool:
-        return self.decision != "rejected"
+        return self.decision in ("promoted", "forced")
 
     @property
     def reasons(self) -> list[str]:
@@ -182,7 +186,10 @@ def decide(
         _latency_check(smoke, config),
     ]
     if all(check.passed for check in checks):
-        decision: Decision = "promoted"
+        # Online promotion: with a champion to test against, the offline gate only
+        # nominates; `rewear experiment` decides.
+        online = config.online and champion_version is not None and not force
+        decision: Decision = "awaiting_experiment" if online else "promoted"
     elif force and smoke.ok:
         decision = "forced"
     else:
@@ -402,8 +409,10 @@ def _latency_check(smoke: SmokeResult, config: PromotionConfig) -> Check:
     )
 
 
-def decision_tags(decision: PromotionDecision, metric: str) -> dict[str, str]:
-    """The decision and its figures as version tags (`promotion.*`)."""
+def decision_tags(
+    decision: PromotionDecision, metric: str, prefix: str = TAG_PREFIX
+) -> dict[str, str]:
+    """The decision and its figures as version tags (`promotion.*`, or `prefix`)."""
     tags = {
         "decision": decision.decision,
         "forced": str(decision.decision == "forced").lower(),
@@ -425,7 +434,7 @@ def decision_tags(decision: PromotionDecision, metric: str) -> dict[str, str]:
             tags[f"{mlflow_key(exposure_metric)}.{key}"] = f"{value:.6f}"
     if decision.smoke.p50_ms is not None:
         tags["smoke_p50_ms"] = f"{decision.smoke.p50_ms:.2f}"
-    return {f"{TAG_PREFIX}{key}": value for key, value in tags.items()}
+    return {f"{prefix}{key}": value for key, value in tags.items()}
 
 
 def apply_decision(
@@ -434,8 +443,10 @@ def apply_decision(
     version: int,
     decision: PromotionDecision,
     metric: str,
+    tag_prefix: str = TAG_PREFIX,
 ) -> PromotionDecision:
-    """Tag the version with the decision, then move `champion` to it when it won.
+    """Tag the version with the decision, then move `champion` to it when it won (the
+    online readout's decision comes through here too, tagged `promotion.online.*`).
 
     If `champion` moved while this run was comparing (a concurrent run promoted another
     version), the comparison is stale and the version is not promoted (unless forced)."""
@@ -457,7 +468,7 @@ def apply_decision(
             decision.figures,
             decision.exposure,
         )
-    for key, value in decision_tags(decision, metric).items():
+    for key, value in decision_tags(decision, metric, tag_prefix).items():
         client.set_model_version_tag(model_name, str(version), key, value)
     if decision.promote:
         client.set_registered_model_alias(model_name, CHAMPION, str(version))

@@ -16,9 +16,18 @@ ALLOWED = {
     "retrieval": {"data"},
     "ranking": {"data", "retrieval"},
     "evaluation": {"data", "retrieval"},
-    "serving": {"data", "retrieval", "ranking"},
-    "registry": {"data", "retrieval", "ranking", "serving"},
-    "pipeline": {"data", "retrieval", "ranking", "evaluation", "serving", "registry"},
+    "serving": {"data", "retrieval", "ranking", "experiments"},
+    "registry": {"data", "retrieval", "ranking", "experiments", "serving"},
+    "experiments": {"data", "evaluation"},
+    "pipeline": {
+        "data",
+        "retrieval",
+        "ranking",
+        "evaluation",
+        "experiments",
+        "serving",
+        "registry",
+    },
 }
 
 

@@ -1,0 +1,281 @@
+"""The served experiment: two registered versions pinned by number, units hashed into
+arms, every answered slot logged.
+
+`ExperimentRecommender` wraps two `BundleRecommender`s (the arms, copied into the
+experiment model when it was registered: an alias moved during the experiment changes
+nothing) and answers like either of them, with three more columns: `request_id` (one per
+answered row), `variant` and `team`. In the `ab` design a unit (the user id, else the
+request's `session_id`, else the request itself) is hashed with the experiment's salt into
+an arm and sees that arm's list; in `interleave` every unit sees both arms' lists merged by
+team-draft, each slot credited to its team. The slots go to the exposure log (the
+experiment's `exposure_log`, day-partitioned Parquet under REWEAR_HOME by default) through
+a buffer that never blocks or fails a request.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from components.experiments.assignment import assign_variants, treatment_buckets
+from components.experiments.interleaving import request_rng, team_draft
+from components.experiments.schema import (
+    CONTROL,
+    DETERMINISTIC,
+    EXPOSURE_COLUMNS,
+    INTERLEAVED,
+    SESSION_UNIT,
+    TEAM_DRAFT,
+    TREATMENT,
+    USER_UNIT,
+)
+from components.serving.recommender import OUTPUT_COLUMNS, BundleRecommender
+from components.serving.request_parsing import RequestError
+
+SPEC_FILE = "experiment.json"
+ARMS = (CONTROL, TREATMENT)
+#: Columns the experiment adds to a recommender's answer.
+EXPERIMENT_COLUMNS = ("request_id", "variant", "team")
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """What an experiment model serves: fixed when the experiment starts."""
+
+    experiment_id: str
+    model_name: str
+    control_version: int
+    treatment_version: int
+    design: str
+    salt: str
+    treatment_share: float
+    exposure_log: str
+    started_at: str
+
+    def __post_init__(self) -> None:
+        if self.design not in ("ab", "interleave"):
+            raise ValueError(f"design {self.design!r}: use 'ab' or 'interleave'")
+        treatment_buckets(self.treatment_share)
+
+    def version(self, arm: str) -> int:
+        return self.control_version if arm == CONTROL else self.treatment_version
+
+    def write(self, folder: Path) -> None:
+        (folder / SPEC_FILE).write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+
+    @classmethod
+    def read(cls, folder: Path) -> ExperimentSpec:
+        return cls(**json.loads((folder / SPEC_FILE).read_text()))
+
+
+class Arm(Protocol):
+    """What an arm answers with: `BundleRecommender.recommend`'s contract."""
+
+    def recommend(
+        self,
+        user_ids: Sequence[object] | None,
+        k: object = 20,
+        exclude_item_ids: object = (),
+        recent_item_ids: Sequence[object] | None = None,
+    ) -> pd.DataFrame: ...
+
+
+class ExposureWriter(Protocol):
+    def log(self, rows: pd.DataFrame) -> None: ...
+
+
+@dataclass
+class ExperimentRecommender:
+    """Answers like a `BundleRecommender`, split (or interleaved) between two arms."""
+
+    spec: ExperimentSpec
+    arms: dict[str, Arm]
+    exposures: ExposureWriter | None = None
+
+    @classmethod
+    def load(cls, folder: Path, exposures: ExposureWriter | None = None) -> ExperimentRecommender:
+        """The experiment folder: `experiment.json` and one bundle per arm."""
+        folder = Path(folder)
+        spec = ExperimentSpec.read(folder)
+        arms: dict[str, Arm] = {arm: BundleRecommender.load(folder / arm) for arm in ARMS}
+        return cls(spec, arms, exposures)
+
+    def recommend(
+        self,
+        user_ids: Sequence[object] | None,
+        k: object = 20,
+        exclude_item_ids: object = (),
+        recent_item_ids: Sequence[object] | None = None,
+        session_ids: Sequence[object] | None = None,
+        served_at: pd.Timestamp | None = None,
+    ) -> pd.DataFrame:
+        """The arms' answers for each request row, with `request_id`, `variant` and
+        `team`; every slot is logged. `served_at` (UTC) is the moment to log, for replays
+        and simulations (default: now)."""
+        n_rows = _row_count(user_ids, recent_item_ids)
+        units, kinds = _units(user_ids, session_ids, n_rows)
+        request_ids = np.array([uuid.uuid4().hex for _ in range(n_rows)], dtype=object)
+        if self.spec.design == "ab":
+            variants = assign_variants(units, self.spec.salt, self.spec.treatment_share)
+            answer = self._split(variants, user_ids, k, exclude_item_ids, recent_item_ids)
+            answer["team"] = None
+        else:
+            answer = self._interleave(
+                request_ids, user_ids, k, exclude_item_ids, recent_item_ids, n_rows
+            )
+        answer["request_id"] = request_ids[answer["request"].to_numpy(np.int64)]
+        answer = answer[[*OUTPUT_COLUMNS, *EXPERIMENT_COLUMNS]].reset_index(drop=True)
+        if self.exposures is not None:
+            moment = pd.Timestamp.now(tz="UTC") if served_at is None else served_at
+            self.exposures.log(self.exposure_rows(answer, units, kinds, moment))
+        return answer
+
+    def _split(
+        self,
+        variants: np.ndarray,
+        user_ids: Sequence[object] | None,
+        k: object,
+        exclude_item_ids: object,
+        recent_item_ids: Sequence[object] | None,
+    ) -> pd.DataFrame:
+        """Each arm answers its own rows in one call; answers keep the request's order."""
+        parts = []
+        for arm in ARMS:
+            rows = np.flatnonzero(variants == arm)
+            if not len(rows):
+                continue
+            part = self.arms[arm].recommend(
+                _take(user_ids, rows),
+                k=k,
+                exclude_item_ids=exclude_item_ids,
+                recent_item_ids=_take(recent_item_ids, rows),
+            )
+            part["request"] = rows[part["request"].to_numpy(np.int64)]
+            part["variant"] = arm
+            parts.append(part)
+        answer = pd.concat(parts, ignore_index=True)
+        return answer.sort_values(["request", "rank"], kind="stable", ignore_index=True)
+
+    def _interleave(
+        self,
+        request_ids: np.ndarray,
+        user_ids: Sequence[object] | None,
+        k: object,
+        exclude_item_ids: object,
+        recent_item_ids: Sequence[object] | None,
+        n_rows: int,
+    ) -> pd.DataFrame:
+        """Both arms answer every row; team-draft merges each row's two lists."""
+        answers = {
+            arm: self.arms[arm].recommend(
+                user_ids, k=k, exclude_item_ids=exclude_item_ids, recent_item_ids=recent_item_ids
+            )
+            for arm in ARMS
+        }
+        grouped = {arm: _by_request(answer, n_rows) for arm, answer in answers.items()}
+        frames = []
+        size = int(k)  # validated by the arms' recommend above
+        for row in range(n_rows):
+            lists = {arm: grouped[arm][row] for arm in ARMS}
+            merged = team_draft(
+                lists[CONTROL]["item_id"].tolist(),
+                lists[TREATMENT]["item_id"].tolist(),
+                size,
+                request_rng(self.spec.salt, str(request_ids[row])),
+            )
+            picked = [
+                lists[team].iloc[at]
+                for team, at in zip(merged.teams, merged.team_ranks, strict=True)
+            ]
+            if not picked:
+                continue
+            frame = pd.DataFrame(picked).reset_index(drop=True)
+            frame["rank"] = np.arange(1, len(frame) + 1)
+            frame["team"] = merged.teams
+            frames.append(frame)
+        answer = (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else answers[CONTROL].iloc[0:0].assign(team=pd.Series(dtype=object))
+        )
+        answer["variant"] = INTERLEAVED
+        return answer
+
+    def exposure_rows(
+        self,
+        answer: pd.DataFrame,
+        units: np.ndarray,
+        kinds: np.ndarray,
+        served_at: pd.Timestamp,
+    ) -> pd.DataFrame:
+        """One exposure-log row per answered slot."""
+        request = answer["request"].to_numpy(np.int64)
+        credited = answer["team"].where(answer["team"].notna(), answer["variant"])
+        versions = credited.map({arm: str(self.spec.version(arm)) for arm in ARMS})
+        policy = TEAM_DRAFT if self.spec.design == "interleave" else DETERMINISTIC
+        return pd.DataFrame(
+            {
+                "request_id": answer["request_id"].astype(str),
+                "served_at": pd.Series(served_at, index=answer.index).astype("datetime64[us, UTC]"),
+                "experiment_id": self.spec.experiment_id,
+                "unit_id": units[request],
+                "unit_kind": kinds[request],
+                "variant": answer["variant"].astype(str),
+                "position": answer["rank"].astype(np.int32),
+                "item_id": answer["item_id"].astype(str),
+                "score": answer["score"].astype(np.float64),
+                "source": answer["source"].astype(object),
+                "team": answer["team"].astype(object),
+                "model_name": self.spec.model_name,
+                "model_version": versions.astype(str),
+                "policy": policy,
+                "propensity": 1.0,
+            }
+        )[list(EXPOSURE_COLUMNS)]
+
+
+def _row_count(user_ids: Sequence[object] | None, recent: Sequence[object] | None) -> int:
+    for column in (user_ids, recent):
+        if column is not None:
+            return len(column)
+    raise RequestError("the request has no rows: send `user_id` or `recent_item_ids`")
+
+
+def _units(
+    user_ids: Sequence[object] | None, session_ids: Sequence[object] | None, n_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The unit of each row: its user id; else its session key; else a key of its own
+    (an anonymous request without a session is a unit by itself)."""
+    units = np.empty(n_rows, dtype=object)
+    kinds = np.empty(n_rows, dtype=object)
+    for row in range(n_rows):
+        user = None if user_ids is None else user_ids[row]
+        session = None if session_ids is None else session_ids[row]
+        if _present(user):
+            units[row], kinds[row] = str(user), USER_UNIT
+        elif _present(session):
+            units[row], kinds[row] = str(session), SESSION_UNIT
+        else:
+            units[row], kinds[row] = f"anonymous-{uuid.uuid4().hex}", SESSION_UNIT
+    return units, kinds
+
+
+def _present(value: object) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value)) and value != ""
+
+
+def _take(column: Sequence[object] | None, rows: np.ndarray) -> list[object] | None:
+    return None if column is None else [column[row] for row in rows]
+
+
+def _by_request(answer: pd.DataFrame, n_rows: int) -> list[pd.DataFrame]:
+    groups: Mapping[Any, pd.DataFrame] = dict(tuple(answer.groupby("request", sort=True)))
+    empty = answer.iloc[0:0]
+    return [groups.get(row, empty).reset_index(drop=True) for row in range(n_rows)]
