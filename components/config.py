@@ -779,9 +779,10 @@ class ExperimentConfig(StrictModel):
     sequential_tuning_units: int = Field(5_000, ge=10)
     #: Sample-ratio mismatch alarm (chi-square p-value below it: the readout refuses).
     srm_alpha: float = Field(0.001, gt=0, lt=1)
-    #: CUPED on each unit's pre-period behaviour (purchases and views in `pre_period`).
+    #: CUPED on each unit's pre-period behaviour (its views, likes, saves, bags and
+    #: purchases in the `pre_period` before the start).
     cuped: bool = True
-    pre_period: Duration = "14D"
+    pre_period: Duration = "28D"
     min_days: int = Field(7, ge=1)
     max_days: int = Field(28, ge=1)
     min_units: int = Field(1_000, ge=1)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Set up (or reuse) the virtual environment, then run the demo or the tests.
 
-    python3 scripts/dev.py demo   # retrain on the synthetic marketplace, register a model
+    python3 scripts/dev.py demo   # retrain on the synthetic marketplace, register a model,
+                                  # then run champion vs challenger on its simulated traffic
     python3 scripts/dev.py test   # the whole test suite
     python3 scripts/dev.py lint   # ruff check, ruff format --check, no type-ignore comments
 
@@ -76,8 +77,14 @@ def main(argv: list[str]) -> int:
     if command == "lint":
         return lint()
     if command == "demo":
+        # The retrain, then champion against challenger on the simulated market's traffic
+        # (the first time, both are the one new version: an A/A run of the whole loop).
         args = rest or ["--config", "configs/synthetic.yaml"]
-        return subprocess.run([str(BIN / "rewear"), "retrain", *args], cwd=ROOT).returncode
+        rewear = str(BIN / "rewear")
+        failed = subprocess.run([rewear, "retrain", *args], cwd=ROOT).returncode
+        if failed:
+            return failed
+        return subprocess.run([rewear, "experiment", "simulate", *args], cwd=ROOT).returncode
     pytest = [str(BIN / "python"), "-m", "pytest"]
     return subprocess.run([*pytest, *rest], cwd=ROOT).returncode
 

@@ -43,6 +43,15 @@ METRICS = ("purchases", "views", "saves", "revenue")
 NEW_LISTING_AGE = pd.Timedelta(days=7)
 SMALL_SELLER_MAX_LISTINGS = 3
 GUARDRAILS = ("gini_sellers", "new_listing_exposure", "small_seller_exposure")
+#: CUPED's covariates: each unit's events of each kind in the pre-period (activity shows
+#: in every kind; purchases alone are too rare to say much about a unit).
+PRE_PERIOD_COVARIATES = {
+    "pre_views": "view",
+    "pre_likes": "like",
+    "pre_saves": "save",
+    "pre_bags": "add_to_bag",
+    "pre_purchases": "purchase",
+}
 
 
 @dataclass(frozen=True)
@@ -233,7 +242,7 @@ def unit_table(
         units[f"revenue_{team}"] = credited.reindex(units.index, fill_value=0.0)
     pre_start = start - pd.Timedelta(config.pre_period)
     pre = pre_interactions[(pre_interactions["ts"] >= pre_start) & (pre_interactions["ts"] < start)]
-    for name, event in (("pre_purchases", "purchase"), ("pre_views", "view")):
+    for name, event in PRE_PERIOD_COVARIATES.items():
         counts = pre[pre["event"] == event].groupby("user_id").size()
         units[name] = counts.reindex(units.index, fill_value=0).astype(float)
     units.index.name = "unit_id"
@@ -297,7 +306,7 @@ def _metric_estimates(
 ) -> tuple[dict[str, dict[str, Estimate]], dict[str, float]]:
     estimates: dict[str, dict[str, Estimate]] = {}
     reductions: dict[str, float] = {}
-    covariates = arms[["pre_purchases", "pre_views"]].to_numpy(float)
+    covariates = arms[list(PRE_PERIOD_COVARIATES)].to_numpy(float)
     for metric in METRICS:
         if design == "interleave":
             difference = (units[f"{metric}_{TREATMENT}"] - units[f"{metric}_{CONTROL}"]).to_numpy(
@@ -336,7 +345,7 @@ def _primary(
         return sequential, fixed, preference
     values = arms[metric].to_numpy(float)
     if config.cuped:
-        values = cuped(values, arms[["pre_purchases", "pre_views"]].to_numpy(float)).adjusted
+        values = cuped(values, arms[list(PRE_PERIOD_COVARIATES)].to_numpy(float)).adjusted
     treated = (arms["variant"] == TREATMENT).to_numpy()
     raw_means = arms[metric].to_numpy(float)
     fixed = difference_in_means(values[treated], values[~treated], config.alpha)

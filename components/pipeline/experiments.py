@@ -34,7 +34,7 @@ from components.registry.experiment_registration import (
 from components.registry.online_promotion import OnlineVerdict, decide_online
 from components.registry.promotion import ONLINE_TAG_PREFIX, apply_decision
 from components.registry.registration import CHALLENGER, CHAMPION, current_alias_version
-from components.registry.tracking import close_run, configure_mlflow, owned_run_tags
+from components.registry.tracking import close_run, configure_mlflow
 from components.serving.experiment import ExperimentRecommender, ExperimentSpec
 from components.serving.list_cache import CachedLists
 from components.settings import RewearSettings
@@ -97,8 +97,10 @@ def start_experiment(
     run = client.create_run(
         tracking,
         run_name=identifier,
+        # Not owned by this process: the run lives as long as the experiment, across the
+        # readouts' processes (a retrain must not close it as abandoned).
         tags={
-            **owned_run_tags(),
+            "rewear.kind": "experiment",
             "rewear.experiment_id": identifier,
             "rewear.control_version": str(control),
             "rewear.treatment_version": str(treatment),
@@ -398,6 +400,11 @@ def simulate_experiment(
             final = outcome
             break
     last = final or readouts[-1]
+    if final is None and apply:
+        # The simulated period is over before a verdict: the experiment ends without one.
+        client, _ = configure_mlflow(RewearSettings(), config.registry.experiment)
+        end_experiment(client, spec.model_name, started.version, "inconclusive")
+        close_run(client, started.run_id, failed=False)
     return {
         "experiment_id": spec.experiment_id,
         "experiment_model": started.model_uri,
@@ -406,7 +413,7 @@ def simulate_experiment(
         "design": spec.design,
         "days_simulated": simulation.config.days,
         "decided_on_day": None if final is None else len(readouts),
-        "verdict": last.verdict.verdict,
+        "verdict": _verdict(last, spec),
         "reasons": last.verdict.reasons,
         "applied": last.applied,
         "readout": last.readout.to_dict(),
@@ -416,6 +423,13 @@ def simulate_experiment(
         "champion_version": _current_champion(config),
         "serve_command": started.serve_command,
     }
+
+
+def _verdict(outcome: ReadoutResult, spec: ExperimentSpec) -> str:
+    """The verdict as reported: an A/A run (one version in both arms) decides nothing."""
+    if spec.control_version == spec.treatment_version:
+        return "a/a"
+    return outcome.verdict.verdict
 
 
 def _global_effect(

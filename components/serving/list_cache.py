@@ -17,8 +17,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from components.serving.recommender import OUTPUT_COLUMNS, BundleRecommender
+from components.serving.recommender import (
+    ITEM_DISPLAY_COLUMNS,
+    OUTPUT_COLUMNS,
+    BundleRecommender,
+)
 from components.serving.request_parsing import MAX_ROWS, validate_k
+
+
+@dataclass(frozen=True)
+class _CachedList:
+    """A user's answer without exclusions: catalogue rows, scores, sources, best first."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    sources: np.ndarray
 
 
 @dataclass
@@ -27,21 +40,28 @@ class CachedLists:
 
     recommender: BundleRecommender
     depth: int = 60
-    _lists: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    _lists: dict[str, _CachedList] = field(default_factory=dict, repr=False)
     #: Rows answered from the cache and rows passed to the recommender.
     hits: int = 0
     misses: int = 0
 
     def prefetch(self, user_ids: Iterable[str]) -> None:
         """Cache the answers of these users (in batches of the request row limit)."""
-        wanted = [
-            user for user in dict.fromkeys(str(u) for u in user_ids) if user not in self._lists
-        ]
+        wanted = [u for u in dict.fromkeys(str(u) for u in user_ids) if u not in self._lists]
+        positions = self.recommender.item_rows
         for start in range(0, len(wanted), MAX_ROWS):
             batch = wanted[start : start + MAX_ROWS]
             answer = self.recommender.recommend(batch, k=self.depth)
-            for row, group in answer.groupby("request", sort=True):
-                self._lists[batch[int(row)]] = group.reset_index(drop=True)
+            rows = positions.positions(answer["item_id"].to_numpy(dtype=object))
+            request = answer["request"].to_numpy(np.int64)
+            bounds = np.flatnonzero(np.r_[True, request[1:] != request[:-1]])
+            ends = np.r_[bounds[1:], len(request)]
+            scores = answer["score"].to_numpy(np.float64)
+            sources = answer["source"].to_numpy(dtype=object)
+            for first, end in zip(bounds, ends, strict=True):
+                self._lists[batch[request[first]]] = _CachedList(
+                    rows[first:end], scores[first:end], sources[first:end]
+                )
 
     def recommend(
         self,
@@ -52,36 +72,43 @@ class CachedLists:
     ) -> pd.DataFrame:
         """The same answer as the recommender's (same columns, same order)."""
         size = validate_k(k)
-        excluded = frozenset(str(item) for item in exclude_item_ids or ())
+        recommender = self.recommender
+        excluded = [str(item) for item in exclude_item_ids or ()]
+        found = recommender.item_rows.positions(excluded)
+        blocked = np.zeros(len(recommender.item_ids), dtype=bool)
+        blocked[found[found >= 0]] = True
         n_rows = len(user_ids) if user_ids is not None else len(recent_item_ids or ())
-        parts: list[pd.DataFrame] = []
+        answered: list[tuple[int, object, np.ndarray, np.ndarray, np.ndarray]] = []
         passed: list[int] = []
         for row in range(n_rows):
             user = None if user_ids is None else user_ids[row]
             session = None if recent_item_ids is None else recent_item_ids[row]
             cached = self._lists.get(str(user)) if user is not None and not session else None
             if cached is not None and size <= self.depth:
-                kept = cached[~cached["item_id"].isin(excluded)] if excluded else cached
-                if len(kept) >= size or len(cached) < self.depth:
-                    part = kept.iloc[:size].copy()
-                    part["rank"] = np.arange(1, len(part) + 1)
-                    part["request"] = row
-                    parts.append(part)
-                    self.hits += 1
+                keep = ~blocked[cached.rows]
+                if keep.sum() >= size or len(cached.rows) < self.depth:
+                    chosen = np.flatnonzero(keep)[:size]
+                    answered.append(
+                        (
+                            row,
+                            user,
+                            cached.rows[chosen],
+                            cached.scores[chosen],
+                            cached.sources[chosen],
+                        )
+                    )
                     continue
             passed.append(row)
+        self.hits += len(answered)
+        parts = [self._frame(answered)] if answered else []
         if passed:
             self.misses += len(passed)
-            known = self.recommender.item_rows.positions(list(excluded))
-            usable = [
-                item
-                for item, at in zip(excluded, known, strict=True)
-                if at >= 0 and self.recommender.available[at]
-            ]
-            answer = self.recommender.recommend(
+            usable = found[(found >= 0)]
+            usable = usable[recommender.available[usable]]
+            answer = recommender.recommend(
                 None if user_ids is None else [user_ids[row] for row in passed],
                 k=size,
-                exclude_item_ids=usable,
+                exclude_item_ids=list(recommender.item_ids[usable]),
                 recent_item_ids=None
                 if recent_item_ids is None
                 else [recent_item_ids[row] for row in passed],
@@ -90,7 +117,25 @@ class CachedLists:
             parts.append(answer)
         if not parts:
             return pd.DataFrame({name: [] for name in OUTPUT_COLUMNS})
-        answer = pd.concat(parts, ignore_index=True)
+        answer = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
         return answer.sort_values(["request", "rank"], kind="stable", ignore_index=True)[
             list(OUTPUT_COLUMNS)
         ]
+
+    def _frame(
+        self, answered: list[tuple[int, object, np.ndarray, np.ndarray, np.ndarray]]
+    ) -> pd.DataFrame:
+        """The cached rows' answers as one frame, the recommender's columns."""
+        lengths = [len(rows) for _, _, rows, _, _ in answered]
+        rows = np.concatenate([rows for _, _, rows, _, _ in answered]).astype(np.int64)
+        columns: dict[str, object] = {
+            "user_id": np.repeat(np.array([u for _, u, *_ in answered], dtype=object), lengths),
+            "rank": np.concatenate([np.arange(1, n + 1) for n in lengths]),
+            "item_id": self.recommender.item_ids[rows],
+            "score": np.concatenate([scores for *_, scores, _ in answered]),
+            "source": np.concatenate([sources for *_, sources in answered]),
+        }
+        for name in ITEM_DISPLAY_COLUMNS:
+            columns[name] = self.recommender.display_columns[name][rows]
+        columns["request"] = np.repeat(np.array([row for row, *_ in answered]), lengths)
+        return pd.DataFrame(columns)

@@ -270,6 +270,17 @@ def test_the_default_bundle_holds_the_encoder_and_annoy_index_and_ranks_with_ann
     active = tables.interactions["user_id"].value_counts().index[:3].tolist()
     answer = model.predict(pd.DataFrame({"user_id": [*active, "never-seen"]}), params={"k": 10})
     sources = answer.groupby("user_id")["source"].agg(set)
+    # The ranker scores a request's users in one batch: each answer is the one the user
+    # gets when asked alone.
+    alone = pd.concat(
+        [
+            model.predict(pd.DataFrame({"user_id": [user]}), params={"k": 10})
+            for user in [*active, "never-seen"]
+        ],
+        ignore_index=True,
+    )
+    columns = ["user_id", "rank", "item_id", "score", "source"]
+    pd.testing.assert_frame_equal(answer[columns], alone[columns])
     # Known users: the ranker's order of the merged candidates, the ANN source among them.
     everything = {"two_tower", "covisitation", "popularity", "category_popularity", "linear"}
     assert all(sources[user] <= everything for user in active)
