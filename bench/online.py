@@ -48,7 +48,7 @@ from components.config import ExperimentConfig, PipelineConfig, load_config  # n
 from components.data.market_simulation import MarketSimulation  # noqa: E402
 from components.experiments.assignment import assign_variants  # noqa: E402
 from components.experiments.attribution import attribute_outcomes  # noqa: E402
-from components.experiments.readout import PRE_PERIOD_COVARIATES, unit_table  # noqa: E402
+from components.experiments.readout import cuped_covariates, unit_table  # noqa: E402
 from components.experiments.schema import CONTROL, TREATMENT  # noqa: E402
 from components.experiments.statistics import (  # noqa: E402
     cuped,
@@ -268,7 +268,7 @@ def aa_section(config: PipelineConfig, arm: Any, seeds: int, salts: int) -> dict
             experiment,
         )
         units_seen.append(len(units))
-        covariates = units[list(PRE_PERIOD_COVARIATES)].to_numpy(float)
+        covariates = cuped_covariates(units)
         for metric in reductions:
             reductions[metric].append(
                 cuped(units[metric].to_numpy(float), covariates).variance_reduction
@@ -361,7 +361,7 @@ def power_section(
         units = unit_table(
             exposures, attributed, simulation.history, result.items, result.start, experiment
         )
-        metric = experiment.primary_metric
+        metric = experiment.interleaving_credit
         differences.append(
             (units[f"{metric}_{TREATMENT}"] - units[f"{metric}_{CONTROL}"]).to_numpy(float)
         )

@@ -771,6 +771,9 @@ class ExperimentConfig(StrictModel):
     #: The decision's metric: attributed outcomes per assigned unit (`purchases`: sold
     #: listings per assigned user).
     primary_metric: OnlineMetric = "purchases"
+    #: What a team is credited with under interleaving: its slots' attributed outcomes of
+    #: this kind (clicks, i.e. views, by default: many more of them than purchases).
+    interleaving_credit: OnlineMetric = "views"
     #: Non-inferiority margin, relative to control: the lower bound of (treatment -
     #: control) / control on the primary metric must lie above -margin.
     margin: float = Field(0.02, ge=0, le=1)

@@ -50,6 +50,8 @@ def _prepare_environment() -> Any:
     # The components' own progress (encoder epochs, index builds) in the console and the
     # flow run's logs.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "components")
+    # MLflow's per-file download bars would bury the progress lines of the flows.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return settings
 
 
@@ -462,6 +464,24 @@ def experiment_simulate_command(
     print_experiment(_run_flow(experiment_simulate, config, parsed, control, treatment))
 
 
+@experiment_app.command("stop")
+def experiment_stop_command(
+    config: ConfigOption = DEFAULT_CONFIG,
+    overrides: OverridesOption = None,
+) -> None:
+    """End the live experiment without a verdict (champion stays where it is)."""
+    _prepare_environment()
+    parsed = _checked_overrides(config, overrides)
+    from components.config import load_config
+    from components.pipeline.experiments import stop_live_experiment
+
+    stopped = stop_live_experiment(load_config(config, parsed))
+    if stopped is None:
+        console.print("no experiment is live", markup=False)
+    else:
+        console.print(f"experiment {stopped} stopped; champion unchanged", markup=False)
+
+
 def print_experiment(summary: dict[str, Any]) -> None:
     readout = summary["readout"]
     primary = readout["primary"]
@@ -479,6 +499,13 @@ def print_experiment(summary: dict[str, Any]) -> None:
             f"{readout['interference_bias']:+.4f}",
             markup=False,
         )
+    if summary["verdict"] == "a/a":
+        console.print(
+            f"verdict: a/a (v{summary['control_version']} against itself: a check of the "
+            "loop, nothing to decide; champion unchanged)",
+            markup=False,
+        )
+        return
     why = "; ".join(summary["reasons"]) or "every check passed"
     console.print(f"verdict: {summary['verdict']} ({why})", markup=False)
 

@@ -43,8 +43,9 @@ METRICS = ("purchases", "views", "saves", "revenue")
 NEW_LISTING_AGE = pd.Timedelta(days=7)
 SMALL_SELLER_MAX_LISTINGS = 3
 GUARDRAILS = ("gini_sellers", "new_listing_exposure", "small_seller_exposure")
-#: CUPED's covariates: each unit's events of each kind in the pre-period (activity shows
-#: in every kind; purchases alone are too rare to say much about a unit).
+#: CUPED's covariates come from each unit's events of each kind in the pre-period
+#: (activity shows in every kind; purchases alone are too rare to say much about a unit):
+#: see `cuped_covariates`.
 PRE_PERIOD_COVARIATES = {
     "pre_views": "view",
     "pre_likes": "like",
@@ -178,7 +179,7 @@ def read_out(
     units = unit_table(exposures, attributed, pre_interactions, items, start, config)
     health = _health(exposures, units, items, treatment_share, design, config)
     arms = units[units["variant"].isin([CONTROL, TREATMENT])]
-    metric = config.primary_metric
+    metric = config.interleaving_credit if design == "interleave" else config.primary_metric
     metrics, reductions = _metric_estimates(units, arms, design, config)
     primary, primary_fixed, preference = _primary(units, arms, design, config)
     guardrails = _guardrails(exposures, items, design, config)
@@ -245,8 +246,21 @@ def unit_table(
     for name, event in PRE_PERIOD_COVARIATES.items():
         counts = pre[pre["event"] == event].groupby("user_id").size()
         units[name] = counts.reindex(units.index, fill_value=0).astype(float)
+    first_seen = pre_interactions.groupby("user_id")["ts"].min().reindex(units.index)
+    present = ((start - first_seen) / pd.Timedelta(days=1)).fillna(0.0)
+    units["pre_days"] = present.clip(0.0, pd.Timedelta(config.pre_period) / pd.Timedelta(days=1))
     units.index.name = "unit_id"
     return units
+
+
+def cuped_covariates(units: pd.DataFrame) -> np.ndarray:
+    """CUPED's design matrix: each pre-period count as a rate per day the unit was on the
+    market then (a user who joined a week before the start has a week of history, not
+    less activity), their square roots (activity is long-tailed: the outcome grows less
+    than linearly in it), and the days present."""
+    days = np.maximum(units["pre_days"].to_numpy(float), 1.0)[:, None]
+    rates = units[list(PRE_PERIOD_COVARIATES)].to_numpy(float) / days
+    return np.column_stack([rates, np.sqrt(rates), units["pre_days"].to_numpy(float)])
 
 
 def _health(
@@ -306,7 +320,7 @@ def _metric_estimates(
 ) -> tuple[dict[str, dict[str, Estimate]], dict[str, float]]:
     estimates: dict[str, dict[str, Estimate]] = {}
     reductions: dict[str, float] = {}
-    covariates = arms[list(PRE_PERIOD_COVARIATES)].to_numpy(float)
+    covariates = cuped_covariates(arms)
     for metric in METRICS:
         if design == "interleave":
             difference = (units[f"{metric}_{TREATMENT}"] - units[f"{metric}_{CONTROL}"]).to_numpy(
@@ -336,6 +350,7 @@ def _primary(
 ) -> tuple[Estimate, Estimate, Preference | None]:
     metric = config.primary_metric
     if design == "interleave":
+        metric = config.interleaving_credit
         credit_c = units[f"{metric}_{CONTROL}"].to_numpy(float)
         credit_t = units[f"{metric}_{TREATMENT}"].to_numpy(float)
         fixed = paired_difference(credit_t - credit_c, config.alpha)
@@ -345,7 +360,7 @@ def _primary(
         return sequential, fixed, preference
     values = arms[metric].to_numpy(float)
     if config.cuped:
-        values = cuped(values, arms[list(PRE_PERIOD_COVARIATES)].to_numpy(float)).adjusted
+        values = cuped(values, cuped_covariates(arms)).adjusted
     treated = (arms["variant"] == TREATMENT).to_numpy()
     raw_means = arms[metric].to_numpy(float)
     fixed = difference_in_means(values[treated], values[~treated], config.alpha)

@@ -139,10 +139,15 @@ class ReadoutResult:
     applied: bool = False
     figures: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def aa(self) -> bool:
+        """One version in both arms: a check of the loop that decides nothing."""
+        return self.figures.get("control_version") == self.figures.get("treatment_version")
+
     def summary(self) -> dict[str, Any]:
         return {
             "experiment_id": self.readout.experiment_id,
-            "verdict": self.verdict.verdict,
+            "verdict": "a/a" if self.aa else self.verdict.verdict,
             "reasons": self.verdict.reasons,
             "applied": self.applied,
             "readout": self.readout.to_dict(),
@@ -181,7 +186,14 @@ def read_out_experiment(
     settings = RewearSettings()
     client, _ = configure_mlflow(settings, config.registry.experiment)
     log_readout(client, started.run_id, readout, verdict)
-    result = ReadoutResult(readout, verdict)
+    result = ReadoutResult(
+        readout,
+        verdict,
+        figures={
+            "control_version": spec.control_version,
+            "treatment_version": spec.treatment_version,
+        },
+    )
     if apply and verdict.decision is not None:
         if spec.control_version != spec.treatment_version:
             apply_decision(
@@ -189,7 +201,7 @@ def read_out_experiment(
                 spec.model_name,
                 spec.treatment_version,
                 verdict.decision,
-                experiment.primary_metric,
+                readout.primary_metric,
                 ONLINE_TAG_PREFIX,
             )
         end_experiment(client, spec.model_name, started.version, verdict.verdict)
@@ -413,7 +425,7 @@ def simulate_experiment(
         "design": spec.design,
         "days_simulated": simulation.config.days,
         "decided_on_day": None if final is None else len(readouts),
-        "verdict": _verdict(last, spec),
+        "verdict": last.summary()["verdict"],
         "reasons": last.verdict.reasons,
         "applied": last.applied,
         "readout": last.readout.to_dict(),
@@ -423,13 +435,6 @@ def simulate_experiment(
         "champion_version": _current_champion(config),
         "serve_command": started.serve_command,
     }
-
-
-def _verdict(outcome: ReadoutResult, spec: ExperimentSpec) -> str:
-    """The verdict as reported: an A/A run (one version in both arms) decides nothing."""
-    if spec.control_version == spec.treatment_version:
-        return "a/a"
-    return outcome.verdict.verdict
 
 
 def _global_effect(
@@ -481,3 +486,15 @@ def read_out_live(config: PipelineConfig, as_of: pd.Timestamp | None = None) -> 
     return read_out_experiment(
         config, started, exposures, tables.interactions, tables.items, moment
     ).summary()
+
+
+def stop_live_experiment(config: PipelineConfig) -> str | None:
+    """End the live experiment without a verdict (`stopped`); its id, or None when none
+    was live. Nothing moves in the model registry."""
+    client, _ = configure_mlflow(RewearSettings(), config.registry.experiment)
+    live = live_experiment(client, config.registry.model_name)
+    if live is None:
+        return None
+    version, spec = live
+    end_experiment(client, config.registry.model_name, version, "stopped")
+    return spec.experiment_id
