@@ -8,8 +8,9 @@ exposure guardrails on the served slots (seller-exposure Gini not clearly up by 
 `max_seller_gini_increase`, new-listing share not clearly down by more than
 `max_new_listing_exposure_drop`). The always-valid interval may be read every day: the
 verdict is `continue` until the evidence is enough, `promoted` as soon as every check
-passes, `rejected` on a failed health check, on a bound clearly below the margin, on a
-guardrail, or at `max_days` without a pass. A promotion goes through
+passes, `rejected` on a failed health check or an always-valid interval wholly below the
+margin (at any look), on a guardrail (once the evidence is enough: its interval is a
+fixed-horizon one), or at `max_days` without a pass. A promotion goes through
 `promotion.apply_decision` (tags `promotion.online.*`), which refuses it if `champion`
 moved away from the control version meanwhile.
 """
@@ -78,7 +79,10 @@ def decide_online(
     checks = [healthy, enough, primary, *guardrails]
     out_of_time = readout.days >= experiment.max_days
     verdict: Verdict
-    if not healthy.passed or clearly_worse or not all(check.passed for check in guardrails):
+    # Health and the always-valid primary may stop the experiment at any look; the
+    # guardrails' intervals are fixed-horizon ones, read once the evidence is enough.
+    guarded = all(check.passed for check in guardrails)
+    if not healthy.passed or clearly_worse or (enough.passed and not guarded):
         verdict = "rejected"
     elif enough.passed and primary.passed:
         verdict = "promoted"

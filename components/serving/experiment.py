@@ -72,7 +72,7 @@ class ExperimentSpec:
 
     @classmethod
     def read(cls, folder: Path) -> ExperimentSpec:
-        return cls(**json.loads((folder / SPEC_FILE).read_text()))
+        return cls(**json.loads((Path(folder) / SPEC_FILE).read_text()))
 
 
 class Arm(Protocol):

@@ -12,6 +12,7 @@ instead of now: replays and simulations). Answers carry `request_id`, `variant` 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
@@ -25,7 +26,7 @@ from components.serving.experiment import ExperimentRecommender, ExperimentSpec
 from components.serving.pyfunc import DEFAULT_K, SESSION_COLUMN, USER_COLUMN, model_signature
 from components.serving.recommender import BundleRecommender
 from components.serving.request_parsing import RequestError
-from components.serving.server import install_request_guard
+from components.serving.server import PARAMS, call_at_server_shutdown, install_request_guard
 from components.settings import RewearSettings
 
 EXPERIMENT_ARTIFACT = "experiment"
@@ -40,14 +41,16 @@ class ExperimentPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         settings = RewearSettings()
-        folder = context.artifacts[EXPERIMENT_ARTIFACT]
+        folder = Path(context.artifacts[EXPERIMENT_ARTIFACT])
         spec = ExperimentSpec.read(folder)
         sink = open_exposure_sink(os.environ.get(EXPOSURE_LOG_VARIABLE) or spec.exposure_log)
-        self.experiment = ExperimentRecommender.load(folder, ExposureLogger(sink))
+        exposures = ExposureLogger(sink)
+        call_at_server_shutdown(exposures.close)
+        self.experiment = ExperimentRecommender.load(folder, exposures)
         for arm in self.experiment.arms.values():
             if isinstance(arm, BundleRecommender):
                 arm.max_answer_rows = settings.max_answer_rows
-        install_request_guard(settings.max_request_bytes)
+        install_request_guard(settings.max_request_bytes, (*PARAMS, "served_at"))
 
     def predict(self, context, model_input, params=None):
         """Hints are left off on purpose: MLflow would derive a second, looser signature."""

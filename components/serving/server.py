@@ -54,7 +54,9 @@ class RefusedRequestError(ValueError):
         self.status = status
 
 
-def check_request(body: bytes, content_type: str | None, max_bytes: int) -> dict[str, Any]:
+def check_request(
+    body: bytes, content_type: str | None, max_bytes: int, params_read: tuple[str, ...] = PARAMS
+) -> dict[str, Any]:
     """The decoded JSON request, or `RefusedRequestError` saying what is wrong and what to send."""
     mime = (content_type or "").split(";")[0].strip().lower()
     if mime != "application/json":
@@ -108,10 +110,11 @@ def check_request(body: bytes, content_type: str | None, max_bytes: int) -> dict
         raise RefusedRequestError(
             f'`params` must be an object, e.g. {{"k": 20}}; send {REQUEST_EXAMPLE}'
         )
-    unknown = sorted(set(params) - set(PARAMS))
+    unknown = sorted(set(params) - set(params_read))
     if unknown:
         raise RefusedRequestError(
-            f"unknown params {unknown}: this model reads {list(PARAMS)}; send {REQUEST_EXAMPLE}"
+            f"unknown params {unknown}: this model reads {list(params_read)}; send "
+            f"{REQUEST_EXAMPLE}"
         )
     records = payload.get("dataframe_records")
     if records is not None:
@@ -158,28 +161,55 @@ def error_message(message: str) -> str:
     return message
 
 
-def install_request_guard(max_request_bytes: int) -> bool:
+#: Called when the scoring server shuts down gracefully (the served model's buffers).
+_AT_SHUTDOWN: list[Callable[[], Any]] = []
+
+
+def call_at_server_shutdown(callback: Callable[[], Any]) -> None:
+    """Run `callback` when `mlflow models serve` stops cleanly (SIGTERM, Ctrl-C).
+
+    uvicorn re-raises the stopping signal once it has shut down, so the process dies by
+    the signal and `atexit` never runs; the app's shutdown handlers do run. The app exists
+    only after the model is loaded, so the callbacks are attached at the first request
+    (with no request served there is nothing to flush)."""
+    _AT_SHUTDOWN.append(callback)
+
+
+def _attach_shutdown_callbacks() -> None:
+    if _INSTALLED.get("shutdown") or not _AT_SHUTDOWN:
+        return
+    app = getattr(sys.modules.get("mlflow.pyfunc.scoring_server.app"), "app", None)
+    if app is None:
+        return
+    app.router.on_shutdown.extend(_AT_SHUTDOWN)
+    _INSTALLED["shutdown"] = _attach_shutdown_callbacks
+
+
+def install_request_guard(max_request_bytes: int, params_read: tuple[str, ...] = PARAMS) -> bool:
     """Guard MLflow's scoring server in this process (see the module docstring); does
     nothing outside `mlflow models serve` (its model-path variable unset). Idempotent;
-    True when the guard is in place."""
+    True when the guard is in place. `params_read`: the params the served model reads."""
     from mlflow.pyfunc import scoring_server
 
     if os.environ.get(scoring_server._SERVER_MODEL_PATH) is None:
         return False
     if scoring_server.invocations is not _INSTALLED.get("guard"):
-        _INSTALLED["guard"] = _guarded(scoring_server.invocations, max_request_bytes)
+        _INSTALLED["guard"] = _guarded(scoring_server.invocations, max_request_bytes, params_read)
         scoring_server.invocations = _INSTALLED["guard"]
     return True
 
 
-def _guarded(invocations: Callable[..., Any], max_request_bytes: int) -> Callable[..., Any]:
+def _guarded(
+    invocations: Callable[..., Any], max_request_bytes: int, params_read: tuple[str, ...]
+) -> Callable[..., Any]:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, ErrorCode
     from mlflow.pyfunc.scoring_server import InvocationsResponse
 
     def guarded(data: bytes, content_type: str | None, model: Any, input_schema: Any) -> Any:
+        _attach_shutdown_callbacks()
         try:
-            check_request(data, content_type, max_request_bytes)
+            check_request(data, content_type, max_request_bytes, params_read)
         except RefusedRequestError as refused:
             body = {"error_code": "BAD_REQUEST", "message": str(refused)}
             return InvocationsResponse(json.dumps(body), refused.status, "application/json")
@@ -290,6 +320,13 @@ def _stop(server: subprocess.Popen) -> None:
     try:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+        # The worker outlives the `mlflow` process by its graceful shutdown (which flushes
+        # the served model's buffers): stopped means the whole group is gone.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            os.killpg(server.pid, 0)
+            time.sleep(0.1)
+        os.killpg(server.pid, signal.SIGKILL)
     except ProcessLookupError:
         return
     except subprocess.TimeoutExpired:

@@ -137,7 +137,8 @@ def test_the_readout_promotes_a_better_challenger_holds_back_a_worse_one_and_a_k
     worse = experiment_simulate(config_path=str(CONFIG), overrides=MARKET)
     assert (worse["control_version"], worse["treatment_version"]) == (2, 3)
     assert worse["verdict"] == "rejected"
-    assert worse["readout"]["relative_high"] < 0
+    assert worse["readout"]["relative_low"] < -0.02  # non-inferiority not shown
+    assert worse["readout"]["primary"]["difference"] < 0
     assert _champion() == 2
     assert _version_tags(3)["promotion.online.decision"] == "rejected"
 

@@ -152,3 +152,25 @@ def test_a_spec_with_an_unknown_design_or_share_is_refused() -> None:
         ExperimentSpec(**{**_spec("ab").__dict__, "design": "bandit"})
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         ExperimentSpec(**{**_spec("ab").__dict__, "treatment_share": 0.0})
+
+
+def test_answers_reach_the_parquet_exposure_log_through_the_buffer(arms, tmp_path) -> None:
+    from components.experiments.exposure_log import ExposureLogger, read_exposures
+
+    logger = ExposureLogger(open_sink(tmp_path / "exposures"))
+    experiment = ExperimentRecommender(_spec("interleave"), arms, logger)
+    answer = experiment.recommend(USERS, k=3, served_at=pd.Timestamp("2026-03-02T10:00:00Z"))
+    logger.close()
+    logged = read_exposures(str(tmp_path / "exposures"), experiment_id="exp-1")
+    assert logger.dropped_rows == 0 and logger.written_rows == len(answer) == len(logged)
+    merged = answer.merge(
+        logged, left_on=["request_id", "rank"], right_on=["request_id", "position"]
+    )
+    assert (merged["item_id_x"] == merged["item_id_y"]).all()
+    assert (merged["team_x"] == merged["team_y"]).all()
+
+
+def open_sink(path):
+    from components.experiments.exposure_log import open_exposure_sink
+
+    return open_exposure_sink(str(path))
