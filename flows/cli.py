@@ -446,7 +446,11 @@ def experiment_readout_command(
     parsed = _checked_overrides(config, overrides)
     from flows.experiment import experiment_readout
 
-    print_experiment(_run_flow(experiment_readout, config, parsed, as_of))
+    summary = _run_flow(experiment_readout, config, parsed, as_of)
+    if summary["verdict"] == "no_live_experiment":
+        console.print("no experiment is live: start one with `rewear experiment start`")
+        return
+    print_experiment(summary)
 
 
 @experiment_app.command("simulate")

@@ -52,6 +52,9 @@ def experiment_readout(
     config = load_config(config_path, overrides)
     moment = None if as_of is None else pd.Timestamp(as_of)
     summary = experiments.read_out_live(config, moment)
+    if summary is None:
+        print(f"no experiment of {config.registry.model_name} is live: nothing to read out")
+        return {"verdict": "no_live_experiment"}
     publish_readout(summary)
     return summary
 

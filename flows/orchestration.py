@@ -84,7 +84,18 @@ PROGRESS_LOGGER = "components"
 
 
 class _ProgressHandler(logging.StreamHandler):
-    """The console handler `show_component_progress` adds (found again by its type)."""
+    """The console handler `show_component_progress` adds (found again by its type). It
+    writes to whatever `sys.stderr` is when a record comes, not the stream of the moment
+    it was added: a caller that swaps stderr (a test runner, a notebook) and closes the
+    old one would otherwise get "Logging error" for every record after."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        """StreamHandler's constructor sets one; it is read at each record instead."""
 
 
 def show_component_progress() -> None:

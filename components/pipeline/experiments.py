@@ -463,17 +463,17 @@ def _current_champion(config: PipelineConfig) -> int | None:
     return current_alias_version(client, config.registry.model_name, CHAMPION)
 
 
-def read_out_live(config: PipelineConfig, as_of: pd.Timestamp | None = None) -> dict[str, Any]:
+def read_out_live(
+    config: PipelineConfig, as_of: pd.Timestamp | None = None
+) -> dict[str, Any] | None:
     """The daily readout of the live experiment from its exposure log and the source's
-    interactions (the deployment's job); applies the verdict when it is final."""
+    interactions (the deployment's job); applies the verdict when it is final. None when
+    no experiment is live (the daily deployment then has nothing to do)."""
     settings = RewearSettings()
     client, _ = configure_mlflow(settings, config.registry.experiment)
     live = live_experiment(client, config.registry.model_name)
     if live is None:
-        raise ValueError(
-            f"no experiment of {config.registry.model_name} is live: start one with "
-            "`rewear experiment start`"
-        )
+        return None
     version, spec = live
     run = client.search_runs(
         [client.get_experiment_by_name(config.registry.experiment + ONLINE_SUFFIX).experiment_id],

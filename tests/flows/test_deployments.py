@@ -132,8 +132,13 @@ def test_deployments_run_retrain_then_refresh_index_on_a_worker(tmp_path, migrat
         _cli(env, "--no-prompt", "deploy", "--all")
         deployments = _deployments(api_url)
         declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
-        assert set(deployments) == {"retrain/daily", "refresh-index/hourly", "monitor/daily"}
-        assert len(declared) == 3
+        assert set(deployments) == {
+            "retrain/daily",
+            "refresh-index/hourly",
+            "monitor/daily",
+            "experiment-readout/daily",
+        }
+        assert len(declared) == 4
         for name, deployment in deployments.items():
             assert deployment.work_pool_name == POOL
             assert deployment.global_concurrency_limit.limit == 1, name
@@ -145,6 +150,7 @@ def test_deployments_run_retrain_then_refresh_index_on_a_worker(tmp_path, migrat
             "retrain/daily": "0 3 * * *",
             "refresh-index/hourly": "20 * * * *",
             "monitor/daily": "0 6 * * *",
+            "experiment-readout/daily": "0 5 * * *",
         }
         worker = subprocess.Popen(
             [PREFECT, "worker", "start", "--pool", POOL],
