@@ -14,15 +14,13 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from components.config import ExperimentConfig
 from components.data.schema import INTERACTION_COLUMNS, KNOWN_EVENTS, TIMESTAMP_DTYPE
 
-#: How long after a slot was served an event still counts as its outcome.
+#: How long after a slot was served an event still counts as its outcome (the config's
+#: defaults, `experiment.attribution_windows`).
 DEFAULT_ATTRIBUTION_WINDOWS: dict[str, pd.Timedelta] = {
-    "view": pd.Timedelta(hours=1),
-    "like": pd.Timedelta(days=1),
-    "save": pd.Timedelta(days=1),
-    "add_to_bag": pd.Timedelta(days=1),
-    "purchase": pd.Timedelta(days=7),
+    event: pd.Timedelta(window) for event, window in ExperimentConfig().attribution_windows.items()
 }
 #: The exposure's columns each attributed interaction carries.
 EXPOSURE_CONTEXT_COLUMNS = (

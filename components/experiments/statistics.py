@@ -404,20 +404,6 @@ def paired_difference(per_unit_differences: np.ndarray, alpha: float = 0.05) -> 
     )
 
 
-def gini(values: np.ndarray) -> float:
-    """Gini coefficient of non-negative values (e.g. exposure per seller): 0 when all are
-    equal, (n - 1) / n when one holds everything; all zeros count as equal (0)."""
-    array = _as_sample(values, "values", minimum=1)
-    if np.any(array < 0.0):
-        raise ValueError("values must be non-negative (exposures, counts): got a negative one")
-    total = float(array.sum())
-    if total == 0.0:
-        return 0.0
-    ranks = np.arange(1, array.size + 1)
-    n = array.size
-    return float(2.0 * np.sum(ranks * np.sort(array)) / (n * total) - (n + 1) / n)
-
-
 def units_for_power(
     standard_deviation: float,
     effect: float,

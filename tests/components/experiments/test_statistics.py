@@ -13,7 +13,6 @@ from components.experiments.statistics import (
     confidence_sequence,
     cuped,
     difference_in_means,
-    gini,
     interleaving_preference,
     paired_difference,
     sample_ratio_mismatch,
@@ -304,27 +303,7 @@ def test_paired_difference_is_a_one_sample_normal_interval() -> None:
     assert math.isnan(estimate.relative)
 
 
-# --- gini and power ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("values", "expected"),
-    [
-        ([5.0, 5.0, 5.0], 0.0),
-        ([0.0, 0.0, 0.0, 1.0], 0.75),  # (n - 1) / n
-        ([1.0, 2.0, 3.0, 4.0], 0.25),  # sum |xi - xj| = 20 over 2 n^2 mean = 80
-        ([4.0, 1.0, 3.0, 2.0], 0.25),  # order does not matter
-        ([0.0, 0.0], 0.0),
-        ([7.0], 0.0),
-    ],
-)
-def test_gini_on_hand_cases(values: list[float], expected: float) -> None:
-    assert gini(np.array(values)) == pytest.approx(expected, abs=1e-12)
-
-
-def test_gini_rejects_negative_values() -> None:
-    with pytest.raises(ValueError, match="non-negative"):
-        gini(np.array([1.0, -1.0]))
+# --- power ----------------------------------------------------------------------
 
 
 def test_units_for_power_matches_the_hand_formula() -> None:
