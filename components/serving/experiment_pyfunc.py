@@ -23,7 +23,14 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from components.experiments.exposure_log import ExposureLogger, open_exposure_sink
 from components.serving.experiment import ExperimentRecommender, ExperimentSpec
-from components.serving.pyfunc import DEFAULT_K, SESSION_COLUMN, USER_COLUMN, model_signature
+from components.serving.pyfunc import (
+    DEFAULT_K,
+    SESSION_COLUMN,
+    USER_COLUMN,
+    check_request_columns,
+    column,
+    model_signature,
+)
 from components.serving.recommender import BundleRecommender
 from components.serving.request_parsing import RequestError
 from components.serving.server import PARAMS, call_at_server_shutdown, install_request_guard
@@ -56,26 +63,17 @@ class ExperimentPyfunc(mlflow.pyfunc.PythonModel):
         """Hints are left off on purpose: MLflow would derive a second, looser signature."""
         params = params or {}
         try:
-            columns = set(model_input.columns) if isinstance(model_input, pd.DataFrame) else set()
-            if not {USER_COLUMN, SESSION_COLUMN} & columns:
-                raise RequestError(
-                    f"the request needs a `{USER_COLUMN}` column (one row per user, a string "
-                    f"id) or, for anonymous users, `{SESSION_COLUMN}` (a list of item ids)"
-                )
+            check_request_columns(model_input)
             return self.experiment.recommend(
-                _column(model_input, USER_COLUMN),
+                column(model_input, USER_COLUMN),
                 k=params.get("k", DEFAULT_K),
                 exclude_item_ids=params.get("exclude_item_ids") or (),
-                recent_item_ids=_column(model_input, SESSION_COLUMN),
-                session_ids=_column(model_input, SESSION_ID_COLUMN),
+                recent_item_ids=column(model_input, SESSION_COLUMN),
+                session_ids=column(model_input, SESSION_ID_COLUMN),
                 served_at=_served_at(params.get("served_at")),
             )
         except RequestError as error:
             raise MlflowException.invalid_parameter_value(str(error)) from error
-
-
-def _column(frame: pd.DataFrame, name: str) -> list[object] | None:
-    return frame[name].tolist() if name in frame.columns else None
 
 
 def _served_at(value: object) -> pd.Timestamp | None:

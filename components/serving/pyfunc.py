@@ -45,24 +45,30 @@ class RewearPyfunc(mlflow.pyfunc.PythonModel):
         """Hints are left off on purpose: MLflow would derive a second, looser signature."""
         params = params or {}
         try:
-            if not isinstance(model_input, pd.DataFrame) or not (
-                {USER_COLUMN, SESSION_COLUMN} & set(model_input.columns)
-            ):
-                raise RequestError(
-                    f"the request needs a `{USER_COLUMN}` column (one row per user, a string "
-                    f"id) or, for anonymous users, `{SESSION_COLUMN}` (a list of item ids)"
-                )
+            check_request_columns(model_input)
             return self.recommender.recommend(
-                _column(model_input, USER_COLUMN),
+                column(model_input, USER_COLUMN),
                 k=params.get("k", DEFAULT_K),
                 exclude_item_ids=params.get("exclude_item_ids") or (),
-                recent_item_ids=_column(model_input, SESSION_COLUMN),
+                recent_item_ids=column(model_input, SESSION_COLUMN),
             )
         except RequestError as error:
             raise MlflowException.invalid_parameter_value(str(error)) from error
 
 
-def _column(frame: pd.DataFrame, name: str) -> list[object] | None:
+def check_request_columns(model_input: object) -> None:
+    """A request names users or sessions (`RequestError` saying what to send otherwise)."""
+    if not isinstance(model_input, pd.DataFrame) or not (
+        {USER_COLUMN, SESSION_COLUMN} & set(model_input.columns)
+    ):
+        raise RequestError(
+            f"the request needs a `{USER_COLUMN}` column (one row per user, a string "
+            f"id) or, for anonymous users, `{SESSION_COLUMN}` (a list of item ids)"
+        )
+
+
+def column(frame: pd.DataFrame, name: str) -> list[object] | None:
+    """The request column `name` as a list (None when the request has no such column)."""
     return frame[name].tolist() if name in frame.columns else None
 
 
