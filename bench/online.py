@@ -445,7 +445,7 @@ def simulate_section(config: PipelineConfig, versions: dict) -> dict[str, Any]:
     started = time.time()
     result = simulate_experiment(config, versions[CONTROL], versions[TREATMENT], apply=True)
     seconds = time.time() - started
-    latency = latency_figures(config, result["experiment_model"])
+    latency = latency_figures(config, versions[CONTROL])
     readout = result["readout"]
     return {
         "seconds": round(seconds, 1),
@@ -460,11 +460,16 @@ def simulate_section(config: PipelineConfig, versions: dict) -> dict[str, Any]:
     }
 
 
-def latency_figures(config: PipelineConfig, experiment_uri: str, requests: int = 300) -> dict:
-    """p50 / p99 of single-user k=20 requests in process: the experiment model against the
-    champion alone (the same users, after a warm-up)."""
+def latency_figures(config: PipelineConfig, version: int, requests: int = 300) -> dict:
+    """p50 / p99 of single-user k=20 requests in process: version `version` served alone
+    against an A/A experiment model serving it in both arms (so the difference is the
+    experiment's own cost: assignment, request ids, exposure rows, the logger), on the same
+    users after a warm-up."""
     import mlflow
 
+    from components.pipeline.experiments import start_experiment, stop_live_experiment
+
+    started = start_experiment(config, version, version)
     settings = RewearSettings()
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
@@ -473,22 +478,22 @@ def latency_figures(config: PipelineConfig, experiment_uri: str, requests: int =
     ).marketplace.tables.users["user_id"]
     users = list(simulation_users.sample(requests, random_state=0))
     figures = {}
-    for name, uri in (
-        ("champion", f"models:/{config.registry.model_name}@champion"),
-        ("experiment", experiment_uri),
-    ):
+    alone = f"models:/{config.registry.model_name}/{version}"
+    for name, uri in (("alone", alone), ("experiment_aa", started.model_uri)):
         model = mlflow.pyfunc.load_model(uri)
         for user in users[:20]:
             model.predict(pd.DataFrame({"user_id": [user]}), params={"k": 20})
         times = []
         for user in users:
-            started = time.perf_counter()
+            began = time.perf_counter()
             model.predict(pd.DataFrame({"user_id": [user]}), params={"k": 20})
-            times.append((time.perf_counter() - started) * 1000)
+            times.append((time.perf_counter() - began) * 1000)
         figures[name] = {
             "p50": float(np.percentile(times, 50)),
             "p99": float(np.percentile(times, 99)),
         }
+    stop_live_experiment(config)
+    figures["version"] = version
     return figures
 
 

@@ -29,7 +29,6 @@ from components.experiments.interleaving import request_rng, team_draft
 from components.experiments.schema import (
     CONTROL,
     DETERMINISTIC,
-    EXPOSURE_COLUMNS,
     INTERLEAVED,
     SESSION_UNIT,
     TEAM_DRAFT,
@@ -160,6 +159,8 @@ class ExperimentRecommender:
             part["request"] = rows[part["request"].to_numpy(np.int64)]
             part["variant"] = arm
             parts.append(part)
+        if len(parts) == 1:
+            return parts[0]
         answer = pd.concat(parts, ignore_index=True)
         return answer.sort_values(["request", "rank"], kind="stable", ignore_index=True)
 
@@ -215,30 +216,39 @@ class ExperimentRecommender:
         kinds: np.ndarray,
         served_at: pd.Timestamp,
     ) -> pd.DataFrame:
-        """One exposure-log row per answered slot."""
+        """One exposure-log row per answered slot, built from arrays (on the request path:
+        a frame of Series conversions cost more than the answer itself)."""
+        n_slots = len(answer)
         request = answer["request"].to_numpy(np.int64)
-        credited = answer["team"].where(answer["team"].notna(), answer["variant"])
-        versions = credited.map({arm: str(self.spec.version(arm)) for arm in ARMS})
+        variant = answer["variant"].to_numpy(dtype=object)
+        team = answer["team"].to_numpy(dtype=object)
+        credited = np.where(pd.isna(team), variant, team)
+        versions = np.where(
+            credited == TREATMENT,
+            str(self.spec.treatment_version),
+            str(self.spec.control_version),
+        ).astype(object)
+        moment = np.datetime64(served_at.tz_convert("UTC").tz_localize(None), "us")
         policy = TEAM_DRAFT if self.spec.design == "interleave" else DETERMINISTIC
         return pd.DataFrame(
             {
-                "request_id": answer["request_id"].astype(str),
-                "served_at": pd.Series(served_at, index=answer.index).astype("datetime64[us, UTC]"),
-                "experiment_id": self.spec.experiment_id,
+                "request_id": answer["request_id"].to_numpy(dtype=object),
+                "served_at": pd.DatetimeIndex(np.full(n_slots, moment)).tz_localize("UTC"),
+                "experiment_id": np.full(n_slots, self.spec.experiment_id, dtype=object),
                 "unit_id": units[request],
                 "unit_kind": kinds[request],
-                "variant": answer["variant"].astype(str),
-                "position": answer["rank"].astype(np.int32),
-                "item_id": answer["item_id"].astype(str),
-                "score": answer["score"].astype(np.float64),
-                "source": answer["source"].astype(object),
-                "team": answer["team"].astype(object),
-                "model_name": self.spec.model_name,
-                "model_version": versions.astype(str),
-                "policy": policy,
-                "propensity": 1.0,
+                "variant": variant,
+                "position": answer["rank"].to_numpy(np.int32),
+                "item_id": answer["item_id"].to_numpy(dtype=object),
+                "score": answer["score"].to_numpy(np.float64),
+                "source": answer["source"].to_numpy(dtype=object),
+                "team": team,
+                "model_name": np.full(n_slots, self.spec.model_name, dtype=object),
+                "model_version": versions,
+                "policy": np.full(n_slots, policy, dtype=object),
+                "propensity": np.ones(n_slots),
             }
-        )[list(EXPOSURE_COLUMNS)]
+        )
 
 
 def _row_count(user_ids: Sequence[object] | None, recent: Sequence[object] | None) -> int:
