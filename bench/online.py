@@ -450,6 +450,7 @@ def simulate_section(config: PipelineConfig, versions: dict) -> dict[str, Any]:
     return {
         "seconds": round(seconds, 1),
         "verdict": result["verdict"],
+        "reasons": result["reasons"],
         "decided_on_day": result["decided_on_day"],
         "relative": readout["primary"]["relative"],
         "relative_interval": [readout["relative_low"], readout["relative_high"]],
