@@ -70,8 +70,6 @@ OUTPUT_COLUMNS = (
 MAX_PRECOMPUTED_USERS = 1_000_000
 #: Extra neighbours asked of the index beyond k and the user's masked items.
 ANN_MARGIN = 20
-#: A ranked user without candidates (popularity fills the whole list).
-_NO_CANDIDATES = (np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=object))
 
 
 @dataclass
@@ -227,7 +225,6 @@ class BundleRecommender:
         rows = self.item_rows.positions(list(excluded))
         blocked[rows[rows >= 0]] = True
         vectors = self._request_vectors(requests)
-        ranked = self._ranked_two_stage(requests)
         answers = []
         for row, request in enumerate(requests):
             user_blocked = blocked.copy()
@@ -238,8 +235,7 @@ class BundleRecommender:
             user_blocked[session] = True
             vector = vectors.get(row)
             if self._ranks_two_stage(request):
-                candidates = ranked.get(str(request.user_id), _NO_CANDIDATES)
-                order, scores, sources = self._rank_two_stage(candidates, k, user_blocked)
+                order, scores, sources = self._rank_two_stage(request.user_id, k, user_blocked)
             elif vector is None and len(session):
                 order, scores, sources = self._rank_in_context(session, k, user_blocked)
             else:
@@ -278,39 +274,16 @@ class BundleRecommender:
             and request.user_id in self.two_stage.features.users.index
         )
 
-    def _ranked_two_stage(
-        self, requests: list[RecommendationRequest]
-    ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """The ranker's candidates of every row it answers, scored in one batch (a call
-        per user costs the feature assembly and the booster's start-up each time): user ->
-        (catalogue rows, scores, sources), best first."""
-        users = list(
-            dict.fromkeys(r.user_id for r in requests if r.user_id and self._ranks_two_stage(r))
-        )
-        if not users:
-            return {}
-        ranked = self.two_stage.ranked(users)
-        rows = self.item_rows.positions(ranked.item_ids)
-        bounds = np.flatnonzero(np.r_[True, ranked.user_ids[1:] != ranked.user_ids[:-1]])
-        ends = np.r_[bounds[1:], len(ranked)]
-        return {
-            str(ranked.user_ids[start]): (
-                rows[start:end],
-                ranked.scores[start:end],
-                ranked.sources[start:end],
-            )
-            for start, end in zip(bounds, ends, strict=True)
-        }
-
     def _rank_two_stage(
-        self, ranked: tuple[np.ndarray, np.ndarray, np.ndarray], k: int, blocked: np.ndarray
+        self, user_id: str, k: int, blocked: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """The ranker's order of the user's candidates; popularity fills what is left."""
-        rows, ranked_scores, ranked_sources = ranked
+        ranked = self.two_stage.ranked([user_id])
+        rows = self.item_rows.positions(ranked.item_ids)
         usable = (rows >= 0) & ~blocked[np.maximum(rows, 0)]
         order = rows[usable][:k]
-        scores = ranked_scores[usable][:k]
-        sources = [str(source) for source in ranked_sources[usable][:k]]
+        scores = ranked.scores[usable][:k]
+        sources = [str(source) for source in ranked.sources[usable][:k]]
         if len(order) < k:
             rest = blocked.copy()
             rest[order] = True
