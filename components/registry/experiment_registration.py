@@ -14,14 +14,14 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from components.registry.registration import (
     COMPONENTS_DIR,
     PARENT_RUN_TAG,
     current_alias_version,
+    ensure_registered_model,
+    log_served_model,
     model_uri,
-    serving_requirements,
 )
 from components.serving.bundle import verify_bundle
 from components.serving.experiment import ARMS, ExperimentSpec
@@ -102,25 +102,14 @@ def register_experiment(
             "another"
         )
     folder = build_experiment_folder(spec, scratch)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(EXPERIMENT_MODEL_CODE),
-            artifacts={EXPERIMENT_ARTIFACT: str(folder)},
-            code_paths=[str(COMPONENTS_DIR)],
-            signature=experiment_signature(),
-            pip_requirements=serving_requirements(),
-        )
-    MlflowClient().update_run(run_id, status="RUNNING")
-    try:
-        client.create_registered_model(name)
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
+    source = log_served_model(
+        run_id, EXPERIMENT_MODEL_CODE, {EXPERIMENT_ARTIFACT: str(folder)}, experiment_signature()
+    )
+    ensure_registered_model(client, name)
     tags = {f"experiment.{key}": str(value) for key, value in asdict(spec).items()}
     created = client.create_model_version(
         name,
-        source=info.model_uri,
+        source=source,
         run_id=run_id,
         tags={**tags, STATUS_TAG: LIVE_STATUS, PARENT_RUN_TAG: run_id},
         await_creation_for=60,

@@ -11,6 +11,7 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from packaging.version import Version
 
 from components.config import ModelConfig
@@ -99,11 +100,7 @@ def log_and_register(
     MLflow run that logged the bundle) is added to `tags`.
     """
     source = log_bundle(run_id, bundle_dir, example_user_id)
-    try:
-        client.create_registered_model(model_name)
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
+    ensure_registered_model(client, model_name)
     # Tags go in with the version itself, so no version ever exists without its lineage.
     created = client.create_model_version(
         model_name,
@@ -122,21 +119,46 @@ def log_bundle(run_id: str, bundle_dir: Path, example_user_id: str | None = None
     `run_id`; returns the logged model's URI. With `example_user_id`, MLflow runs the bundle
     on that request while logging (a smoke test for free). The bundle is logged as it is:
     the promotion gate's fresh-process load refuses one that does not verify."""
+    return log_served_model(
+        run_id,
+        MODEL_CODE,
+        {BUNDLE_ARTIFACT: str(bundle_dir)},
+        model_signature(),
+        None if example_user_id is None else pd.DataFrame({"user_id": [example_user_id]}),
+    )
+
+
+def log_served_model(
+    run_id: str,
+    model_code: Path,
+    artifacts: dict[str, str],
+    signature: ModelSignature,
+    input_example: pd.DataFrame | None = None,
+) -> str:
+    """Log a models-from-code pyfunc (with this code and the serving requirements) under
+    `run_id`, which stays open; returns the logged model's URI."""
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(MODEL_CODE),
-            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+            python_model=str(model_code),
+            artifacts=artifacts,
             code_paths=[str(COMPONENTS_DIR)],
-            signature=model_signature(),
+            signature=signature,
             pip_requirements=serving_requirements(),
-            input_example=None
-            if example_user_id is None
-            else pd.DataFrame({"user_id": [example_user_id]}),
+            input_example=input_example,
         )
     # Leaving `start_run` ended the run (FINISHED); it stays open until its report is logged.
     MlflowClient().update_run(run_id, status="RUNNING")
     return info.model_uri
+
+
+def ensure_registered_model(client: MlflowClient, model_name: str) -> None:
+    """Create the registered model unless it exists (a concurrent run may have made it)."""
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
 
 
 def version_aliases(client: MlflowClient, model_name: str, version: int) -> list[str]:
