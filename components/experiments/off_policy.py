@@ -1,0 +1,274 @@
+"""Slate off-policy estimators: what a target ranker would have earned per session, from
+sessions a randomised logging policy served (components.experiments.exploration).
+
+Every estimator reads the same two things: the log (per request and slot: the reward,
+the item-position marginal and prefix propensities, the logged item's rank in the
+logging arm's own list) and the target's list for the same requests, as matches against
+the logged slots. The target is deterministic (a registered version's ranking), so its
+probability of a slot is 1 or 0, and the estimators are:
+
+- `ips` / `snips`, independent-item (Li et al. 2018): a slot counts when the target puts
+  the logged item in that slot, weighted by 1 / marginal; unbiased when a slot's reward
+  depends only on its item and position (the position-based model). `snips` divides
+  each slot's sum by the sum of its weights (self-normalised, per position);
+- `rips` / `snrips`, reward-interaction (McInerney et al. 2020): a slot counts when the
+  target's whole prefix up to it is the logged prefix, weighted by 1 / prefix
+  propensity; unbiased when a slot's reward depends on what was above it (the cascade),
+  at the price of weights that vanish as the prefix grows;
+- `dr`, doubly robust on the independent-item weights: a reward model's value of the
+  target's slots plus the weighted residual of the logged ones; the reward model
+  (rank in the logging list x position, fitted on the log) only has to reduce variance,
+  the residual term keeps it unbiased.
+
+Intervals come from a bootstrap over units (users), so sessions of one user move together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ESTIMATORS = ("ips", "snips", "rips", "snrips", "dr")
+SELF_NORMALISED = ("snips", "snrips")
+
+
+class NoSupportError(ValueError):
+    """The log cannot support an estimate (deterministic logging, or no overlap)."""
+
+
+@dataclass(frozen=True)
+class SlateLog:
+    """Logged requests as (n requests x k slots) arrays; a slot the request did not fill
+    has marginal NaN."""
+
+    #: Unit index (0..n_units-1) of each request: the bootstrap resamples units.
+    unit: np.ndarray
+    reward: np.ndarray
+    #: P(the logged item in this slot) and P(the logged prefix up to this slot).
+    marginal: np.ndarray
+    prefix: np.ndarray
+    #: The logged item's rank (1-based) in the logging arm's own list.
+    rank: np.ndarray
+    #: Candidates the logging policy drew from, per request.
+    candidates: np.ndarray
+
+    def __post_init__(self) -> None:
+        shape = self.reward.shape
+        for name in ("marginal", "prefix", "rank"):
+            if getattr(self, name).shape != shape:
+                found = getattr(self, name).shape
+                raise ValueError(f"SlateLog.{name} has shape {found}, not {shape}")
+        if len(self.unit) != shape[0] or len(self.candidates) != shape[0]:
+            raise ValueError("SlateLog.unit and .candidates need one entry per request")
+
+    @property
+    def filled(self) -> np.ndarray:
+        return ~np.isnan(self.marginal)
+
+    @property
+    def deterministic(self) -> bool:
+        """Every propensity 0 or 1: the log holds no randomisation to reweight."""
+        values = self.marginal[self.filled]
+        return bool(np.all((values == 1.0) | (values == 0.0)))
+
+
+@dataclass(frozen=True)
+class TargetSlates:
+    """The target's list on the logged requests, as (n x k) arrays against the log."""
+
+    #: The target's item in slot j is the logged item in slot j.
+    match: np.ndarray
+    #: ... and so are all the target's items above it.
+    prefix_match: np.ndarray
+    #: Rank (1-based) of the target's slot-j item in the logging arm's list; 0: outside the
+    #: logging policy's candidates (no support); -1: the target has no item there.
+    rank: np.ndarray
+
+
+@dataclass(frozen=True)
+class RewardModel:
+    """Expected reward of a slot as (rank in the logging list) x (position) effects, fitted
+    on the log by Poisson maximum likelihood (alternating closed-form updates), ranks
+    shrunk towards the mean so that rarely shown ranks do not overfit."""
+
+    rank_effect: np.ndarray
+    position_effect: np.ndarray
+
+    @classmethod
+    def fit(cls, log: SlateLog, iterations: int = 30, shrinkage: float = 20.0) -> RewardModel:
+        filled = log.filled
+        n_ranks = int(max(log.rank[filled].max(initial=1), log.candidates.max(initial=1)))
+        k = log.reward.shape[1]
+        ranks = np.clip(log.rank, 1, n_ranks) - 1
+        rewards = np.zeros((n_ranks, k))
+        counts = np.zeros((n_ranks, k))
+        slots = np.broadcast_to(np.arange(k), log.reward.shape)
+        np.add.at(rewards, (ranks[filled], slots[filled]), log.reward[filled])
+        np.add.at(counts, (ranks[filled], slots[filled]), 1.0)
+        position = np.ones(k)
+        prior = rewards.sum() / max(counts.sum(), 1.0)
+        rank = np.full(n_ranks, prior)
+        for _ in range(iterations):
+            exposure = counts @ position
+            rank = (rewards.sum(axis=1) + shrinkage * prior) / (exposure + shrinkage)
+            weight = rank @ counts
+            position = np.where(weight > 0, rewards.sum(axis=0) / np.maximum(weight, 1e-12), 0.0)
+        return cls(rank, position)
+
+    def predict(self, ranks: np.ndarray) -> np.ndarray:
+        """Expected reward of the item of logging rank `ranks` (1-based; 0: outside the
+        candidates, valued as the last rank; -1: no item) in each slot."""
+        k = ranks.shape[1]
+        index = np.clip(np.where(ranks == 0, len(self.rank_effect), ranks), 1, None) - 1
+        index = np.minimum(index, len(self.rank_effect) - 1)
+        value = self.rank_effect[index] * self.position_effect[None, :k]
+        return np.where(ranks < 0, 0.0, value)
+
+
+def contributions(
+    log: SlateLog, target: TargetSlates, estimator: str, reward_model: RewardModel | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per request and slot: the estimator's numerator and its weight (the
+    self-normalised ones divide a slot's numerators by its weights; the others by the
+    number of requests)."""
+    filled = log.filled
+    reward = np.where(filled, log.reward, 0.0)
+    if estimator in ("ips", "snips", "dr"):
+        weight = np.where(filled & target.match, 1.0 / np.where(filled, log.marginal, 1.0), 0.0)
+    elif estimator in ("rips", "snrips"):
+        weight = np.where(
+            filled & target.prefix_match, 1.0 / np.where(filled, log.prefix, 1.0), 0.0
+        )
+    else:
+        raise ValueError(f"unknown off-policy estimator {estimator!r}: use one of {ESTIMATORS}")
+    if estimator != "dr":
+        return weight * reward, weight
+    model = reward_model or RewardModel.fit(log)
+    logged_value = np.where(filled, model.predict(np.where(filled, log.rank, -1)), 0.0)
+    direct = model.predict(target.rank)
+    return direct + weight * (reward - logged_value), weight
+
+
+@dataclass(frozen=True)
+class OffPolicyEstimate:
+    """An estimator's value per session, with its bootstrap interval."""
+
+    estimator: str
+    value: float
+    low: float
+    high: float
+    resamples: int
+
+    def to_dict(self) -> dict[str, float | str | int]:
+        return {
+            "estimator": self.estimator,
+            "value": self.value,
+            "low": self.low,
+            "high": self.high,
+            "resamples": self.resamples,
+        }
+
+
+@dataclass(frozen=True)
+class Support:
+    """How well the log covers the target's lists."""
+
+    #: Share of the target's slots whose item lies inside the logging candidates.
+    covered_slots: float
+    #: Share of logged slots where the target shows the logged item (independent-item).
+    matched_slots: float
+    #: Effective sample size of the independent-item weights, as a share of the requests
+    #: (1: as good as on-policy data).
+    effective_share: float
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class OffPolicyResult:
+    estimates: dict[str, OffPolicyEstimate]
+    support: Support
+    requests: int
+    units: int
+    #: Per estimator, the bootstrap values (for paired comparisons of two targets).
+    replicates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+
+def check_support(log: SlateLog) -> None:
+    """Refuse a log with no randomisation: a deterministic logging policy gives every
+    other list zero support, and an estimate would be a number without meaning."""
+    if not log.filled.any():
+        raise NoSupportError("the exposure log holds no served slots for these requests")
+    if log.deterministic:
+        raise NoSupportError(
+            "the logged lists were served deterministically (every propensity is 0 or 1), so "
+            "no other ranking has support: serve with exploration (experiment.exploration."
+            "temperature > 0, e.g. `rewear experiment start --design explore`) and estimate "
+            "from those days"
+        )
+
+
+def estimate(
+    log: SlateLog,
+    target: TargetSlates,
+    estimators: tuple[str, ...] = ESTIMATORS,
+    resamples: int = 200,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> OffPolicyResult:
+    """Each estimator's value of the target per logged session, with a percentile interval
+    from `resamples` Poisson bootstrap resamples of units (the same resamples for every
+    estimator and, with the same seed and log, for every target: differences pair)."""
+    check_support(log)
+    n_units = int(log.unit.max()) + 1
+    weights = np.random.default_rng(seed).poisson(1.0, size=(resamples, n_units)).astype(float)
+    requests_per_unit = np.bincount(log.unit, minlength=n_units).astype(float)
+    reward_model = RewardModel.fit(log) if "dr" in estimators else None
+    estimates, replicates = {}, {}
+    for name in estimators:
+        numerator, weight = contributions(log, target, name, reward_model)
+        by_unit_num = _by_unit(numerator, log.unit, n_units)
+        if name in SELF_NORMALISED:
+            by_unit_den = _by_unit(weight, log.unit, n_units)
+            point = _self_normalised(by_unit_num.sum(axis=0), by_unit_den.sum(axis=0))
+            boot = _self_normalised(weights @ by_unit_num, weights @ by_unit_den)
+        else:
+            point = float(by_unit_num.sum() / requests_per_unit.sum())
+            boot = (weights @ by_unit_num.sum(axis=1)) / np.maximum(
+                weights @ requests_per_unit, 1.0
+            )
+        low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+        estimates[name] = OffPolicyEstimate(name, float(point), float(low), float(high), resamples)
+        replicates[name] = np.asarray(boot, dtype=float)
+    return OffPolicyResult(estimates, support(log, target), len(log.unit), n_units, replicates)
+
+
+def support(log: SlateLog, target: TargetSlates) -> Support:
+    filled = log.filled
+    shown = target.rank >= 0
+    covered = float((target.rank > 0).sum() / max(shown.sum(), 1))
+    matched = float((filled & target.match).sum() / max(filled.sum(), 1))
+    weight = np.where(filled & target.match, 1.0 / np.where(filled, log.marginal, 1.0), 0.0)
+    per_slot = []
+    for slot in range(weight.shape[1]):
+        column = weight[:, slot]
+        if column.sum() > 0:
+            per_slot.append(column.sum() ** 2 / np.square(column).sum() / len(column))
+    return Support(covered, matched, float(np.mean(per_slot)) if per_slot else 0.0)
+
+
+def _by_unit(values: np.ndarray, unit: np.ndarray, n_units: int) -> np.ndarray:
+    out = np.zeros((n_units, values.shape[1]))
+    np.add.at(out, unit, values)
+    return out
+
+
+def _self_normalised(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray | float:
+    """Sum over slots of numerator / weight, a slot with no weight counting 0."""
+    ratio = np.divide(
+        numerator, denominator, out=np.zeros_like(numerator, dtype=float), where=denominator > 0
+    )
+    total = ratio.sum(axis=-1)
+    return float(total) if np.ndim(total) == 0 else total
