@@ -754,6 +754,15 @@ class MarketSimulationConfig(StrictModel):
     seed: int = 0
 
 
+class ExplorationConfig(StrictModel):
+    """Randomised serving for off-policy evaluation (components.experiments.exploration):
+    each list a Plackett-Luce draw from the arm's top `top_m`, weight rank ** (-1 /
+    temperature), logged with its propensities. 0: the deterministic list."""
+
+    top_m: int = Field(50, ge=1, le=500)
+    temperature: float = Field(0.0, ge=0, le=10)
+
+
 #: Outcomes a readout can take as the primary metric, per assigned unit.
 OnlineMetric = Literal["purchases", "views", "saves", "revenue"]
 
@@ -763,8 +772,9 @@ class ExperimentConfig(StrictModel):
     flows.experiment): how units are split, what is read out, and when it may decide."""
 
     #: `ab`: each unit sees its arm's list; `interleave`: team-draft interleaving of both
-    #: arms' lists, each slot credited to the arm that drafted it.
-    design: Literal["ab", "interleave"] = "ab"
+    #: arms' lists, each slot credited to the arm that drafted it; `explore`: every unit
+    #: sees champion's list with `exploration` (a logging period for off-policy evaluation).
+    design: Literal["ab", "interleave", "explore"] = "ab"
     treatment_share: float = Field(0.5, gt=0, lt=1)
     #: Hash salt; null: the experiment's id (a new experiment reshuffles everyone).
     salt: str | None = Field(None, min_length=1)
@@ -803,6 +813,8 @@ class ExperimentConfig(StrictModel):
     #: Unit bootstrap resamples of the exposure guardrails' intervals.
     bootstrap_resamples: int = Field(200, ge=20)
     simulation: MarketSimulationConfig = MarketSimulationConfig()
+    #: Plackett-Luce exploration of the lists served in `ab` and `explore` experiments.
+    exploration: ExplorationConfig = ExplorationConfig()
 
     @model_validator(mode="after")
     def _days_are_ordered(self) -> ExperimentConfig:

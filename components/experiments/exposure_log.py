@@ -30,7 +30,13 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from components.experiments.schema import EXPOSURE_COLUMNS, EXPOSURE_SCHEMA, empty_exposures
+from components.experiments.schema import (
+    EXPOSURE_COLUMNS,
+    EXPOSURE_SCHEMA,
+    REQUIRED_EXPOSURE_COLUMNS,
+    empty_exposures,
+    exposure_frame,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,17 +70,20 @@ class ExposureSink(Protocol):
 
 
 def exposure_table(rows: pd.DataFrame) -> pa.Table:
-    """`rows` as an Arrow table of EXPOSURE_SCHEMA (extra columns ignored), checked column
-    by column so that a bad batch is refused with the column's name before anything is
-    written."""
-    missing = [name for name in EXPOSURE_COLUMNS if name not in rows.columns]
+    """`rows` as an Arrow table of EXPOSURE_SCHEMA (extra columns ignored, optional ones
+    that are absent written as nulls), checked column by column so that a bad batch is
+    refused with the column's name before anything is written."""
+    missing = [name for name in REQUIRED_EXPOSURE_COLUMNS if name not in rows.columns]
     if missing:
         raise ValueError(
-            f"exposure rows lack column(s) {missing}: give every column of EXPOSURE_COLUMNS "
-            "(components.experiments.schema), nulls where a column is optional"
+            f"exposure rows lack column(s) {missing}: give every required column of "
+            "EXPOSURE_COLUMNS (components.experiments.schema)"
         )
     arrays = []
     for field in EXPOSURE_SCHEMA:
+        if field.name not in rows.columns:
+            arrays.append(pa.nulls(len(rows), type=field.type))
+            continue
         values = rows[field.name]
         if pa.types.is_timestamp(field.type):
             if not isinstance(values.dtype, pd.DatetimeTZDtype):
@@ -126,7 +135,7 @@ def _frame(table: pa.Table) -> pd.DataFrame:
     if table.num_rows == 0:
         return empty_exposures()
     table = table.select(list(EXPOSURE_COLUMNS)).cast(EXPOSURE_SCHEMA).sort_by(SORT_KEYS)
-    return table.to_pandas()
+    return exposure_frame(table)
 
 
 class ParquetExposureSink:
@@ -271,7 +280,30 @@ class PostgresExposureSink:
             except sa.exc.DBAPIError:
                 if not sa.inspect(self._engine).has_table(self.table_name):
                     raise
+            self._add_missing_columns()
             self._created = True
+
+    def _add_missing_columns(self) -> None:
+        """A table created by an older rewear lacks the newer nullable columns: add them
+        (ALTER TABLE ... ADD COLUMN IF NOT EXISTS) rather than fail every write."""
+        import sqlalchemy as sa
+
+        present = {
+            column["name"] for column in sa.inspect(self._engine).get_columns(self.table_name)
+        }
+        missing = [column for column in self._table.columns if column.name not in present]
+        if not missing:
+            return
+        preparer = self._engine.dialect.identifier_preparer
+        with self._engine.begin() as connection:
+            for column in missing:
+                kind = column.type.compile(dialect=self._engine.dialect)
+                connection.execute(
+                    sa.text(
+                        f"ALTER TABLE {preparer.quote(self.table_name)} ADD COLUMN IF NOT "
+                        f"EXISTS {preparer.quote(column.name)} {kind}"
+                    )
+                )
 
     def write(self, rows: pd.DataFrame) -> None:
         table = exposure_table(rows)
@@ -337,6 +369,8 @@ def _exposure_table_ddl(metadata: Any, name: str) -> Any:
         "position": sa.Integer(),
         "score": sa.Double(),
         "propensity": sa.Double(),
+        "prefix_propensity": sa.Double(),
+        "candidate_rank": sa.Integer(),
     }
     columns = [
         sa.Column(field.name, types.get(field.name, sa.Text()), nullable=field.nullable)
@@ -462,7 +496,7 @@ class ExposureLogger:
             count = len(rows)
             if count == 0:
                 return
-            missing = [name for name in EXPOSURE_COLUMNS if name not in rows.columns]
+            missing = [name for name in REQUIRED_EXPOSURE_COLUMNS if name not in rows.columns]
             if missing:
                 with self._lock:
                     self._dropped += count

@@ -15,7 +15,8 @@ NO_EXPERIMENT = "none"
 CONTROL = "control"
 TREATMENT = "treatment"
 INTERLEAVED = "interleaved"
-#: Logging policies: the arm's own ranked list, or team-draft interleaving of both arms'.
+#: Logging policies: the arm's own ranked list, or team-draft interleaving of both arms'
+#: (Plackett-Luce exploration: components.experiments.exploration.PLACKETT_LUCE).
 DETERMINISTIC = "deterministic"
 TEAM_DRAFT = "team_draft"
 #: Unit kinds: a known user id, or a session key for anonymous requests.
@@ -44,11 +45,26 @@ EXPOSURE_SCHEMA = pa.schema(
         #: Probability that the logging policy put this item in this slot (1.0 for a
         #: deterministic list): what off-policy estimators divide by.
         pa.field("propensity", pa.float64(), nullable=False),
+        #: Probability of the list's first `position` slots exactly as served (the cascade
+        #: estimators'); null in logs written before it existed.
+        pa.field("prefix_propensity", pa.float64()),
+        #: The item's rank in the arm's own list (what an explored list was drawn from).
+        pa.field("candidate_rank", pa.int32()),
     ]
 )
 EXPOSURE_COLUMNS = tuple(EXPOSURE_SCHEMA.names)
+#: Columns every logged row must carry (the others may be absent: written as nulls).
+REQUIRED_EXPOSURE_COLUMNS = tuple(field.name for field in EXPOSURE_SCHEMA if not field.nullable)
+
+
+def exposure_frame(table: pa.Table) -> pd.DataFrame:
+    """An Arrow table of EXPOSURE_SCHEMA as pandas, one dtype per column whatever the rows
+    (the nullable integer `candidate_rank` as Int32, not float when it holds nulls)."""
+    frame = table.to_pandas()
+    frame["candidate_rank"] = frame["candidate_rank"].astype("Int32")
+    return frame
 
 
 def empty_exposures() -> pd.DataFrame:
     """An exposure frame with no rows and the schema's dtypes."""
-    return EXPOSURE_SCHEMA.empty_table().to_pandas()
+    return exposure_frame(EXPOSURE_SCHEMA.empty_table())

@@ -76,7 +76,10 @@ def start_experiment(
     client, _ = configure_mlflow(settings, config.registry.experiment)
     name = config.registry.model_name
     control = control_version or _alias(client, name, CHAMPION)
-    treatment = treatment_version or _alias(client, name, CHALLENGER)
+    if config.experiment.design == "explore":  # one arm: the logging period's champion
+        treatment = control
+    else:
+        treatment = treatment_version or _alias(client, name, CHALLENGER)
     for version in (control, treatment):
         client.get_model_version(name, str(version))  # an unknown version fails here
     started = started_at or pd.Timestamp.now(tz="UTC")
@@ -92,6 +95,8 @@ def start_experiment(
         treatment_share=experiment.treatment_share,
         exposure_log=exposure_log_uri(experiment, settings),
         started_at=started.isoformat(),
+        exploration_top_m=experiment.exploration.top_m,
+        exploration_temperature=experiment.exploration.temperature,
     )
     _, tracking = configure_mlflow(settings, config.registry.experiment + ONLINE_SUFFIX)
     run = client.create_run(
@@ -320,6 +325,8 @@ class SingleArm:
                     "model_version": self.variant,
                     "policy": DETERMINISTIC,
                     "propensity": 1.0,
+                    "prefix_propensity": 1.0,
+                    "candidate_rank": answer["rank"].astype(np.int32),
                 }
             )[list(EXPOSURE_COLUMNS)]
         )

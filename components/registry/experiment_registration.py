@@ -80,10 +80,15 @@ def live_experiment(client: MlflowClient, model_name: str) -> tuple[int, Experim
 
 def spec_from_tags(tags: dict[str, str]) -> ExperimentSpec:
     fields = ExperimentSpec.__dataclass_fields__
-    values: dict[str, object] = {key: tags[f"experiment.{key}"] for key in fields}
-    for key in ("control_version", "treatment_version"):
-        values[key] = int(str(values[key]))
-    values["treatment_share"] = float(str(values["treatment_share"]))
+    values: dict[str, object] = {
+        key: tags[f"experiment.{key}"] for key in fields if f"experiment.{key}" in tags
+    }
+    for key in ("control_version", "treatment_version", "exploration_top_m"):
+        if key in values:
+            values[key] = int(str(values[key]))
+    for key in ("treatment_share", "exploration_temperature"):
+        if key in values:
+            values[key] = float(str(values[key]))
     return ExperimentSpec(**values)
 
 

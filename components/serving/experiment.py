@@ -7,7 +7,11 @@ nothing) and answers like either of them, with three more columns: `request_id` 
 answered row), `variant` and `team`. In the `ab` design a unit (the user id, else the
 request's `session_id`, else the request itself) is hashed with the experiment's salt into
 an arm and sees that arm's list; in `interleave` every unit sees both arms' lists merged by
-team-draft, each slot credited to its team. The slots go to the exposure log (the
+team-draft, each slot credited to its team; in `explore` every unit sees the control arm.
+With an exploration temperature above 0 (`ab` and `explore`), each served list is a
+Plackett-Luce draw from the arm's top `exploration_top_m` (components.experiments.
+exploration), logged with its exact propensities so that off-policy estimators can weigh
+any other ranking from these days. The slots go to the exposure log (the
 experiment's `exposure_log`, day-partitioned Parquet under REWEAR_HOME by default) through
 a buffer that never blocks or fails a request.
 """
@@ -25,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from components.experiments.assignment import assign_variants, treatment_buckets
+from components.experiments.exploration import PLACKETT_LUCE, Exploration
 from components.experiments.interleaving import request_rng, team_draft
 from components.experiments.schema import (
     CONTROL,
@@ -36,12 +41,17 @@ from components.experiments.schema import (
     USER_UNIT,
 )
 from components.serving.recommender import OUTPUT_COLUMNS, BundleRecommender
-from components.serving.request_parsing import RequestError
+from components.serving.request_parsing import RequestError, validate_k
 
 SPEC_FILE = "experiment.json"
 ARMS = (CONTROL, TREATMENT)
 #: Columns the experiment adds to a recommender's answer.
 EXPERIMENT_COLUMNS = ("request_id", "variant", "team")
+#: Designs of the experiment model: A/B split, team-draft interleaving, or the control arm
+#: alone, served with exploration for off-policy evaluation.
+DESIGNS = ("ab", "interleave", "explore")
+#: Per-slot propensity columns of an explored answer (logged, not returned).
+_EXPLORED_COLUMNS = ("candidate_rank", "propensity", "prefix_propensity")
 
 
 @dataclass(frozen=True)
@@ -57,11 +67,29 @@ class ExperimentSpec:
     treatment_share: float
     exposure_log: str
     started_at: str
+    #: Plackett-Luce exploration of the served lists (temperature 0: deterministic).
+    exploration_top_m: int = 50
+    exploration_temperature: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.design not in ("ab", "interleave"):
-            raise ValueError(f"design {self.design!r}: use 'ab' or 'interleave'")
+        if self.design not in DESIGNS:
+            raise ValueError(f"design {self.design!r}: use one of {DESIGNS}")
         treatment_buckets(self.treatment_share)
+        if self.design == "explore" and self.exploration_temperature <= 0:
+            raise ValueError(
+                "the explore design serves Plackett-Luce draws: give "
+                "experiment.exploration.temperature > 0"
+            )
+        if self.exploration_top_m < 1 or self.exploration_temperature < 0:
+            raise ValueError(
+                f"exploration top_m {self.exploration_top_m} / temperature "
+                f"{self.exploration_temperature}: give top_m >= 1 and temperature >= 0"
+            )
+
+    @property
+    def exploration(self) -> Exploration:
+        temperature = 0.0 if self.design == "interleave" else self.exploration_temperature
+        return Exploration(self.exploration_top_m, temperature)
 
     def version(self, arm: str) -> int:
         return self.control_version if arm == CONTROL else self.treatment_version
@@ -121,20 +149,27 @@ class ExperimentRecommender:
         n_rows = _row_count(user_ids, recent_item_ids)
         units, kinds = _units(user_ids, session_ids, n_rows)
         request_ids = np.array([uuid.uuid4().hex for _ in range(n_rows)], dtype=object)
-        if self.spec.design == "ab":
-            variants = assign_variants(units, self.spec.salt, self.spec.treatment_share)
+        if self.spec.design in ("ab", "explore"):
+            variants = (
+                assign_variants(units, self.spec.salt, self.spec.treatment_share)
+                if self.spec.design == "ab"
+                else np.full(n_rows, CONTROL, dtype=object)
+            )
             answer = self._split(variants, user_ids, k, exclude_item_ids, recent_item_ids)
+            if not self.spec.exploration.deterministic:
+                answer = self._explored(answer, validate_k(k), request_ids)
             answer["team"] = None
         else:
             answer = self._interleave(
                 request_ids, user_ids, k, exclude_item_ids, recent_item_ids, n_rows
             )
         answer["request_id"] = request_ids[answer["request"].to_numpy(np.int64)]
-        answer = answer[[*OUTPUT_COLUMNS, *EXPERIMENT_COLUMNS]].reset_index(drop=True)
+        logged = [name for name in _EXPLORED_COLUMNS if name in answer.columns]
+        answer = answer[[*OUTPUT_COLUMNS, *EXPERIMENT_COLUMNS, *logged]].reset_index(drop=True)
         if self.exposures is not None:
             moment = pd.Timestamp.now(tz="UTC") if served_at is None else served_at
             self.exposures.log(self.exposure_rows(answer, units, kinds, moment))
-        return answer
+        return answer.drop(columns=logged)
 
     def _split(
         self,
@@ -146,13 +181,15 @@ class ExperimentRecommender:
     ) -> pd.DataFrame:
         """Each arm answers its own rows in one call; answers keep the request's order."""
         parts = []
+        exploration = self.spec.exploration
+        depth = k if exploration.deterministic else max(validate_k(k), exploration.top_m)
         for arm in ARMS:
             rows = np.flatnonzero(variants == arm)
             if not len(rows):
                 continue
             part = self.arms[arm].recommend(
                 _take(user_ids, rows),
-                k=k,
+                k=depth,
                 exclude_item_ids=exclude_item_ids,
                 recent_item_ids=_take(recent_item_ids, rows),
             )
@@ -163,6 +200,31 @@ class ExperimentRecommender:
             return parts[0]
         answer = pd.concat(parts, ignore_index=True)
         return answer.sort_values(["request", "rank"], kind="stable", ignore_index=True)
+
+    def _explored(self, answer: pd.DataFrame, k: int, request_ids: np.ndarray) -> pd.DataFrame:
+        """Each request's list drawn from its arm's top `top_m` (the arm answered that
+        deep), with the draw's propensities; the coins are seeded by the request."""
+        exploration = self.spec.exploration
+        request = answer["request"].to_numpy(np.int64)
+        bounds = np.flatnonzero(np.r_[True, request[1:] != request[:-1]]) if len(request) else []
+        ends = np.r_[bounds[1:], len(request)] if len(request) else []
+        picked, ranks, marginals, prefixes = [], [], [], []
+        for first, end in zip(bounds, ends, strict=True):
+            rng = request_rng(self.spec.salt, str(request_ids[request[first]]))
+            slate = exploration.draw(int(end - first), k, rng)
+            picked.append(first + slate.ranks)
+            ranks.append(slate.ranks + 1)
+            marginals.append(slate.marginal)
+            prefixes.append(slate.prefix)
+        if not picked:
+            return answer.assign(candidate_rank=0, propensity=1.0, prefix_propensity=1.0).iloc[:0]
+        rows = np.concatenate(picked)
+        explored = answer.iloc[rows].reset_index(drop=True)
+        explored["rank"] = np.concatenate([np.arange(1, len(p) + 1) for p in picked])
+        explored["candidate_rank"] = np.concatenate(ranks).astype(np.int32)
+        explored["propensity"] = np.concatenate(marginals)
+        explored["prefix_propensity"] = np.concatenate(prefixes)
+        return explored
 
     def _interleave(
         self,
@@ -229,7 +291,11 @@ class ExperimentRecommender:
             str(self.spec.control_version),
         ).astype(object)
         moment = np.datetime64(served_at.tz_convert("UTC").tz_localize(None), "us")
-        policy = TEAM_DRAFT if self.spec.design == "interleave" else DETERMINISTIC
+        explored = "propensity" in answer.columns
+        if self.spec.design == "interleave":
+            policy = TEAM_DRAFT
+        else:
+            policy = PLACKETT_LUCE if explored else DETERMINISTIC
         return pd.DataFrame(
             {
                 "request_id": answer["request_id"].to_numpy(dtype=object),
@@ -246,7 +312,15 @@ class ExperimentRecommender:
                 "model_name": np.full(n_slots, self.spec.model_name, dtype=object),
                 "model_version": versions,
                 "policy": np.full(n_slots, policy, dtype=object),
-                "propensity": np.ones(n_slots),
+                "propensity": answer["propensity"].to_numpy(np.float64)
+                if explored
+                else np.ones(n_slots),
+                "prefix_propensity": answer["prefix_propensity"].to_numpy(np.float64)
+                if explored
+                else np.ones(n_slots),
+                "candidate_rank": answer["candidate_rank"].to_numpy(np.int32)
+                if explored
+                else answer["rank"].to_numpy(np.int32),
             }
         )
 

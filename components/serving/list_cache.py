@@ -63,6 +63,10 @@ class CachedLists:
                     rows[first:end], scores[first:end], sources[first:end]
                 )
 
+    def cached(self, user_id: str) -> np.ndarray:
+        """The catalogue rows of a prefetched user's answer, best first."""
+        return self._lists[user_id].rows
+
     def recommend(
         self,
         user_ids: Sequence[object] | None,

@@ -40,6 +40,7 @@ from components.experiments.schema import (
     TREATMENT,
     USER_UNIT,
     empty_exposures,
+    exposure_frame,
 )
 
 REPO = Path(__file__).resolve().parents[3]
@@ -73,13 +74,15 @@ def exposure_rows(
             "model_version": "7",
             "policy": DETERMINISTIC,
             "propensity": 1.0,
+            "prefix_propensity": 1.0,
+            "candidate_rank": (number % 2 + 1).astype(np.int32),
         }
     )
 
 
 def as_read(rows: pd.DataFrame) -> pd.DataFrame:
     """What a sink should read back for `rows`: the schema's dtypes, in read order."""
-    expected = exposure_table(rows).to_pandas()
+    expected = exposure_frame(exposure_table(rows))
     expected = expected.sort_values(["served_at", "request_id", "position"], kind="stable")
     return expected.reset_index(drop=True)
 

@@ -41,7 +41,7 @@ class Collected:
         return pd.concat(self.frames, ignore_index=True)
 
 
-def _spec(design: str) -> ExperimentSpec:
+def _spec(design: str, temperature: float = 0.0, top_m: int = 50) -> ExperimentSpec:
     return ExperimentSpec(
         experiment_id="exp-1",
         model_name="rewear",
@@ -52,6 +52,8 @@ def _spec(design: str) -> ExperimentSpec:
         treatment_share=0.5,
         exposure_log="unused",
         started_at="2026-03-02T00:00:00+00:00",
+        exploration_top_m=top_m,
+        exploration_temperature=temperature,
     )
 
 
@@ -147,8 +149,55 @@ def test_cached_lists_answer_as_the_recommender_past_exclusions(tiny_bundle) -> 
     )
 
 
+def test_explore_draws_from_the_control_arms_top_m_and_logs_exact_propensities(arms) -> None:
+    from components.experiments.exploration import (
+        PLACKETT_LUCE,
+        position_marginals,
+        prefix_propensities,
+    )
+
+    log = Collected()
+    experiment = ExperimentRecommender(_spec("explore", temperature=0.8, top_m=6), arms, log)
+    at = pd.Timestamp("2026-03-02T10:00:00Z")
+    users = USERS * 20
+    answer = experiment.recommend(users, k=3, served_at=at)
+    assert list(answer.columns) == [*OUTPUT_COLUMNS, "request_id", "variant", "team"]
+    assert set(answer["variant"]) == {CONTROL}
+    rows = log.rows
+    assert set(rows["policy"]) == {PLACKETT_LUCE} and len(rows) == len(answer)
+    marginals = position_marginals(6, 3, 0.8)
+    first_slots = []
+    for row, user in enumerate(users):
+        own = arms[CONTROL].recommend([user], k=6)["item_id"].tolist()
+        mine = rows[
+            rows["request_id"] == answer.loc[answer["request"] == row, "request_id"].iloc[0]
+        ]
+        ranks = mine["candidate_rank"].to_numpy(int)
+        # Each slot is the control's item of the logged rank, drawn from its top 6 ...
+        assert mine["item_id"].tolist() == [own[rank - 1] for rank in ranks]
+        assert len(set(ranks)) == 3 and ranks.max() <= 6
+        # ... with the exact marginal and prefix propensities of that draw.
+        assert mine["propensity"].tolist() == pytest.approx(
+            marginals[ranks - 1, [0, 1, 2]].tolist()
+        )
+        assert mine["prefix_propensity"].tolist() == pytest.approx(
+            prefix_propensities(ranks[None, :] - 1, 6, 0.8)[0].tolist()
+        )
+        first_slots.append(ranks[0])
+    # The draws follow the rank weights: the top item leads about as often as it should.
+    share = float(pd.Series(first_slots).eq(1).mean())
+    assert abs(share - marginals[0, 0]) < 0.1
+    # The answer drops the logged propensity columns: the caller sees the usual columns.
+    assert "propensity" not in answer.columns
+
+
+def test_an_explore_spec_needs_a_temperature() -> None:
+    with pytest.raises(ValueError, match="temperature > 0"):
+        _spec("explore", temperature=0.0)
+
+
 def test_a_spec_with_an_unknown_design_or_share_is_refused() -> None:
-    with pytest.raises(ValueError, match="'ab' or 'interleave'"):
+    with pytest.raises(ValueError, match="use one of"):
         ExperimentSpec(**{**_spec("ab").__dict__, "design": "bandit"})
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         ExperimentSpec(**{**_spec("ab").__dict__, "treatment_share": 0.0})
