@@ -677,6 +677,20 @@ class EvaluationConfig(StrictModel):
         return self
 
 
+class OffPolicyGateConfig(StrictModel):
+    """Hold back, before any traffic, a challenger that the explored exposure log says is
+    clearly worse: the upper end of the interval of its estimated sold listings per session
+    relative to champion's lies below -`margin`. Acts only when the log has explored
+    sessions with attributed sales in its last `lookback`; otherwise the check is recorded
+    as skipped, with the reason."""
+
+    enabled: bool = True
+    margin: float = Field(0.10, ge=0, le=1)
+    lookback: Duration = "14D"
+    min_sessions: int = Field(2_000, ge=1)
+    estimator: Literal["ips", "snips", "rips", "snrips", "dr"] = "snips"
+
+
 class PromotionConfig(StrictModel):
     """The gate that moves `champion` to a newly registered version (components.registry.
     promotion).
@@ -722,6 +736,8 @@ class PromotionConfig(StrictModel):
     #: with no champion to test against, still becomes champion through it), and
     #: `champion` moves when an online experiment's readout passes (`experiment`).
     online: bool = False
+    #: Off-policy check before any traffic (components.pipeline.off_policy).
+    off_policy: OffPolicyGateConfig = OffPolicyGateConfig()
 
 
 class RegistryConfig(StrictModel):

@@ -182,10 +182,29 @@ def evaluate(
         list[str] | None,
         typer.Option("--set", help="Override a config value: --set split.test_duration=14D"),
     ] = None,
+    off_policy: Annotated[
+        bool,
+        typer.Option(
+            "--off-policy",
+            help="Estimate the version's sold listings per session from the explored "
+            "exposure log instead (and champion's, for the difference)",
+        ),
+    ] = False,
+    since: Annotated[
+        str | None, typer.Option(help="--off-policy: first UTC day of the log to use")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="--off-policy: UTC day the log ends (exclusive)")
+    ] = None,
 ) -> None:
     """Score a registered model version on a snapshot with the config's protocol, beside
     the baselines, and print the summary table. Only the version's bundle is read (native
-    formats, checked against its manifest): no model code or pickle from it is run."""
+    formats, checked against its manifest): no model code or pickle from it is run. With
+    --off-policy: estimate what the version would have sold per session on the sessions
+    served with exploration (experiment.exploration), before it gets any traffic."""
+    if off_policy:
+        _evaluate_off_policy(model_uri, config, overrides, since, until, output)
+        return
     settings = _prepare_environment()
     import json
     import tempfile
@@ -235,6 +254,90 @@ def evaluate(
     if output is not None:
         output.write_text(json.dumps(result, indent=2, default=str))
         console.print(f"written: {output}")
+
+
+def _evaluate_off_policy(
+    model_uri: str,
+    config: Path,
+    overrides: list[str] | None,
+    since: str | None,
+    until: str | None,
+    output: Path | None,
+) -> None:
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from components.config import load_config
+    from components.experiments.off_policy import NoSupportError
+    from components.pipeline.off_policy import evaluate_off_policy, resolve_version
+
+    settings = _prepare_environment()
+    parsed = _checked_overrides(config, overrides)
+    pipeline = load_config(config, parsed)
+    try:
+        bounds = [None if day is None else pd_timestamp(day) for day in (since, until)]
+        version, champion = resolve_version(settings, pipeline, model_uri)
+        wanted = [version] if champion in (None, version) else [version, champion]
+        result = evaluate_off_policy(pipeline, wanted, *bounds)
+    except (NoSupportError, MlflowException, ValueError) as error:
+        message = getattr(error, "message", None) or str(error)
+        errors.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+        raise typer.Exit(2) from error
+    result = {"model_uri": model_uri, "version": version, "champion": champion, **result}
+    print_off_policy(result)
+    if output is not None:
+        output.write_text(json.dumps(result, indent=2, default=str))
+        console.print(f"written: {output}")
+
+
+def pd_timestamp(day: str) -> Any:
+    import pandas as pd
+
+    try:
+        return pd.Timestamp(day, tz="UTC")
+    except ValueError as error:
+        raise ValueError(f"{day!r} is not a date: give e.g. 2026-03-01") from error
+
+
+def print_off_policy(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(
+        title=f"{result['model_uri']} off-policy: sold listings per session, "
+        f"{result['requests']} explored sessions of {result['units']} users "
+        f"({result['period'][0][:10]} to {result['period'][1][:10]}; logged "
+        f"{result['logged_value']:.4f})"
+    )
+    table.add_column("version")
+    table.add_column("estimator")
+    table.add_column("value", justify="right")
+    table.add_column("95% interval", justify="right")
+    for version, found in result["versions"].items():
+        for name, value in found["estimates"].items():
+            table.add_row(
+                f"v{version}",
+                name,
+                f"{value['value']:.4f}",
+                f"[{value['low']:.4f}, {value['high']:.4f}]",
+            )
+    console.print(table)
+    for version, found in result["versions"].items():
+        support = found["support"]
+        console.print(
+            f"v{version}: {support['covered_slots']:.0%} of its slots inside the logged "
+            f"candidates, {support['matched_slots']:.1%} of logged slots matched, "
+            f"effective sample {support['effective_share']:.1%} of the sessions",
+            markup=False,
+        )
+    if "difference" in result:
+        difference = result["difference"]
+        console.print(
+            f"v{result['version']} against champion v{result['champion']} "
+            f"({difference['estimator']}): {difference['relative']:+.2%} "
+            f"[{difference['low']:+.2%}, {difference['high']:+.2%}]",
+            markup=False,
+        )
 
 
 def print_evaluation(result: dict[str, Any]) -> None:

@@ -137,11 +137,20 @@ class Replay:
 
     @classmethod
     def of(cls, recommender: BundleRecommender, items: pd.DataFrame, depth: int) -> Replay:
-        sold_at = items.set_index(items["item_id"].astype(str))["sold_at"]
-        sold = sold_at.reindex(recommender.item_ids.astype(str))
-        stamps = sold.dt.tz_convert("UTC").astype("datetime64[us, UTC]").astype("int64")
-        sold_us = np.where(sold.notna(), stamps, np.iinfo(np.int64).max)
-        return cls(CachedLists(recommender, depth), sold_us)
+        return cls.with_lists(CachedLists(recommender, depth), items, depth)
+
+    @classmethod
+    def with_lists(cls, lists: CachedLists, items: pd.DataFrame, depth: int) -> Replay:
+        """A replay on already cached lists (at least `depth` deep), with `items`' sales."""
+        if lists.depth < depth:
+            lists = CachedLists(lists.recommender, depth)
+        sold_at = items.drop_duplicates("item_id", keep="last").set_index(
+            items["item_id"].astype(str).drop_duplicates(keep="last")
+        )["sold_at"]
+        sold = sold_at.reindex(pd.Index(lists.recommender.item_ids.astype(str)))
+        stamps = sold.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+        sold_us = np.where(sold.notna(), stamps.astype("int64"), np.iinfo(np.int64).max)
+        return cls(lists, sold_us)
 
     def ranked(self, logged: LoggedRequests, size: int) -> list[np.ndarray]:
         """For each logged request, the version's first `size` item ids on sale then."""
@@ -250,6 +259,32 @@ def paired_difference(
     }
 
 
+def resolve_version(
+    settings: RewearSettings, config: PipelineConfig, model_uri: str
+) -> tuple[int, int | None]:
+    """The registered version `model_uri` names (models:/<name>/<n>, models:/<name>@alias
+    or a bare number), and the current champion's (None: no champion)."""
+    from components.registry.registration import CHAMPION, current_alias_version
+    from components.registry.tracking import configure_mlflow
+
+    client, _ = configure_mlflow(settings, config.registry.experiment)
+    name = config.registry.model_name
+    champion = current_alias_version(client, name, CHAMPION)
+    reference = model_uri.removeprefix(f"models:/{name}").lstrip("/")
+    if reference.isdigit():
+        version = int(reference)
+        client.get_model_version(name, str(version))  # an unknown version fails here
+        return version, champion
+    if reference.startswith("@"):
+        found = current_alias_version(client, name, reference[1:])
+        if found is not None:
+            return found, champion
+    raise ValueError(
+        f"{model_uri!r} names no registered version of {name}: give models:/{name}/<number> "
+        f"or models:/{name}@<alias> (off-policy estimates need a registered version)"
+    )
+
+
 def evaluate_off_policy(
     config: PipelineConfig,
     versions: list[int],
@@ -258,11 +293,13 @@ def evaluate_off_policy(
     exposures: pd.DataFrame | None = None,
     interactions: pd.DataFrame | None = None,
     items: pd.DataFrame | None = None,
+    estimator: str = "snips",
 ) -> dict[str, Any]:
     """Each registered version's sold listings per session, estimated from the explored
     exposures served in [start, end) (default: all of the log), with intervals and the
-    log's support for it. Exposures default to the experiment's log, interactions and
-    items to the configured source."""
+    log's support for it; with two versions, the first against the second (`estimator`,
+    paired bootstrap). Exposures default to the experiment's log, interactions and items
+    to the configured source."""
     from components.registry.experiment_registration import fetch_version_bundle
     from components.registry.tracking import configure_mlflow
 
@@ -295,7 +332,14 @@ def evaluate_off_policy(
             resamples=experiment.bootstrap_resamples,
         )
     served = pd.to_datetime(logged.served_us, unit="us", utc=True)
+    difference = None
+    if len(versions) == 2:
+        difference = {
+            "estimator": estimator,
+            **paired_difference(results, str(versions[0]), str(versions[1]), estimator),
+        }
     return {
+        **({"difference": difference} if difference else {}),
         "requests": len(logged.unit_ids),
         "units": int(logged.slates.unit.max() + 1),
         "period": [served.min().isoformat(), served.max().isoformat()],
@@ -309,3 +353,38 @@ def evaluate_off_policy(
             for name, result in results.items()
         },
     }
+
+
+def off_policy_comparison(config: PipelineConfig, version: int, champion: int) -> dict[str, Any]:
+    """The promotion gate's off-policy figures of `version` against `champion` on the last
+    `registry.promotion.off_policy.lookback` of the explored log, or {"skipped": why}
+    when the log cannot say (none explored, too few sessions, no attributed sales)."""
+    from components.pipeline.experiments import exposure_log_uri
+
+    gate = config.registry.promotion.off_policy
+    if not gate.enabled:
+        return {"skipped": "registry.promotion.off_policy.enabled is false"}
+    exposures = open_exposure_sink(exposure_log_uri(config.experiment, RewearSettings())).read()
+    explored = exposures[exposures["policy"] == PLACKETT_LUCE]
+    if explored.empty:
+        return {"skipped": "no explored sessions in the exposure log"}
+    end = explored["served_at"].max()
+    recent = explored[explored["served_at"] > end - pd.Timedelta(gate.lookback)]
+    sessions = recent["request_id"].nunique()
+    if sessions < gate.min_sessions:
+        return {
+            "skipped": f"{sessions} explored sessions in the last {gate.lookback} of the log, "
+            f"fewer than registry.promotion.off_policy.min_sessions ({gate.min_sessions})"
+        }
+    try:
+        result = evaluate_off_policy(
+            config, [version, champion], exposures=recent, estimator=gate.estimator
+        )
+    except NoSupportError as error:
+        return {"skipped": str(error)}
+    if result["logged_value"] == 0:
+        return {
+            "skipped": "no sale in the source's interactions is attributed to the explored "
+            "sessions (the source does not cover the logged period)"
+        }
+    return result

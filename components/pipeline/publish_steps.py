@@ -151,6 +151,14 @@ def promote(
     settings = RewearSettings()
     client, _ = configure_mlflow(settings, config.registry.experiment)
     name, version = registered["name"], registered["version"]
+    if comparison is not None and config.registry.promotion.off_policy.enabled:
+        from components.pipeline.off_policy import off_policy_comparison
+
+        champion = int(comparison["champion_version"])
+        comparison = {
+            **comparison,
+            "off_policy": off_policy_comparison(config, int(version), champion),
+        }
     decision = promotion.run_gate(
         client,
         settings.tracking_uri,

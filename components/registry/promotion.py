@@ -181,6 +181,7 @@ def decide(
     checks = [
         _comparison_check(comparison, config),
         *_exposure_checks(comparison, config),
+        *_off_policy_check(comparison, config),
         _coverage_check(metrics, config),
         _smoke_check(smoke),
         _latency_check(smoke, config),
@@ -224,6 +225,26 @@ def decide_refresh(
     checks = [_smoke_check(smoke), _latency_check(smoke, config), answers]
     decision: Decision = "promoted" if all(check.passed for check in checks) else "rejected"
     return PromotionDecision(decision, source_version, checks, smoke)
+
+
+def _off_policy_check(comparison: dict[str, Any] | None, config: PromotionConfig) -> list[Check]:
+    """Held back before any traffic when the explored log says the challenger is clearly
+    worse: the upper end of its relative difference from champion below -margin."""
+    found = (comparison or {}).get("off_policy")
+    if found is None:
+        return []
+    name = "off-policy vs champion"
+    if "skipped" in found:
+        return [Check(name, True, None, None, f"skipped: {found['skipped']}")]
+    gate = config.off_policy
+    difference = found["difference"]
+    passed = difference["high"] >= -gate.margin
+    detail = (
+        f"{difference['estimator']} sold listings per session {difference['relative']:+.1%} "
+        f"[{difference['low']:+.1%}, {difference['high']:+.1%}] against champion on "
+        f"{found['requests']} explored sessions; held back below -{gate.margin:.0%}"
+    )
+    return [Check(name, passed, float(difference["relative"]), -gate.margin, detail)]
 
 
 def _smoke_check(smoke: SmokeResult) -> Check:

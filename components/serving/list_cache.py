@@ -46,11 +46,12 @@ class CachedLists:
     misses: int = 0
 
     def prefetch(self, user_ids: Iterable[str]) -> None:
-        """Cache the answers of these users (in batches of the request row limit)."""
+        """Cache the answers of these users (in batches within the request limits)."""
         wanted = [u for u in dict.fromkeys(str(u) for u in user_ids) if u not in self._lists]
         positions = self.recommender.item_rows
-        for start in range(0, len(wanted), MAX_ROWS):
-            batch = wanted[start : start + MAX_ROWS]
+        rows_per_call = max(1, min(MAX_ROWS, self.recommender.max_answer_rows // self.depth))
+        for start in range(0, len(wanted), rows_per_call):
+            batch = wanted[start : start + rows_per_call]
             answer = self.recommender.recommend(batch, k=self.depth)
             rows = positions.positions(answer["item_id"].to_numpy(dtype=object))
             request = answer["request"].to_numpy(np.int64)

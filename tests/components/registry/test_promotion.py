@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from components.config import PromotionConfig
 from components.registry import promotion
-from components.registry.promotion import SmokeResult, decide
+from components.registry.promotion import SmokeResult, decide, decision_tags
 from components.registry.registration import (
     CHALLENGER,
     CHAMPION,
@@ -367,3 +367,43 @@ def test_a_refresh_is_promoted_only_when_it_answers_on_sale_loads_and_is_fast():
     broken = decide_refresh(3, SmokeResult(ok=False, problems=["exit code 1: boom"]), [], config)
     assert broken.decision == "rejected"
     assert "does not load or answer in a fresh process: exit code 1: boom" in broken.reasons[0]
+
+
+def off_policy_comparison(relative: float, low: float, high: float) -> dict:
+    return {
+        **comparison(low=0.0),
+        "off_policy": {
+            "requests": 20_000,
+            "difference": {"estimator": "snips", "relative": relative, "low": low, "high": high},
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "decision"),
+    [
+        (-0.40, -0.12, "rejected"),  # clearly worse than -10%: held back before any traffic
+        (-0.30, -0.05, "promoted"),  # worse, but not clearly beyond the margin
+        (-0.05, 0.20, "promoted"),
+    ],
+)
+def test_the_off_policy_check_holds_back_a_clearly_worse_challenger(
+    low: float, high: float, decision: str
+) -> None:
+    verdict = decide(
+        off_policy_comparison((low + high) / 2, low, high), METRICS, GOOD_SMOKE, PromotionConfig()
+    )
+    assert verdict.decision == decision
+    check = next(c for c in verdict.checks if c.name == "off-policy vs champion")
+    assert check.passed == (decision == "promoted")
+    tags = decision_tags(verdict, "ndcg@10")
+    assert tags["promotion.off-policy_vs_champion.passed"] == str(decision == "promoted").lower()
+    if decision == "rejected":
+        assert "sold listings per session -26.0%" in tags["promotion.reasons"]
+
+
+def test_a_skipped_off_policy_check_passes_and_says_why() -> None:
+    skipped = {**comparison(low=0.0), "off_policy": {"skipped": "no explored sessions"}}
+    verdict = decide(skipped, METRICS, GOOD_SMOKE, PromotionConfig())
+    check = next(c for c in verdict.checks if c.name == "off-policy vs champion")
+    assert check.passed and "no explored sessions" in check.detail
