@@ -23,7 +23,11 @@ Sections:
   interleaving at its powered size, and the two arms' list overlap;
 - simulate: `experiment-simulate`'s job (start, the simulated days, daily readouts,
   decision) timed on the 4k-user market, and the experiment model's latency against the
-  champion's.
+  champion's;
+- explore, ope, offline_online: off-policy evaluation (bench/off_policy.py): the cost of
+  exploration per temperature, the estimators' error and coverage over `--ope-seeds`
+  markets, and offline NDCG, off-policy estimates and the online truth side by side for
+  the `--challengers`.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -58,7 +63,9 @@ from components.experiments.statistics import (  # noqa: E402
 )
 from components.settings import RewearSettings  # noqa: E402
 
-SECTIONS = ("assignment", "srm", "aa", "power", "simulate")
+SECTIONS = ("assignment", "srm", "aa", "power", "simulate", "explore", "ope", "offline_online")
+#: Sections that run only when asked for (--only): they need challengers of known variety.
+ON_REQUEST = ("explore", "ope", "offline_online")
 
 
 def main() -> None:
@@ -70,9 +77,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=25, help="simulated markets for A/A")
     parser.add_argument("--salts", type=int, default=20, help="re-randomisations per market")
     parser.add_argument("--power-seeds", type=int, default=3)
+    parser.add_argument("--temperatures", default="0.1,0.2,0.3,0.5,1.0")
+    parser.add_argument("--explore-seeds", type=int, default=3)
+    parser.add_argument("--temperature", type=float, help="ope: logging temperature")
+    parser.add_argument("--ope-seeds", type=int, default=50)
+    parser.add_argument("--truth-seeds", type=int, default=10)
+    parser.add_argument("--challengers", help="offline_online: versions, comma-separated")
+    parser.add_argument("--table-seeds", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
-    chosen = args.only or list(SECTIONS)
+    chosen = args.only or [name for name in SECTIONS if name not in ON_REQUEST]
     config = load_config(args.config)
     started = time.time()
     figures: dict[str, Any] = {
@@ -98,6 +112,8 @@ def main() -> None:
                 figures["power"] = power_section(config, arms, versions, args.power_seeds)
         if "simulate" in chosen:
             figures["simulate"] = simulate_section(config, versions)
+        if set(chosen) & set(ON_REQUEST):
+            figures.update(off_policy_sections(config, versions, chosen, args, Path(scratch)))
     figures["total_s"] = round(time.time() - started, 1)
     text = json.dumps(figures, indent=2, default=float)
     print(text)
@@ -433,6 +449,65 @@ def power_section(
         "treatment_preference_share": float((credit[decided, 1] > credit[decided, 0]).mean()),
         "list_overlap_at_k": float(np.mean(overlaps)),
     }
+
+
+# --- off-policy evaluation ---------------------------------------------------------------
+
+
+def off_policy_sections(
+    config: PipelineConfig, versions: dict, chosen: list[str], args: Any, scratch: Path
+) -> dict[str, Any]:
+    import off_policy
+
+    champion, challenger = versions[CONTROL], versions[TREATMENT]
+    challengers = [int(v) for v in (args.challengers or str(challenger)).split(",")]
+    arms = _lists_by_version(config, [champion, challenger, *challengers], scratch)
+    temperature = args.temperature or config.experiment.exploration.temperature
+    figures: dict[str, Any] = {}
+    if "explore" in chosen:
+        temperatures = tuple(float(t) for t in args.temperatures.split(","))
+        figures["explore"] = off_policy.explore_cost_section(
+            config, arms[champion], champion, temperatures, args.explore_seeds
+        )
+    if "ope" in chosen:
+        figures["ope"] = off_policy.ope_section(
+            config, arms, champion, challenger, temperature, args.ope_seeds, args.truth_seeds
+        )
+    if "offline_online" in chosen:
+        offline = {
+            version: _test_ndcg(config, version) - _test_ndcg(config, champion)
+            for version in challengers
+        }
+        figures["offline_online"] = off_policy.offline_online_section(
+            config, arms, champion, challengers, offline, temperature, args.table_seeds
+        )
+    return figures
+
+
+def _lists_by_version(config: PipelineConfig, versions: list[int], scratch: Path) -> dict:
+    from components.registry.experiment_registration import fetch_version_bundle
+    from components.serving.list_cache import CachedLists
+    from components.serving.recommender import BundleRecommender
+
+    simulation = MarketSimulation.from_source(config.source, config.experiment.simulation)
+    users = [str(user) for user in simulation.marketplace.tastes.user_ids]
+    depth = config.experiment.exploration.top_m + 30
+    arms = {}
+    for version in dict.fromkeys(versions):
+        bundle = fetch_version_bundle(config.registry.model_name, version, scratch / f"v{version}")
+        arms[version] = CachedLists(BundleRecommender.load(bundle), depth)
+        arms[version].prefetch(users)
+    return arms
+
+
+def _test_ndcg(config: PipelineConfig, version: int) -> float:
+    """The version's NDCG@10 on its retrain's test window (every challenger here was
+    retrained on the champion's snapshot: the same window, what the offline gate compares)."""
+    from components.registry.tracking import configure_mlflow
+
+    client, _ = configure_mlflow(RewearSettings(), config.registry.experiment)
+    run_id = client.get_model_version(config.registry.model_name, str(version)).run_id
+    return float(client.get_run(run_id).data.metrics["test.ndcg_at_10"])
 
 
 # --- the simulate job and latency ------------------------------------------------------
