@@ -138,5 +138,5 @@ def test_a_version_never_served_is_estimated_from_the_explored_log(tiny_bundle) 
 def test_a_deterministic_log_is_refused_with_the_fix(tiny_bundle) -> None:
     _, exposures = explored_log(tiny_bundle, deterministic=True)
     empty = pd.DataFrame(columns=["user_id", "item_id", "ts", "event", "weight"])
-    with pytest.raises(NoSupportError, match="exploration.temperature > 0"):
+    with pytest.raises(NoSupportError, match=r"exploration\.temperature > 0"):
         logged_requests(exposures, empty, ExperimentConfig(), TOP_M)
