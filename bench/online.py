@@ -491,7 +491,7 @@ def _lists_by_version(config: PipelineConfig, versions: list[int], scratch: Path
 
     simulation = MarketSimulation.from_source(config.source, config.experiment.simulation)
     users = [str(user) for user in simulation.marketplace.tastes.user_ids]
-    depth = config.experiment.exploration.top_m + 30
+    depth = config.experiment.exploration.top_m + 100  # sold listings leave room
     arms = {}
     for version in dict.fromkeys(versions):
         bundle = fetch_version_bundle(config.registry.model_name, version, scratch / f"v{version}")

@@ -553,6 +553,14 @@ def experiment_readout_command(
     if summary["verdict"] == "no_live_experiment":
         console.print("no experiment is live: start one with `rewear experiment start`")
         return
+    if summary["verdict"] == "logging":
+        console.print(
+            f"explore experiment {summary['experiment_id']}: {summary['sessions']} sessions of "
+            f"{summary['units']} units logged; estimate a version with `rewear evaluate "
+            "--off-policy --model models:/<name>/<version>`",
+            markup=False,
+        )
+        return
     print_experiment(summary)
 
 

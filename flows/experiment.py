@@ -55,6 +55,13 @@ def experiment_readout(
     if summary is None:
         print(f"no experiment of {config.registry.model_name} is live: nothing to read out")
         return {"verdict": "no_live_experiment"}
+    if summary["verdict"] == "logging":
+        print(
+            f"explore experiment {summary['experiment_id']}: {summary['sessions']} sessions of "
+            f"{summary['units']} units logged with exploration; estimate a version from them "
+            "with `rewear evaluate --off-policy --model models:/<name>/<version>`"
+        )
+        return summary
     publish_readout(summary)
     return summary
 

@@ -123,6 +123,20 @@ class MarketSimulation:
             extended.tastes, extended.traits, self.config, user_ids, lists, as_of
         )
 
+    def slot_purchase_probabilities(
+        self, user_ids: Sequence[str], lists: Sequence[Sequence[str]], as_of: pd.Timestamp
+    ) -> np.ndarray:
+        """P(view) x P(purchase | view) of each listed item for its user if examined: the
+        position-free part of `expected_purchases`, (users x longest list), 0 past a list's
+        end (what the cost of reordering a list is computed from)."""
+        extended = self._extended()
+        config = self.config.model_copy(
+            update={"k": max((len(items) for items in lists), default=1)}
+        )
+        return _slot_purchase_probabilities(
+            extended.tastes, extended.traits, config, user_ids, lists, as_of
+        )
+
     def _extended(self) -> _Extended:
         return _extend(self.marketplace, self.source, self.config)
 
@@ -478,6 +492,23 @@ def _expected_list_purchases(
 ) -> np.ndarray:
     """Sum over slots of P(examined) x P(click) x P(purchase | view) (the cascade's
     examination being the chance to reach the slot without a purchase before it)."""
+    per_slot = _slot_purchase_probabilities(tastes, traits, config, user_ids, lists, as_of)
+    if config.position_model == "cascade":
+        survive = np.cumprod(1.0 - per_slot, axis=1) / np.maximum(1.0 - per_slot, 1e-12)
+        reach = survive * config.cascade_continue ** np.arange(config.k)[None, :]
+        return (reach * per_slot).sum(axis=1)
+    return (per_slot * _examination(config)[None, :]).sum(axis=1)
+
+
+def _slot_purchase_probabilities(
+    tastes: UserTastes,
+    traits: ItemTraits,
+    config: MarketSimulationConfig,
+    user_ids: Sequence[str],
+    lists: Sequence[Sequence[str]],
+    as_of: pd.Timestamp,
+) -> np.ndarray:
+    """P(click) x P(purchase | view) of each of the first config.k slots of each list."""
     from components.data.synthetic import _ESCALATION
 
     users = pd.Index(tastes.user_ids).get_indexer(list(user_ids))
@@ -492,12 +523,7 @@ def _expected_list_purchases(
     affinity = _affinities(tastes, traits, week, users, grid)
     intercept, slope = _ESCALATION["buy"]
     buy = 1.0 / (1.0 + np.exp(-(intercept + slope * (affinity - _AFFINITY_CENTRE))))
-    per_slot = np.where(grid >= 0, _click_probability(affinity, config) * buy, 0.0)
-    if config.position_model == "cascade":
-        survive = np.cumprod(1.0 - per_slot, axis=1) / np.maximum(1.0 - per_slot, 1e-12)
-        reach = survive * config.cascade_continue ** np.arange(config.k)[None, :]
-        return (reach * per_slot).sum(axis=1)
-    return (per_slot * _examination(config)[None, :]).sum(axis=1)
+    return np.where(grid >= 0, _click_probability(affinity, config) * buy, 0.0)
 
 
 def _sessions_table(sessions: list[dict[str, np.ndarray]], user_ids: np.ndarray) -> pd.DataFrame:

@@ -10,7 +10,10 @@ probability of a slot is 1 or 0, and the estimators are:
 - `ips` / `snips`, independent-item (Li et al. 2018): a slot counts when the target puts
   the logged item in that slot, weighted by 1 / marginal; unbiased when a slot's reward
   depends only on its item and position (the position-based model). `snips` divides
-  each slot's sum by the sum of its weights (self-normalised, per position);
+  each slot's sum by the sum of its weights (self-normalised, per position), over the
+  requests where the target's item has support (a weight's expectation is 1 there and 0
+  elsewhere: normalising by all requests would credit unsupported slots with the
+  average of the supported ones);
 - `rips` / `snrips`, reward-interaction (McInerney et al. 2020): a slot counts when the
   target's whole prefix up to it is the logged prefix, weighted by 1 / prefix
   propensity; unbiased when a slot's reward depends on what was above it (the cascade),
@@ -126,6 +129,15 @@ class RewardModel:
         return np.where(ranks < 0, 0.0, value)
 
 
+def supported(target: TargetSlates, estimator: str) -> np.ndarray:
+    """Per request and slot: the target's item (for the reward-interaction estimators, its
+    whole prefix) lies inside the logging candidates, so the weight's expectation is 1."""
+    inside = target.rank > 0
+    if estimator in ("rips", "snrips"):
+        return np.cumprod(inside, axis=1).astype(bool)
+    return inside
+
+
 def contributions(
     log: SlateLog, target: TargetSlates, estimator: str, reward_model: RewardModel | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -232,8 +244,17 @@ def estimate(
         by_unit_num = _by_unit(numerator, log.unit, n_units)
         if name in SELF_NORMALISED:
             by_unit_den = _by_unit(weight, log.unit, n_units)
-            point = _self_normalised(by_unit_num.sum(axis=0), by_unit_den.sum(axis=0))
-            boot = _self_normalised(weights @ by_unit_num, weights @ by_unit_den)
+            by_unit_sup = _by_unit(supported(target, name).astype(float), log.unit, n_units)
+            point = _self_normalised(
+                by_unit_num.sum(axis=0),
+                by_unit_den.sum(axis=0),
+                by_unit_sup.sum(axis=0) / requests_per_unit.sum(),
+            )
+            boot = _self_normalised(
+                weights @ by_unit_num,
+                weights @ by_unit_den,
+                (weights @ by_unit_sup) / np.maximum(weights @ requests_per_unit, 1.0)[:, None],
+            )
         else:
             point = float(by_unit_num.sum() / requests_per_unit.sum())
             boot = (weights @ by_unit_num.sum(axis=1)) / np.maximum(
@@ -265,10 +286,13 @@ def _by_unit(values: np.ndarray, unit: np.ndarray, n_units: int) -> np.ndarray:
     return out
 
 
-def _self_normalised(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray | float:
-    """Sum over slots of numerator / weight, a slot with no weight counting 0."""
+def _self_normalised(
+    numerator: np.ndarray, denominator: np.ndarray, supported_share: np.ndarray
+) -> np.ndarray | float:
+    """Sum over slots of numerator / weight x the share of requests with support there (a
+    slot with no weight counts 0)."""
     ratio = np.divide(
         numerator, denominator, out=np.zeros_like(numerator, dtype=float), where=denominator > 0
     )
-    total = ratio.sum(axis=-1)
+    total = (ratio * supported_share).sum(axis=-1)
     return float(total) if np.ndim(total) == 0 else total

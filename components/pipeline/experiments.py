@@ -482,6 +482,17 @@ def read_out_live(
     if live is None:
         return None
     version, spec = live
+    if spec.design == "explore":
+        # A logging period for off-policy evaluation: one arm, nothing to decide.
+        logged = open_exposure_sink(spec.exposure_log).read(experiment_id=spec.experiment_id)
+        return {
+            "verdict": "logging",
+            "experiment_id": spec.experiment_id,
+            "design": spec.design,
+            "control_version": spec.control_version,
+            "sessions": int(logged["request_id"].nunique()),
+            "units": int(logged["unit_id"].nunique()),
+        }
     run = client.search_runs(
         [client.get_experiment_by_name(config.registry.experiment + ONLINE_SUFFIX).experiment_id],
         filter_string=f"tags.`rewear.experiment_id` = '{spec.experiment_id}'",

@@ -165,3 +165,22 @@ def test_the_reward_model_recovers_a_rank_by_position_table() -> None:
     model = RewardModel.fit(log, shrinkage=1.0)
     predicted = model.predict(slates[:1000] + 1)
     np.testing.assert_allclose(predicted, position_based(slates[:1000]), atol=0.02)
+
+
+def test_self_normalising_leaves_unsupported_slots_at_zero_as_ips_does() -> None:
+    """A target item outside the logging candidates has no support: no estimator sees its
+    reward, and self-normalising must not credit it with the supported slots' average."""
+    rng = np.random.default_rng(7)
+    slates = sample_slates(M, K, TEMPERATURE, 40_000, rng)
+    rewards = (rng.random(slates.shape) < position_based(slates)).astype(float)
+    log, target = log_and_target(slates, rewards)
+    rank = target.rank.copy()
+    rank[:, 2] = 0  # the target's third item was never a logging candidate
+    match = target.match.copy()
+    match[:, 2] = False
+    unsupported = TargetSlates(match, np.cumprod(match, axis=1).astype(bool), rank)
+    supported_truth = position_based(TARGET[None, :2]).sum()
+    result = estimate(log, unsupported, estimators=("ips", "snips"), resamples=50)
+    for name in ("ips", "snips"):
+        assert result.estimates[name].value == pytest.approx(supported_truth, rel=0.03), name
+    assert result.support.covered_slots == pytest.approx(2 / 3)
