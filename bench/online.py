@@ -98,6 +98,7 @@ def main() -> None:
         import os
 
         os.environ["REWEAR_HOME"] = str(home)
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         versions = _versions(config, args.champion, args.challenger)
         figures["versions"] = versions
         if "assignment" in chosen:
