@@ -61,3 +61,39 @@ def test_start_without_a_champion_says_to_retrain_first(rewear_home) -> None:
 
     with pytest.raises(ValueError, match="rewear@champion is not set: run `rewear retrain` first"):
         start_experiment(load_config(CONFIG))
+
+
+def test_off_policy_evaluation_without_an_explored_log_is_refused_with_the_fix(
+    tiny_champion,
+) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(
+        app, ["evaluate", "--off-policy", "--model", "models:/rewear/1", "--config", str(CONFIG)]
+    )
+    assert result.exit_code == 2
+    assert "no explored lists in the exposure log" in result.output
+    assert "exploration.temperature > 0" in result.output
+    unknown = CliRunner().invoke(
+        app, ["evaluate", "--off-policy", "--model", "models:/rewear@nope", "--config", str(CONFIG)]
+    )
+    assert unknown.exit_code == 2
+    assert "names no registered version" in unknown.output
+
+
+def test_an_explore_experiment_serves_champion_alone_and_its_readout_reports_the_log(
+    tiny_champion, registry_client
+) -> None:
+    from components.pipeline.experiments import read_out_live, start_experiment
+
+    config = load_config(CONFIG, {"experiment.design": "explore"})
+    started = start_experiment(config)
+    assert (started.spec.control_version, started.spec.treatment_version) == (1, 1)
+    assert started.spec.exploration_temperature == 0.3
+    tags = registry_client.get_model_version("rewear-experiment", "1").tags
+    assert tags["experiment.design"] == "explore"
+    summary = read_out_live(config)
+    assert summary is not None
+    assert summary["verdict"] == "logging" and summary["sessions"] == 0
