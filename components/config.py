@@ -688,6 +688,10 @@ class OffPolicyGateConfig(StrictModel):
     margin: float = Field(0.10, ge=0, le=1)
     lookback: Duration = "14D"
     min_sessions: int = Field(2_000, ge=1)
+    #: Share of the challenger's slots whose items lie inside champion's explored top m
+    #: below which the check is skipped: the estimators count an unsupported slot as 0,
+    #: so a challenger far from champion would look worse than it is.
+    min_covered_slots: float = Field(0.95, ge=0, le=1)
     estimator: Literal["ips", "snips", "rips", "snrips", "dr"] = "snips"
 
 

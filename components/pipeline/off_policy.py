@@ -386,11 +386,28 @@ def off_policy_comparison(config: PipelineConfig, version: int, champion: int) -
             f"fewer than registry.promotion.off_policy.min_sessions ({gate.min_sessions})"
         }
     try:
-        return evaluate_off_policy(
+        result = evaluate_off_policy(
             config, [version, champion], exposures=recent, estimator=gate.estimator
         )
+        return skip_when_poorly_covered(result, version, gate.min_covered_slots)
     except NoSupportError as error:
         return {"skipped": str(error)}
     except Exception as error:  # an extra guard: its failure must not fail the retrain
         logger.warning("off-policy check not run: %s", error, exc_info=True)
         return {"skipped": f"the off-policy estimate failed: {error}"}
+
+
+def skip_when_poorly_covered(
+    result: dict[str, Any], version: int, min_covered_slots: float
+) -> dict[str, Any]:
+    """The result, or {"skipped": why} when too few of the version's slots lie inside the
+    logging candidates for its estimate to be compared (unsupported slots count 0)."""
+    covered = result["versions"][str(version)]["support"]["covered_slots"]
+    if covered < min_covered_slots:
+        return {
+            "skipped": f"the explored log covers {covered:.0%} of v{version}'s slots, below "
+            f"registry.promotion.off_policy.min_covered_slots ({min_covered_slots:.0%}): "
+            "the estimate would count the rest as unsold",
+            "covered_slots": covered,
+        }
+    return result

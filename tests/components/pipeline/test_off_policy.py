@@ -140,3 +140,12 @@ def test_a_deterministic_log_is_refused_with_the_fix(tiny_bundle) -> None:
     empty = pd.DataFrame(columns=["user_id", "item_id", "ts", "event", "weight"])
     with pytest.raises(NoSupportError, match=r"exploration\.temperature > 0"):
         logged_requests(exposures, empty, ExperimentConfig(), TOP_M)
+
+
+def test_the_gate_skips_a_challenger_the_log_covers_poorly() -> None:
+    from components.pipeline.off_policy import skip_when_poorly_covered
+
+    result = {"versions": {"7": {"support": {"covered_slots": 0.62}}}, "difference": {}}
+    skipped = skip_when_poorly_covered(result, 7, 0.95)
+    assert "covers 62% of v7's slots" in skipped["skipped"]
+    assert skip_when_poorly_covered(result, 7, 0.5) is result
