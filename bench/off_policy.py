@@ -236,7 +236,11 @@ def ope_section(
         rows.append(row)
         print(
             f"ope market {seed + 1}/{seeds} ({time.time() - started:.0f}s): expected "
-            f"{expected:.4f}, " + ", ".join(f"{n} {row[n]:.4f}" for n in found.estimates)
+            f"{expected:.4f}, "
+            + ", ".join(
+                f"{n} {row[n]:.4f}{'' if row[f'{n}_covers'] else ' (not covered)'}"
+                for n in found.estimates
+            )
         )
     table = pd.DataFrame(rows)
     summary: dict[str, Any] = {
