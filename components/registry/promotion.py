@@ -447,6 +447,8 @@ def decision_tags(
         tags[f"{key}.passed"] = str(check.passed).lower()
         if isinstance(check.value, float | int):
             tags[f"{key}.value"] = f"{check.value:.6g}"
+        if check.detail.startswith("skipped:"):  # a check that could not act says why
+            tags[f"{key}.skipped"] = check.detail.removeprefix("skipped:").strip()[:500]
     for key, value in decision.figures.items():
         name = key if key == "evaluated_users" else f"{mlflow_key(metric)}.{key}"
         tags[name] = f"{value:.0f}" if key == "evaluated_users" else f"{value:.6f}"

@@ -407,3 +407,5 @@ def test_a_skipped_off_policy_check_passes_and_says_why() -> None:
     verdict = decide(skipped, METRICS, GOOD_SMOKE, PromotionConfig())
     check = next(c for c in verdict.checks if c.name == "off-policy vs champion")
     assert check.passed and "no explored sessions" in check.detail
+    tags = decision_tags(verdict, "ndcg@10")
+    assert tags["promotion.off-policy_vs_champion.skipped"] == "no explored sessions"
