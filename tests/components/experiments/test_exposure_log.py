@@ -473,3 +473,35 @@ def test_the_schema_fields_all_have_a_postgres_column() -> None:
     nullable = {c.name for c in table.columns if c.nullable}
     assert nullable == {f.name for f in EXPOSURE_SCHEMA if f.nullable}
     assert pa.types.is_timestamp(EXPOSURE_SCHEMA.field("served_at").type)
+
+
+def test_a_table_from_an_older_rewear_gets_the_new_columns(postgres_url: str) -> None:
+    """A table created before prefix_propensity / candidate_rank existed: the first write
+    adds them (nullable), and the rows read back whole."""
+    import sqlalchemy as sa
+
+    from components.experiments.exposure_log import _psycopg_url
+
+    old_columns = [
+        name for name in EXPOSURE_COLUMNS if name not in ("prefix_propensity", "candidate_rank")
+    ]
+    engine = sa.create_engine(_psycopg_url(postgres_url))
+    full = _exposure_table_ddl_for_test()
+    old = sa.Table("old_exposures", sa.MetaData(), *[full.c[name]._copy() for name in old_columns])
+    old.create(engine)
+    engine.dispose()
+    sink = PostgresExposureSink(postgres_url, table="old_exposures")
+    try:
+        rows = exposure_rows(10, experiment_id="exp-old", prefix="o")
+        sink.write(rows)
+        pd.testing.assert_frame_equal(sink.read(experiment_id="exp-old"), as_read(rows))
+    finally:
+        sink.dispose()
+
+
+def _exposure_table_ddl_for_test():
+    import sqlalchemy as sa
+
+    from components.experiments.exposure_log import _exposure_table_ddl
+
+    return _exposure_table_ddl(sa.MetaData(), "template")
