@@ -145,9 +145,10 @@ class Exploration:
         return self.temperature == 0
 
     def draw(self, available: int, k: int, rng: np.random.Generator) -> ExploredSlate:
-        """A slate of `k` from an arm's list of `available` candidates (the first `top_m`
-        of them explored; with fewer than `k` the whole list, shuffled)."""
-        m = min(self.top_m, available)
+        """A slate of `k` from an arm's list of `available` candidates: drawn from its
+        first max(top_m, k), so that a request for more than top_m still gets k; with
+        fewer than `k` available, the whole list, shuffled."""
+        m = min(max(self.top_m, k), available)
         size = min(k, m)
         if m == 0:
             empty = np.zeros(0)

@@ -179,7 +179,7 @@ def target_slates(
     candidates = np.zeros(n, dtype=np.int64)
     for row in range(n):
         mine = target[row][:k]
-        theirs = logging[row][: logged.top_m]
+        theirs = logging[row][: max(logged.top_m, k)]
         candidates[row] = len(theirs)
         match[row, : len(mine)] = mine == logged.items[row, : len(mine)]
         position = {item: at + 1 for at, item in enumerate(theirs)}
@@ -205,7 +205,7 @@ def estimate_versions(
         mine = np.flatnonzero(logged.versions == str(version))
         if not len(mine):
             continue
-        ranked = replay.ranked(_subset(logged, mine), logged.top_m)
+        ranked = replay.ranked(_subset(logged, mine), max(logged.top_m, k))
         for row, items in zip(mine, ranked, strict=True):
             logging_lists[row] = items
     missing = sorted(set(logged.versions) - {str(v) for v in logging_arms})

@@ -69,6 +69,11 @@ def test_a_draw_logs_its_own_propensities() -> None:
     np.testing.assert_allclose(slate.marginal, marginals[slate.ranks, np.arange(4)])
     assert (np.diff(slate.prefix) < 0).all()
     assert slate.prefix[0] == pytest.approx(slate.marginal[0])
+    # A request for more than top m still gets k slots, drawn from the first k.
+    long = Exploration(top_m=3, temperature=1.0).draw(
+        available=10, k=5, rng=np.random.default_rng(4)
+    )
+    assert sorted(long.ranks.tolist()) == [0, 1, 2, 3, 4]
     # Fewer candidates than the top m: the draw is over what there is.
     short = exploration.draw(available=3, k=4, rng=np.random.default_rng(3))
     assert sorted(short.ranks.tolist()) == [0, 1, 2]
