@@ -59,14 +59,9 @@ class LoggedRequests:
     top_m: int
 
 
-def logged_requests(
-    exposures: pd.DataFrame,
-    interactions: pd.DataFrame | None,
-    config: ExperimentConfig,
-    top_m: int | None = None,
-) -> LoggedRequests:
-    """The explored requests of `exposures` with their attributed sales per slot. Refuses
-    (NoSupportError) a log with no explored request, naming the policies it holds."""
+def explored_rows(exposures: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `exposures` served with exploration. Refuses (NoSupportError) a log with
+    none, naming the policies it holds, and one written before the propensity columns."""
     explored = exposures[exposures["policy"] == PLACKETT_LUCE]
     if explored.empty:
         held = sorted(exposures["policy"].unique().tolist()) if len(exposures) else []
@@ -81,8 +76,18 @@ def logged_requests(
             "explored exposure rows lack prefix_propensity or candidate_rank: the log was "
             "written by an older rewear; estimate from days logged since the upgrade"
         )
-    if interactions is None:
-        raise ValueError("logged_requests needs the interactions the rewards come from")
+    return explored
+
+
+def logged_requests(
+    exposures: pd.DataFrame,
+    interactions: pd.DataFrame,
+    config: ExperimentConfig,
+    top_m: int | None = None,
+) -> LoggedRequests:
+    """The explored requests of `exposures` with their attributed sales per slot (refused
+    as `explored_rows` refuses)."""
+    explored = explored_rows(exposures)
     windows = {REWARD_EVENT: pd.Timedelta(config.attribution_windows[REWARD_EVENT])}
     attributed = attribute_outcomes(explored, interactions, windows)
     sales = attributed.groupby(["request_id", "position"]).size()
@@ -110,13 +115,14 @@ def logged_requests(
         ] = sales.to_numpy(float)
     versions = explored.groupby("request_id", sort=False)["model_version"].first()
     _, unit_codes = np.unique(requests["unit_id"].to_numpy(object), return_inverse=True)
+    top_m = top_m or int(rank.max())
     slates = SlateLog(
         unit=unit_codes.astype(np.int64),
         reward=reward,
         marginal=marginal,
         prefix=prefix,
         rank=rank,
-        candidates=np.full(n, top_m or int(rank.max())),
+        candidates=np.full(n, top_m),
     )
     served = requests["served_at"].dt.tz_convert("UTC").astype("datetime64[us, UTC]")
     return LoggedRequests(
@@ -125,7 +131,7 @@ def logged_requests(
         served_us=served.astype("int64").to_numpy(),
         items=items,
         versions=versions.reindex(requests.index).astype(str).to_numpy(object),
-        top_m=top_m or int(rank.max()),
+        top_m=top_m,
     )
 
 
@@ -146,9 +152,11 @@ class Replay:
         """A replay on already cached lists (at least `depth` deep), with `items`' sales."""
         if lists.depth < depth:
             lists = CachedLists(lists.recommender, depth)
-        sold_at = items.drop_duplicates("item_id", keep="last").set_index(
-            items["item_id"].astype(str).drop_duplicates(keep="last")
-        )["sold_at"]
+        sold_at = (
+            items.assign(item_id=items["item_id"].astype(str))
+            .drop_duplicates("item_id", keep="last")
+            .set_index("item_id")["sold_at"]
+        )
         sold = sold_at.reindex(pd.Index(lists.recommender.item_ids.astype(str)))
         stamps = sold.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
         sold_us = np.where(sold.notna(), stamps.astype("int64"), np.iinfo(np.int64).max)
@@ -314,8 +322,7 @@ def evaluate_off_policy(
         exposures = open_exposure_sink(exposure_log_uri(experiment, settings)).read(
             start=start, end=end
         )
-    if not (exposures["policy"] == PLACKETT_LUCE).any():
-        logged_requests(exposures, interactions, experiment)  # refuses, naming the fix
+    exposures = explored_rows(exposures)  # refused before the source is read
     if interactions is None or items is None:
         tables = load_source(config.source)
         interactions = tables.interactions if interactions is None else interactions
