@@ -40,7 +40,7 @@ from components.experiments.schema import (
     TREATMENT,
     USER_UNIT,
 )
-from components.serving.recommender import OUTPUT_COLUMNS, BundleRecommender
+from components.serving.recommender import OUTPUT_COLUMNS, BundleRecommender, request_runs
 from components.serving.request_parsing import RequestError, validate_k
 
 SPEC_FILE = "experiment.json"
@@ -206,8 +206,7 @@ class ExperimentRecommender:
         deep), with the draw's propensities; the coins are seeded by the request."""
         exploration = self.spec.exploration
         request = answer["request"].to_numpy(np.int64)
-        bounds = np.flatnonzero(np.r_[True, request[1:] != request[:-1]]) if len(request) else []
-        ends = np.r_[bounds[1:], len(request)] if len(request) else []
+        bounds, ends = request_runs(request)
         picked, ranks, marginals, prefixes = [], [], [], []
         for first, end in zip(bounds, ends, strict=True):
             rng = request_rng(self.spec.salt, str(request_ids[request[first]]))

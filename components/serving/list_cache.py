@@ -21,6 +21,7 @@ from components.serving.recommender import (
     ITEM_DISPLAY_COLUMNS,
     OUTPUT_COLUMNS,
     BundleRecommender,
+    request_runs,
 )
 from components.serving.request_parsing import MAX_ROWS, validate_k
 
@@ -55,8 +56,7 @@ class CachedLists:
             answer = self.recommender.recommend(batch, k=self.depth)
             rows = positions.positions(answer["item_id"].to_numpy(dtype=object))
             request = answer["request"].to_numpy(np.int64)
-            bounds = np.flatnonzero(np.r_[True, request[1:] != request[:-1]])
-            ends = np.r_[bounds[1:], len(request)]
+            bounds, ends = request_runs(request)
             scores = answer["score"].to_numpy(np.float64)
             sources = answer["source"].to_numpy(dtype=object)
             for first, end in zip(bounds, ends, strict=True):

@@ -66,6 +66,17 @@ OUTPUT_COLUMNS = (
     *ITEM_DISPLAY_COLUMNS,
     "request",
 )
+
+
+def request_runs(request: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each request's rows start and end ([start, end)) in an answer sorted by its
+    `request` column."""
+    if not len(request):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, request[1:] != request[:-1]])
+    return starts, np.r_[starts[1:], len(request)]
+
+
 #: Up to this many known users, the load encodes them all once (64-dim: 256 MB at 1M).
 MAX_PRECOMPUTED_USERS = 1_000_000
 #: Extra neighbours asked of the index beyond k and the user's masked items.
