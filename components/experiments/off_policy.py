@@ -147,11 +147,9 @@ def contributions(
     filled = log.filled
     reward = np.where(filled, log.reward, 0.0)
     if estimator in ("ips", "snips", "dr"):
-        weight = np.where(filled & target.match, 1.0 / np.where(filled, log.marginal, 1.0), 0.0)
+        weight = _inverse_propensity(filled & target.match, log.marginal)
     elif estimator in ("rips", "snrips"):
-        weight = np.where(
-            filled & target.prefix_match, 1.0 / np.where(filled, log.prefix, 1.0), 0.0
-        )
+        weight = _inverse_propensity(filled & target.prefix_match, log.prefix)
     else:
         raise ValueError(f"unknown off-policy estimator {estimator!r}: use one of {ESTIMATORS}")
     if estimator != "dr":
@@ -160,6 +158,11 @@ def contributions(
     logged_value = np.where(filled, model.predict(np.where(filled, log.rank, -1)), 0.0)
     direct = model.predict(target.rank)
     return direct + weight * (reward - logged_value), weight
+
+
+def _inverse_propensity(counted: np.ndarray, propensity: np.ndarray) -> np.ndarray:
+    """1 / propensity where a slot counts, 0 elsewhere (unfilled slots' NaN never read)."""
+    return np.where(counted, 1.0 / np.where(counted, propensity, 1.0), 0.0)
 
 
 @dataclass(frozen=True)
@@ -271,7 +274,7 @@ def support(log: SlateLog, target: TargetSlates) -> Support:
     shown = target.rank >= 0
     covered = float((target.rank > 0).sum() / max(shown.sum(), 1))
     matched = float((filled & target.match).sum() / max(filled.sum(), 1))
-    weight = np.where(filled & target.match, 1.0 / np.where(filled, log.marginal, 1.0), 0.0)
+    weight = _inverse_propensity(filled & target.match, log.marginal)
     per_slot = []
     for slot in range(weight.shape[1]):
         column = weight[:, slot]
