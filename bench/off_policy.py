@@ -72,17 +72,14 @@ def explored_policy(
     return policy, sink
 
 
-def value_per_session(exposures: pd.DataFrame, interactions: pd.DataFrame, config) -> float:
-    """Attributed sales per served request (the off-policy estimates' target)."""
+def sales_per(
+    exposures: pd.DataFrame, interactions: pd.DataFrame, config: PipelineConfig, per: str
+) -> float:
+    """Sales attributed to the exposures, per distinct value of column `per` (request_id:
+    per session, the off-policy estimates' target; unit_id: per served user)."""
     window = {"purchase": pd.Timedelta(config.experiment.attribution_windows["purchase"])}
     sold = attribute_outcomes(exposures, interactions, window)
-    return len(sold) / exposures["request_id"].nunique()
-
-
-def sold_per_user(exposures: pd.DataFrame, interactions: pd.DataFrame, config) -> float:
-    window = {"purchase": pd.Timedelta(config.experiment.attribution_windows["purchase"])}
-    sold = attribute_outcomes(exposures, interactions, window)
-    return len(sold) / exposures["unit_id"].nunique()
+    return len(sold) / exposures[per].nunique()
 
 
 def _simulation(
@@ -149,7 +146,9 @@ def explore_cost_section(
         for temperature in (0.0, *temperatures):
             policy, sink = explored_policy(config, arm, version, temperature, seed)
             result = simulation.run(policy)
-            figures[temperature] = sold_per_user(sink.exposures(), result.interactions, config)
+            figures[temperature] = sales_per(
+                sink.exposures(), result.interactions, config, "unit_id"
+            )
         for temperature in temperatures:
             rows.append(
                 {
@@ -194,7 +193,7 @@ def ope_section(
         simulation = _simulation(config, 500 + seed, days, recommended_only=True)
         single = SingleArm(arms[challenger], "treatment")
         result = simulation.run(single.policy)
-        truths.append(value_per_session(single.exposures(), result.interactions, config))
+        truths.append(sales_per(single.exposures(), result.interactions, config, "request_id"))
     truth = float(np.mean(truths))
     print(f"on-policy value of v{challenger}: {truth:.4f} per session ({truth_seeds} markets)")
     rows = []

@@ -206,7 +206,6 @@ def evaluate(
         _evaluate_off_policy(model_uri, config, overrides, since, until, output)
         return
     settings = _prepare_environment()
-    import json
     import tempfile
 
     import mlflow
@@ -251,9 +250,7 @@ def evaluate(
             raise typer.Exit(2) from error
     result = {"model_uri": model_uri, "snapshot_id": snapshot, "stage": stage, **result}
     print_evaluation(result)
-    if output is not None:
-        output.write_text(json.dumps(result, indent=2, default=str))
-        console.print(f"written: {output}")
+    _write_result(result, output)
 
 
 def _evaluate_off_policy(
@@ -264,7 +261,6 @@ def _evaluate_off_policy(
     until: str | None,
     output: Path | None,
 ) -> None:
-    import json
 
     from mlflow.exceptions import MlflowException
 
@@ -286,9 +282,17 @@ def _evaluate_off_policy(
         raise typer.Exit(2) from error
     result = {"model_uri": model_uri, "version": version, "champion": champion, **result}
     print_off_policy(result)
-    if output is not None:
-        output.write_text(json.dumps(result, indent=2, default=str))
-        console.print(f"written: {output}")
+    _write_result(result, output)
+
+
+def _write_result(result: dict[str, Any], output: Path | None) -> None:
+    """`--json`: the printed result, written as JSON too."""
+    if output is None:
+        return
+    import json
+
+    output.write_text(json.dumps(result, indent=2, default=str))
+    console.print(f"written: {output}")
 
 
 def pd_timestamp(day: str) -> Any:
