@@ -692,7 +692,7 @@ class OffPolicyGateConfig(StrictModel):
     #: below which the check is skipped: the estimators count an unsupported slot as 0,
     #: so a challenger far from champion would look worse than it is.
     min_covered_slots: float = Field(0.95, ge=0, le=1)
-    estimator: Literal["ips", "snips", "rips", "snrips", "dr"] = "snips"
+    estimator: Literal["ips", "snips", "rips", "snrips", "dr", "pbm", "snpbm"] = "snips"
 
 
 class PromotionConfig(StrictModel):

@@ -119,11 +119,13 @@ def position_marginals(
 @dataclass(frozen=True)
 class ExploredSlate:
     """One explored list: the arm's ranks it shows (0-based, slot order) and, per slot,
-    the item-position marginal and the prefix propensity."""
+    the item-position marginal, the prefix propensity and the item's inclusion
+    probability (its marginals summed over the slots)."""
 
     ranks: np.ndarray
     marginal: np.ndarray
     prefix: np.ndarray
+    inclusion: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -152,11 +154,12 @@ class Exploration:
         size = min(k, m)
         if m == 0:
             empty = np.zeros(0)
-            return ExploredSlate(np.zeros(0, dtype=np.int64), empty, empty)
+            return ExploredSlate(np.zeros(0, dtype=np.int64), empty, empty, empty)
         ranks = sample_slates(m, size, self.temperature, 1, rng)[0]
         marginal = position_marginals(m, size, self.temperature, self.draws)
         return ExploredSlate(
             ranks=ranks,
             marginal=marginal[ranks, np.arange(size)],
             prefix=prefix_propensities(ranks[None, :], m, self.temperature)[0],
+            inclusion=marginal[ranks].sum(axis=1),
         )

@@ -370,6 +370,7 @@ def _exposure_table_ddl(metadata: Any, name: str) -> Any:
         "score": sa.Double(),
         "propensity": sa.Double(),
         "prefix_propensity": sa.Double(),
+        "inclusion_propensity": sa.Double(),
         "candidate_rank": sa.Integer(),
     }
     columns = [
@@ -508,8 +509,9 @@ class ExposureLogger:
                     missing,
                 )
                 return
-            # A new frame (copy-on-write): the caller may go on changing its own.
-            rows = rows[list(EXPOSURE_COLUMNS)]
+            # A new frame (copy-on-write): the caller may go on changing its own. Optional
+            # columns it lacks are written as nulls (exposure_table).
+            rows = rows[[name for name in EXPOSURE_COLUMNS if name in rows.columns]]
             with self._lock:
                 if self._closed or self._buffered + count > self.max_buffered_rows:
                     self._dropped += count

@@ -22,6 +22,13 @@ probability of a slot is 1 or 0, and the estimators are:
   target's slots plus the weighted residual of the logged ones; the reward model
   (rank in the logging list x position, fitted on the log) only has to reduce variance,
   the residual term keeps it unbiased.
+- `pbm` / `snpbm`, position-based: a slot counts when the target's item was shown
+  anywhere in the logged list, weighted by 1 / its inclusion probability and by the
+  examination ratio of the target's slot to the logged one (the reward model's position
+  effects, fitted on the log, where the randomised positions identify them). Unbiased
+  under the position-based model when the examination is right, and it does not need the
+  item in the same slot, so far more of the log counts; `snpbm` self-normalises per slot
+  as `snips` does.
 
 Intervals come from a bootstrap over units (users), so sessions of one user move together.
 """
@@ -32,8 +39,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ESTIMATORS = ("ips", "snips", "rips", "snrips", "dr")
-SELF_NORMALISED = ("snips", "snrips")
+ESTIMATORS = ("ips", "snips", "rips", "snrips", "dr", "pbm", "snpbm")
+SELF_NORMALISED = ("snips", "snrips", "snpbm")
+#: Estimators that read a reward model fitted on the log.
+MODEL_BASED = ("dr", "pbm", "snpbm")
 
 
 class NoSupportError(ValueError):
@@ -55,11 +64,14 @@ class SlateLog:
     rank: np.ndarray
     #: Candidates the logging policy drew from, per request.
     candidates: np.ndarray
+    #: P(the logged item anywhere in the list), for the position-based estimators (None:
+    #: not logged).
+    inclusion: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         shape = self.reward.shape
-        for name in ("marginal", "prefix", "rank"):
-            if getattr(self, name).shape != shape:
+        for name in ("marginal", "prefix", "rank", "inclusion"):
+            if getattr(self, name) is not None and getattr(self, name).shape != shape:
                 found = getattr(self, name).shape
                 raise ValueError(f"SlateLog.{name} has shape {found}, not {shape}")
         if len(self.unit) != shape[0] or len(self.candidates) != shape[0]:
@@ -87,6 +99,9 @@ class TargetSlates:
     #: Rank (1-based) of the target's slot-j item in the logging arm's list; 0: outside the
     #: logging policy's candidates (no support); -1: the target has no item there.
     rank: np.ndarray
+    #: The logged slot (0-based) that showed the target's slot-j item; -1: not shown (None:
+    #: not computed, the position-based estimators refuse).
+    shown_at: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +165,8 @@ def contributions(
         weight = _inverse_propensity(filled & target.match, log.marginal)
     elif estimator in ("rips", "snrips"):
         weight = _inverse_propensity(filled & target.prefix_match, log.prefix)
+    elif estimator in ("pbm", "snpbm"):
+        return _position_based(log, target, reward, reward_model or RewardModel.fit(log))
     else:
         raise ValueError(f"unknown off-policy estimator {estimator!r}: use one of {ESTIMATORS}")
     if estimator != "dr":
@@ -158,6 +175,32 @@ def contributions(
     logged_value = np.where(filled, model.predict(np.where(filled, log.rank, -1)), 0.0)
     direct = model.predict(target.rank)
     return direct + weight * (reward - logged_value), weight
+
+
+def _position_based(
+    log: SlateLog, target: TargetSlates, reward: np.ndarray, model: RewardModel
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per target slot: the logged reward of the target's item wherever it was shown,
+    moved to the target's slot by the examination ratio, over its inclusion probability."""
+    if log.inclusion is None or target.shown_at is None:
+        raise NoSupportError(
+            "the position-based estimators need each logged item's inclusion propensity and "
+            "where the target's items were shown: estimate from a log written by this rewear"
+        )
+    shown = target.shown_at >= 0
+    at = np.where(shown, target.shown_at, 0)
+    counted = shown & np.take_along_axis(log.filled, at, axis=1)
+    weight = _inverse_propensity(counted, np.take_along_axis(log.inclusion, at, axis=1))
+    examination = model.position_effect
+    k = reward.shape[1]
+    logged_examination = examination[at]
+    ratio = np.divide(
+        np.broadcast_to(examination[None, :k], at.shape),
+        logged_examination,
+        out=np.zeros(at.shape),
+        where=logged_examination > 0,
+    )
+    return weight * np.take_along_axis(reward, at, axis=1) * ratio, weight
 
 
 def _inverse_propensity(counted: np.ndarray, propensity: np.ndarray) -> np.ndarray:
@@ -196,6 +239,8 @@ class Support:
     #: Effective sample size of the independent-item weights, as a share of the requests
     #: (1: as good as on-policy data).
     effective_share: float
+    #: ... and of the position-based weights (NaN: the log cannot give them).
+    effective_share_position_based: float = float("nan")
 
     def to_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
@@ -240,7 +285,7 @@ def estimate(
     n_units = int(log.unit.max()) + 1
     weights = np.random.default_rng(seed).poisson(1.0, size=(resamples, n_units)).astype(float)
     requests_per_unit = np.bincount(log.unit, minlength=n_units).astype(float)
-    reward_model = RewardModel.fit(log) if "dr" in estimators else None
+    reward_model = RewardModel.fit(log) if set(estimators) & set(MODEL_BASED) else None
     estimates, replicates = {}, {}
     for name in estimators:
         numerator, weight = contributions(log, target, name, reward_model)
@@ -275,12 +320,22 @@ def support(log: SlateLog, target: TargetSlates) -> Support:
     covered = float((target.rank > 0).sum() / max(shown.sum(), 1))
     matched = float((filled & target.match).sum() / max(filled.sum(), 1))
     weight = _inverse_propensity(filled & target.match, log.marginal)
-    per_slot = []
-    for slot in range(weight.shape[1]):
-        column = weight[:, slot]
-        if column.sum() > 0:
-            per_slot.append(column.sum() ** 2 / np.square(column).sum() / len(column))
-    return Support(covered, matched, float(np.mean(per_slot)) if per_slot else 0.0)
+    position_based = float("nan")
+    if log.inclusion is not None and target.shown_at is not None:
+        flat = RewardModel(np.ones(1), np.ones(log.reward.shape[1]))
+        _, any_slot = _position_based(log, target, np.zeros(log.reward.shape), flat)
+        position_based = _effective_share(any_slot)
+    return Support(covered, matched, _effective_share(weight), position_based)
+
+
+def _effective_share(weight: np.ndarray) -> float:
+    """Mean over slots of the weights' effective sample size, as a share of the requests."""
+    per_slot = [
+        column.sum() ** 2 / np.square(column).sum() / len(column)
+        for column in weight.T
+        if column.sum() > 0
+    ]
+    return float(np.mean(per_slot)) if per_slot else 0.0
 
 
 def _by_unit(values: np.ndarray, unit: np.ndarray, n_units: int) -> np.ndarray:

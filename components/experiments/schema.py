@@ -48,6 +48,9 @@ EXPOSURE_SCHEMA = pa.schema(
         #: Probability of the list's first `position` slots exactly as served (the cascade
         #: estimators'); null in logs written before it existed.
         pa.field("prefix_propensity", pa.float64()),
+        #: Probability that the logging policy showed this item in any slot of the list (the
+        #: position-based estimators'); null in logs written before it existed.
+        pa.field("inclusion_propensity", pa.float64()),
         #: The item's rank in the arm's own list (what an explored list was drawn from).
         pa.field("candidate_rank", pa.int32()),
     ]

@@ -326,6 +326,7 @@ class SingleArm:
                     "policy": DETERMINISTIC,
                     "propensity": 1.0,
                     "prefix_propensity": 1.0,
+                    "inclusion_propensity": 1.0,
                     "candidate_rank": answer["rank"].astype(np.int32),
                 }
             )[list(EXPOSURE_COLUMNS)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +71,11 @@ def explored_rows(exposures: pd.DataFrame) -> pd.DataFrame:
             "with experiment.exploration.temperature > 0 (the explore design serves "
             "champion that way), then estimate from those days"
         )
-    if explored["prefix_propensity"].isna().any() or explored["candidate_rank"].isna().any():
+    needed = ["prefix_propensity", "inclusion_propensity", "candidate_rank"]
+    if explored[needed].isna().any().any():
         raise NoSupportError(
-            "explored exposure rows lack prefix_propensity or candidate_rank: the log was "
-            "written by an older rewear; estimate from days logged since the upgrade"
+            f"explored exposure rows lack {' or '.join(needed)}: the log was written by an "
+            "older rewear; estimate from days logged since the upgrade"
         )
     return explored
 
@@ -100,11 +101,13 @@ def logged_requests(
     slot = explored["position"].to_numpy(np.int64) - 1
     n, k = len(requests), int(slot.max()) + 1
     shape = (n, k)
-    reward, marginal, prefix = np.zeros(shape), np.full(shape, np.nan), np.full(shape, np.nan)
+    reward = np.zeros(shape)
+    marginal, prefix, inclusion = (np.full(shape, np.nan) for _ in range(3))
     rank = np.zeros(shape, dtype=np.int64)
     items = np.full(shape, None, dtype=object)
     marginal[row, slot] = explored["propensity"].to_numpy(float)
     prefix[row, slot] = explored["prefix_propensity"].to_numpy(float)
+    inclusion[row, slot] = explored["inclusion_propensity"].to_numpy(float)
     rank[row, slot] = explored["candidate_rank"].to_numpy(np.int64)
     items[row, slot] = explored["item_id"].to_numpy(object)
     if len(sales):
@@ -123,6 +126,7 @@ def logged_requests(
         prefix=prefix,
         rank=rank,
         candidates=np.full(n, top_m),
+        inclusion=inclusion,
     )
     served = requests["served_at"].dt.tz_convert("UTC").astype("datetime64[us, UTC]")
     return LoggedRequests(
@@ -178,12 +182,13 @@ class Replay:
 def target_slates(
     logged: LoggedRequests, target: list[np.ndarray], logging: list[np.ndarray]
 ) -> tuple[TargetSlates, np.ndarray]:
-    """The target's lists against the log: slot matches, prefix matches, and the rank of
-    each target item in the logging arm's list (0 outside its top m, -1 no item); and the
-    number of candidates each logging list had."""
+    """The target's lists against the log: slot matches, prefix matches, the rank of each
+    target item in the logging arm's list (0 outside its top m, -1 no item) and the logged
+    slot that showed it (-1 none); and the number of candidates each logging list had."""
     n, k = logged.items.shape
     match = np.zeros((n, k), dtype=bool)
     rank = np.full((n, k), -1, dtype=np.int64)
+    shown_at = np.full((n, k), -1, dtype=np.int64)
     candidates = np.zeros(n, dtype=np.int64)
     for row in range(n):
         mine = target[row][:k]
@@ -192,8 +197,11 @@ def target_slates(
         match[row, : len(mine)] = mine == logged.items[row, : len(mine)]
         position = {item: at + 1 for at, item in enumerate(theirs)}
         rank[row, : len(mine)] = [position.get(item, 0) for item in mine]
+        served = {item: at for at, item in enumerate(logged.items[row]) if item is not None}
+        shown_at[row, : len(mine)] = [served.get(item, -1) for item in mine]
     prefix_match = np.cumprod(match, axis=1).astype(bool)
-    return TargetSlates(match=match, prefix_match=prefix_match, rank=rank), candidates
+    slates = TargetSlates(match=match, prefix_match=prefix_match, rank=rank, shown_at=shown_at)
+    return slates, candidates
 
 
 def estimate_versions(
@@ -222,14 +230,7 @@ def estimate_versions(
     results = {}
     for name, replay in targets.items():
         slates, candidates = target_slates(logged, replay.ranked(logged, k), logging_lists)
-        log = SlateLog(
-            unit=logged.slates.unit,
-            reward=logged.slates.reward,
-            marginal=logged.slates.marginal,
-            prefix=logged.slates.prefix,
-            rank=logged.slates.rank,
-            candidates=np.maximum(candidates, 1),
-        )
+        log = replace(logged.slates, candidates=np.maximum(candidates, 1))
         results[name] = estimate(log, slates, estimators, resamples, seed=seed)
     return results
 

@@ -51,7 +51,7 @@ EXPERIMENT_COLUMNS = ("request_id", "variant", "team")
 #: alone, served with exploration for off-policy evaluation.
 DESIGNS = ("ab", "interleave", "explore")
 #: Per-slot propensity columns of an explored answer (logged, not returned).
-_EXPLORED_COLUMNS = ("candidate_rank", "propensity", "prefix_propensity")
+_EXPLORED_COLUMNS = ("candidate_rank", "propensity", "prefix_propensity", "inclusion_propensity")
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ class ExperimentRecommender:
         exploration = self.spec.exploration
         request = answer["request"].to_numpy(np.int64)
         bounds, ends = request_runs(request)
-        picked, ranks, marginals, prefixes = [], [], [], []
+        picked, ranks, marginals, prefixes, inclusions = [], [], [], [], []
         for first, end in zip(bounds, ends, strict=True):
             rng = request_rng(self.spec.salt, str(request_ids[request[first]]))
             slate = exploration.draw(int(end - first), k, rng)
@@ -215,14 +215,17 @@ class ExperimentRecommender:
             ranks.append(slate.ranks + 1)
             marginals.append(slate.marginal)
             prefixes.append(slate.prefix)
+            inclusions.append(slate.inclusion)
         if not picked:
-            return answer.assign(candidate_rank=0, propensity=1.0, prefix_propensity=1.0).iloc[:0]
+            propensities = dict.fromkeys(_EXPLORED_COLUMNS[1:], 1.0)
+            return answer.assign(candidate_rank=0, **propensities).iloc[:0]
         rows = np.concatenate(picked)
         explored = answer.iloc[rows].reset_index(drop=True)
         explored["rank"] = np.concatenate([np.arange(1, len(p) + 1) for p in picked])
         explored["candidate_rank"] = np.concatenate(ranks).astype(np.int32)
         explored["propensity"] = np.concatenate(marginals)
         explored["prefix_propensity"] = np.concatenate(prefixes)
+        explored["inclusion_propensity"] = np.concatenate(inclusions)
         return explored
 
     def _interleave(
@@ -315,6 +318,9 @@ class ExperimentRecommender:
                 if explored
                 else np.ones(n_slots),
                 "prefix_propensity": answer["prefix_propensity"].to_numpy(np.float64)
+                if explored
+                else np.ones(n_slots),
+                "inclusion_propensity": answer["inclusion_propensity"].to_numpy(np.float64)
                 if explored
                 else np.ones(n_slots),
                 "candidate_rank": answer["candidate_rank"].to_numpy(np.int32)

@@ -483,7 +483,9 @@ def test_a_table_from_an_older_rewear_gets_the_new_columns(postgres_url: str) ->
     from components.experiments.exposure_log import _psycopg_url
 
     old_columns = [
-        name for name in EXPOSURE_COLUMNS if name not in ("prefix_propensity", "candidate_rank")
+        name
+        for name in EXPOSURE_COLUMNS
+        if name not in ("prefix_propensity", "inclusion_propensity", "candidate_rank")
     ]
     engine = sa.create_engine(_psycopg_url(postgres_url))
     full = _exposure_table_ddl_for_test()

@@ -52,12 +52,15 @@ def log_and_target(slates: np.ndarray, rewards: np.ndarray) -> tuple[SlateLog, T
         prefix=prefix_propensities(slates, M, TEMPERATURE),
         rank=slates + 1,
         candidates=np.full(n, M),
+        inclusion=marginals.sum(axis=1)[slates],
     )
     match = slates == TARGET[None, :]
+    shown = slates[:, None, :] == TARGET[None, :, None]
     target = TargetSlates(
         match=match,
         prefix_match=np.cumprod(match, axis=1).astype(bool),
         rank=np.tile(TARGET + 1, (n, 1)),
+        shown_at=np.where(shown.any(axis=2), shown.argmax(axis=2), -1),
     )
     return log, target
 
@@ -79,6 +82,36 @@ def test_unbiased_under_the_position_based_model(estimator: str) -> None:
     assert expectation(estimator, position_based, wrong_model) == pytest.approx(truth, rel=1e-9)
 
 
+def test_position_based_is_unbiased_with_the_right_examination_and_only_then() -> None:
+    """`pbm` moves a logged reward to the target's slot by the examination ratio: exact in
+    expectation when the reward model's position effects are the examination (up to
+    scale, and whatever its rank effects), biased when they are not."""
+    truth = position_based(TARGET[None, :]).sum()
+    right = RewardModel(np.linspace(0.9, 0.1, M), 3.0 * EXAMINATION)
+    assert expectation("pbm", position_based, right) == pytest.approx(truth, rel=1e-9)
+    flat = RewardModel(np.ones(M), np.ones(K))
+    assert abs(expectation("pbm", position_based, flat) - truth) > 0.02
+
+
+def test_position_based_weights_have_expectation_one_per_target_slot() -> None:
+    slates = np.array(list(permutations(range(M), K)))
+    probability = prefix_propensities(slates, M, TEMPERATURE)[:, -1]
+    log, target = log_and_target(slates, position_based(slates))
+    _, weight = contributions(log, target, "pbm", RewardModel(np.ones(M), EXAMINATION))
+    np.testing.assert_allclose(probability @ weight, np.ones(K), rtol=1e-9)
+    # ... and far more of the log counts than for the independent-item weights.
+    _, same_slot = contributions(log, target, "ips")
+    assert probability @ (weight > 0).sum(axis=1) > 2 * probability @ (same_slot > 0).sum(axis=1)
+
+
+def test_position_based_refuses_a_log_without_inclusion_propensities() -> None:
+    slates = sample_slates(M, K, TEMPERATURE, 200, np.random.default_rng(3))
+    log, target = log_and_target(slates, position_based(slates))
+    older = SlateLog(log.unit, log.reward, log.marginal, log.prefix, log.rank, log.candidates)
+    with pytest.raises(NoSupportError, match="inclusion propensity"):
+        estimate(older, target, estimators=("snpbm",))
+
+
 def test_reward_interaction_is_unbiased_under_the_cascade_and_independent_item_is_not() -> None:
     truth = cascade(TARGET[None, :]).sum()
     assert expectation("rips", cascade) == pytest.approx(truth, rel=1e-9)
@@ -93,6 +126,7 @@ def test_reward_interaction_is_unbiased_under_the_cascade_and_independent_item_i
         ("snrips", position_based),
         ("snrips", cascade),
         ("dr", position_based),
+        ("snpbm", position_based),
     ],
 )
 def test_self_normalised_and_doubly_robust_estimates_converge(estimator: str, model) -> None:
@@ -127,6 +161,7 @@ def test_bootstrap_resamples_units_and_pairs_targets() -> None:
         prefix=log.prefix,
         rank=log.rank,
         candidates=log.candidates,
+        inclusion=log.inclusion,
     )
     result = estimate(per_user, target, resamples=50, seed=9)
     assert result.units == 2_000 and result.requests == 6_000
@@ -135,6 +170,7 @@ def test_bootstrap_resamples_units_and_pairs_targets() -> None:
     for found in result.estimates.values():
         assert found.low < found.value < found.high
     assert 0 < result.support.effective_share < 1
+    assert result.support.effective_share < result.support.effective_share_position_based < 1
     assert result.support.covered_slots == 1.0
 
 

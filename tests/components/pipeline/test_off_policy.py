@@ -4,6 +4,7 @@ served is estimated from it."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,13 @@ class ReversedLists:
         return self.lists.cached(user_id)[:TOP_M][::-1]
 
 
-def explored_log(bundle, deterministic: bool = False):
+def explored_log(bundle, monkeypatch, deterministic: bool = False):
+    """Sixteen days of 300 users served by the explore design; request ids (which seed the
+    exploration's coins) are numbered, so the log is the same on every run."""
+    numbers = iter(range(1, 10**6))
+    monkeypatch.setattr(
+        "components.serving.experiment.uuid.uuid4", lambda: uuid.UUID(int=next(numbers))
+    )
     recommender = BundleRecommender.load(bundle)
     spec = ExperimentSpec(
         experiment_id="exp-ope",
@@ -72,7 +79,7 @@ def explored_log(bundle, deterministic: bool = False):
     )
     users = [f"shopper-{n}" for n in range(300)]  # unknown: all see the fallback list
     at = pd.Timestamp("2026-03-02T10:00:00Z")
-    for day in range(8):
+    for day in range(16):
         experiment.recommend(users, k=K, served_at=at + pd.Timedelta(days=day))
     return recommender, pd.concat(sink.frames, ignore_index=True)
 
@@ -96,8 +103,10 @@ def sales(exposures: pd.DataFrame, relevance: dict[str, float], seed: int = 0) -
     )
 
 
-def test_a_version_never_served_is_estimated_from_the_explored_log(tiny_bundle) -> None:
-    recommender, exposures = explored_log(tiny_bundle)
+def test_a_version_never_served_is_estimated_from_the_explored_log(
+    tiny_bundle, monkeypatch
+) -> None:
+    recommender, exposures = explored_log(tiny_bundle, monkeypatch)
     lists = CachedLists(recommender, depth=TOP_M + 3)
     lists.prefetch(["shopper-0"])
     top = recommender.item_ids[lists.cached("shopper-0")[:TOP_M]]
@@ -126,17 +135,19 @@ def test_a_version_never_served_is_estimated_from_the_explored_log(tiny_bundle) 
     found = results["reversed"]
     assert found.support.covered_slots == 1.0
     truth = sum(relevance[item] * EXAMINATION[j] for j, item in enumerate(reversed_top))
-    for name in ("ips", "snips", "dr"):
+    for name in ("ips", "snips", "dr", "pbm", "snpbm"):
         estimate = found.estimates[name]
         assert estimate.low <= truth <= estimate.high, name
         assert estimate.value == pytest.approx(truth, rel=0.15), name
+    # The position-based weights count a target item wherever the log showed it.
+    assert found.support.effective_share_position_based > 2 * found.support.effective_share
     deterministic = sum(relevance[item] * EXAMINATION[j] for j, item in enumerate(top[:K]))
     difference = paired_difference(results, "reversed", "logging", "snips")
     assert difference["low"] <= truth / deterministic - 1 <= difference["high"]
 
 
-def test_a_deterministic_log_is_refused_with_the_fix(tiny_bundle) -> None:
-    _, exposures = explored_log(tiny_bundle, deterministic=True)
+def test_a_deterministic_log_is_refused_with_the_fix(tiny_bundle, monkeypatch) -> None:
+    _, exposures = explored_log(tiny_bundle, monkeypatch, deterministic=True)
     empty = pd.DataFrame(columns=["user_id", "item_id", "ts", "event", "weight"])
     with pytest.raises(NoSupportError, match=r"exploration\.temperature > 0"):
         logged_requests(exposures, empty, ExperimentConfig(), TOP_M)
