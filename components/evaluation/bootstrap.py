@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+from scipy import stats
 
 from components.evaluation.beyond_accuracy import (
     exposure_counts,
@@ -108,41 +109,57 @@ def _differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a - b
 
 
-def paired_bootstrap_statistic(
+#: Groups of users the jackknife of a list-level statistic deletes one at a time.
+JACKKNIFE_GROUPS = 50
+
+
+def paired_jackknife_statistic(
     a: WeightedStatistic,
     b: WeightedStatistic,
     n_users: int,
-    n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    groups: int = JACKKNIFE_GROUPS,
 ) -> BootstrapInterval:
-    """Bootstrap a - b for statistics of the whole set of lists rather than means of
-    per-user values (the Gini of seller exposure, the share of slots on new listings).
+    """a - b for statistics of the whole set of lists rather than means of per-user values
+    (the Gini of seller exposure, the share of slots on new listings), with a normal
+    interval from the delete-a-group jackknife over users.
 
-    Each resample draws the same users as `paired_bootstrap` with the same seed (so the
-    exposure and the NDCG intervals rest on the same resamples) and recomputes both
-    statistics on them: `a` and `b` take user weights (resamples, n_users), how often each
-    user was drawn, and return one value per resample. Resamples where a statistic is
-    undefined (NaN) are left out of the interval.
+    Users fall into `groups` seeded random groups; each replicate recomputes both
+    statistics without one group (`a` and `b` take user weights (replicates, n_users) and
+    return one value per replicate), and the spread of the replicates gives the standard
+    error. Not the bootstrap: a bootstrap resample counts a user drawn twice with their list
+    twice, which concentrates exposure by itself, so on sparse exposure a Gini shifts under
+    resampling even when the arms do not differ and the percentile interval can leave out
+    its own point. A replicate only leaves users out. `n_resamples` of the result: the
+    groups.
     """
     if n_users < 1:
-        raise ValueError("n_users=0: the bootstrap needs at least one user")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples={n_resamples}: expected at least 1")
+        raise ValueError("n_users=0: the jackknife needs at least one user")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence={confidence}: expected a level strictly between 0 and 1")
     everyone = np.ones((1, n_users))
     difference = float(a(everyone)[0] - b(everyone)[0])
     if not np.isfinite(difference):
         raise ValueError("the statistic is undefined on the full set of users (no filled slot?)")
-    resampled = np.empty(n_resamples)
-    for start, users in _resampled_users(n_users, n_resamples, seed):
-        rows = len(users)
-        offsets = (users + np.arange(rows)[:, None] * n_users).ravel()
-        weights = np.bincount(offsets, minlength=rows * n_users).reshape(rows, n_users)
-        weights = weights.astype(float)
-        resampled[start : start + rows] = a(weights) - b(weights)
-    return _interval(difference, resampled[np.isfinite(resampled)], n_users, confidence)
+    groups = min(groups, n_users)
+    if groups < 2:
+        return BootstrapInterval(difference, difference, difference, n_users, 0, confidence)
+    membership = np.random.default_rng(seed).permutation(n_users) % groups
+    weights = (membership[None, :] != np.arange(groups)[:, None]).astype(float)
+    replicates = a(weights) - b(weights)
+    replicates = replicates[np.isfinite(replicates)]
+    used = len(replicates)
+    spread = float(np.sqrt((used - 1) / used * np.square(replicates - replicates.mean()).sum()))
+    half_width = float(stats.norm.ppf(0.5 + confidence / 2.0)) * spread
+    return BootstrapInterval(
+        difference=difference,
+        low=difference - half_width,
+        high=difference + half_width,
+        n_users=n_users,
+        n_resamples=used,
+        confidence=confidence,
+    )
 
 
 #: A statistic of a weighted set of users' lists: weights (resamples, n_users) -> (resamples,).
@@ -227,15 +244,16 @@ def compare_exposure(
     seller_codes: np.ndarray | None,
     new_item_flags: np.ndarray | None,
     recommendable: np.ndarray,
-    **bootstrap_options: Any,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Paired bootstrap of model - other for the exposure figures of the top-k lists:
     `gini_sellers@k` (sellers with a recommendable or a recommended listing) and
     `new_item_exposure@k`, each entry with both values (as `compare_per_user`'s).
 
-    Neither is a mean of per-user values, so each resample recomputes the figure from the
-    resampled users' lists (`paired_bootstrap_statistic`). Figures whose input is None
-    (no seller ids, no listing dates) are left out.
+    Neither is a mean of per-user values, so each jackknife replicate recomputes the figure
+    from the lists of the users it keeps (`paired_jackknife_statistic`). Figures whose input
+    is None (no seller ids, no listing dates) are left out.
     """
     model_ranked = np.asarray(model_ranked)[:, :k]
     other_ranked = np.asarray(other_ranked)[:, :k]
@@ -265,8 +283,8 @@ def compare_exposure(
     everyone = np.ones((1, n_users))
     results: dict[str, dict[str, Any]] = {}
     for metric, (model_statistic, other_statistic) in statistics.items():
-        interval = paired_bootstrap_statistic(
-            model_statistic, other_statistic, n_users, **bootstrap_options
+        interval = paired_jackknife_statistic(
+            model_statistic, other_statistic, n_users, confidence, seed
         )
         results[metric] = {
             "model": float(model_statistic(everyone)[0]),

@@ -318,7 +318,6 @@ def _compare_exposure(
             seller_codes=context.seller_codes,
             new_item_flags=context.new_item_flags,
             recommendable=task.recommendable,
-            n_resamples=config.bootstrap_resamples,
         )
         out.update({key: value for key, value in compared.items() if key in COMPARED_EXPOSURE})
     return out

@@ -13,9 +13,9 @@ Rules (PromotionConfig): non-inferiority on `metric` (lower end of the paired-bo
 95% interval of challenger - champion above `-margin`), on at least `min_users` users of
 data neither model has seen; without a comparable window the champion stays. Exposure
 guard (`exposure_guard`, on by default): the challenger is held back when its exposure is
-clearly more concentrated than champion's on those users, by the same paired bootstrap
-(`bootstrap.compare_exposure`: each resample recomputes the list-level figure from the
-resampled users' lists): the seller-exposure Gini@20 interval wholly above
+clearly more concentrated than champion's on those users, paired over the same users
+(`bootstrap.compare_exposure`: a grouped jackknife, each replicate recomputing the
+list-level figure without one group of users): the seller-exposure Gini@20 interval wholly above
 `+max_seller_gini_increase`, or the new-listing exposure@20 interval wholly below
 `-max_new_listing_exposure_drop`. "Clearly": the gate asks for evidence of harm, not proof
 of its absence, so a small or noisy window never blocks a fair model on exposure alone.
