@@ -286,7 +286,10 @@ class TwoTowerConfig(StrictModel):
     #: ... over at most this many of the window's users (a seeded sample): each check
     #: ranks the whole catalogue per user (Gowalla, 30k users x 41k items: ~10 s a check).
     early_stopping_users: int = Field(10_000, ge=10)
-    max_training_seconds: float = Field(600, gt=0)
+    #: A safety net, far above a normal fit: epochs and early stopping decide training, so
+    #: the same snapshot and config give the same model on a busy machine. Reaching it
+    #: stops the fit (the report warns: the model then depends on the machine's speed).
+    max_training_seconds: float = Field(6 * 3600, gt=0)
     #: Processes that train the encoder data-parallel (torch.distributed, gloo on CPU):
     #: each trains on its part of every batch with `cpus // processes` torch threads and
     #: the step uses their averaged gradients (same batches, same steps as one process).

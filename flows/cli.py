@@ -132,6 +132,8 @@ def print_report(report: dict[str, Any]) -> None:
         console.print(f"promotion: {gate['decision']} ({why})")
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in report["timings_s"].items())
     console.print(f"timings: {timings}")
+    for warning in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(f"report: {report['report_path']}")
 
 

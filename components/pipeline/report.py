@@ -72,6 +72,8 @@ class RunReport(BaseModel):
     #: figures, and the fresh-process smoke result; null when the run stopped before it.
     promotion: dict[str, Any] | None = None
     timings_s: dict[str, float] = Field(default_factory=dict)
+    #: What the run finished despite, and a user should know (a safety net reached).
+    warnings: list[str] = Field(default_factory=list)
     error: str | None = None
     config: dict[str, Any] = Field(default_factory=dict)
 
@@ -101,6 +103,7 @@ class RunReport(BaseModel):
                 **retrieval.indexes["figures"],
             }
             self.valid_metrics = best_valid(retrieval.encoder["epochs"])
+            self.warnings.extend(safety_net_warnings(retrieval.encoder["epochs"]))
         candidates = retrieval.candidates
         self.candidate_recall = candidates["candidate_recall"]
         self.retrieval["candidates"] = {
@@ -161,6 +164,18 @@ class RunReport(BaseModel):
         path = Path(run_dir) / REPORT_FILE
         write_json(path, self.model_dump(mode="json"))
         return path
+
+
+def safety_net_warnings(epochs: list[dict[str, Any]]) -> list[str]:
+    """A warning per encoder phase that the time safety net stopped: its model depends on
+    how busy the machine was."""
+    return [
+        f"encoder {epoch.get('phase', 'fit')} stopped by the safety net "
+        f"model.two_tower.max_training_seconds at epoch {epoch['epoch']}: the same snapshot "
+        "and config may give another model on another day; raise the limit"
+        for epoch in epochs
+        if epoch.get("safety_net_reached")
+    ]
 
 
 def best_valid(epochs: list[dict[str, Any]]) -> dict[str, float]:

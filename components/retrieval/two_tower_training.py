@@ -61,7 +61,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import statistics
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -132,9 +131,10 @@ def train_two_tower_stages(
     the valid window: it is handed a scorer of each epoch's model on the valid stage, its
     metrics are recorded as `valid_<name>`; None: no early stopping, `max_epochs` epochs).
     Stage "test" of a temporal split then refits on `split.history("test")`
-    for the chosen epochs (`config.refit_on_test_history`), unless what is left of
-    `max_training_seconds` (which bounds both phases) cannot fit it: then the early-stopped
-    model is returned. Deterministic on CPU for a given seed, data and thread count.
+    for the chosen epochs (`config.refit_on_test_history`). Deterministic on CPU for a
+    given seed, data and thread count: time never decides what is trained, except for
+    `max_training_seconds` (a safety net over both phases; an epoch that reaches it is
+    recorded with `safety_net_reached`).
 
     `config.processes` > 1 (or `REWEAR_ENCODER_PROCESSES`): each phase trains
     data-parallel in that many processes (`_fit_in_processes`).
@@ -158,23 +158,6 @@ def train_two_tower_stages(
         )
         refit = stage == "test" and split.protocol == "temporal" and config.refit_on_test_history
         if not refit:
-            return trained, trained
-        # The refit sees more data than the fit (or, warm-started, only the new part of
-        # it): scale the fit's epoch times to estimate it.
-        fit_rows = max(len(split.history("valid")), 1)
-        refit_rows = len(split.history("test"))
-        passes = epochs
-        if config.refit_warm_start:
-            refit_rows, passes = refit_rows - fit_rows, 1
-        growth = refit_rows / fit_rows
-        needed = growth * passes * statistics.mean(r["train_s"] for r in trained.epochs)
-        if time.monotonic() + needed > deadline:
-            logger.warning(
-                "two-tower: %.0f s left of max_training_seconds, a refit needs about %.0f s; "
-                "keeping the model fitted on the train window",
-                deadline - time.monotonic(),
-                needed,
-            )
             return trained, trained
         warm = None
         if config.refit_warm_start:
@@ -313,8 +296,17 @@ def _fit(
         stop = out_of_time or (monitor is not None and stale >= config.patience)
         if ranks is not None:
             stop = ranks.decide(stop)  # rank 0's clock and monitor decide for all
-        if out_of_time and leader:
-            logger.warning("two-tower %s: max_training_seconds reached at epoch %d", phase, epoch)
+        if out_of_time:
+            record["safety_net_reached"] = True
+            if leader:
+                logger.warning(
+                    "two-tower %s: stopped by the safety net max_training_seconds (%.0f s) at "
+                    "epoch %d: this model depends on the machine's speed; raise "
+                    "model.two_tower.max_training_seconds",
+                    phase,
+                    config.max_training_seconds,
+                    epoch,
+                )
         if stop:
             break
     if best_state is not None:

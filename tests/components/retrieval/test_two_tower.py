@@ -341,6 +341,25 @@ def test_same_seed_and_data_give_identical_embeddings(toy_split):
     assert [e["loss"] for e in first.epochs] == [e["loss"] for e in second.epochs]
 
 
+def test_time_is_only_a_safety_net_whose_reaching_the_report_warns_of(toy_split):
+    """A temporal fit refits on the test history whatever the clock says; only the safety
+    net stops a fit early, and the epoch and the run report say so."""
+    from components.pipeline.report import safety_net_warnings
+
+    config = TOY_TWO_TOWER.model_copy(update={"max_epochs": 3})
+    _, normal = train_two_tower_stages(toy_split, config, "test", validation=None)
+    phases = [r["phase"] for r in normal.epochs]
+    assert phases[:3] == ["fit"] * 3 and "refit" in phases[3:]
+    assert safety_net_warnings(normal.epochs) == []
+
+    hurried = config.model_copy(update={"max_training_seconds": 1e-6})
+    _, stopped = train_two_tower_stages(toy_split, hurried, "test", validation=None)
+    fit = [r for r in stopped.epochs if r["phase"] == "fit"]
+    assert len(fit) == 1 and fit[0]["safety_net_reached"] is True
+    warnings = safety_net_warnings(stopped.epochs)
+    assert warnings and "max_training_seconds at epoch 1" in warnings[0]
+
+
 def test_save_load_round_trip_gives_the_same_vectors(trained, toy_split, tmp_path):
     trained.save(tmp_path / "model")
     loaded = TrainedTwoTower.load(tmp_path / "model")
