@@ -473,6 +473,26 @@ OverridesOption = Annotated[
 DEFAULT_CONFIG = Path("configs/synthetic.yaml")
 
 
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="Model URI to serve")] = "models:/rewear@champion",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 5001,
+    host: Annotated[
+        str, typer.Option(help="Address to bind (0.0.0.0: every interface)")
+    ] = "127.0.0.1",
+    workers: Annotated[int, typer.Option(min=1, help="Server worker processes")] = 1,
+) -> None:
+    """Serve a registered version with MLflow's model server (`mlflow models serve`) from
+    REWEAR_HOME's registry, with this environment's tools on PATH (no activated venv
+    needed). Runs until stopped."""
+    from components.serving.server import serve_command, server_environment
+
+    settings = _prepare_environment()
+    command = serve_command(model, port, workers, host)
+    console.print(f"serving {model} on http://{host}:{port}/invocations ({workers} workers)")
+    os.execve(command[0], command, server_environment(settings.tracking_uri))
+
+
 @app.command("refresh-index")
 def refresh_index_command(
     config: ConfigOption = DEFAULT_CONFIG,

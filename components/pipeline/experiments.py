@@ -56,7 +56,7 @@ class StartedExperiment:
 
     @property
     def serve_command(self) -> str:
-        return f"mlflow models serve -m {self.model_uri} --env-manager local -p 5001"
+        return f"rewear serve --model {self.model_uri} --port 5001"
 
 
 def exposure_log_uri(config: ExperimentConfig, settings: RewearSettings) -> str:

@@ -246,7 +246,10 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def serve_command(model_uri: str, port: int, workers: int = 1) -> list[str]:
+def serve_command(
+    model_uri: str, port: int, workers: int = 1, host: str = "127.0.0.1"
+) -> list[str]:
+    """MLflow's model server for `model_uri`, from this environment's `mlflow`."""
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     return [
         str(mlflow_cli),
@@ -257,12 +260,24 @@ def serve_command(model_uri: str, port: int, workers: int = 1) -> list[str]:
         "--env-manager",
         "local",
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--workers",
         str(workers),
     ]
+
+
+def server_environment(tracking_uri: str) -> dict[str, str]:
+    """The environment the model server needs: the registry's tracking URI, and this
+    interpreter's bin folder first on PATH, since MLflow starts `uvicorn` by name (without
+    it, `.venv/bin/mlflow models serve` from a shell that has not activated the venv dies
+    with exit code 127)."""
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 @contextmanager
@@ -272,16 +287,9 @@ def model_server(
     log_path: Path,
     start_timeout_s: float = START_TIMEOUT_S,
 ) -> Iterator[str]:
-    """Serve `model_uri` until the block ends; yields the base URL (`http://127.0.0.1:PORT`).
-
-    MLflow starts `uvicorn` by name, so this interpreter's bin folder goes first on PATH
-    (as in an activated virtual environment)."""
+    """Serve `model_uri` until the block ends; yields the base URL (`http://127.0.0.1:PORT`)."""
     port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    env = server_environment(tracking_uri)
     with Path(log_path).open("w") as log:
         server = subprocess.Popen(
             serve_command(model_uri, port),

@@ -152,3 +152,51 @@ def test_retrain_then_recommend_prints_a_ranked_table(rewear_home, tmp_path):
     result = runner.invoke(app, ["recommend", "--user-id", "u000001", "--k", "0"])
     assert result.exit_code == 2
     assert "k must be between 1 and" in result.output
+
+
+@pytest.mark.slow
+def test_rewear_serve_answers_from_a_shell_that_has_not_activated_the_venv(tiny_champion):
+    """`.venv/bin/mlflow models serve` died with exit code 127 unless .venv/bin was on PATH
+    (MLflow starts uvicorn by name); the documented `.venv/bin/rewear serve` works as
+    written, and reads REWEAR_HOME's registry without MLFLOW_TRACKING_URI."""
+    import json
+    import signal
+    import time
+    import urllib.request
+
+    from components.serving.server import free_port
+
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = "/usr/bin:/bin"
+    rewear = Path(sys.executable).with_name("rewear")
+    server = subprocess.Popen(
+        [str(rewear), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read().decode(errors="replace")
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "rewear serve did not start in 120 s"
+                time.sleep(0.5)
+        body = json.dumps({"dataframe_records": [{"user_id": "u1"}], "params": {"k": 2}})
+        request = urllib.request.Request(
+            f"{base}/invocations",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+        assert [row["rank"] for row in answer["predictions"]] == [1, 2]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

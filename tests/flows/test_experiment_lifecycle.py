@@ -23,8 +23,8 @@ def test_start_registers_the_experiment_model_and_says_how_to_serve_it(
     started = experiment_start(config_path=str(CONFIG))
     assert (started["control_version"], started["treatment_version"]) == (1, 1)
     assert started["design"] == "ab"
-    assert started["serve_command"].startswith(
-        "mlflow models serve -m models:/rewear-experiment/1 --env-manager local"
+    assert (
+        started["serve_command"] == "rewear serve --model models:/rewear-experiment/1 --port 5001"
     )
     version = registry_client.get_model_version_by_alias("rewear-experiment", "live")
     assert version.tags["experiment.status"] == "live"
