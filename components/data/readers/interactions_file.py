@@ -53,6 +53,7 @@ def load_interactions_file(config: InteractionsFileSourceConfig) -> CanonicalTab
         interactions_path,
         "interactions file",
         text_columns=[wanted[c] or c for c in ("user_id", "item_id", "ts", "event")],
+        literal_columns=[wanted[c] or c for c in ("user_id", "item_id", "event")],
     )
     interactions = _apply_mapping(
         raw,
@@ -139,7 +140,12 @@ def _read_side_table(
             "are your file's column names)"
         )
     wanted: dict[str, str | None] = {c: mapping.get(c) for c in canonical}
-    raw = _read_table(path, role, text_columns=[wanted[c] or c for c in (*text, *timestamps)])
+    raw = _read_table(
+        path,
+        role,
+        text_columns=[wanted[c] or c for c in (*text, *timestamps)],
+        literal_columns=[wanted[c] or c for c in text],
+    )
     id_column = canonical[0]
     frame = _apply_mapping(
         raw,
@@ -222,8 +228,11 @@ def _separator_hint(columns: list[str]) -> str:
     return ""
 
 
-def _read_table(path: Path, role: str, *, text_columns: list[str]) -> pd.DataFrame:
-    """Read CSV/TSV (optionally gzipped) or Parquet by extension; text columns stay strings."""
+def _read_table(
+    path: Path, role: str, *, text_columns: list[str], literal_columns: list[str]
+) -> pd.DataFrame:
+    """Read CSV/TSV (optionally gzipped) or Parquet by extension; text columns stay strings,
+    and ids and free text (`literal_columns`) are what the file says: `NA` is an id."""
     name = path.name.lower()
     check_not_empty(path, role)
     separator = next((sep for ext, sep in _CSV_SEPARATORS.items() if name.endswith(ext)), None)
@@ -234,7 +243,7 @@ def _read_table(path: Path, role: str, *, text_columns: list[str]) -> pd.DataFra
         )
     try:
         if separator is not None:
-            frame = pd.read_csv(path, sep=separator, dtype=dict.fromkeys(text_columns, str))
+            frame = _read_delimited(path, separator, text_columns, literal_columns)
         else:
             frame = pd.read_parquet(path)
     except pd.errors.EmptyDataError as error:
@@ -257,6 +266,32 @@ def _read_table(path: Path, role: str, *, text_columns: list[str]) -> pd.DataFra
             "export the data again or point the config at the right file"
         )
     return frame
+
+
+#: What marks a missing value in a numeric CSV column (pandas' defaults). A text column's
+#: only missing value is an empty field: `NA`, `null`, `None`, `nan` and `N/A` are real
+#: ids and titles there.
+NUMERIC_MISSING = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+    "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+)  # fmt: skip
+
+
+def _read_delimited(
+    path: Path, separator: str, text_columns: list[str], literal_columns: list[str]
+) -> pd.DataFrame:
+    """A CSV/TSV with `text_columns` read as strings, `literal_columns` among them exactly
+    as written (only an empty field is missing)."""
+    header = pd.read_csv(path, sep=separator, nrows=0).columns
+    missing = {column: list(NUMERIC_MISSING) for column in header}
+    missing.update({column: [""] for column in literal_columns if column in missing})
+    return pd.read_csv(
+        path,
+        sep=separator,
+        dtype=dict.fromkeys(text_columns, str),
+        keep_default_na=False,
+        na_values=missing,
+    )
 
 
 def _integral_floats_as_int(values: pd.Series) -> pd.Series:

@@ -106,6 +106,33 @@ def test_parquet_input(tmp_path: Path, suffix: str) -> None:
     assert sorted(tables.items["item_id"]) == ["10", "30"]
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_ids_are_the_strings_written_whatever_the_format(tmp_path: Path, suffix: str) -> None:
+    """`NA`, `null`, `None`, `nan`, `N/A` are real ids (they became nulls and were
+    quarantined), `2.0` and `2` two users in CSV and Parquet alike; only an empty field is
+    missing, and a numeric column keeps its usual missing markers."""
+    ids = ["NA", "null", "None", "nan", "N/A", "2.0", "2"]
+    frame = pd.DataFrame(
+        {
+            "user_id": ids,
+            "item_id": [f"i{n}" for n in range(len(ids))],
+            "ts": [EPOCH_S[0]] * len(ids),
+            "weight": ["1.5", "NA", "", "2", "null", "1", "1"],
+        }
+    )
+    path = tmp_path / f"events{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.assign(weight=pd.to_numeric(frame["weight"], errors="coerce")).to_parquet(path)
+    mapping = {"user_id": "user_id", "item_id": "item_id", "ts": "ts", "weight": "weight"}
+    tables = load_interactions_file(interactions_config(path, columns=mapping))
+    assert list(tables.interactions["user_id"]) == ids
+    assert sorted(tables.users["user_id"]) == sorted(ids)
+    weights = tables.interactions["weight"].tolist()
+    assert weights[0] == 1.5 and pd.isna(weights[1]) and pd.isna(weights[2])
+
+
 def test_parquet_epoch_milliseconds(tmp_path: Path) -> None:
     path = tmp_path / "events.parquet"
     small_events(TS_FORMATS["ms"]).to_parquet(path)
