@@ -36,13 +36,16 @@ Intervals come from a bootstrap over units (users), so sessions of one user move
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 ESTIMATORS = ("ips", "snips", "rips", "snrips", "dr", "pbm", "snpbm")
 SELF_NORMALISED = ("snips", "snrips", "snpbm")
 #: Estimators that read a reward model fitted on the log.
 MODEL_BASED = ("dr", "pbm", "snpbm")
+POSITION_BASED = ("pbm", "snpbm")
 
 
 class NoSupportError(ValueError):
@@ -115,18 +118,24 @@ class RewardModel:
 
     @classmethod
     def fit(cls, log: SlateLog, iterations: int = 30, shrinkage: float = 20.0) -> RewardModel:
-        filled = log.filled
-        n_ranks = int(max(log.rank[filled].max(initial=1), log.candidates.max(initial=1)))
-        k = log.reward.shape[1]
-        ranks = np.clip(log.rank, 1, n_ranks) - 1
-        rewards = np.zeros((n_ranks, k))
-        counts = np.zeros((n_ranks, k))
-        slots = np.broadcast_to(np.arange(k), log.reward.shape)
-        np.add.at(rewards, (ranks[filled], slots[filled]), log.reward[filled])
-        np.add.at(counts, (ranks[filled], slots[filled]), 1.0)
+        rewards, counts = reward_tables(log, np.zeros(len(log.unit), dtype=np.int64), 1)
+        shape = (-1, log.reward.shape[1])
+        return cls.from_tables(
+            rewards.toarray()[0].reshape(shape),
+            counts.toarray()[0].reshape(shape),
+            iterations,
+            shrinkage,
+        )
+
+    @classmethod
+    def from_tables(
+        cls, rewards: np.ndarray, counts: np.ndarray, iterations: int = 30, shrinkage: float = 20.0
+    ) -> RewardModel:
+        """The fit on (rank x position) tables of summed rewards and slot counts."""
+        k = rewards.shape[1]
         position = np.ones(k)
         prior = rewards.sum() / max(counts.sum(), 1.0)
-        rank = np.full(n_ranks, prior)
+        rank = np.full(rewards.shape[0], prior)
         for _ in range(iterations):
             exposure = counts @ position
             rank = (rewards.sum(axis=1) + shrinkage * prior) / (exposure + shrinkage)
@@ -142,6 +151,23 @@ class RewardModel:
         index = np.minimum(index, len(self.rank_effect) - 1)
         value = self.rank_effect[index] * self.position_effect[None, :k]
         return np.where(ranks < 0, 0.0, value)
+
+
+def reward_tables(log: SlateLog, unit: np.ndarray, n_units: int) -> tuple[Any, Any]:
+    """Per unit, the (rank x position) tables of summed rewards and of slots shown, each
+    flattened into a row of a sparse (n_units, ranks * k) matrix: what the reward model is
+    fitted on, so that a bootstrap resample of units can refit it."""
+    filled = log.filled
+    n_ranks = int(max(log.rank[filled].max(initial=1), log.candidates.max(initial=1)))
+    k = log.reward.shape[1]
+    ranks = np.clip(log.rank, 1, n_ranks) - 1
+    slots = np.broadcast_to(np.arange(k), log.reward.shape)
+    cells = (ranks * k + slots)[filled]
+    rows = np.broadcast_to(unit[:, None], log.reward.shape)[filled]
+    shape = (n_units, n_ranks * k)
+    rewards = sp.csr_matrix((log.reward[filled], (rows, cells)), shape=shape)
+    counts = sp.csr_matrix((np.ones(len(cells)), (rows, cells)), shape=shape)
+    return rewards, counts
 
 
 def supported(target: TargetSlates, estimator: str) -> np.ndarray:
@@ -165,7 +191,7 @@ def contributions(
         weight = _inverse_propensity(filled & target.match, log.marginal)
     elif estimator in ("rips", "snrips"):
         weight = _inverse_propensity(filled & target.prefix_match, log.prefix)
-    elif estimator in ("pbm", "snpbm"):
+    elif estimator in POSITION_BASED:
         return _position_based(log, target, reward, reward_model or RewardModel.fit(log))
     else:
         raise ValueError(f"unknown off-policy estimator {estimator!r}: use one of {ESTIMATORS}")
@@ -191,16 +217,53 @@ def _position_based(
     at = np.where(shown, target.shown_at, 0)
     counted = shown & np.take_along_axis(log.filled, at, axis=1)
     weight = _inverse_propensity(counted, np.take_along_axis(log.inclusion, at, axis=1))
-    examination = model.position_effect
-    k = reward.shape[1]
-    logged_examination = examination[at]
-    ratio = np.divide(
-        np.broadcast_to(examination[None, :k], at.shape),
-        logged_examination,
-        out=np.zeros(at.shape),
-        where=logged_examination > 0,
-    )
+    ratio = examination_ratio(model.position_effect)[np.arange(at.shape[1])[None, :], at]
     return weight * np.take_along_axis(reward, at, axis=1) * ratio, weight
+
+
+def examination_ratio(examination: np.ndarray) -> np.ndarray:
+    """(target slot t, logged slot l) -> examination[t] / examination[l] (0 where the logged
+    slot's examination is 0: nothing was ever sold there)."""
+    return np.divide(
+        examination[:, None],
+        examination[None, :],
+        out=np.zeros((len(examination), len(examination))),
+        where=examination[None, :] > 0,
+    )
+
+
+def _position_based_sums(
+    log: SlateLog,
+    target: TargetSlates,
+    weight: np.ndarray,
+    resampled: np.ndarray,
+    model: RewardModel,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The position-based numerator per target slot, and its bootstrap replicates with the
+    examination refitted on every resample, so that its uncertainty is in the interval."""
+    n_units, k = resampled.shape[1], log.reward.shape[1]
+    at = np.where(target.shown_at >= 0, target.shown_at, 0)
+    value = weight * np.take_along_axis(np.where(log.filled, log.reward, 0.0), at, axis=1)
+    units = np.broadcast_to(log.unit[:, None], at.shape)
+    cells = np.arange(k)[None, :] * k + at
+    counted = value != 0
+    pairs = sp.csr_matrix(
+        (value[counted], (units[counted], cells[counted])), shape=(n_units, k * k)
+    )
+    point = (
+        np.asarray(pairs.sum(axis=0)).reshape(k, k) * examination_ratio(model.position_effect)
+    ).sum(axis=1)
+    rewards, counts = reward_tables(log, log.unit, n_units)
+    boot_pairs = np.asarray(pairs.T @ resampled.T).T.reshape(-1, k, k)
+    boot_rewards = np.asarray(rewards.T @ resampled.T).T
+    boot_counts = np.asarray(counts.T @ resampled.T).T
+    boot = np.empty((len(resampled), k))
+    for row in range(len(resampled)):
+        refitted = RewardModel.from_tables(
+            boot_rewards[row].reshape(-1, k), boot_counts[row].reshape(-1, k)
+        )
+        boot[row] = (boot_pairs[row] * examination_ratio(refitted.position_effect)).sum(axis=1)
+    return point, boot
 
 
 def _inverse_propensity(counted: np.ndarray, propensity: np.ndarray) -> np.ndarray:
@@ -289,25 +352,27 @@ def estimate(
     estimates, replicates = {}, {}
     for name in estimators:
         numerator, weight = contributions(log, target, name, reward_model)
-        by_unit_num = _by_unit(numerator, log.unit, n_units)
+        if name in POSITION_BASED and reward_model is not None:
+            point_num, boot_num = _position_based_sums(log, target, weight, weights, reward_model)
+        else:
+            by_unit_num = _by_unit(numerator, log.unit, n_units)
+            point_num, boot_num = by_unit_num.sum(axis=0), weights @ by_unit_num
         if name in SELF_NORMALISED:
             by_unit_den = _by_unit(weight, log.unit, n_units)
             by_unit_sup = _by_unit(supported(target, name).astype(float), log.unit, n_units)
             point = _self_normalised(
-                by_unit_num.sum(axis=0),
+                point_num,
                 by_unit_den.sum(axis=0),
                 by_unit_sup.sum(axis=0) / requests_per_unit.sum(),
             )
             boot = _self_normalised(
-                weights @ by_unit_num,
+                boot_num,
                 weights @ by_unit_den,
                 (weights @ by_unit_sup) / np.maximum(weights @ requests_per_unit, 1.0)[:, None],
             )
         else:
-            point = float(by_unit_num.sum() / requests_per_unit.sum())
-            boot = (weights @ by_unit_num.sum(axis=1)) / np.maximum(
-                weights @ requests_per_unit, 1.0
-            )
+            point = float(point_num.sum() / requests_per_unit.sum())
+            boot = boot_num.sum(axis=1) / np.maximum(weights @ requests_per_unit, 1.0)
         low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
         estimates[name] = OffPolicyEstimate(name, float(point), float(low), float(high), resamples)
         replicates[name] = np.asarray(boot, dtype=float)
