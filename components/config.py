@@ -189,6 +189,11 @@ class ValidationConfig(StrictModel):
     #: How far after the ingestion time a timestamp may lie: clock skew, or local times
     #: read as UTC (at most 14h). Null: no bound.
     future_tolerance: Duration | None = "1D"
+    #: Interaction rows equal in every column to an earlier row (a double export, a retried
+    #: write): `drop` keeps the first (counted in the report, not a bad row), `quarantine`
+    #: sets the copies apart as bad rows (they count towards `max_bad_share`), `keep` counts
+    #: them and trains on them (when repeats are real events).
+    duplicate_events: Literal["drop", "quarantine", "keep"] = "drop"
 
 
 class SplitConfig(StrictModel):

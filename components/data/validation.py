@@ -59,10 +59,13 @@ class ValidationResult:
     quarantine: dict[str, pd.DataFrame]
     violations: list[Violation] = field(default_factory=list)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Interaction rows equal to an earlier one, and what `duplicate_events` did with them.
+    duplicates: dict[str, object] = field(default_factory=dict)
 
     def summary(self) -> dict[str, object]:
         return {
             "counts": self.counts,
+            "exact_duplicate_events": self.duplicates,
             "violations": [
                 {"table": v.table, "column": v.column, "rule": v.rule, "rows": v.rows}
                 for v in self.violations
@@ -119,6 +122,11 @@ def validate_tables(
             violations.append(_violation(INTERACTIONS, column, rule, interactions, index, config))
             _mark(bad_rows[INTERACTIONS], index, f"{column}: {rule}")
 
+    duplicates = _exact_duplicates(interactions, set(bad_rows[INTERACTIONS]))
+    if len(duplicates) and config.duplicate_events == "quarantine":
+        _mark(bad_rows[INTERACTIONS], duplicates, DUPLICATE_RULE)
+    dropped = duplicates if config.duplicate_events == "drop" else duplicates[:0]
+
     quarantine: dict[str, pd.DataFrame] = {}
     clean: dict[str, pd.DataFrame] = {}
     counts: dict[str, dict[str, int]] = {}
@@ -128,14 +136,27 @@ def validate_tables(
         quarantined = frame.loc[bad_index].copy()
         quarantined["_reasons"] = [" | ".join(bad_rows[name][i]) for i in bad_index]
         quarantine[name] = quarantined
-        clean[name] = frame.drop(index=bad_index).reset_index(drop=True)
+        removed = bad_index.union(dropped) if name == INTERACTIONS else bad_index
+        clean[name] = frame.drop(index=removed).reset_index(drop=True)
         counts[name] = {"rows": len(frame), "quarantined": len(bad_index)}
+
     return ValidationResult(
         tables=tables.replace(**clean),
         quarantine=quarantine,
         violations=violations,
         counts=counts,
+        duplicates={"rule": config.duplicate_events, "rows": len(duplicates)},
     )
+
+
+#: Why a copy of an earlier interaction row is quarantined (`duplicate_events: quarantine`).
+DUPLICATE_RULE = "exact duplicate of an earlier row"
+
+
+def _exact_duplicates(interactions: pd.DataFrame, bad: set[int]) -> pd.Index:
+    """Rows equal in every column to an earlier valid row (the first copy is not one)."""
+    valid = interactions.drop(index=pd.Index(sorted(bad), dtype="int64"))
+    return valid.index[valid.duplicated(keep="first")]
 
 
 def enforce_bad_share(result: ValidationResult, config: ValidationConfig) -> None:

@@ -53,6 +53,7 @@ def validate(raw_uri: str, config: PipelineConfig, run_dir: Path) -> ValidationR
         "uri": str(Path(run_dir) / "validated"),
         "counts": result.counts,
         "violations": result.summary()["violations"],
+        "exact_duplicate_events": result.duplicates,
         "quarantine_files": quarantine_files,
     }
     write_json(Path(run_dir) / "validation.json", {k: v for k, v in summary.items() if k != "uri"})

@@ -20,6 +20,7 @@ class ValidationResult(TypedDict):
     uri: str
     counts: dict[str, Any]
     violations: list[dict[str, Any]]
+    exact_duplicate_events: dict[str, Any]
     quarantine_files: dict[str, str]
 
 

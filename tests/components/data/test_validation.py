@@ -69,6 +69,32 @@ def test_ten_percent_garbage_is_quarantined_with_reasons_and_fails_above_thresho
     enforce_bad_share(result, ValidationConfig(max_bad_share=0.2))
 
 
+@pytest.mark.parametrize(
+    ("rule", "clean_rows", "quarantined"),
+    [("drop", 100, 0), ("quarantine", 100, 3), ("keep", 103, 0)],
+)
+def test_exact_duplicate_events_are_counted_and_dropped_quarantined_or_kept(
+    rule, clean_rows, quarantined
+):
+    """Three rows repeated verbatim (a double export) were accepted silently."""
+    tables = make_tables(_events(100))
+    frame = tables.interactions
+    repeated = pd.concat([frame, frame.iloc[[3, 3, 50]]], ignore_index=True)
+    # Same user, item and time but another event is not a duplicate.
+    other = frame.iloc[[7]].assign(event="purchase")
+    repeated = pd.concat([repeated, other], ignore_index=True)
+    config = ValidationConfig(duplicate_events=rule)
+    result = validate_tables(tables.replace(interactions=repeated), config)
+    assert result.duplicates == {"rule": rule, "rows": 3}
+    assert result.summary()["exact_duplicate_events"] == {"rule": rule, "rows": 3}
+    assert len(result.tables.interactions) == clean_rows + 1
+    assert result.counts["interactions"]["quarantined"] == quarantined
+    if rule == "quarantine":
+        reasons = result.quarantine["interactions"]["_reasons"]
+        assert (reasons == "exact duplicate of an earlier row").all()
+        assert sorted(result.quarantine["interactions"].index) == [100, 101, 102]
+
+
 def test_duplicate_item_ids_quarantine_the_items_and_their_interactions():
     tables = make_tables(_events(100))
     items = pd.concat([tables.items, tables.items.iloc[[0]]], ignore_index=True)

@@ -71,6 +71,7 @@ def test_garbage_rows_are_quarantined_to_a_file_and_fail_above_the_threshold(tmp
     assert quarantined["_reasons"].str.contains("ts: must not be null").all()
     summary = json.loads((run_dir / "validation.json").read_text())
     assert summary["counts"]["interactions"] == {"rows": 200, "quarantined": 20}
+    assert summary["exact_duplicate_events"] == {"rule": "drop", "rows": 0}
     assert not (run_dir / "validated").exists()
     # Above-threshold data with a looser threshold goes on with the 180 clean rows.
     validated = data_steps.validate(raw["uri"], _config(csv, max_bad_share=0.2), run_dir)
