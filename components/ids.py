@@ -15,6 +15,11 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+#: Longest user or item id, the one rule for training and serving: validation quarantines
+#: rows with a longer id, the served model refuses a request holding one (each answer row
+#: repeats its user id, and the id tables pad every id to the longest).
+MAX_ID_CHARS = 256
+
 
 def _encoded(ids: Iterable[object]) -> np.ndarray:
     """Ids as a fixed-width bytes array (UTF-8 of `str(id)`)."""

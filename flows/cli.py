@@ -333,7 +333,8 @@ def print_off_policy(result: dict[str, Any]) -> None:
         console.print(
             f"v{version}: {support['covered_slots']:.0%} of its slots inside the logged "
             f"candidates, {support['matched_slots']:.1%} of logged slots matched, "
-            f"effective sample {support['effective_share']:.1%} of the sessions",
+            f"effective sample {support['effective_share']:.1%} of the sessions (same slot), "
+            f"{support.get('effective_share_position_based', float('nan')):.1%} (any slot)",
             markup=False,
         )
     if "difference" in result:

@@ -26,6 +26,7 @@ from components.data.schema import (
     USERS,
     CanonicalTables,
 )
+from components.ids import MAX_ID_CHARS
 
 REQUIRED_COLUMNS = {
     INTERACTIONS: ("user_id", "item_id", "ts", "event", "weight"),
@@ -253,13 +254,22 @@ def _utc(moment: pd.Timestamp) -> pd.Timestamp:
     return moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
 
 
+#: The served model's id limit, checked here so that training never accepts an id that
+#: serving refuses.
+ID_LENGTH_RULE = f"must have at most {MAX_ID_CHARS} characters (the served model's id limit)"
+
+
+def _id_length() -> pa.Check:
+    return pa.Check(lambda ids: ids.str.len() <= MAX_ID_CHARS, error=ID_LENGTH_RULE)
+
+
 def _schemas(allow_missing_ts: bool) -> dict[str, pa.DataFrameSchema]:
     timestamp = pa.Column(TIMESTAMP_DTYPE, nullable=True, coerce=False)
     return {
         INTERACTIONS: pa.DataFrameSchema(
             {
-                "user_id": pa.Column("string", nullable=False),
-                "item_id": pa.Column("string", nullable=False),
+                "user_id": pa.Column("string", _id_length(), nullable=False),
+                "item_id": pa.Column("string", _id_length(), nullable=False),
                 "ts": pa.Column(TIMESTAMP_DTYPE, nullable=allow_missing_ts),
                 "event": pa.Column("string", pa.Check.isin(KNOWN_EVENTS), nullable=False),
                 "weight": pa.Column(
@@ -275,7 +285,7 @@ def _schemas(allow_missing_ts: bool) -> dict[str, pa.DataFrameSchema]:
         ITEMS: pa.DataFrameSchema(
             {
                 "item_id": pa.Column(
-                    "string", nullable=False, unique=True, report_duplicates="all"
+                    "string", _id_length(), nullable=False, unique=True, report_duplicates="all"
                 ),
                 "price": pa.Column("float64", pa.Check.ge(0), nullable=True),
                 "created_at": timestamp,
@@ -295,7 +305,7 @@ def _schemas(allow_missing_ts: bool) -> dict[str, pa.DataFrameSchema]:
         USERS: pa.DataFrameSchema(
             {
                 "user_id": pa.Column(
-                    "string", nullable=False, unique=True, report_duplicates="all"
+                    "string", _id_length(), nullable=False, unique=True, report_duplicates="all"
                 ),
                 "created_at": timestamp,
             }
@@ -359,6 +369,8 @@ def _violation(
 def _plain(value: object) -> object:
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
+    if isinstance(value, str) and len(value) > 80:
+        return f"{value[:40]}... ({len(value):,} characters)"
     if isinstance(value, int | float | str):
         return value
     try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from components.ids import MAX_ID_CHARS
 from components.settings import RewearSettings
 
 MAX_K = 1000
@@ -21,8 +22,6 @@ MAX_ROWS = 1000
 #: Default cap on answer rows per request (request rows x k); `REWEAR_MAX_ANSWER_ROWS`
 #: sets it for a server. 1,000 rows x k=1000 answered 214 MB in 16 s without it.
 MAX_ANSWER_ROWS: int = RewearSettings.model_fields["max_answer_rows"].default
-#: Longest user or item id a request may hold (each answer row repeats its user id).
-MAX_ID_CHARS = 256
 MAX_RECENT_ITEMS = 500
 MAX_EXCLUDED_ITEMS = 10_000
 

@@ -95,6 +95,29 @@ def test_exact_duplicate_events_are_counted_and_dropped_quarantined_or_kept(
         assert sorted(result.quarantine["interactions"].index) == [100, 101, 102]
 
 
+def test_ids_longer_than_the_served_models_limit_are_quarantined_naming_it():
+    """10,000-character user ids trained through the whole chain, then the served model
+    refused them; validation holds them to the same limit (MAX_ID_CHARS)."""
+    from components.ids import MAX_ID_CHARS
+    from components.serving.request_parsing import RequestError, parse_requests
+
+    long_user = "u" * 10_000
+    events = _events(100)
+    events[:3] = [(long_user, item, ts, event) for _, item, ts, event in events[:3]]
+    events[3] = (events[3][0], "i" * (MAX_ID_CHARS + 1), events[3][2], events[3][3])
+    events[4] = ("u" * MAX_ID_CHARS, *events[4][1:])
+    result = validate_tables(make_tables(events), ValidationConfig())
+    quarantined = result.quarantine["interactions"]
+    assert len(quarantined) == 4
+    assert quarantined["_reasons"].str.contains(f"at most {MAX_ID_CHARS} characters").all()
+    assert "u" * MAX_ID_CHARS in set(result.tables.interactions["user_id"])
+    assert long_user not in set(result.tables.users["user_id"])
+    message = "; ".join(v.describe() for v in result.violations)
+    assert "(10,000 characters)" in message and long_user not in message
+    with pytest.raises(RequestError, match=f"at most {MAX_ID_CHARS}"):
+        parse_requests([long_user])
+
+
 def test_duplicate_item_ids_quarantine_the_items_and_their_interactions():
     tables = make_tables(_events(100))
     items = pd.concat([tables.items, tables.items.iloc[[0]]], ignore_index=True)
