@@ -505,12 +505,22 @@ def refresh_index_command(
     from flows.refresh_index import refresh_index
 
     result = _run_flow(refresh_index, config, parsed)
+    console.print(refresh_summary(result), markup=False)
+
+
+def refresh_summary(result: dict[str, Any]) -> str:
+    """One line on what `refresh-index` did (nothing, when no data is newer)."""
     refresh = result.get("refresh", {})
-    console.print(
+    if result["status"] == "unchanged":
+        return (
+            f"unchanged: no data newer than champion v{result.get('source_version')}'s "
+            f"({refresh.get('built_until')}), nothing registered, {result['duration_s']:.1f}s"
+        )
+    return (
         f"{result['status']}: v{result.get('source_version')} -> v{result.get('version')} "
-        f"(aliases {result.get('aliases')}), {refresh.get('new_listings')} new listings, "
-        f"{refresh.get('dropped_listings')} dropped, {refresh.get('available_listings')} "
-        f"indexed, {result['duration_s']:.1f}s"
+        f"(aliases {', '.join(result.get('aliases') or []) or 'none'}), "
+        f"{refresh.get('new_listings')} new listings, {refresh.get('dropped_listings')} "
+        f"dropped, {refresh.get('available_listings')} indexed, {result['duration_s']:.1f}s"
     )
 
 

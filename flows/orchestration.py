@@ -339,19 +339,19 @@ def map_shard_tasks(
     kwargs: dict[str, Any],
 ) -> list[Any]:
     """A shard step as one Prefect task per shard (task run `<stage>-<number>`, cached and
-    retried as the other stages) on the flow's task runner: all submitted at once on Dask
-    (the workers bound the memory), one at a time on the thread pool (memory bounded by a
-    shard, as in one process). Results in the shards' order."""
+    retried as the other stages): all submitted at once on Dask (the workers bound the
+    memory); otherwise run one at a time in the flow's own thread (memory bounded by a
+    shard, as in one process), where the task's timeout can interrupt it (a worker thread's
+    cannot, and Prefect warned so for every shard). Results in the shards' order."""
     task = as_stage_task(stage, step)
 
-    def submit(shard: dict[str, Any]) -> Any:
-        named = task.with_options(task_run_name=f"{stage}-{shard['number']:03d}")
-        return named.submit(*args, shard, **kwargs)
+    def named(shard: dict[str, Any]) -> Any:
+        return task.with_options(task_run_name=f"{stage}-{shard['number']:03d}")
 
     if _runs_on_dask():
-        futures = [submit(shard) for shard in shards]
+        futures = [named(shard).submit(*args, shard, **kwargs) for shard in shards]
         return [future.result() for future in futures]
-    return [submit(shard).result() for shard in shards]
+    return [named(shard)(*args, shard, **kwargs) for shard in shards]
 
 
 def start_tracked_run(kind: str, config_path: str, overrides: dict[str, Any] | None) -> TrackedRun:

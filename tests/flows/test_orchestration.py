@@ -424,3 +424,33 @@ def test_runs_left_open_by_a_dead_process_are_marked_failed_at_the_next_start(re
     assert client.get_run(killed_after_log_model).info.status == "FAILED"
     assert client.get_run(still_running).info.status == "RUNNING"
     assert client.get_run(killed_mid_run).data.tags[STATE_TAG] == "abandoned"
+
+
+def _thread_of_shard(shard: dict) -> dict:
+    """A shard step that says which thread ran it."""
+    import threading
+
+    return {
+        "number": shard["number"],
+        "main": threading.current_thread() is threading.main_thread(),
+    }
+
+
+def test_shards_on_the_thread_pool_run_in_the_flow_thread_where_their_timeout_holds(
+    rewear_home, caplog
+):
+    """Submitted to the thread pool, every shard task ran in a worker thread, where its
+    timeout cannot interrupt it, and Prefect printed a warning for each one."""
+    from prefect import flow
+
+    from flows.orchestration import map_shard_tasks
+
+    @flow
+    def sharded() -> list:
+        shards = [{"number": n} for n in range(3)]
+        return map_shard_tasks("probe.shard", _thread_of_shard, shards, (), {})
+
+    with caplog.at_level("WARNING"):
+        ran = sharded()
+    assert ran == [{"number": n, "main": True} for n in range(3)]
+    assert "worker thread" not in caplog.text

@@ -18,6 +18,7 @@ from components.retrieval.ann_index import AnnIndex
 from components.retrieval.popularity import RecentPopularity
 from components.serving.recommender import FALLBACK_SOURCE
 from components.settings import RewearSettings
+from flows.cli import refresh_summary
 from tests.flows.conftest import TWO_TOWER_OVERRIDES, last_moment, small_market, write_market
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -61,6 +62,8 @@ def test_refresh_publishes_the_champion_without_sold_listings_and_with_new_ones(
 
     unchanged = refresh_index(config_path=str(config))  # no newer data yet
     assert unchanged["status"] == "unchanged" and unchanged["version"] is None
+    line = refresh_summary(unchanged)  # what `rewear refresh-index` prints
+    assert line.startswith("unchanged: no data newer than champion v1's (") and "None" not in line
 
     write_market(tables, tmp_path / "market")  # two more days: sales and new listings
     started = time.perf_counter()
