@@ -676,14 +676,22 @@ def _checked_overrides(config: Path, overrides: list[str] | None) -> dict[str, A
 
 
 def _run_flow(flow_fn: Any, config: Path, *args: Any) -> dict[str, Any]:
-    """Run the flow; exit 1 with the error on failure."""
+    """Run the flow; exit 1 with the error in one line on failure (the traceback goes to the
+    log file under REWEAR_HOME and to the Prefect UI)."""
+    from components.settings import RewearSettings
+    from flows.console_logging import quiet_failures_on_console
     from flows.orchestration import local_prefect_server
 
+    log_file = quiet_failures_on_console(RewearSettings().root / "logs")
     try:
         with local_prefect_server():
             return flow_fn(str(config), *args)
     except Exception as error:
-        errors.print(f"[red]{flow_fn.name} failed:[/red] {type(error).__name__}: {error}")
+        errors.print(
+            f"[red]{flow_fn.name} failed:[/red] {escape(f'{type(error).__name__}: {error}')} "
+            f"(traceback: {log_file})",
+            highlight=False,
+        )
         raise typer.Exit(1) from error
 
 

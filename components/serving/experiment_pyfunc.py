@@ -59,8 +59,8 @@ class ExperimentPyfunc(mlflow.pyfunc.PythonModel):
                 arm.max_answer_rows = settings.max_answer_rows
         install_request_guard(settings.max_request_bytes, (*PARAMS, "served_at"))
 
-    def predict(self, context, model_input, params=None):
-        """Hints are left off on purpose: MLflow would derive a second, looser signature."""
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        """Hinted as the champion's pyfunc is (components.serving.pyfunc)."""
         params = params or {}
         try:
             check_request_columns(model_input)

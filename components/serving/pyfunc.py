@@ -41,8 +41,9 @@ class RewearPyfunc(mlflow.pyfunc.PythonModel):
         self.recommender.max_answer_rows = settings.max_answer_rows
         install_request_guard(settings.max_request_bytes)
 
-    def predict(self, context, model_input, params=None):
-        """Hints are left off on purpose: MLflow would derive a second, looser signature."""
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        """Only the input is hinted, as a DataFrame: MLflow derives no second signature from
+        that hint (it would from most others), and stops asking for hints at import."""
         params = params or {}
         try:
             check_request_columns(model_input)

@@ -154,6 +154,35 @@ def test_retrain_then_recommend_prints_a_ranked_table(rewear_home, tmp_path):
     assert "k must be between 1 and" in result.output
 
 
+def test_a_failed_run_prints_one_line_per_failure_and_keeps_the_traceback_in_the_log(
+    rewear_home, tmp_path
+):
+    """A flow failure printed a 25-30-frame Prefect traceback and its message up to five
+    times: the console now shows the failed stage's line and the CLI's, and the log file
+    under REWEAR_HOME keeps the traceback."""
+    events = tmp_path / "events.csv"
+    events.write_text("user,item\nu1,i1\n")
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"name: bad\nsource:\n  kind: interactions_file\n  interactions: {events}\n")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "400"}
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("rewear")), "retrain", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "Traceback" not in output and "Warning" not in output, output
+    assert output.count("has no column 'user_id'") == 2, output  # the stage's, the CLI's
+    log_file = rewear_home / "logs" / "rewear.log"
+    assert f"(traceback: {log_file})" in output.replace("\n", "")
+    assert "Traceback" in log_file.read_text()
+
+
 @pytest.mark.slow
 def test_rewear_serve_answers_from_a_shell_that_has_not_activated_the_venv(tiny_champion):
     """`.venv/bin/mlflow models serve` died with exit code 127 unless .venv/bin was on PATH
