@@ -27,9 +27,12 @@ past a version that does not load or answer: that would take serving down.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -472,7 +475,38 @@ def apply_decision(
     online readout's decision comes through here too, tagged `promotion.online.*`).
 
     If `champion` moved while this run was comparing (a concurrent run promoted another
-    version), the comparison is stale and the version is not promoted (unless forced)."""
+    version), the comparison is stale and the version is not promoted (unless forced). The
+    check and the move happen under `champion_lock`, so two runs that compared with the
+    same champion cannot both move it."""
+    with champion_lock(model_name):
+        return _apply_decision(client, model_name, version, decision, metric, tag_prefix)
+
+
+@contextmanager
+def champion_lock(model_name: str) -> Iterator[None]:
+    """Serialises every move of `model_name`'s champion by the runs of this REWEAR_HOME (an
+    exclusive lock on `REWEAR_HOME/locks/<model>.champion.lock`, released if the process
+    dies)."""
+    from components.settings import RewearSettings
+
+    path = RewearSettings().root / "locks" / f"{model_name}.champion.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _apply_decision(
+    client: MlflowClient,
+    model_name: str,
+    version: int,
+    decision: PromotionDecision,
+    metric: str,
+    tag_prefix: str,
+) -> PromotionDecision:
     current = current_alias_version(client, model_name, CHAMPION)
     if decision.promote and current != decision.champion_version and decision.decision != "forced":
         stale = Check(

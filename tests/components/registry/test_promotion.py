@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from components.config import PromotionConfig
@@ -324,6 +325,45 @@ def test_a_stale_comparison_does_not_move_champion(rewear_home, tmp_path):
     assert verdict.decision == "rejected"
     assert "champion moved to v1" in " ".join(verdict.reasons)
     assert current_alias_version(client, "rewear", CHAMPION) == 1
+
+
+def test_two_runs_that_compared_with_the_same_champion_cannot_both_move_it(
+    rewear_home, tmp_path, monkeypatch
+):
+    """A refresh and a retrain each checked v1 and both moved champion within 0.5 s: the
+    check and the move now happen under one lock, so the second sees the first's move."""
+    import threading
+    import time
+
+    from components.registry.promotion import PromotionDecision, SmokeResult, apply_decision
+
+    client, settings, first, bundle = _register(rewear_home, tmp_path, "v1")
+    _gate(client, settings, first, bundle, None)
+    versions = [_register(rewear_home, tmp_path, name)[2].version for name in ("v2", "v3")]
+    tag = MlflowClient.set_model_version_tag
+
+    def slow_tag(self, *args, **kwargs):  # widens the window between the check and the move
+        time.sleep(0.05)
+        return tag(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_model_version_tag", slow_tag)
+    decisions = {}
+
+    def promote(version: int) -> None:
+        won = PromotionDecision("promoted", 1, [], SmokeResult(ok=True))
+        decisions[version] = apply_decision(MlflowClient(), "rewear", version, won, "ndcg@10")
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in versions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    outcomes = sorted(decision.decision for decision in decisions.values())
+    assert outcomes == ["promoted", "rejected"]
+    winner = next(v for v, d in decisions.items() if d.decision == "promoted")
+    assert current_alias_version(client, "rewear", CHAMPION) == winner
+    loser = next(d for d in decisions.values() if d.decision == "rejected")
+    assert f"champion moved to v{winner}" in " ".join(loser.reasons)
 
 
 def test_pyfunc_answers_users_and_sessions_and_refuses_bad_requests(rewear_home, tmp_path):
