@@ -210,14 +210,13 @@ def evaluate(
     settings = _prepare_environment()
     import tempfile
 
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     from components.config import ConfigError, load_config
     from components.data.snapshot import SnapshotError, load_snapshot_manifest
     from components.pipeline import chain, data_steps, evaluation_steps
     from components.registry.registration import load_bundle
-    from components.registry.tracking import TrackingStoreError, check_tracking_store
+    from components.registry.tracking import TrackingStoreError, use_tracking_store
     from components.serving.bundle import BundleError
 
     if stage not in ("test", "valid"):
@@ -227,11 +226,9 @@ def evaluate(
     except ConfigError as error:
         errors.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         raise typer.Exit(2) from error
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="rewear-evaluate-") as download:
         try:
-            check_tracking_store(settings)
+            use_tracking_store(settings)
             recommender = load_bundle(model_uri, Path(download))
         except (MlflowException, BundleError, TrackingStoreError) as error:
             message = getattr(error, "message", None) or str(error)
@@ -410,8 +407,7 @@ def recommend(
             "[red]error:[/red] give --user-id, or --recent-item (repeatable) for an anonymous user"
         )
         raise typer.Exit(2)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
+    _use_tracking_store(settings)
     uri = model_uri(model, alias=alias)
     try:
         loaded = mlflow.pyfunc.load_model(uri)
@@ -489,6 +485,7 @@ def serve(
     from components.serving.server import serve_command, server_environment
 
     settings = _prepare_environment()
+    _use_tracking_store(settings)
     command = serve_command(model, port, workers, host)
     console.print(f"serving {model} on http://{host}:{port}/invocations ({workers} workers)")
     os.execve(command[0], command, server_environment(settings.tracking_uri))
@@ -660,6 +657,18 @@ def print_experiment(summary: dict[str, Any]) -> None:
         return
     why = "; ".join(summary["reasons"]) or "every check passed"
     console.print(f"verdict: {summary['verdict']} ({why})", markup=False)
+
+
+def _use_tracking_store(settings: Any) -> None:
+    """The home's registry for a command that reads it, refused (exit 1, nothing created)
+    when its database was lost or emptied beside the artifacts it described."""
+    from components.registry.tracking import TrackingStoreError, use_tracking_store
+
+    try:
+        use_tracking_store(settings)
+    except TrackingStoreError as error:
+        errors.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        raise typer.Exit(1) from error
 
 
 def _checked_overrides(config: Path, overrides: list[str] | None) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -29,13 +32,57 @@ def check_tracking_store(settings: RewearSettings) -> None:
         return
     database = settings.mlflow_db
     if database.exists() and database.stat().st_size > 0:
-        return
-    state = "empty (0 bytes)" if database.exists() else "missing"
+        unknown = _runs_unknown_to(database, artifacts)
+        if not unknown:
+            return
+        state = (
+            f"a registry that knows none of {len(unknown)} run(s) and model(s) whose "
+            f"artifacts are there (e.g. {unknown[0]}): it was emptied and re-created (any "
+            "MLflow client re-creates an emptied database)"
+        )
+    else:
+        state = "empty (0 bytes)" if database.exists() else "missing"
     raise TrackingStoreError(
         f"the MLflow registry database {database} is {state}, but {artifacts} holds the "
         "artifacts of earlier runs: MLflow would start a new registry at version 1 beside "
         "them. Restore mlflow.db from a backup, or move mlartifacts aside to start afresh"
     )
+
+
+#: Artifact folders of the home's store: a run's (its id), a logged model's (models/m-<id>).
+_RUN_FOLDER = re.compile(r"[0-9a-f]{32}")
+_MODEL_FOLDER = re.compile(r"m-[0-9a-f]{32}")
+
+
+def _runs_unknown_to(database: Path, artifacts: Path) -> list[str]:
+    """Runs and logged models with an artifact folder in `artifacts` that the database does
+    not know (read-only: nothing is created or migrated)."""
+    runs = [p.name for p in artifacts.iterdir() if _RUN_FOLDER.fullmatch(p.name)]
+    models_dir = artifacts / "models"
+    models = (
+        [p.name for p in models_dir.iterdir() if _MODEL_FOLDER.fullmatch(p.name)]
+        if models_dir.is_dir()
+        else []
+    )
+    if not runs and not models:
+        return []
+    known: set[str] = set()
+    try:
+        with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            known.update(row[0] for row in db.execute("SELECT run_uuid FROM runs"))
+            known.update(row[0] for row in db.execute("SELECT model_id FROM logged_models"))
+    except sqlite3.Error:
+        pass  # no such tables: a database being created knows nothing
+    return sorted(name for name in (*runs, *models) if name not in known)
+
+
+def use_tracking_store(settings: RewearSettings) -> None:
+    """Point MLflow at the home's store for a command that only reads it (recommend,
+    evaluate, serve), after `check_tracking_store`: MLflow creates a missing database the
+    moment a client opens it."""
+    check_tracking_store(settings)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
 
 
 #: A logged model's URI (MLflow 3): `models:/m-<hex>`.

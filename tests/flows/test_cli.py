@@ -229,3 +229,18 @@ def test_rewear_serve_answers_from_a_shell_that_has_not_activated_the_venv(tiny_
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+
+
+@pytest.mark.usefixtures("tiny_champion")
+@pytest.mark.parametrize("command", [["recommend", "--user-id", "u1"], ["serve"]])
+def test_commands_that_read_the_registry_refuse_a_lost_database_and_create_nothing(
+    rewear_home, command
+):
+    """`rewear recommend` on an emptied registry re-created it (then told the user to
+    retrain, which registered a new v1 beside the old artifacts)."""
+    database = rewear_home / "mlflow.db"
+    database.unlink()
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1, result.output
+    assert "Restore mlflow.db from a backup" in " ".join(result.output.split())
+    assert not database.exists()

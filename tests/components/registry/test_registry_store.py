@@ -4,6 +4,8 @@ pickles; a registry database that vanished beside its artifacts is refused."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import mlflow
 import pytest
@@ -53,13 +55,21 @@ def test_a_corrupt_registered_bundle_is_refused_at_download(rewear_home, tiny_ch
         load_bundle("models:/rewear@champion", tmp_path / "scratch")
 
 
-@pytest.mark.parametrize("state", ["missing", "empty (0 bytes)"])
+@pytest.mark.parametrize("state", ["missing", "empty (0 bytes)", "a registry that knows none"])
 @pytest.mark.usefixtures("tiny_champion")
 def test_a_lost_registry_database_beside_artifacts_is_refused(rewear_home, tmp_path, state):
+    """Emptied beside its artifacts, then re-created by any MLflow client (`rewear
+    recommend` did it): the database has tables again, so its size passed the guard and a
+    retrain registered a new v1 as champion beside the old artifacts."""
     database = rewear_home / "mlflow.db"
     database.unlink()
-    if state != "missing":
+    if state == "empty (0 bytes)":
         database.touch()
+    if state.startswith("a registry"):
+        # Another process, as a user's would be (this one keeps the old file's store open).
+        recreate = f"from mlflow import MlflowClient; MlflowClient('sqlite:///{database}')"
+        subprocess.run([sys.executable, "-c", recreate + ".search_experiments()"], check=True)
+        assert database.stat().st_size > 0
     settings = RewearSettings(home=rewear_home)
     with pytest.raises(TrackingStoreError) as raised:
         configure_mlflow(settings, "rewear")
