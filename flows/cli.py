@@ -491,6 +491,27 @@ def serve(
     os.execve(command[0], command, server_environment(settings.tracking_uri))
 
 
+@app.command("relocate-home")
+def relocate_home_command() -> None:
+    """Re-root the artifact locations of a copied or restored REWEAR_HOME's registry onto
+    this home (MLflow records them as absolute paths: a copy would read the original's)."""
+    from components.registry.tracking import relocate_home
+
+    settings = _prepare_environment()
+    if not settings.mlflow_db.exists() or settings.mlflow_tracking_uri is not None:
+        errors.print(
+            f"[red]error:[/red] no local registry at {settings.mlflow_db} to relocate "
+            "(a tracking server's store is the server's)"
+        )
+        raise typer.Exit(1)
+    changed = relocate_home(settings)
+    if not any(changed.values()):
+        console.print(f"nothing to relocate: {settings.mlflow_db} already records this home")
+        return
+    counts = ", ".join(f"{key} {count}" for key, count in changed.items() if count)
+    console.print(f"re-rooted onto {settings.mlflow_artifacts}: {counts}", markup=False)
+
+
 @app.command("refresh-index")
 def refresh_index_command(
     config: ConfigOption = DEFAULT_CONFIG,

@@ -32,6 +32,14 @@ def check_tracking_store(settings: RewearSettings) -> None:
         return
     database = settings.mlflow_db
     if database.exists() and database.stat().st_size > 0:
+        elsewhere = sorted(_artifact_roots(database) - {artifacts.resolve().as_uri()})
+        if elsewhere:
+            raise TrackingStoreError(
+                f"the MLflow registry {database} records its artifacts at {elsewhere[0]}, "
+                f"outside this home ({artifacts}): the home was copied or restored from "
+                "another folder, and would read (and write) the original's files. Run "
+                "`rewear relocate-home` to re-root the records here"
+            )
         unknown = _runs_unknown_to(database, artifacts)
         if not unknown:
             return
@@ -68,12 +76,66 @@ def _runs_unknown_to(database: Path, artifacts: Path) -> list[str]:
         return []
     known: set[str] = set()
     try:
-        with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        with closing(_read_only(database)) as db:
             known.update(row[0] for row in db.execute("SELECT run_uuid FROM runs"))
             known.update(row[0] for row in db.execute("SELECT model_id FROM logged_models"))
     except sqlite3.Error:
         pass  # no such tables: a database being created knows nothing
     return sorted(name for name in (*runs, *models) if name not in known)
+
+
+#: Columns of MLflow's SQLite store that hold artifact locations (absolute file:// URIs).
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
+
+
+def _read_only(database: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+
+
+def _artifact_roots(database: Path) -> set[str]:
+    """The `mlartifacts` folders the store's experiments record (rewear gives every
+    experiment of a home `<home>/mlartifacts`)."""
+    try:
+        with closing(_read_only(database)) as db:
+            rows = db.execute("SELECT artifact_location FROM experiments").fetchall()
+    except sqlite3.Error:
+        return set()
+    return {
+        location
+        for (location,) in rows
+        if location and location.startswith("file://") and location.endswith("/mlartifacts")
+    }
+
+
+def relocate_home(settings: RewearSettings) -> dict[str, int]:
+    """Re-root the artifact locations a copied or restored home's store records at its
+    original folder onto this home's `mlartifacts`, in one transaction; the number of
+    records changed per table and column (empty: nothing recorded elsewhere)."""
+    database = settings.mlflow_db
+    target = settings.mlflow_artifacts.resolve().as_uri()
+    changed: dict[str, int] = {}
+    with closing(sqlite3.connect(database)) as db, db:
+        for old in sorted(_artifact_roots(database) - {target}):
+            for table, column in _LOCATION_COLUMNS:
+                cursor = db.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                    f"WHERE {column} = ? OR {column} LIKE ? ESCAPE '\\'",
+                    (target, len(old) + 1, old, _like_prefix(old + "/")),
+                )
+                key = f"{table}.{column}"
+                changed[key] = changed.get(key, 0) + cursor.rowcount
+    return changed
+
+
+def _like_prefix(prefix: str) -> str:
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
 
 
 def use_tracking_store(settings: RewearSettings) -> None:

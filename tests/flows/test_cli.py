@@ -244,3 +244,28 @@ def test_commands_that_read_the_registry_refuse_a_lost_database_and_create_nothi
     assert result.exit_code == 1, result.output
     assert "Restore mlflow.db from a backup" in " ".join(result.output.split())
     assert not database.exists()
+
+
+@pytest.mark.usefixtures("tiny_champion")
+def test_a_copied_home_is_refused_until_relocated_then_reads_its_own_artifacts(
+    rewear_home, tmp_path, monkeypatch
+):
+    """MLflow records artifact locations as absolute file:// paths: a copied or restored
+    home read (and would have written) the original's artifacts."""
+    import shutil
+
+    copy = tmp_path / "restored-home"
+    shutil.copytree(rewear_home, copy)
+    monkeypatch.setenv("REWEAR_HOME", str(copy))
+    refused = runner.invoke(app, ["recommend", "--user-id", "u1"])
+    assert refused.exit_code == 1, refused.output
+    assert "rewear relocate-home" in " ".join(refused.output.split())
+
+    relocated = runner.invoke(app, ["relocate-home"])
+    assert relocated.exit_code == 0, relocated.output
+    assert "re-rooted onto" in relocated.output and "runs.artifact_uri" in relocated.output
+    shutil.rmtree(rewear_home / "mlartifacts")  # the original's files are gone
+    answered = runner.invoke(app, ["recommend", "--user-id", "u1", "--k", "2"])
+    assert answered.exit_code == 0, answered.output
+    again = runner.invoke(app, ["relocate-home"])
+    assert "nothing to relocate" in again.output
