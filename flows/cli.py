@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -713,9 +714,17 @@ def _run_flow(flow_fn: Any, config: Path, *args: Any) -> dict[str, Any]:
     from flows.orchestration import local_prefect_server
 
     log_file = quiet_failures_on_console(RewearSettings().root / "logs")
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         with local_prefect_server():
             return flow_fn(str(config), *args)
+    except Terminated as error:
+        errors.print(
+            f"[red]{flow_fn.name} stopped:[/red] {error}; its MLflow run is marked failed and "
+            "champion is unchanged",
+            highlight=False,
+        )
+        raise typer.Exit(128 + signal.SIGTERM) from None
     except Exception as error:
         errors.print(
             f"[red]{flow_fn.name} failed:[/red] {escape(f'{type(error).__name__}: {error}')} "
@@ -723,6 +732,20 @@ def _run_flow(flow_fn: Any, config: Path, *args: Any) -> dict[str, Any]:
             highlight=False,
         )
         raise typer.Exit(1) from error
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM (a Prefect worker cancelling the run, `timeout`, a service manager): the run
+    stops where it is, through the flows' own failure handling (MLflow run marked failed,
+    no alias moved). A BaseException, so that no task retries it."""
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    # A second SIGTERM during the clean-up is not turned into another exception there.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated(f"stopped by {signal.Signals(signum).name}")
 
 
 def main() -> None:  # pragma: no cover - console script entry

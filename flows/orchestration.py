@@ -406,7 +406,9 @@ def local_prefect_server() -> Iterator[None]:
     command = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1])]
     command += ["--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--log-level", "error", "--lifespan", "on"]
-    server = start_process_dying_with_parent(command, env)
+    # Its own session: a SIGTERM or Ctrl-C sent to the run's process group must not take
+    # the server away while the run records its failure through it.
+    server = start_process_dying_with_parent(command, env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     try:
         _wait_until_healthy(server, url)

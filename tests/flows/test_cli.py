@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 from typer.testing import CliRunner
 
+from components.settings import RewearSettings
 from flows.cli import app
 from tests.flows.conftest import SMALL_SYNTHETIC, set_arguments
 
@@ -269,3 +271,45 @@ def test_a_copied_home_is_refused_until_relocated_then_reads_its_own_artifacts(
     assert answered.exit_code == 0, answered.output
     again = runner.invoke(app, ["relocate-home"])
     assert "nothing to relocate" in again.output
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_retrain_promptly_marks_its_run_failed_and_moves_nothing(
+    rewear_home, tmp_path
+):
+    """SIGTERM (what a Prefect worker sends to cancel, and `timeout`) stopped the temporary
+    server but not the run, which went on for two minutes and failed with API errors."""
+    import signal
+    import time
+
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "300"}
+    env.pop("PREFECT_API_URL", None)
+    command = [str(Path(sys.executable).with_name("rewear")), "retrain"]
+    command += ["--config", str(REPO / "configs/synthetic.yaml"), *SMALL]
+    run = subprocess.Popen(
+        command,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen = []
+    for line in run.stdout:  # wait until training is under way
+        seen.append(line)
+        if "Task run 'split" in line or "two-tower" in line:
+            break
+    sent = time.monotonic()
+    os.killpg(run.pid, signal.SIGTERM)  # the whole group, as a worker's cancel does
+    rest, _ = run.communicate(timeout=120)
+    stopped_s = time.monotonic() - sent
+    output = "".join(seen) + rest
+    assert run.returncode == 128 + signal.SIGTERM, output
+    assert stopped_s < 60, stopped_s
+    assert "retrain stopped: stopped by SIGTERM" in output
+    assert "Traceback" not in output and "Error logging to API" not in output, output
+    client = MlflowClient(RewearSettings(home=rewear_home).tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert not client.search_registered_models()
