@@ -26,6 +26,7 @@ again and overwrites it.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import logging
@@ -408,10 +409,19 @@ def local_prefect_server() -> Iterator[None]:
     command += ["--port", str(port), "--log-level", "error", "--lifespan", "on"]
     # Its own session: a SIGTERM or Ctrl-C sent to the run's process group must not take
     # the server away while the run records its failure through it.
-    server = start_process_dying_with_parent(command, env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
+    # One server at a time migrates the home's Prefect database: two runs started at once
+    # on a new home both created its tables, and the second crashed ("index ... already
+    # exists"). The lock is held until this server answers (its migration is done).
+    with _server_start_lock(Path(get_current_settings().home)):
+        server = start_process_dying_with_parent(command, env, start_new_session=True)
+        try:
+            _wait_until_healthy(server, url)
+        except BaseException:
+            server.kill()
+            server.wait()
+            raise
     try:
-        _wait_until_healthy(server, url)
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield
     finally:
@@ -422,6 +432,18 @@ def local_prefect_server() -> Iterator[None]:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@contextmanager
+def _server_start_lock(prefect_home: Path) -> Iterator[None]:
+    """An exclusive lock on PREFECT_HOME/server-start.lock (released if the process dies)."""
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    with (prefect_home / "server-start.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _drain_api_workers() -> None:

@@ -454,3 +454,38 @@ def test_shards_on_the_thread_pool_run_in_the_flow_thread_where_their_timeout_ho
         ran = sharded()
     assert ran == [{"number": n, "main": True} for n in range(3)]
     assert "worker thread" not in caplog.text
+
+
+SERVER_START = """
+import sys
+from prefect.client.orchestration import get_client
+from flows.orchestration import local_prefect_server
+
+with local_prefect_server():
+    with get_client(sync_client=True) as client:
+        assert client.hello().status_code == 200
+print("SERVED")
+"""
+
+
+@pytest.mark.slow
+def test_two_runs_started_at_once_on_a_new_home_both_get_a_server(tmp_path):
+    """Both temporary servers migrated the new home's Prefect database at once, and the
+    second crashed on `index ... already exists`."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "new-home" / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    env["PYTHONPATH"] = str(REPO)
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", SERVER_START],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for start in starts:
+        output, _ = start.communicate(timeout=300)
+        assert start.returncode == 0 and "SERVED" in output, output[-3000:]
