@@ -314,11 +314,12 @@ def offline_online_section(
     seeds: int,
 ) -> dict[str, Any]:
     """Per challenger: the offline NDCG@10 difference against champion, the off-policy
-    relative difference (SNIPS, from champion's explored log), and the global online
+    relative difference (the gate's estimator, from champion's explored log), and the global online
     effect (100% vs 100%, relative); Spearman correlations with the online truth and the
     share of challenger pairs each orders as the truth does."""
     from components.pipeline.experiments import SingleArm, per_unit_metric
 
+    gate_estimator = config.registry.promotion.off_policy.estimator
     rows = {version: {"offline_ndcg10_difference": offline[version]} for version in challengers}
     online: dict[int, list[float]] = {version: [] for version in challengers}
     estimates: dict[int, list[float]] = {version: [] for version in challengers}
@@ -351,12 +352,13 @@ def offline_online_section(
             {str(v): replays[v] for v in [champion, *challengers]},
             {str(champion): replays[champion]},
             resamples=50,
-            estimators=("snips", "snrips", "dr"),
+            estimators=(gate_estimator, "snips", "dr"),
             seed=seed,
         )
         for version in challengers:
-            base = found[str(champion)].estimates["snips"].value
-            estimates[version].append(found[str(version)].estimates["snips"].value / base - 1)
+            base = found[str(champion)].estimates[gate_estimator].value
+            relative = found[str(version)].estimates[gate_estimator].value / base - 1
+            estimates[version].append(relative)
             rows[version].setdefault("support", found[str(version)].support.to_dict())
         print(f"offline/online market {seed + 1}/{seeds} done")
     for version in challengers:

@@ -700,7 +700,10 @@ class OffPolicyGateConfig(StrictModel):
     #: below which the check is skipped: the estimators count an unsupported slot as 0,
     #: so a challenger far from champion would look worse than it is.
     min_covered_slots: float = Field(0.95, ge=0, le=1)
-    estimator: Literal["ips", "snips", "rips", "snrips", "dr", "pbm", "snpbm"] = "snips"
+    #: The estimator the check reads: `snpbm`, self-normalised position-based (a target's
+    #: item counts wherever the explored list showed it), is the one accurate enough at the
+    #: default exploration (docs/experiments.md, "Estimator accuracy").
+    estimator: Literal["ips", "snips", "rips", "snrips", "dr", "pbm", "snpbm"] = "snpbm"
 
 
 class PromotionConfig(StrictModel):

@@ -275,7 +275,8 @@ def _evaluate_off_policy(
         bounds = [None if day is None else pd_timestamp(day) for day in (since, until)]
         version, champion = resolve_version(settings, pipeline, model_uri)
         wanted = [version] if champion in (None, version) else [version, champion]
-        result = evaluate_off_policy(pipeline, wanted, *bounds)
+        gate = pipeline.registry.promotion.off_policy
+        result = evaluate_off_policy(pipeline, wanted, *bounds, estimator=gate.estimator)
     except (NoSupportError, MlflowException, ValueError) as error:
         message = getattr(error, "message", None) or str(error)
         errors.print(f"[red]error:[/red] {escape(message)}", highlight=False)

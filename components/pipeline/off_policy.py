@@ -304,7 +304,7 @@ def evaluate_off_policy(
     exposures: pd.DataFrame | None = None,
     interactions: pd.DataFrame | None = None,
     items: pd.DataFrame | None = None,
-    estimator: str = "snips",
+    estimator: str = "snpbm",
 ) -> dict[str, Any]:
     """Each registered version's sold listings per session, estimated from the explored
     exposures served in [start, end) (default: all of the log), with intervals and the
