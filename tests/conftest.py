@@ -43,13 +43,14 @@ def _environment_kept() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Create and migrate one MLflow SQLite store per session; tests copy it (ms, not s)."""
-    from components.registry.tracking import configure_mlflow
-    from components.settings import RewearSettings
+    """Create and migrate one MLflow SQLite store per session; tests copy it (ms, not s).
+    No experiment of rewear's in it: one would record this folder's `mlartifacts`, and a
+    copy that records another folder is a copied home, which rewear refuses."""
+    from mlflow import MlflowClient
 
-    home = tmp_path_factory.mktemp("mlflow-template")
-    configure_mlflow(RewearSettings(home=home), "template")
-    return home / "mlflow.db"
+    database = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{database}").search_experiments()
+    return database
 
 
 @pytest.fixture
