@@ -64,9 +64,10 @@ def rewear_home(
     home.mkdir()
     shutil.copy(migrated_mlflow_db, home / "mlflow.db")
     monkeypatch.setenv("REWEAR_HOME", str(home))
-    previous = mlflow.get_tracking_uri()
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     yield home
-    mlflow.set_tracking_uri(previous)
+    mlflow.set_tracking_uri(previous[0])
+    mlflow.set_registry_uri(previous[1])
 
 
 @pytest.fixture(scope="session")

@@ -309,7 +309,8 @@ def test_sigterm_stops_a_retrain_promptly_marks_its_run_failed_and_moves_nothing
     assert stopped_s < 60, stopped_s
     assert "retrain stopped: stopped by SIGTERM" in output
     assert "Traceback" not in output and "Error logging to API" not in output, output
-    client = MlflowClient(RewearSettings(home=rewear_home).tracking_uri)
+    uri = RewearSettings(home=rewear_home).tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["FAILED"]
     assert not client.search_registered_models()
