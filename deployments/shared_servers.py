@@ -1,6 +1,15 @@
 """The servers a team shares, on one machine: PostgreSQL, a Prefect server and an MLflow
 tracking server on it (artifacts in one shared folder, served by MLflow). Workers anywhere
-then need only two URLs (`env` prints them).
+then need only two URLs and the credentials (`env` prints them as exports).
+
+Both servers authenticate by default: anyone who could reach an open MLflow server could
+move `@champion` to a model the serving host then runs. On the first start a user
+(`rewear`) and its secrets are generated into `<home>/servers/credentials.json` (0600,
+never printed by `start` nor logged); Prefect checks `PREFECT_SERVER_API_AUTH_STRING`,
+MLflow runs its `basic-auth` app (users in the `mlflow_auth` database, nobody but that
+admin granted anything). Clients read `PREFECT_API_AUTH_STRING` and
+`MLFLOW_TRACKING_USERNAME` / `MLFLOW_TRACKING_PASSWORD`. `--insecure-no-auth` turns it off
+(one trusted machine).
 
     .venv/bin/python deployments/shared_servers.py start [--host 0.0.0.0] [--artifacts DIR]
     eval "$(.venv/bin/python deployments/shared_servers.py env)"   # PREFECT_API_URL, ...
@@ -28,6 +37,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -50,8 +60,12 @@ from components.processes import (
 )
 
 BIN = Path(sys.executable).parent
-DATABASES = ("prefect", "mlflow")
+#: Prefect's, MLflow's tracking store and MLflow's user store (basic auth).
+DATABASES = ("prefect", "mlflow", "mlflow_auth")
 STATE_FILE = "servers.json"
+#: The generated credentials (0600): the user both servers know, and their secrets.
+CREDENTIALS_FILE = "credentials.json"
+USER = "rewear"
 #: Seconds each server may take to answer its health check (first starts migrate schemas).
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
@@ -184,6 +198,43 @@ def create_databases(url: str) -> None:
                 connection.execute(f'CREATE DATABASE "{name}"')
 
 
+def credentials(folder: Path) -> dict[str, str]:
+    """The servers' credentials: generated on the first start into `folder/credentials.json`
+    (readable by this user only), the same on every later start. Never printed by `start`
+    nor logged; `env` prints them as the exports clients read."""
+    path = folder / CREDENTIALS_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    values = {
+        "user": USER,
+        "prefect_password": secrets.token_urlsafe(24),
+        "mlflow_password": secrets.token_urlsafe(24),
+        # Signs MLflow's CSRF tokens: one value for all of its workers.
+        "mlflow_secret_key": secrets.token_urlsafe(32),
+    }
+    _write_private(path, json.dumps(values, indent=2))
+    return values
+
+
+def _mlflow_auth_config(folder: Path, secret: dict[str, str], database_url: str) -> Path:
+    """MLflow's basic-auth settings (0600): its user store in PostgreSQL, the admin user
+    created with the generated password on the first start, nothing granted to others."""
+    path = folder / "mlflow-auth.ini"
+    _write_private(
+        path,
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = {database_url}\n"
+        f"admin_username = {secret['user']}\n"
+        f"admin_password = {secret['mlflow_password']}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # A checked password is remembered for a minute per worker: each check is a PBKDF2
+        # hash, which otherwise costs every request of a retrain.
+        "auth_cache_ttl_seconds = 60\n",
+    )
+    return path
+
+
 def _stop(servers: list[Server]) -> None:
     """Stop in reverse order of start (the servers before their database)."""
     for server in reversed(servers):
@@ -222,7 +273,9 @@ def start(args: argparse.Namespace) -> int:
         "mlflow_database_url": f"postgresql://{database}/mlflow",
         "artifacts": str(artifacts),
         "logs": str(folder),
+        "auth": not args.insecure_no_auth,
     }
+    secret = credentials(folder)
     stopping: list[int] = []
 
     def on_signal(number: int, frame: object) -> None:
@@ -254,6 +307,10 @@ def start(args: argparse.Namespace) -> int:
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": state["prefect_database_url"],
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
+        if state["auth"]:  # every API call but the health check needs the user
+            prefect_env["PREFECT_SERVER_API_AUTH_STRING"] = (
+                f"{secret['user']}:{secret['prefect_password']}"
+            )
         prefect = [str(BIN / "prefect"), "server", "start", "--host", args.host]
         prefect += ["--port", str(ports["prefect"])]
         servers.append(
@@ -270,6 +327,13 @@ def start(args: argparse.Namespace) -> int:
         # MLflow's job runner (GenAI jobs rewear does not use) would add eight processes.
         mlflow_env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
         mlflow = [str(BIN / "mlflow"), "server", "--host", args.host]
+        if state["auth"]:
+            auth_url = f"postgresql://{database}/mlflow_auth"
+            mlflow_env["MLFLOW_AUTH_CONFIG_PATH"] = str(
+                _mlflow_auth_config(folder, secret, auth_url)
+            )
+            mlflow_env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secret["mlflow_secret_key"]
+            mlflow += ["--app-name", "basic-auth"]
         mlflow += ["--port", str(ports["mlflow"]), "--workers", str(args.mlflow_workers)]
         mlflow += ["--backend-store-uri", state["mlflow_database_url"]]
         mlflow += ["--artifacts-destination", str(artifacts), "--serve-artifacts"]
@@ -287,6 +351,19 @@ def start(args: argparse.Namespace) -> int:
         _write_private(state_path, json.dumps(state, indent=2))  # the URLs hold the password
         print(f"shared servers up ({state_path}):", flush=True)
         print(_exports(state), flush=True)
+        if state["auth"]:
+            print(
+                f"clients authenticate as {secret['user']} (credentials in "
+                f"{folder / CREDENTIALS_FILE}); `{Path(__file__).name} env` prints the exports",
+                flush=True,
+            )
+        elif args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(
+                f"warning: --insecure-no-auth on {args.host}: anyone who reaches these ports "
+                "can move champion",
+                file=sys.stderr,
+                flush=True,
+            )
         while not stopping:
             dead = [s.name for s in servers if s.process.poll() is not None]
             if dead:
@@ -302,11 +379,21 @@ def start(args: argparse.Namespace) -> int:
         state_path.unlink(missing_ok=True)  # last: `stop` waits for it to go
 
 
-def _exports(state: dict[str, object]) -> str:
-    return (
-        f"export PREFECT_API_URL={state['prefect_api_url']}\n"
-        f"export REWEAR_MLFLOW_TRACKING_URI={state['mlflow_tracking_uri']}"
-    )
+def _exports(state: dict[str, object], secret: dict[str, str] | None = None) -> str:
+    """The URLs clients need; with `secret`, the credentials too (Prefect's client reads
+    PREFECT_API_AUTH_STRING, MLflow's MLFLOW_TRACKING_USERNAME / _PASSWORD)."""
+    lines = [
+        f"export PREFECT_API_URL={state['prefect_api_url']}",
+        f"export REWEAR_MLFLOW_TRACKING_URI={state['mlflow_tracking_uri']}",
+    ]
+    if secret is not None:
+        auth = shlex.quote(f"{secret['user']}:{secret['prefect_password']}")
+        lines += [
+            f"export PREFECT_API_AUTH_STRING={auth}",
+            f"export MLFLOW_TRACKING_USERNAME={shlex.quote(secret['user'])}",
+            f"export MLFLOW_TRACKING_PASSWORD={shlex.quote(secret['mlflow_password'])}",
+        ]
+    return "\n".join(lines)
 
 
 def _state(args: argparse.Namespace) -> dict[str, object]:
@@ -358,13 +445,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--postgres-data", help="its folder (default <home>/servers/postgres)")
     run.add_argument("--postgres-user", default="rewear-postgres", help="OS user, when root")
+    run.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve Prefect and MLflow without authentication (one trusted machine only)",
+    )
     commands.add_parser("env", parents=[common], help="print the exports workers need")
     commands.add_parser("stop", parents=[common], help="stop a running `start`")
     args = parser.parse_args(argv)
     if args.command == "start":
         return start(args)
     if args.command == "env":
-        print(_exports(_state(args)))
+        state = _state(args)
+        secret = credentials(servers_dir(args.home)) if state.get("auth") else None
+        print(_exports(state, secret))
         return 0
     return stop(args)
 

@@ -98,15 +98,17 @@ def _wait_for_state(launcher: subprocess.Popen[bytes], path: Path, log: Path) ->
 class Api:
     """The test's own Prefect client on the shared server (not the session's harness)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, auth_string: str) -> None:
         self.url = url
+        self.auth_string = auth_string
 
     @contextlib.contextmanager
     def client(self) -> Iterator[Any]:
         from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-        with temporary_settings({PREFECT_API_URL: self.url}), get_client(sync_client=True) as c:
+        settings = {PREFECT_API_URL: self.url, PREFECT_API_AUTH_STRING: self.auth_string}
+        with temporary_settings(settings), get_client(sync_client=True) as c:
             yield c
 
     def run(self, deployment: str, parameters: dict[str, Any]) -> str:
@@ -124,6 +126,34 @@ class Api:
             time.sleep(2)
         tails = "\n".join(f"{log.name}:\n{log.read_text()[-3000:]}" for log in logs)
         raise AssertionError(f"flow runs {run_ids} not finished after {timeout} s\n{tails}")
+
+
+def _exported(text: str) -> dict[str, str]:
+    """`export NAME=value` lines (values shell-quoted) as a dict."""
+    import shlex
+
+    return dict(
+        shlex.split(line.removeprefix("export "))[0].split("=", 1)
+        for line in text.splitlines()
+        if line.startswith("export ")
+    )
+
+
+def _status(url: str, data: bytes | None = None, user: tuple[str, str] | None = None) -> int:
+    """The HTTP status of a GET (or a JSON POST of `data`), with basic auth when given."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    if user is not None:
+        token = base64.b64encode(":".join(user).encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def _workers_of(run_id: str, logs: dict[str, Path]) -> set[str]:
@@ -186,6 +216,30 @@ def test_two_workers_share_postgres_backed_prefect_and_mlflow_servers(tmp_path: 
         ).stdout
         assert f"PREFECT_API_URL={api}" in exported
         assert f"REWEAR_MLFLOW_TRACKING_URI={tracking}" in exported
+        # Both servers authenticate: a client without the credentials is refused, the
+        # credentials are this user's alone and never printed by `start`.
+        secrets = _exported(exported)
+        names = ("PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+        assert set(names) <= set(secrets), secrets.keys()
+        auth = {name: secrets[name] for name in names}
+        user = (auth["MLFLOW_TRACKING_USERNAME"], auth["MLFLOW_TRACKING_PASSWORD"])
+        prefect_user = tuple(auth["PREFECT_API_AUTH_STRING"].split(":", 1))
+        flows = f"{api}/flows/filter"
+        assert _status(flows, b"{}") == 401
+        assert _status(flows, b"{}", prefect_user) == 200
+        experiments = f"{tracking}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _status(experiments) == 401
+        assert _status(experiments, user=(user[0], "guessed")) == 401
+        assert _status(experiments, user=user) == 200
+        assert _status(f"{tracking}/api/2.0/mlflow-artifacts/artifacts") == 401
+        credentials_file = servers_home / "servers" / "credentials.json"
+        assert credentials_file.stat().st_mode & 0o777 == 0o600
+        logged = "".join(path.read_text() for path in (servers_home / "servers").glob("*.log"))
+        logged += launcher_log.read_text()
+        for value in (user[1], prefect_user[1]):
+            assert value not in logged
+        base |= auth
+        os.environ.update(auth)  # this test's own MLflow client, as a worker's
 
         deploy_env = {**base, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "deployer")}
         deployed = subprocess.run(
@@ -215,7 +269,7 @@ def test_two_workers_share_postgres_backed_prefect_and_mlflow_servers(tmp_path: 
             worker = [PREFECT, "worker", "start", "--pool", POOL, "--name", name, "--limit", "1"]
             processes.append(_background(worker, worker_env, logs[name]))
 
-        prefect = Api(api)
+        prefect = Api(api, auth["PREFECT_API_AUTH_STRING"])
         retrain = {"config_path": "configs/synthetic.yaml", "overrides": MARKET}
         # Forced: the gate's latency bound is load-sensitive on a busy CI box (a forced
         # version is still refused when it does not load and answer).
