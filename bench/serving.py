@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import platform
 import random
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -177,6 +179,74 @@ def bench_http(base_url: str, rows: list[dict], warmup: int) -> dict[str, float]
         connection.close()
 
 
+def bench_clients(
+    make_ask: Callable[[], Callable[[dict[str, Any]], object]],
+    rows: list[dict[str, Any]],
+    clients: int,
+    warmup: int,
+) -> dict[str, float]:
+    """`clients` threads, each with its own `make_ask()` (its own connection), sending its
+    share of `rows` back to back: throughput over the whole run, latency percentiles over
+    every request, and the failed ones."""
+    shares = [rows[start::clients] for start in range(clients)]
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    barrier = threading.Barrier(clients + 1)
+
+    def client(number: int) -> None:
+        ask = make_ask()
+        for row in shares[number][: warmup // clients]:
+            ask(row)
+        barrier.wait()
+        for row in shares[number][warmup // clients :]:
+            started = time.perf_counter()
+            try:
+                ask(row)
+            except Exception:
+                errors[number] += 1
+            latencies[number].append((time.perf_counter() - started) * 1000)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    every = [value for part in latencies for value in part]
+    ordered = sorted(every)
+    return {
+        "clients": clients,
+        **percentiles(every),
+        "p95_ms": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+        "requests_per_s": len(every) / elapsed,
+        "errors": sum(errors),
+    }
+
+
+def http_asker(base_url: str) -> Callable[[], Callable[[dict[str, Any]], object]]:
+    """A factory of single-request callers, each on its own keep-alive connection."""
+    address = urlparse(base_url)
+    headers = {"Content-Type": "application/json"}
+
+    def make() -> Callable[[dict[str, Any]], object]:
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+
+        def ask(row: dict[str, Any]) -> object:
+            body = json.dumps({"dataframe_records": [row], "params": {"k": K}})
+            connection.request("POST", "/invocations", body=body, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {payload[:300]!r}")
+            return payload
+
+        return ask
+
+    return make
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "ml-1m-lcfn.yaml")
@@ -195,6 +265,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--clients", default="1,4,16", help="concurrent clients per level, comma-separated"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="model server worker processes")
+    parser.add_argument(
+        "--level-requests", type=int, default=2000, help="requests per concurrency level"
+    )
     args = parser.parse_args()
 
     settings = RewearSettings() if args.home is None else RewearSettings(home=args.home)
@@ -227,11 +304,29 @@ def main() -> None:
         "in_process_user": bench_in_process(model, known, args.warmup),
         "in_process_session": bench_in_process(model, sessions, args.warmup),
     }
+    levels = [int(n) for n in args.clients.split(",") if n]
+    results["in_process_clients"] = [
+        bench_clients(
+            lambda: lambda row: model.predict(pd.DataFrame([row]), params={"k": K}),
+            known[: args.level_requests // 4],
+            clients,
+            args.warmup,
+        )
+        for clients in levels
+    ]
     log = settings.home / "bench-serving-server.log"
     with model_server(model_uri, settings.tracking_uri, log) as base:
         results["http_user"] = bench_http(
             base, known[: args.http_requests + args.warmup], args.warmup
         )
+    with model_server(model_uri, settings.tracking_uri, log, workers=args.workers) as base:
+        many = known * (1 + args.level_requests // max(len(known), 1))
+        results["http_clients"] = [
+            bench_clients(http_asker(base), many[: args.level_requests], clients, args.warmup)
+            for clients in levels
+        ]
+    results["server_workers"] = args.workers
+    results["load_average"] = os.getloadavg()
     results["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}"
     results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["commit"] = git_commit()
@@ -244,6 +339,21 @@ def main() -> None:
             f"{key.replace('_', ' '):<34}{row['requests']:>6}{row['p50_ms']:>10.2f}"
             f"{row['p99_ms']:>10.2f}{row['max_ms']:>10.2f}"
         )
+    print(
+        f"\n{'concurrent clients, k=20':<28}{'clients':>8}{'req/s':>9}{'p50 ms':>9}"
+        f"{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    )
+    for key, label in (
+        ("in_process_clients", "in-process pyfunc"),
+        ("http_clients", f"HTTP, {args.workers} workers"),
+    ):
+        for row in results[key]:
+            print(
+                f"{label:<28}{row['clients']:>8}{row['requests_per_s']:>9.1f}"
+                f"{row['p50_ms']:>9.2f}{row['p95_ms']:>9.2f}{row['p99_ms']:>9.2f}"
+                f"{row['errors']:>8}"
+            )
+    print(f"load average at the end: {results['load_average']}")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -23,6 +23,10 @@ class RewearSettings(BaseSettings):
     #: gets a 400 / 413 that names the limit.
     max_answer_rows: int = Field(default=100_000, ge=1)
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    #: `REWEAR_SERVING_THREADS`: compute threads (torch, OpenMP: LightGBM) per model server
+    #: worker. A request scores a few hundred candidates, too little to share out: more
+    #: threads per worker only contend with the other workers (docs/serving.md).
+    serving_threads: int = Field(default=1, ge=1)
     #: `REWEAR_ENCODER_PROCESSES`: overrides `model.two_tower.processes` (data-parallel
     #: encoder training) without editing configs, e.g. on Dask workers with CPUs to spare.
     encoder_processes: int | None = Field(default=None, ge=1)

@@ -479,7 +479,9 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Address to bind (0.0.0.0: every interface)")
     ] = "127.0.0.1",
-    workers: Annotated[int, typer.Option(min=1, help="Server worker processes")] = 1,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Server worker processes (default: one per CPU)")
+    ] = None,
 ) -> None:
     """Serve a registered version with MLflow's model server (`mlflow models serve`) from
     REWEAR_HOME's registry, with this environment's tools on PATH (no activated venv
@@ -488,6 +490,7 @@ def serve(
 
     settings = _prepare_environment()
     _use_tracking_store(settings)
+    workers = workers or os.cpu_count() or 1
     command = serve_command(model, port, workers, host)
     console.print(f"serving {model} on http://{host}:{port}/invocations ({workers} workers)")
     os.execve(command[0], command, server_environment(settings.tracking_uri))

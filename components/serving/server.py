@@ -272,12 +272,22 @@ def server_environment(tracking_uri: str) -> dict[str, str]:
     """The environment the model server needs: the registry's tracking URI, and this
     interpreter's bin folder first on PATH, since MLflow starts `uvicorn` by name (without
     it, `.venv/bin/mlflow models serve` from a shell that has not activated the venv dies
-    with exit code 127)."""
+    with exit code 127), and `REWEAR_SERVING_THREADS` compute threads per worker."""
+    from components.settings import RewearSettings
+
+    threads = str(RewearSettings().serving_threads)
     return {
+        # Compute threads per worker (torch and OpenMP read these when they start; set
+        # per call, OpenMP's limit would hold only for the thread that set it).
+        **dict.fromkeys(THREAD_VARIABLES, threads),
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking_uri,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+
+
+#: What sizes the compute thread pools of a served model (an explicit value wins).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @contextmanager
@@ -286,13 +296,14 @@ def model_server(
     tracking_uri: str,
     log_path: Path,
     start_timeout_s: float = START_TIMEOUT_S,
+    workers: int = 1,
 ) -> Iterator[str]:
     """Serve `model_uri` until the block ends; yields the base URL (`http://127.0.0.1:PORT`)."""
     port = free_port()
     env = server_environment(tracking_uri)
     with Path(log_path).open("w") as log:
         server = subprocess.Popen(
-            serve_command(model_uri, port),
+            serve_command(model_uri, port, workers),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
