@@ -639,7 +639,7 @@ def recommender_line(described: dict[str, Any]) -> str:
 
 
 class BaselinesConfig(StrictModel):
-    """Baselines that always run beside the model (EVALUATION.md): yardsticks with their own
+    """Baselines that always run beside the model (docs/evaluation.md): yardsticks with their own
     settings, fitted on the same history as the model; never a candidate source."""
 
     enabled: tuple[Literal["popularity", "covisitation", "linear"], ...] = (

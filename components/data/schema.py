@@ -1,4 +1,4 @@
-"""The canonical tables every source is mapped onto (see ARCHITECTURE.md, "Data contracts").
+"""The canonical tables every source is mapped onto (docs/data.md).
 
 Ids are strings so that any marketplace's keys fit; timestamps are timezone-aware UTC.
 """

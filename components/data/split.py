@@ -1,6 +1,6 @@
 """Train / valid / test splits: temporal global cut-offs, or a fixed split given by the source.
 
-Temporal (EVALUATION.md): train < T_valid <= valid < T_test <= test. A model evaluated on a
+Temporal (docs/evaluation.md): train < T_valid <= valid < T_test <= test. A model evaluated on a
 stage sees only the interactions before that stage's cut-off, and may only recommend
 listings available at the cut-off (created, not yet sold).
 """

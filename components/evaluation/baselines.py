@@ -1,4 +1,4 @@
-"""The baselines every model is scored beside (EVALUATION.md): recent popularity,
+"""The baselines every model is scored beside (docs/evaluation.md): recent popularity,
 co-visitation, and the linear model (EASE, or iALS above `ease.max_items`), fitted on the
 same history with the same cut-off as the model they judge."""
 

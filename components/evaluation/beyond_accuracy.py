@@ -1,4 +1,4 @@
-"""Beyond-accuracy metrics (EVALUATION.md): coverage, novelty, diversity, exposure fairness.
+"""Beyond-accuracy metrics (docs/evaluation.md): coverage, novelty, diversity, exposure fairness.
 
 Same input convention as `metrics.py`: `ranked` is an int array (n_users, K) of item indices,
 best first, with -1 padding short lists; -1 slots are ignored everywhere. Per-item inputs

@@ -1,4 +1,4 @@
-"""Paired bootstrap over users for differences between two models (EVALUATION.md).
+"""Paired bootstrap over users for differences between two models (docs/evaluation.md).
 
 Both models are scored on the same users, so each resample draws users with replacement and
 takes the mean of the per-user differences a - b; the interval is the percentile interval of

@@ -5,7 +5,7 @@ Inputs, always the same:
 - `relevant`: scipy CSR matrix (n_users, n_items), non-zero where the item is a test positive.
 
 Each function returns one value per user (so the paired bootstrap can resample users);
-`mean_over_users` averages over users with at least one positive, as EVALUATION.md defines.
+`mean_over_users` averages over users with at least one positive, as docs/evaluation.md defines.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Offline evaluation protocols (EVALUATION.md): full ranking, never sampled negatives.
+"""Offline evaluation protocols (docs/evaluation.md): full ranking, never sampled negatives.
 
 `build_evaluation_task` turns a split and a stage into what every model is asked: the users
 with at least one positive in the window, their positives, the items each must not be shown
