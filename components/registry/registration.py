@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -136,8 +137,13 @@ def log_served_model(
     input_example: pd.DataFrame | None = None,
 ) -> str:
     """Log a models-from-code pyfunc (with this code and the serving requirements) under
-    `run_id`, which stays open; returns the logged model's URI."""
-    with mlflow.start_run(run_id=run_id):
+    `run_id`, which stays open; returns the logged model's URI. Without `input_example`
+    (the experiment model: running it would log exposures) the signature alone describes
+    the input, and MLflow's advice to add an example is not printed."""
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*An input example was not provided", category=UserWarning
+        )
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(model_code),
