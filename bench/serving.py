@@ -120,6 +120,7 @@ def percentiles(latencies_ms: list[float]) -> dict[str, float]:
     return {
         "requests": len(ordered),
         "p50_ms": statistics.median(ordered),
+        "p95_ms": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
         "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
         "max_ms": ordered[-1],
     }
@@ -158,9 +159,13 @@ def bench_in_process(model: Any, rows: list[dict], warmup: int) -> dict[str, flo
     return percentiles(timed(ask, rows[warmup:]))
 
 
-def bench_http(base_url: str, rows: list[dict], warmup: int) -> dict[str, float]:
+def http_connection(base_url: str) -> http.client.HTTPConnection:
     address = urlparse(base_url)
-    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    return http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+
+
+def http_ask(connection: http.client.HTTPConnection) -> Callable[[dict[str, Any]], object]:
+    """A single-request caller on `connection` (kept alive between requests)."""
     headers = {"Content-Type": "application/json"}
 
     def ask(row: dict[str, Any]) -> object:
@@ -172,6 +177,12 @@ def bench_http(base_url: str, rows: list[dict], warmup: int) -> dict[str, float]
             raise RuntimeError(f"HTTP {response.status}: {payload[:300]!r}")
         return payload
 
+    return ask
+
+
+def bench_http(base_url: str, rows: list[dict], warmup: int) -> dict[str, float]:
+    connection = http_connection(base_url)
+    ask = http_ask(connection)
     try:
         timed(ask, rows[:warmup])
         return percentiles(timed(ask, rows[warmup:]))
@@ -215,11 +226,9 @@ def bench_clients(
         thread.join()
     elapsed = time.perf_counter() - started
     every = [value for part in latencies for value in part]
-    ordered = sorted(every)
     return {
         "clients": clients,
         **percentiles(every),
-        "p95_ms": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
         "requests_per_s": len(every) / elapsed,
         "errors": sum(errors),
     }
@@ -227,24 +236,7 @@ def bench_clients(
 
 def http_asker(base_url: str) -> Callable[[], Callable[[dict[str, Any]], object]]:
     """A factory of single-request callers, each on its own keep-alive connection."""
-    address = urlparse(base_url)
-    headers = {"Content-Type": "application/json"}
-
-    def make() -> Callable[[dict[str, Any]], object]:
-        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
-
-        def ask(row: dict[str, Any]) -> object:
-            body = json.dumps({"dataframe_records": [row], "params": {"k": K}})
-            connection.request("POST", "/invocations", body=body, headers=headers)
-            response = connection.getresponse()
-            payload = response.read()
-            if response.status != 200:
-                raise RuntimeError(f"HTTP {response.status}: {payload[:300]!r}")
-            return payload
-
-        return ask
-
-    return make
+    return lambda: http_ask(http_connection(base_url))
 
 
 def main() -> None:

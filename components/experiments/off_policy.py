@@ -208,6 +208,14 @@ def _position_based(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per target slot: the logged reward of the target's item wherever it was shown,
     moved to the target's slot by the examination ratio, over its inclusion probability."""
+    at, weight = _shown(log, target)
+    ratio = examination_ratio(model.position_effect)[np.arange(at.shape[1])[None, :], at]
+    return weight * np.take_along_axis(reward, at, axis=1) * ratio, weight
+
+
+def _shown(log: SlateLog, target: TargetSlates) -> tuple[np.ndarray, np.ndarray]:
+    """Per target slot: the logged slot that showed its item (0 where none did), and the
+    position-based weight, 1 / the item's inclusion probability (0 where not shown)."""
     if log.inclusion is None or target.shown_at is None:
         raise NoSupportError(
             "the position-based estimators need each logged item's inclusion propensity and "
@@ -216,9 +224,7 @@ def _position_based(
     shown = target.shown_at >= 0
     at = np.where(shown, target.shown_at, 0)
     counted = shown & np.take_along_axis(log.filled, at, axis=1)
-    weight = _inverse_propensity(counted, np.take_along_axis(log.inclusion, at, axis=1))
-    ratio = examination_ratio(model.position_effect)[np.arange(at.shape[1])[None, :], at]
-    return weight * np.take_along_axis(reward, at, axis=1) * ratio, weight
+    return at, _inverse_propensity(counted, np.take_along_axis(log.inclusion, at, axis=1))
 
 
 def examination_ratio(examination: np.ndarray) -> np.ndarray:
@@ -233,16 +239,12 @@ def examination_ratio(examination: np.ndarray) -> np.ndarray:
 
 
 def _position_based_sums(
-    log: SlateLog,
-    target: TargetSlates,
-    weight: np.ndarray,
-    resampled: np.ndarray,
-    model: RewardModel,
+    log: SlateLog, target: TargetSlates, resampled: np.ndarray, model: RewardModel
 ) -> tuple[np.ndarray, np.ndarray]:
     """The position-based numerator per target slot, and its bootstrap replicates with the
     examination refitted on every resample, so that its uncertainty is in the interval."""
     n_units, k = resampled.shape[1], log.reward.shape[1]
-    at = np.where(target.shown_at >= 0, target.shown_at, 0)
+    at, weight = _shown(log, target)
     value = weight * np.take_along_axis(np.where(log.filled, log.reward, 0.0), at, axis=1)
     units = np.broadcast_to(log.unit[:, None], at.shape)
     cells = np.arange(k)[None, :] * k + at
@@ -350,10 +352,13 @@ def estimate(
     requests_per_unit = np.bincount(log.unit, minlength=n_units).astype(float)
     reward_model = RewardModel.fit(log) if set(estimators) & set(MODEL_BASED) else None
     estimates, replicates = {}, {}
+    position_based_sums = None  # pbm and snpbm share their numerators (and the refits)
     for name in estimators:
         numerator, weight = contributions(log, target, name, reward_model)
         if name in POSITION_BASED and reward_model is not None:
-            point_num, boot_num = _position_based_sums(log, target, weight, weights, reward_model)
+            if position_based_sums is None:
+                position_based_sums = _position_based_sums(log, target, weights, reward_model)
+            point_num, boot_num = position_based_sums
         else:
             by_unit_num = _by_unit(numerator, log.unit, n_units)
             point_num, boot_num = by_unit_num.sum(axis=0), weights @ by_unit_num
@@ -387,9 +392,7 @@ def support(log: SlateLog, target: TargetSlates) -> Support:
     weight = _inverse_propensity(filled & target.match, log.marginal)
     position_based = float("nan")
     if log.inclusion is not None and target.shown_at is not None:
-        flat = RewardModel(np.ones(1), np.ones(log.reward.shape[1]))
-        _, any_slot = _position_based(log, target, np.zeros(log.reward.shape), flat)
-        position_based = _effective_share(any_slot)
+        position_based = _effective_share(_shown(log, target)[1])
     return Support(covered, matched, _effective_share(weight), position_based)
 
 
