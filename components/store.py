@@ -152,6 +152,21 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created with its folder) for the block:
+    serialises processes on one machine, and the kernel releases it if the holder dies."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def fingerprint_files(paths: Iterable[Path]) -> str:
     """Cheap fingerprint of input files: path, size and modification time of each (of each
     file inside a folder). Equal fingerprints mean unchanged inputs, as `make` assumes;

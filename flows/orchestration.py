@@ -26,7 +26,6 @@ again and overwrites it.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import logging
@@ -76,7 +75,7 @@ from components.registry.tracking import (
     owned_run_tags,
 )
 from components.settings import RewearSettings
-from components.store import write_json
+from components.store import exclusive_lock, write_json
 
 #: The components' own progress (encoder epochs, index builds, refits) goes to the console
 #: from here; PREFECT_LOGGING_EXTRA_LOGGERS=components (set by the CLI and the deployment
@@ -413,7 +412,7 @@ def local_prefect_server() -> Iterator[None]:
     # One server at a time migrates the home's Prefect database: two runs started at once
     # on a new home both created its tables, and the second crashed ("index ... already
     # exists"). The lock is held until this server answers (its migration is done).
-    with _server_start_lock(Path(get_current_settings().home)):
+    with exclusive_lock(Path(get_current_settings().home) / "server-start.lock"):
         server = start_process_dying_with_parent(command, env, start_new_session=True)
         try:
             _wait_until_healthy(server, url)
@@ -432,18 +431,6 @@ def local_prefect_server() -> Iterator[None]:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-
-
-@contextmanager
-def _server_start_lock(prefect_home: Path) -> Iterator[None]:
-    """An exclusive lock on PREFECT_HOME/server-start.lock (released if the process dies)."""
-    prefect_home.mkdir(parents=True, exist_ok=True)
-    with (prefect_home / "server-start.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _drain_api_workers() -> None:

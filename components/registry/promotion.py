@@ -27,12 +27,10 @@ past a version that does not load or answer: that would take serving down.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +45,7 @@ from components.registry.registration import (
     mlflow_key,
     model_uri,
 )
+from components.store import exclusive_lock
 
 SMOKE_SCRIPT = Path(__file__).resolve().parents[1] / "serving" / "smoke_check.py"
 SMOKE_K = 20
@@ -482,21 +481,13 @@ def apply_decision(
         return _apply_decision(client, model_name, version, decision, metric, tag_prefix)
 
 
-@contextmanager
-def champion_lock(model_name: str) -> Iterator[None]:
+def champion_lock(model_name: str) -> AbstractContextManager[None]:
     """Serialises every move of `model_name`'s champion by the runs of this REWEAR_HOME (an
     exclusive lock on `REWEAR_HOME/locks/<model>.champion.lock`, released if the process
     dies)."""
     from components.settings import RewearSettings
 
-    path = RewearSettings().root / "locks" / f"{model_name}.champion.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return exclusive_lock(RewearSettings().root / "locks" / f"{model_name}.champion.lock")
 
 
 def _apply_decision(
