@@ -9,6 +9,7 @@ file records pandas' categories, and `predict` rebuilds the columns with them.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -74,10 +75,15 @@ class TrainedRanker:
         Features absent here (e.g. a source missing at serving time) are unknown (NaN)."""
         if not n_rows:
             return np.zeros(0)
-        matrix = feature_matrix(columns, n_rows, self.feature_names, self.categories)
+        return self.predict_matrix(
+            feature_matrix(columns, n_rows, self.feature_names, self.categories)
+        )
+
+    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """Scores for the rows of a `feature_matrix` in this ranker's feature order."""
         # One request's few hundred rows: OpenMP's thread start-up and, on a busy machine,
         # its spinning cost ten times the prediction itself.
-        threads = 1 if n_rows <= SINGLE_THREAD_ROWS else 0
+        threads = 1 if len(matrix) <= SINGLE_THREAD_ROWS else 0
         return self.booster.predict(
             matrix, num_iteration=self.best_iteration or None, num_threads=threads
         )
@@ -161,8 +167,11 @@ class RankerEnsemble:
         return self.predict_columns(_frame_columns(features, self.feature_names), len(features))
 
     def predict_columns(self, columns: Mapping[str, Any], n_rows: int) -> np.ndarray:
-        scores = [member.predict_columns(columns, n_rows) for member in self.members]
-        return np.mean(scores, axis=0) if n_rows else np.zeros(0)
+        """The members' mean score; the members share one feature matrix."""
+        if not n_rows:
+            return np.zeros(0)
+        matrix = feature_matrix(columns, n_rows, self.feature_names, self.categories)
+        return np.mean([member.predict_matrix(matrix) for member in self.members], axis=0)
 
     def importance(self) -> dict[str, float]:
         """Mean total gain per feature over the members, largest first."""
@@ -208,13 +217,19 @@ def category_codes(values: Any, vocabulary: Sequence[str]) -> np.ndarray:
     if isinstance(array, pd.Categorical) and list(array.categories) == list(vocabulary):
         codes = array.codes.astype(np.float64)
     else:
-        codes = (
-            pd.Index(list(vocabulary), dtype=object)
-            .get_indexer(np.asarray(values, dtype=object))
-            .astype(np.float64)
-        )
+        lookup = _vocabulary_lookup(tuple(vocabulary))
+        objects = np.asarray(values, dtype=object)
+        codes = np.fromiter((lookup.get(value, -1) for value in objects), np.float64, len(objects))
     codes[codes < 0] = np.nan
     return codes
+
+
+@functools.lru_cache(maxsize=256)
+def _vocabulary_lookup(vocabulary: tuple[str, ...]) -> dict[str, int]:
+    """Code of each value of a vocabulary, built once per vocabulary: a served request
+    looks up a few hundred values, where building a pandas index each time cost more than
+    the lookups."""
+    return {value: code for code, value in reversed(list(enumerate(vocabulary)))}
 
 
 def train_ranker(

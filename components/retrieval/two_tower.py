@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import pandas as pd
 import torch
 
 from components.config import TwoTowerConfig
+from components.ids import IdPositions
 from components.retrieval.collaborative import history_before
 from components.retrieval.item_features import (
     ATTRIBUTE_COLUMNS,
@@ -83,6 +85,11 @@ class TrainedTwoTower:
     as_of: pd.Timestamp | None
     #: Per-epoch records: phase, epoch, loss, valid recall, seconds (for MLflow).
     epochs: list[dict[str, Any]] = field(default_factory=list)
+
+    @cached_property
+    def user_positions(self) -> IdPositions:
+        """Position of each id-embedded user in `user_ids`, built once."""
+        return IdPositions(self.user_ids)
 
     # ------------------------------------------------------------------ items
 
@@ -223,9 +230,13 @@ class UserEncoder:
             return np.zeros((0, self.trained.config.embedding_dim), dtype=np.float32)
         return torch.cat(parts).numpy()
 
+    @cached_property
+    def _history_users(self) -> IdPositions:
+        return IdPositions(self.index.users.to_numpy(dtype=object))
+
     def _bags(self, user_ids: np.ndarray) -> HistoryBatch:
         config = self.trained.config
-        codes = self.index.users.get_indexer(pd.Index(user_ids))
+        codes = self._history_users.positions(user_ids)
         known = codes >= 0
         user_starts = np.zeros(len(codes), dtype=np.int64)
         ends = np.zeros(len(codes), dtype=np.int64)
@@ -240,7 +251,7 @@ class UserEncoder:
         weights = pooling_weights(
             self.index.event_weights[positions], age, half_life_seconds(config), offsets
         )
-        user_index = pd.Index(self.trained.user_ids).get_indexer(pd.Index(user_ids)) + 1
+        user_index = self.trained.user_positions.positions(user_ids) + 1
         return HistoryBatch(
             items=torch.from_numpy(self.index.item_rows[positions]),
             offsets=torch.from_numpy(offsets[:-1]),
@@ -309,25 +320,46 @@ class TwoTowerScorer:
         scorer._aligned = (np.zeros((0, 0), np.float32), np.zeros(0, bool))
         return scorer
 
+    @cached_property
+    def _item_positions(self) -> IdPositions:
+        return IdPositions(self.item_index.to_numpy(dtype=object))
+
     def item_vectors(self, item_ids: Sequence[str]) -> np.ndarray:
         """(n, d) float32 unit vectors of catalogue items; KeyError for unknown ids."""
-        rows = self.item_index.get_indexer(pd.Index(np.asarray(item_ids, dtype=object)))
+        rows = self._item_positions.positions(item_ids)
         if (rows < 0).any():
             missing = list(np.asarray(item_ids, dtype=object)[rows < 0][:5])
             raise KeyError(f"items {missing} are not in the scorer's catalogue")
         return self._item_vectors[rows]
 
     def user_vectors(self, user_ids: Sequence[str]) -> np.ndarray:
-        """(n, d) float32 unit vectors (users with no history: the cold-user vector)."""
+        """(n, d) float32 unit vectors (users with no history: the cold-user vector),
+        encoded on first request and kept (a served model asks for one user at a time)."""
         wanted = [str(user) for user in user_ids]
         new = list(dict.fromkeys(user for user in wanted if user not in self._user_rows))
         if new:
             encoded = self._encoder.encode(new)
-            base = len(self._user_vectors)
-            self._user_vectors = np.concatenate([self._user_vectors, encoded])
+            base = len(self._user_rows)
+            if base + len(new) > len(self._user_vectors):
+                # Room for twice as many: appending one user must not copy every vector.
+                grown = np.zeros(
+                    (max(2 * (base + len(new)), 64), encoded.shape[1]), dtype=np.float32
+                )
+                grown[:base] = self._user_vectors[:base]
+                self._user_vectors = grown
+            self._user_vectors[base : base + len(new)] = encoded
             for offset, user in enumerate(new):
                 self._user_rows[user] = base + offset
         return self._user_vectors[[self._user_rows[user] for user in wanted]]
+
+    def encode_history_users(self, limit: int) -> int:
+        """Encode every user of the history now, when there are at most `limit` (a served
+        model: a request then only looks its user up); how many were encoded."""
+        users = self._encoder.index.users
+        if len(users) > limit:
+            return 0
+        self.user_vectors(users.astype(str).tolist())
+        return len(users)
 
     def score(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
         """(len(user_ids), len(item_ids)) float32 cosines."""

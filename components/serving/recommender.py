@@ -472,4 +472,7 @@ def _load_two_stage(folder: Path) -> Any:
         return None
     from components.ranking.model import TwoStageModel
 
-    return TwoStageModel.load(folder / TWO_STAGE_DIR)
+    model = TwoStageModel.load(folder / TWO_STAGE_DIR)
+    if model.stack.vectors is not None:
+        model.stack.vectors.encode_history_users(MAX_PRECOMPUTED_USERS)
+    return model

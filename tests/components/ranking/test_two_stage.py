@@ -28,6 +28,7 @@ from components.ranking.ranker import (
     RankerEnsemble,
     RankingMatrix,
     TrainedRanker,
+    category_codes,
     load_ranker,
     read_ranking_matrices,
     train_ranker,
@@ -186,6 +187,17 @@ def test_prediction_from_columns_equals_prediction_from_the_frame(trained: dict)
     # A feature the caller lacks is unknown, not an error.
     del head[ranker.feature_names[0]]
     assert np.isfinite(ranker.predict_columns(head, 50)).all()
+
+
+def test_category_codes_are_vocabulary_positions_and_unknown_values_are_nan() -> None:
+    vocabulary = ["bags", "shoes", "tops"]
+    values = np.array(["shoes", "hats", None, np.nan, "bags", "tops", "shoes"], dtype=object)
+    codes = category_codes(values, vocabulary)
+    np.testing.assert_array_equal(codes, [1, np.nan, np.nan, np.nan, 0, 2, 1])
+    categorical = pd.Categorical(values, categories=vocabulary)
+    np.testing.assert_array_equal(category_codes(pd.Series(categorical), vocabulary), codes)
+    # Another vocabulary gives other codes (the lookup is kept per vocabulary).
+    np.testing.assert_array_equal(category_codes(values[:2], ["hats", "shoes"]), [1, 0])
 
 
 def test_training_is_deterministic(

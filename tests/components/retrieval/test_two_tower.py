@@ -424,6 +424,26 @@ def test_scorer_matches_vectors_and_scores_unknown_items_lowest(trained, toy_spl
     assert evaluate_scorer(scorer, task, (5,)).metrics["recall@5"] > 0
 
 
+def test_users_asked_one_at_a_time_get_the_vectors_of_one_batch(trained, toy_split):
+    """The served model asks for one user per request: the scorer's growing cache of user
+    vectors answers as one batch encoding does, and `encode_history_users` fills it."""
+    as_of = toy_split.test_cutoff
+    items = toy_split.tables.items
+    history = toy_split.history("test")
+    users = sorted(history["user_id"].astype(str).unique())
+    batch = TwoTowerScorer(trained, items, history, as_of).user_vectors([*users, "nobody"])
+    one_by_one = TwoTowerScorer(trained, items, history, as_of)
+    single = np.vstack([one_by_one.user_vectors([user]) for user in [*users, "nobody"]])
+    # The same vectors up to float rounding (matrix products of other batch sizes).
+    np.testing.assert_allclose(single, batch, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(one_by_one.user_vectors(users[::-1]), single[:-1][::-1])
+    warmed = TwoTowerScorer(trained, items, history, as_of)
+    assert warmed.encode_history_users(limit=len(users) - 1) == 0
+    assert warmed.encode_history_users(limit=len(users)) == len(users)
+    assert set(warmed._user_rows) == set(users)
+    np.testing.assert_allclose(warmed.user_vectors(users), batch[:-1], rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------------- speed paths
 
 
