@@ -335,8 +335,7 @@ def map_shard_tasks(
     stage: str,
     step: Callable[..., Any],
     shards: Sequence[dict[str, Any]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    arguments: dict[str, Any],
 ) -> list[Any]:
     """A shard step as one Prefect task per shard (task run `<stage>-<number>`, cached and
     retried as the other stages): all submitted at once on Dask (the workers bound the
@@ -349,9 +348,9 @@ def map_shard_tasks(
         return task.with_options(task_run_name=f"{stage}-{shard['number']:03d}")
 
     if _runs_on_dask():
-        futures = [named(shard).submit(*args, shard, **kwargs) for shard in shards]
+        futures = [named(shard).submit(**arguments, shard=shard) for shard in shards]
         return [future.result() for future in futures]
-    return [named(shard)(*args, shard, **kwargs) for shard in shards]
+    return [named(shard)(**arguments, shard=shard) for shard in shards]
 
 
 def start_tracked_run(kind: str, config_path: str, overrides: dict[str, Any] | None) -> TrackedRun:

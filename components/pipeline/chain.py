@@ -6,9 +6,10 @@
     evaluation  evaluate*
     publish     compare_with_champion -> register -> promote
 
-Every step is a plain function of `components.pipeline.*_steps`. A phase hands each one to
-a `Stages` runner with its stage name: called directly (benchmarks, notebooks, tests) or,
-in `flows.retrain`, wrapped as a Prefect task with the stage's cache and retry options.
+Every step is a plain function of `components.pipeline.*_steps` with the stage's name
+(`data_steps.ingest` is the stage `ingest`). A phase hands each one, with keyword
+arguments, to a `Stages` runner: called directly (benchmarks, notebooks, tests) or, in
+`flows.retrain`, wrapped as a Prefect task with the stage's cache and retry options.
 The flow and the bench scripts therefore run the same chain, branches included.
 
 The per-user stages (*) are sharded (`components.pipeline.sharding`): a plan, one shard
@@ -34,17 +35,11 @@ from components.pipeline import (
 )
 from components.pipeline.report import RunReport
 from components.pipeline.results import (
-    CandidatesResult,
-    EncoderResult,
+    DataPhase,
     EvaluationResult,
-    FitResult,
-    IndexResult,
-    ModelResult,
-    RankerResult,
-    RankingDataResult,
-    RegisteredModel,
-    SnapshotResult,
-    SplitResult,
+    PublishPhase,
+    RankingPhase,
+    RetrievalPhase,
     ValidationResult,
 )
 from components.pipeline.sharding import Shard, ShardedStep
@@ -60,65 +55,72 @@ REGISTRY_STAGES = frozenset({"compare_with_champion", "register", "promote"})
 @dataclass
 class Stages:
     """Runs each step, directly or through `wrap` (the flow's Prefect task), and keeps its
-    wall time under the stage's name.
+    wall time under the stage's name, which is the step's own name: a stage name leads to
+    its function in one hop.
 
-    A per-user stage (`sharded`) runs as plan -> one shard step per shard -> combine
-    (`components.pipeline.sharding`); its shards go through `map`: one after the other
-    here, or through `mapper` (the flow's: one Prefect task per shard on its task runner,
-    the Dask workers with REWEAR_TASK_RUNNER=dask). `dask_address`: the cluster the flow's
-    tasks run on, where the ranker then trains too (DaskLGBMRanker)."""
+    A step is called with keyword arguments only. A per-user stage (`sharded`) runs as plan
+    -> one shard step per shard -> combine (`components.pipeline.sharding`); its shards go
+    through `map`: one after the other here, or through `mapper` (the flow's: one Prefect
+    task per shard on its task runner, the Dask workers with REWEAR_TASK_RUNNER=dask).
+    `dask_address`: the cluster the flow's tasks run on, where the ranker then trains too
+    (DaskLGBMRanker)."""
 
     wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]] | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
     mapper: Mapper | None = None
     dask_address: str | None = None
 
-    def __call__(self, stage: str, step: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    def __call__(self, step: Callable[..., T], /, **arguments: Any) -> T:
+        """`step(**arguments)` as the stage `step.__name__`."""
+        stage = step.__name__
         started = time.perf_counter()
         try:
-            return self._call(stage, step, *args, **kwargs)
+            return self._call(stage, step, **arguments)
         finally:
             self.timings_s[stage] = round(time.perf_counter() - started, 3)
 
-    def _call(self, stage: str, step: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    def _call(self, stage: str, step: Callable[..., T], /, **arguments: Any) -> T:
         call = step if self.wrap is None else self.wrap(stage, step)
-        return call(*args, **kwargs)
+        return call(**arguments)
 
     def map(
-        self,
-        stage: str,
-        step: Callable[..., T],
-        shards: Sequence[Shard],
-        /,
-        *args: Any,
-        **kwargs: Any,
+        self, stage: str, step: Callable[..., T], shards: Sequence[Shard], /, **arguments: Any
     ) -> list[T]:
-        """`step(*args, shard, **kwargs)` for every shard, results in the shards' order."""
+        """`step(**arguments, shard=shard)` for every shard, results in the shards' order."""
         if self.mapper is not None:
-            return self.mapper(stage, step, shards, args, kwargs)
-        return [self._call(stage, step, *args, shard, **kwargs) for shard in shards]
+            return self.mapper(stage, step, shards, arguments)
+        return [self._call(stage, step, **arguments, shard=shard) for shard in shards]
 
-    def sharded(self, stage: str, steps: ShardedStep, /, *args: Any, run_dir: Path) -> Any:
-        """A per-user stage: `<stage>.plan`, the `<stage>.shard` steps mapped over its shards,
-        `<stage>.combine`; its wall time (all three) under `stage`."""
+    def sharded(self, steps: ShardedStep, /, *, run_dir: Path, **arguments: Any) -> Any:
+        """A per-user stage: `<name>.plan`, the `<name>.shard` steps mapped over its shards,
+        `<name>.combine`; its wall time (all three) under the stage's name."""
+        stage = steps.name
         started = time.perf_counter()
         try:
-            plan = self._call(f"{stage}.plan", steps.plan, *args, run_dir=run_dir)
+            plan = self._call(f"{stage}.plan", steps.plan, **arguments, run_dir=run_dir)
             parts = self.map(
-                f"{stage}.shard", steps.shard, plan["shards"], *args, plan, run_dir=run_dir
+                f"{stage}.shard",
+                steps.shard,
+                plan["shards"],
+                **arguments,
+                plan=plan,
+                run_dir=run_dir,
             )
             return self._call(
-                f"{stage}.combine", steps.combine, *args, plan, parts, run_dir=run_dir
+                f"{stage}.combine",
+                steps.combine,
+                **arguments,
+                plan=plan,
+                parts=parts,
+                run_dir=run_dir,
             )
         finally:
             self.timings_s[stage] = round(time.perf_counter() - started, 3)
 
 
-#: How a flow maps a shard step: (stage, step, shards, args, kwargs) -> the step's results
-#: in the shards' order (`step(*args, shard, **kwargs)` each).
-Mapper = Callable[
-    [str, Callable[..., Any], Sequence[Shard], tuple[Any, ...], dict[str, Any]], list[Any]
-]
+#: How a flow maps a shard step: (stage, step, shards, arguments) -> the step's results in
+#: the shards' order (`step(**arguments, shard=shard)` each).
+Mapper = Callable[[str, Callable[..., Any], Sequence[Shard], dict[str, Any]], list[Any]]
 
 
 def ranker_config(config: PipelineConfig, run: Stages) -> PipelineConfig:
@@ -131,64 +133,11 @@ def ranker_config(config: PipelineConfig, run: Stages) -> PipelineConfig:
     return config.model_copy(update={"model": config.model.model_copy(update={"ranker": ranker})})
 
 
-@dataclass(frozen=True)
-class DataPhase:
-    validated: ValidationResult
-    snapshot: SnapshotResult
-    split: SplitResult
-
-    @property
-    def split_uri(self) -> str:
-        return self.split["uri"]
-
-
-@dataclass(frozen=True)
-class RetrievalPhase:
-    fitted: FitResult
-    encoder: EncoderResult | None
-    indexes: IndexResult | None
-    candidates: CandidatesResult
-
-    @property
-    def encoder_uri(self) -> str | None:
-        return None if self.encoder is None else self.encoder["uri"]
-
-    @property
-    def train_window_encoder_uri(self) -> str | None:
-        """The encoder that never saw the ranker's labels (see `train_encoder`)."""
-        return None if self.encoder is None else self.encoder["train_window_uri"]
-
-    @property
-    def evaluation_index_uri(self) -> str | None:
-        return None if self.indexes is None else self.indexes["evaluation_index_uri"]
-
-    @property
-    def serving_index_uri(self) -> str | None:
-        return None if self.indexes is None else self.indexes["serving_index_uri"]
-
-
-@dataclass(frozen=True)
-class RankingPhase:
-    ranking_data: RankingDataResult | None
-    ranker: RankerResult | None
-    #: The two-stage model at the test cut-off: what evaluation scores.
-    evaluated: ModelResult
-    #: The two-stage model at the end of the data: what gets registered (the evaluated
-    #: one when `model.refit_on_all_data` is false).
-    served: ModelResult
-
-
-@dataclass(frozen=True)
-class PublishPhase:
-    registered: RegisteredModel
-    promotion: dict[str, Any]
-
-
 def validated_source(config: PipelineConfig, run_dir: Path, run: Stages) -> ValidationResult:
     """The source read and checked, bad rows quarantined (what the index refresh and the
     monitor start from too)."""
-    raw = run("ingest", data_steps.ingest, config, run_dir)
-    return run("validate", data_steps.validate, raw["uri"], config, run_dir)
+    raw = run(data_steps.ingest, config=config, run_dir=run_dir)
+    return run(data_steps.validate, raw_uri=raw["uri"], config=config, run_dir=run_dir)
 
 
 def data_phase(
@@ -197,9 +146,15 @@ def data_phase(
     """The source read, checked, content-addressed and split; a test window too thin to
     measure fails here, before any training."""
     validated = validated_source(config, run_dir, run)
-    snapshot = run("snapshot", data_steps.snapshot, validated["uri"], snapshots_root)
+    snapshot = run(
+        data_steps.snapshot, validated_uri=validated["uri"], snapshots_root=snapshots_root
+    )
     split = run(
-        "split", data_steps.split, snapshot["uri"], config.split, run_dir, evaluated_by=config
+        data_steps.split,
+        snapshot_uri=snapshot["uri"],
+        config=config.split,
+        run_dir=run_dir,
+        evaluated_by=config,
     )
     return DataPhase(validated, snapshot, split)
 
@@ -209,27 +164,29 @@ def retrieval_phase(
 ) -> RetrievalPhase:
     """The popularity fallback, the two-tower encoder and its indexes (when configured),
     and the test window's candidates from every source, with their recall."""
-    fitted = run("fit", retrieval_steps.fit, split_uri, config.model, run_dir)
+    fitted = run(retrieval_steps.fit, split_uri=split_uri, config=config.model, run_dir=run_dir)
     encoder = indexes = None
     if config.model.uses_two_tower:
         encoder = run(
-            "train_encoder",
             retrieval_steps.train_encoder,
-            split_uri,
-            config.model,
-            config.evaluation,
-            run_dir,
+            split_uri=split_uri,
+            config=config.model,
+            evaluation=config.evaluation,
+            run_dir=run_dir,
         )
         indexes = run(
-            "build_index", retrieval_steps.build_indexes, split_uri, encoder["uri"], config, run_dir
+            retrieval_steps.build_index,
+            split_uri=split_uri,
+            encoder_uri=encoder["uri"],
+            config=config,
+            run_dir=run_dir,
         )
     candidates = run.sharded(
-        "generate_candidates",
-        retrieval_steps.CANDIDATES,
-        split_uri,
-        None if encoder is None else encoder["uri"],
-        None if indexes is None else indexes["evaluation_index_uri"],
-        config,
+        retrieval_steps.generate_candidates,
+        split_uri=split_uri,
+        encoder_uri=None if encoder is None else encoder["uri"],
+        evaluation_index_uri=None if indexes is None else indexes["evaluation_index_uri"],
+        config=config,
         run_dir=run_dir,
     )
     return RetrievalPhase(fitted, encoder, indexes, candidates)
@@ -247,47 +204,41 @@ def ranking_phase(
     ranking_data = ranker = None
     if config.model.ranker.enabled:
         ranking_data = run.sharded(
-            "build_features",
-            ranking_steps.RANKING_DATA,
-            split_uri,
-            retrieval.train_window_encoder_uri,
-            config,
+            ranking_steps.build_features,
+            split_uri=split_uri,
+            train_window_encoder_uri=retrieval.train_window_encoder_uri,
+            config=config,
             run_dir=run_dir,
         )
         ranker = run(
-            "train_ranker",
-            ranking_steps.train_ranker_step,
-            ranking_data["uri"],
-            ranker_config(config, run),
-            run_dir,
+            ranking_steps.train_ranker,
+            features_uri=ranking_data["uri"],
+            config=ranker_config(config, run),
+            run_dir=run_dir,
         )
     ranker_uri = None if ranker is None else ranker["uri"]
 
-    stack_uri = retrieval.candidates["stack_uri"]
     evaluated = run(
-        "assemble_two_stage",
         ranking_steps.assemble_two_stage,
-        split_uri,
-        retrieval.encoder_uri,
-        retrieval.evaluation_index_uri,
-        ranker_uri,
-        config,
-        run_dir,
-        "evaluation",
-        stack_uri,
+        split_uri=split_uri,
+        encoder_uri=retrieval.encoder_uri,
+        index_uri=retrieval.evaluation_index_uri,
+        ranker_uri=ranker_uri,
+        config=config,
+        run_dir=run_dir,
+        purpose="evaluation",
+        stack_uri=retrieval.candidates["stack_uri"],
     )
     served = evaluated
     if config.model.refit_on_all_data:
         served = run(
-            "assemble_serving",
-            ranking_steps.assemble_two_stage,
-            split_uri,
-            retrieval.encoder_uri,
-            retrieval.serving_index_uri,
-            ranker_uri,
-            config,
-            run_dir,
-            "serving",
+            ranking_steps.assemble_serving,
+            split_uri=split_uri,
+            encoder_uri=retrieval.encoder_uri,
+            index_uri=retrieval.serving_index_uri,
+            ranker_uri=ranker_uri,
+            config=config,
+            run_dir=run_dir,
         )
     return RankingPhase(ranking_data, ranker, evaluated, served)
 
@@ -303,13 +254,12 @@ def evaluation_phase(
     """The held-out model beside every baseline on the test window, same code for all; the
     model reads the test candidates the retrieval phase generated."""
     return run.sharded(
-        "evaluate",
-        evaluation_steps.EVALUATION,
-        split_uri,
-        ranking.evaluated["uri"],
-        retrieval.candidates["uri"],
-        config.evaluation,
-        config.execution,
+        evaluation_steps.evaluate,
+        split_uri=split_uri,
+        evaluation_model_uri=ranking.evaluated["uri"],
+        candidates_uri=retrieval.candidates["uri"],
+        config=config.evaluation,
+        execution=config.execution,
         run_dir=run_dir,
     )
 
@@ -320,13 +270,12 @@ def champion_comparison(
     """The challenger against the registry's champion on data neither has seen (None: no
     champion yet)."""
     return run(
-        "compare_with_champion",
-        publish_steps.compare_with_registered_champion,
-        data.split_uri,
-        ranking.evaluated["uri"],
-        data.snapshot["snapshot_id"],
-        config,
-        run_dir,
+        publish_steps.compare_with_champion,
+        split_uri=data.split_uri,
+        model_uri=ranking.evaluated["uri"],
+        snapshot_id=data.snapshot["snapshot_id"],
+        config=config,
+        run_dir=run_dir,
     )
 
 
@@ -344,25 +293,23 @@ def publish_phase(
     and metrics; then the promotion gate weighs the report's metrics and champion
     comparison and decides whether it becomes `champion`."""
     registered = run(
-        "register",
         publish_steps.register,
-        data.split_uri,
-        retrieval.fitted["final_model_uri"],
-        config,
-        run_dir,
-        report.run_id,
-        report.version_tags(config),
-        retrieval.encoder_uri,
-        retrieval.serving_index_uri,
-        ranking.served["uri"],
+        split_uri=data.split_uri,
+        final_model_uri=retrieval.fitted["final_model_uri"],
+        config=config,
+        run_dir=run_dir,
+        run_id=report.run_id,
+        tags=report.version_tags(config),
+        encoder_uri=retrieval.encoder_uri,
+        serving_index_uri=retrieval.serving_index_uri,
+        two_stage_uri=ranking.served["uri"],
     )
     promotion = run(
-        "promote",
         publish_steps.promote,
-        registered,
-        report.champion_comparison,
-        report.metrics,
-        config,
-        force_promote,
+        registered=registered,
+        comparison=report.champion_comparison,
+        metrics=report.metrics,
+        config=config,
+        force=force_promote,
     )
     return PublishPhase(registered, promotion)

@@ -34,7 +34,6 @@ from components.pipeline.sharding import (
     Shard,
     ShardedStep,
     publish_shard,
-    run_sharded,
     shard_folder,
     shard_ranges,
     where_it_ran,
@@ -52,31 +51,6 @@ def held_out_scorers(model_uri: str) -> dict[str, TwoStageModel]:
     if two_stage.ranker is None:
         return {"model": two_stage}
     return {"model": two_stage, "retrieval_only": retrieval_only(two_stage)}
-
-
-def evaluate(
-    split_uri: str,
-    evaluation_model_uri: str,
-    config: EvaluationConfig,
-    run_dir: Path,
-    candidates_uri: str | None = None,
-    execution: ExecutionConfig | None = None,
-) -> EvaluationResult:
-    """Score the held-out two-stage model beside every baseline on the test window with the
-    same code; write per-user metrics and figures to `run_dir/evaluation`. With
-    `candidates_uri` (the test candidates its own stack generated), the model and its
-    retrieval-only order read them instead of running every source again.
-
-    Shard by shard in this process (`EVALUATION`: the flow maps the shards as tasks)."""
-    return run_sharded(
-        EVALUATION,
-        split_uri,
-        evaluation_model_uri,
-        candidates_uri,
-        config,
-        execution or ExecutionConfig(),
-        run_dir=run_dir,
-    )
 
 
 def evaluation_scorers(
@@ -202,11 +176,15 @@ def combine_evaluation(
     }
 
 
-#: The evaluation as plan -> shards -> combine (components.pipeline.sharding).
-EVALUATION = ShardedStep(plan_evaluation, evaluation_shard, combine_evaluation)
+#: Score the held-out two-stage model beside every baseline on the test window with the
+#: same code, as plan -> shards -> combine (components.pipeline.sharding); per-user metrics
+#: and figures go to `run_dir/evaluation`. With `candidates_uri` (the test candidates its
+#: own stack generated), the model and its retrieval-only order read them instead of
+#: running every source again.
+evaluate = ShardedStep("evaluate", plan_evaluation, evaluation_shard, combine_evaluation)
 
 
-def compare_with_champion(
+def compare_with_champion_bundle(
     split_uri: str,
     evaluation_model_uri: str,
     champion_bundle_dir: str,

@@ -11,7 +11,7 @@ from typing import Any
 from components.config import PipelineConfig
 from components.data.split import available_at, latest_moment, read_split
 from components.pipeline.data_steps import require_enough_test_users
-from components.pipeline.evaluation_steps import compare_with_champion
+from components.pipeline.evaluation_steps import compare_with_champion_bundle
 from components.pipeline.results import BundleResult, RegisteredModel
 from components.registry import promotion
 from components.registry.registration import (
@@ -77,7 +77,7 @@ def bundle(
     return {"uri": str(target), "example_user_id": str(interactions["user_id"].iloc[-1])}
 
 
-def compare_with_registered_champion(
+def compare_with_champion(
     split_uri: str,
     model_uri: str,
     snapshot_id: str,
@@ -93,7 +93,7 @@ def compare_with_registered_champion(
     if found is None:
         return None
     version, bundle_dir = found
-    return compare_with_champion(
+    return compare_with_champion_bundle(
         split_uri, model_uri, str(bundle_dir), version, snapshot_id, config.evaluation
     )
 

@@ -28,7 +28,6 @@ from components.pipeline.sharding import (
     chunk_starts,
     concatenate_parts,
     publish_shard,
-    run_sharded,
     shard_folder,
     shard_ranges,
     where_it_ran,
@@ -54,7 +53,9 @@ from components.ranking.ranker import (
     TrainedRanker,
     load_ranker,
     read_ranking_matrices,
-    train_ranker,
+)
+from components.ranking.ranker import (
+    train_ranker as fit_ranker,
 )
 from components.retrieval.ann_index import build_annoy_index
 from components.retrieval.candidates import candidate_recall
@@ -67,22 +68,6 @@ from components.store import (
     columns_with_values,
     read_parquet_rows,
 )
-
-
-def build_ranking_data(
-    split_uri: str, train_window_encoder_uri: str | None, config: PipelineConfig, run_dir: Path
-) -> RankingDataResult:
-    """Candidates, features and graded labels of the label stage, as one parquet file.
-
-    The two-tower source and the embedding features use an encoder that never saw the
-    stage's labels: for the latest stage the one fitted before the valid window (temporal)
-    or on what the holdout keeps of the train file (fixed split;
-    `retrieval_steps.train_label_stage_encoders`); each earlier label window gets its own,
-    fitted on the history before it for as many epochs as that one chose.
-
-    Shard by shard in this process (`RANKING_DATA`: the flow maps the shards as tasks).
-    """
-    return run_sharded(RANKING_DATA, split_uri, train_window_encoder_uri, config, run_dir=run_dir)
 
 
 def _stage_users(stage: LabelStage, ranker: RankerConfig) -> tuple[pd.DataFrame, list[str]]:
@@ -241,7 +226,15 @@ def combine_ranking_data(
 
 
 #: The label-stage features as plan -> shards -> combine (components.pipeline.sharding).
-RANKING_DATA = ShardedStep(plan_ranking_data, ranking_data_shard, combine_ranking_data)
+#: Candidates, features and graded labels of the label stages, as one parquet file, as
+#: plan -> shards -> combine. The two-tower source and the embedding features use an
+#: encoder that never saw the stage's labels: for the latest stage the one fitted before
+#: the valid window (temporal) or on what the holdout keeps of the train file (fixed split;
+#: `retrieval_steps.train_label_stage_encoders`); each earlier label window gets its own,
+#: fitted on the history before it for as many epochs as that one chose.
+build_features = ShardedStep(
+    "build_features", plan_ranking_data, ranking_data_shard, combine_ranking_data
+)
 
 
 def encoder_before(
@@ -270,7 +263,7 @@ def feature_builder_categories(features: pd.DataFrame) -> dict[str, list[str]]:
     }
 
 
-def train_ranker_step(features_uri: str, config: PipelineConfig, run_dir: Path) -> RankerResult:
+def train_ranker(features_uri: str, config: PipelineConfig, run_dir: Path) -> RankerResult:
     """Fit the LightGBM ranker on the label-stage users, early-stopped on a held-out part;
     with `ensemble_size` > 1, that many rankers with consecutive seeds, averaged. The rows
     each ranker trains on are chosen on the query keys alone, then only those are read."""
@@ -348,7 +341,7 @@ def _train_one_ranker(
     fit_matrix, stop_matrix = read_ranking_matrices(
         Path(features_uri), [(fit_rows, fit_sizes), (stop_rows, stop_sizes)], names, categories
     )
-    trained = train_ranker(fit_matrix, stop_matrix, names, categories, ranker_config)
+    trained = fit_ranker(fit_matrix, stop_matrix, names, categories, ranker_config)
     return trained, fit_matrix.n_rows, fit_matrix.n_queries, stop_matrix.n_queries
 
 
@@ -399,3 +392,18 @@ def assemble_two_stage(
     with atomic_directory(target, overwrite=True) as staging:
         model.save(staging)
     return {"uri": str(target)}
+
+
+def assemble_serving(
+    split_uri: str,
+    encoder_uri: str | None,
+    index_uri: str | None,
+    ranker_uri: str | None,
+    config: PipelineConfig,
+    run_dir: Path,
+) -> ModelResult:
+    """The two-stage model at the end of the data, over the listings available then: what
+    gets registered (`assemble_two_stage` for serving)."""
+    return assemble_two_stage(
+        split_uri, encoder_uri, index_uri, ranker_uri, config, run_dir, purpose="serving"
+    )

@@ -19,8 +19,14 @@ from components.store import read_json, write_json
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from components.pipeline.chain import DataPhase, PublishPhase, RankingPhase, RetrievalPhase
-    from components.pipeline.results import EvaluationResult, RankerResult
+    from components.pipeline.results import (
+        DataPhase,
+        EvaluationResult,
+        PublishPhase,
+        RankerResult,
+        RankingPhase,
+        RetrievalPhase,
+    )
 
 REPORT_FILE = "report.json"
 

@@ -1,12 +1,14 @@
-"""What each pipeline step returns: small typed records of URIs, ids and figures.
+"""What each pipeline step and phase returns: small typed records of URIs, ids and figures.
 
-They are `TypedDict`s, so a step's result is plain JSON (Prefect stores it as such and
-reads it back without running any code, see flows/orchestration.py) and still has named,
-typed fields for the reader and the chain.
+A step's result is a `TypedDict`, so it is plain JSON (Prefect stores it as such and reads
+it back without running any code, see flows/orchestration.py) and still has named, typed
+fields for the reader and the chain. A phase's result (`DataPhase` ...) bundles its steps'
+results for the next phases and the run report.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, TypedDict
 
 
@@ -108,3 +110,56 @@ class RegisteredModel(TypedDict):
     aliases: list[str]
     bundle_uri: str
     example_user_id: str
+
+
+@dataclass(frozen=True)
+class DataPhase:
+    validated: ValidationResult
+    snapshot: SnapshotResult
+    split: SplitResult
+
+    @property
+    def split_uri(self) -> str:
+        return self.split["uri"]
+
+
+@dataclass(frozen=True)
+class RetrievalPhase:
+    fitted: FitResult
+    encoder: EncoderResult | None
+    indexes: IndexResult | None
+    candidates: CandidatesResult
+
+    @property
+    def encoder_uri(self) -> str | None:
+        return None if self.encoder is None else self.encoder["uri"]
+
+    @property
+    def train_window_encoder_uri(self) -> str | None:
+        """The encoder that never saw the ranker's labels (see `train_encoder`)."""
+        return None if self.encoder is None else self.encoder["train_window_uri"]
+
+    @property
+    def evaluation_index_uri(self) -> str | None:
+        return None if self.indexes is None else self.indexes["evaluation_index_uri"]
+
+    @property
+    def serving_index_uri(self) -> str | None:
+        return None if self.indexes is None else self.indexes["serving_index_uri"]
+
+
+@dataclass(frozen=True)
+class RankingPhase:
+    ranking_data: RankingDataResult | None
+    ranker: RankerResult | None
+    #: The two-stage model at the test cut-off: what evaluation scores.
+    evaluated: ModelResult
+    #: The two-stage model at the end of the data: what gets registered (the evaluated
+    #: one when `model.refit_on_all_data` is false).
+    served: ModelResult
+
+
+@dataclass(frozen=True)
+class PublishPhase:
+    registered: RegisteredModel
+    promotion: dict[str, Any]

@@ -25,7 +25,6 @@ from components.pipeline.sharding import (
     ShardedStep,
     concatenate_parts,
     publish_shard,
-    run_sharded,
     shard_folder,
     shard_ranges,
     where_it_ran,
@@ -141,7 +140,7 @@ def two_tower_scorer(encoder_uri: str, data: DataSplit) -> TwoTowerScorer:
     )
 
 
-def build_indexes(
+def build_index(
     split_uri: str, encoder_uri: str, config: PipelineConfig, run_dir: Path
 ) -> IndexResult:
     """Two angular Annoy indexes over the listings available at a moment: at the test
@@ -205,24 +204,6 @@ def _index_quality(
         "query_p50_ms": round(float(np.percentile(latencies, 50)), 3),
         "query_p99_ms": round(float(np.percentile(latencies, 99)), 3),
     }
-
-
-def generate_candidates(
-    split_uri: str,
-    encoder_uri: str | None,
-    evaluation_index_uri: str | None,
-    config: PipelineConfig,
-    run_dir: Path,
-) -> CandidatesResult:
-    """Candidates for the test window's users from every configured source, merged; the
-    candidate recall@N per source and combined goes to the report. The fitted stack is
-    saved beside them: the evaluated two-stage model is assembled on it (not fitted
-    again) and its evaluation reads these candidates instead of generating them again.
-
-    Shard by shard in this process (`CANDIDATES`: the flow maps the shards as tasks)."""
-    return run_sharded(
-        CANDIDATES, split_uri, encoder_uri, evaluation_index_uri, config, run_dir=run_dir
-    )
 
 
 def _test_window(data: DataSplit, config: PipelineConfig) -> tuple[pd.DataFrame, pd.Series]:
@@ -340,5 +321,11 @@ def combine_candidates(
     }
 
 
-#: The candidate stage as plan -> shards -> combine (see components.pipeline.sharding).
-CANDIDATES = ShardedStep(plan_candidates, candidates_shard, combine_candidates)
+#: The test window's candidates from every configured source, merged, as plan -> shards ->
+#: combine (components.pipeline.sharding); the candidate recall@N per source and combined
+#: goes to the report. The fitted stack is saved beside them: the evaluated two-stage model
+#: is assembled on it (not fitted again) and its evaluation reads these candidates instead
+#: of generating them again.
+generate_candidates = ShardedStep(
+    "generate_candidates", plan_candidates, candidates_shard, combine_candidates
+)

@@ -38,10 +38,11 @@ Shard = dict[str, Any]
 
 @dataclass(frozen=True)
 class ShardedStep:
-    """A per-user stage's three steps. Each takes the stage's own arguments first, then:
-    plan `(..., run_dir)`, shard `(..., plan, shard, run_dir)`, combine
-    `(..., plan, parts, run_dir)`; every result is plain JSON."""
+    """A per-user stage's three steps, under the stage's `name`. Each takes the stage's own
+    arguments by keyword, and: plan `run_dir`, shard `plan, shard, run_dir`, combine
+    `plan, parts, run_dir`; every result is plain JSON."""
 
+    name: str
     plan: Callable[..., Any]
     shard: Callable[..., Any]
     combine: Callable[..., Any]
@@ -71,11 +72,14 @@ def chunk_starts(shard: Mapping[str, int], chunk_users: int) -> range:
     return range(start, max(stop, start + 1), max(1, chunk_users))
 
 
-def run_sharded(steps: ShardedStep, /, *args: Any, run_dir: Path) -> Any:
+def run_sharded(steps: ShardedStep, /, *, run_dir: Path, **arguments: Any) -> Any:
     """The stage in this process: plan, every shard in order, combine."""
-    plan = steps.plan(*args, run_dir=run_dir)
-    parts = [steps.shard(*args, plan, shard, run_dir=run_dir) for shard in plan["shards"]]
-    return steps.combine(*args, plan, parts, run_dir=run_dir)
+    plan = steps.plan(**arguments, run_dir=run_dir)
+    parts = [
+        steps.shard(**arguments, plan=plan, shard=shard, run_dir=run_dir)
+        for shard in plan["shards"]
+    ]
+    return steps.combine(**arguments, plan=plan, parts=parts, run_dir=run_dir)
 
 
 def shard_folder(run_dir: Path, stage: str, shard: Mapping[str, int]) -> Path:

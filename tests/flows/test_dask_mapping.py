@@ -125,9 +125,9 @@ def test_shards_run_as_tasks_on_the_dask_workers_with_the_thread_pool_s_metrics(
         assert len(shards[stage]) >= 2, shards
     # ... on the Dask workers, both of them (Dask keys name the step's function).
     steps = {
-        "generate_candidates": retrieval_steps.CANDIDATES.shard.__name__,
-        "build_features": ranking_steps.RANKING_DATA.shard.__name__,
-        "evaluate": evaluation_steps.EVALUATION.shard.__name__,
+        "generate_candidates": retrieval_steps.generate_candidates.shard.__name__,
+        "build_features": ranking_steps.build_features.shard.__name__,
+        "evaluate": evaluation_steps.evaluate.shard.__name__,
     }
     shard_workers = {worker for key, worker in ran if key.startswith(tuple(steps.values()))}
     assert shard_workers == workers, ran

@@ -11,6 +11,7 @@ import pytest
 from components.config import PipelineConfig
 from components.data.split import DataSplit, write_split
 from components.pipeline.retrieval_steps import generate_candidates
+from components.pipeline.sharding import run_sharded
 from components.retrieval.stack import RetrievalStack
 
 
@@ -36,8 +37,17 @@ def test_chunks_of_users_give_the_same_candidates_and_recall(
 ) -> None:
     write_split(synthetic_split, tmp_path / "split")
     split_uri = str(tmp_path / "split")
-    whole = generate_candidates(split_uri, None, None, _config(4096), tmp_path / "whole")
-    chunked = generate_candidates(split_uri, None, None, _config(9), tmp_path / "chunked")
+    whole, chunked = (
+        run_sharded(
+            generate_candidates,
+            split_uri=split_uri,
+            encoder_uri=None,
+            evaluation_index_uri=None,
+            config=_config(chunk_users),
+            run_dir=tmp_path / name,
+        )
+        for chunk_users, name in ((4096, "whole"), (9, "chunked"))
+    )
     assert chunked["users"] == whole["users"] > 9
     assert chunked["candidate_recall"] == pytest.approx(whole["candidate_recall"], abs=1e-4)
     assert set(whole["candidate_recall"]) == {"covisitation", "popularity", "linear", "combined"}

@@ -5,6 +5,7 @@ as one shard (one loop over every user)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from components.data.split import DataSplit, split_tables, write_split
 from components.data.synthetic import generate_marketplace
 from components.pipeline import evaluation_steps, ranking_steps, retrieval_steps
 from components.pipeline.chain import Stages
-from components.pipeline.sharding import RecallSums, chunk_starts, shard_ranges
+from components.pipeline.sharding import RecallSums, chunk_starts, run_sharded, shard_ranges
 from components.retrieval.candidates import ChunkedRecall
 
 
@@ -76,15 +77,23 @@ def test_recall_sums_replay_chunked_recall_to_the_last_bit() -> None:
     assert mine._sums == theirs._sums
 
 
+def _candidates(split_uri: str, config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    """The candidate stage run in this process, without the two-tower source."""
+    return run_sharded(
+        retrieval_steps.generate_candidates,
+        split_uri=split_uri,
+        encoder_uri=None,
+        evaluation_index_uri=None,
+        config=config,
+        run_dir=run_dir,
+    )
+
+
 def test_candidates_in_shards_are_one_loop_s_candidates_and_recall(
     split_uri: str, tmp_path: Path
 ) -> None:
-    whole = retrieval_steps.generate_candidates(
-        split_uri, None, None, _config(10**6, 16), tmp_path / "a"
-    )
-    sharded = retrieval_steps.generate_candidates(
-        split_uri, None, None, _config(40, 16), tmp_path / "b"
-    )
+    whole = _candidates(split_uri, _config(10**6, 16), tmp_path / "a")
+    sharded = _candidates(split_uri, _config(40, 16), tmp_path / "b")
     assert sharded["candidate_recall"] == whole["candidate_recall"]
     assert sharded["users"] == whole["users"] > 40 * 2
     assert len(list((tmp_path / "b" / "shards" / "generate_candidates").iterdir())) > 2
@@ -100,8 +109,16 @@ def test_label_stage_rows_and_figures_in_shards_are_one_loop_s(tmp_path: Path) -
         tmp_path / "split",
     )
     split_uri = str(tmp_path / "split")
-    whole = ranking_steps.build_ranking_data(split_uri, None, _config(10**6, 16, 2), tmp_path / "a")
-    sharded = ranking_steps.build_ranking_data(split_uri, None, _config(32, 16, 2), tmp_path / "b")
+    whole, sharded = (
+        run_sharded(
+            ranking_steps.build_features,
+            split_uri=split_uri,
+            train_window_encoder_uri=None,
+            config=config,
+            run_dir=tmp_path / name,
+        )
+        for config, name in ((_config(10**6, 16, 2), "a"), (_config(32, 16, 2), "b"))
+    )
     frame = pd.read_parquet(sharded["uri"])
     pd.testing.assert_frame_equal(frame, pd.read_parquet(whole["uri"]))
     assert set(frame["label_window"]) == {0, 1}
@@ -115,7 +132,7 @@ def test_evaluation_in_shards_gives_one_pass_s_metrics_and_intervals(
     split_uri: str, tmp_path: Path
 ) -> None:
     config = _config(25)
-    candidates = retrieval_steps.generate_candidates(split_uri, None, None, config, tmp_path)
+    candidates = _candidates(split_uri, config, tmp_path)
     model = ranking_steps.assemble_two_stage(
         split_uri, None, None, None, config, tmp_path, "evaluation", candidates["stack_uri"]
     )
@@ -125,13 +142,12 @@ def test_evaluation_in_shards_gives_one_pass_s_metrics_and_intervals(
         stages = Stages()
         results.append(
             stages.sharded(
-                "evaluate",
-                evaluation_steps.EVALUATION,
-                split_uri,
-                model["uri"],
-                candidates["uri"],
-                config.evaluation,
-                execution,
+                evaluation_steps.evaluate,
+                split_uri=split_uri,
+                evaluation_model_uri=model["uri"],
+                candidates_uri=candidates["uri"],
+                config=config.evaluation,
+                execution=execution,
                 run_dir=tmp_path / f"run-{shard_users}",
             )
         )

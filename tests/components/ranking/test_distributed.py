@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from components.config import PipelineConfig
-from components.pipeline.ranking_steps import build_ranking_data, feature_builder_categories
+from components.pipeline.ranking_steps import build_features, feature_builder_categories
+from components.pipeline.sharding import run_sharded
 from components.ranking.dataset import query_groups, split_users
 from components.ranking.features import feature_columns
 from components.ranking.ranker import train_ranker
@@ -41,7 +42,13 @@ def test_dask_ranker_matches_the_local_ranker(
     from components.ranking.distributed import train_ranker_on_dask
 
     write_split(small_split, tmp_path / "split")
-    data = build_ranking_data(str(tmp_path / "split"), None, small_config, tmp_path)
+    data = run_sharded(
+        build_features,
+        split_uri=str(tmp_path / "split"),
+        train_window_encoder_uri=None,
+        config=small_config,
+        run_dir=tmp_path,
+    )
     frame = pd.read_parquet(data["uri"])
     config = small_config.model.ranker
     fit_users, _ = split_users(frame["user_id"], config.early_stopping_user_share, config.seed)
@@ -76,12 +83,18 @@ def test_an_ensemble_trains_every_member_on_the_cluster_at_dask_address(
     from components.data.split import write_split
 
     distributed = pytest.importorskip("distributed")
-    from components.pipeline.ranking_steps import train_ranker_step
+    from components.pipeline.ranking_steps import train_ranker
     from components.ranking import distributed as dask_path
     from components.ranking.ranker import RankerEnsemble, load_ranker
 
     write_split(small_split, tmp_path / "split")
-    data = build_ranking_data(str(tmp_path / "split"), None, small_config, tmp_path)
+    data = run_sharded(
+        build_features,
+        split_uri=str(tmp_path / "split"),
+        train_window_encoder_uri=None,
+        config=small_config,
+        run_dir=tmp_path,
+    )
     seeds: list[int] = []
     real = dask_path.train_ranker_on_dask
 
@@ -99,7 +112,7 @@ def test_an_ensemble_trains_every_member_on_the_cluster_at_dask_address(
         config = small_config.model_copy(
             update={"model": small_config.model.model_copy(update={"ranker": ranker})}
         )
-        result = train_ranker_step(data["uri"], config, tmp_path)
+        result = train_ranker(data["uri"], config, tmp_path)
     assert seeds == [ranker.seed, ranker.seed + 1]
     figures = result["figures"]
     assert figures["ensemble_size"] == 2 and len(figures["member_best_iterations"]) == 2

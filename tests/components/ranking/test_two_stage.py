@@ -14,12 +14,13 @@ from components.config import PipelineConfig, TwoTowerConfig
 from components.data.split import DataSplit, write_split
 from components.evaluation.encoder_validation import encoder_validation
 from components.evaluation.suite import evaluate_models
+from components.pipeline import ranking_steps
 from components.pipeline.ranking_steps import (
     assemble_two_stage,
-    build_ranking_data,
+    build_features,
     encoder_before,
-    train_ranker_step,
 )
+from components.pipeline.sharding import run_sharded
 from components.ranking.dataset import QUERY_KEYS, QueryGroups, query_group_rows
 from components.ranking.label_stages import label_stage, label_stages
 from components.ranking.model import TwoStageModel, retrieval_only
@@ -37,6 +38,17 @@ from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower_training import train_two_tower_stages
 
 
+def _features(split_uri: str, config: PipelineConfig, run_dir: Path) -> dict:
+    """The ranking data stage run in this process, without an encoder."""
+    return run_sharded(
+        build_features,
+        split_uri=split_uri,
+        train_window_encoder_uri=None,
+        config=config,
+        run_dir=run_dir,
+    )
+
+
 @pytest.fixture(scope="module")
 def trained(
     small_split: DataSplit, small_config: PipelineConfig, tmp_path_factory: pytest.TempPathFactory
@@ -44,8 +56,8 @@ def trained(
     run_dir = tmp_path_factory.mktemp("ranking-run")
     write_split(small_split, run_dir / "split")
     split_uri = str(run_dir / "split")
-    data = build_ranking_data(split_uri, None, small_config, run_dir)
-    ranker = train_ranker_step(data["uri"], small_config, run_dir)
+    data = _features(split_uri, small_config, run_dir)
+    ranker = ranking_steps.train_ranker(data["uri"], small_config, run_dir)
     model = assemble_two_stage(split_uri, None, None, ranker["uri"], small_config, run_dir)
     return {
         "run_dir": run_dir,
@@ -64,7 +76,7 @@ def test_label_features_built_in_user_chunks_are_the_same_file_content(
     chunked_config = small_config.model_copy(
         update={"model": small_config.model.model_copy(update={"candidates": candidates})}
     )
-    chunked = build_ranking_data(trained["split_uri"], None, chunked_config, tmp_path)
+    chunked = _features(trained["split_uri"], chunked_config, tmp_path)
     whole = trained["data"]
     pd.testing.assert_frame_equal(pd.read_parquet(chunked["uri"]), pd.read_parquet(whole["uri"]))
     assert pq.ParquetFile(chunked["uri"]).num_row_groups > 10
@@ -203,7 +215,7 @@ def test_category_codes_are_vocabulary_positions_and_unknown_values_are_nan() ->
 def test_training_is_deterministic(
     trained: dict, small_config: PipelineConfig, tmp_path: Path
 ) -> None:
-    again = train_ranker_step(trained["data"]["uri"], small_config, tmp_path)
+    again = ranking_steps.train_ranker(trained["data"]["uri"], small_config, tmp_path)
     frame = pd.read_parquet(trained["data"]["uri"]).head(500)
     first = TrainedRanker.load(Path(trained["ranker"]["uri"])).predict(frame)
     second = TrainedRanker.load(Path(again["uri"])).predict(frame)
@@ -217,7 +229,7 @@ def test_an_ensemble_averages_rankers_trained_with_consecutive_seeds(
     config = small_config.model_copy(
         update={"model": small_config.model.model_copy(update={"ranker": ranker_config})}
     )
-    step = train_ranker_step(trained["data"]["uri"], config, tmp_path)
+    step = ranking_steps.train_ranker(trained["data"]["uri"], config, tmp_path)
     figures = step["figures"]
     assert figures["ensemble_size"] == 3 and len(figures["member_best_iterations"]) == 3
     ensemble = load_ranker(Path(step["uri"]))
