@@ -266,9 +266,9 @@ class TwoTowerConfig(StrictModel):
     item_id_dropout: float = Field(0.5, ge=0, le=1)
     #: Id tables with more rows than this train with sparse gradients and lazy Adam (only
     #: the rows a batch touched move): dense Adam passes over every row at every step, so
-    #: on a large catalogue an epoch costs steps x listings. Measured (2 cores, 20k rows
-    #: touched a step): dense 26 / 52 / 155 ms a step at 30k / 150k / 680k rows, lazy
-    #: 45 / 32 / 69 ms; the public benchmarks and the demo (<= 41k listings) stay dense.
+    #: on a large catalogue an epoch costs steps x listings; below the threshold dense
+    #: steps are the faster (figures: docs/models.md), and the public benchmarks and the
+    #: demo stay dense.
     sparse_id_rows: int = Field(65_536, ge=1)
     #: User tower: how many recent interactions are pooled (without timestamps: how many
     #: of the user's items, sampled afresh for each training example).
@@ -345,7 +345,8 @@ class AnnoyConfig(StrictModel):
     n_trees: int = Field(50, ge=1)
     #: Nodes inspected per query; -1: search_k_factor * n_trees * k.
     search_k: int = Field(-1, ge=-1)
-    #: Annoy's own default is 1 (recall@100 .72 on a clustered 30k x 64 set); 4 gives .97.
+    #: Annoy's own default is 1, which misses many true neighbours on clustered vectors; 4
+    #: finds nearly all (docs/models.md, "Measurements behind the defaults").
     search_k_factor: float = Field(4.0, gt=0)
     #: Inner-product search on vectors that are not normalised (e.g. iALS factors): items get
     #: an extra coordinate sqrt(max_norm^2 - |x|^2), queries a 0 (Annoy 1.17.3's own `dot`
@@ -406,13 +407,13 @@ class Rp3BetaConfig(StrictModel):
     """RP3beta (Paudel et al. 2016): the item -> user -> item walk, popular targets
     discounted (components.retrieval.rp3beta); training-free, sparse."""
 
-    #: Exponent of the walk's transition probabilities (1: the plain random walk). On the
-    #: Gowalla tune split .7 beats .5 and 1 (recall@200 .555 vs .550 / .537 at beta .4/.5).
+    #: Exponent of the walk's transition probabilities (1: the plain random walk); .7 was
+    #: best on the Gowalla tune split (docs/models.md).
     alpha: float = Field(0.7, ge=0)
     #: Popularity discount of the target item, p_j ** -beta (0: none).
     beta: float = Field(0.4, ge=0)
-    #: Links kept per item (null: all). Pruning to 200 costs Gowalla tune recall@200 .033
-    #: (.479 vs .512 at alpha 1): set it only where the full graph does not fit in memory.
+    #: Links kept per item (null: all). Pruning costs recall (docs/models.md): set it only
+    #: where the full graph does not fit in memory.
     neighbours: int | None = Field(None, ge=1)
 
 
@@ -479,8 +480,7 @@ class CandidatesConfig(StrictModel):
     #: Reciprocal-rank fusion constant of the merge: score = sum_s 1 / (rrf_k + rank_s).
     rrf_k: int = Field(60, ge=1)
     #: Weight w_s of each source in the fusion, sum_s w_s / (rrf_k + rank_s); absent: 1.
-    #: Tune on the valid window: on the synthetic one (no ANN source yet) popularity 0,
-    #: covisitation .5, linear 1, category_popularity 2 lift recall@200 from .074 to .086.
+    #: Tune on the valid window (docs/models.md has the figures behind the shipped ones).
     source_weights: dict[str, float] = Field(default_factory=dict)
     #: Items never returned to anyone (e.g. moderation blocks).
     blocked_item_ids: tuple[str, ...] = ()
@@ -742,8 +742,7 @@ class PromotionConfig(StrictModel):
     #: Tolerated rise of the seller-exposure Gini@20 (0 = equal exposure, 1 = one seller).
     #: Popularity-like models show everyone nearly the same list, so their interval is a
     #: point and which sellers own this week's top items moves it: 0.05 keeps ordinary
-    #: refreshes through (observed: +0.025) and stops a model that favours a few sellers
-    #: (two biggest sellers only: +0.08; five biggest on the synthetic market: +0.20).
+    #: refreshes through and stops a model that favours a few sellers (docs/models.md).
     max_seller_gini_increase: float = Field(0.05, ge=0, le=1)
     #: Tolerated fall of the share of list slots (top 20) that go to new listings.
     max_new_listing_exposure_drop: float = Field(0.05, ge=0, le=1)

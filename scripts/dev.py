@@ -3,7 +3,8 @@
 
     python3 scripts/dev.py demo   # retrain on the synthetic marketplace, register a model,
                                   # then run champion vs challenger on its simulated traffic
-    python3 scripts/dev.py test   # the whole test suite
+    python3 scripts/dev.py test   # the whole test suite (what CI runs)
+    python3 scripts/dev.py test --quick   # all but the end-to-end retrains (`slow`)
     python3 scripts/dev.py lint   # ruff check, ruff format --check, no type-ignore comments
 
 Only the Python standard library is used here, so it runs on a fresh machine.
@@ -86,6 +87,9 @@ def main(argv: list[str]) -> int:
             return failed
         return subprocess.run([rewear, "experiment", "simulate", *args], cwd=ROOT).returncode
     pytest = [str(BIN / "python"), "-m", "pytest"]
+    if "--quick" in rest:
+        # The inner loop: every test but the end-to-end retrains marked `slow`.
+        rest = ["-m", "not slow", *[arg for arg in rest if arg != "--quick"]]
     return subprocess.run([*pytest, *rest], cwd=ROOT).returncode
 
 

@@ -26,8 +26,8 @@ def fit_baselines(
 
     `fitted`: candidate models already fitted on this same history and cut-off (a
     retrieval stack's, by source name), with the settings `fitted_with`: a baseline whose
-    settings equal its source's is that model, not a second fit (on a 41k-item catalogue
-    a second co-visitation matrix costs 1.3 GB and 5 s for the same scores)."""
+    settings equal its source's is that model, not a second fit (a second co-visitation
+    matrix costs its memory and time again for the same scores)."""
     fitted = fitted or {}
     baselines: dict[str, Scorer] = {}
     for name in config.enabled:

@@ -257,9 +257,8 @@ def cuped_covariates(units: pd.DataFrame) -> np.ndarray:
     """CUPED's design matrix: each pre-period count, the same as a rate per day the unit
     was on the market then (a user who joined a week before the start has a week of
     history, not less activity), the square roots of both (activity is long-tailed and
-    outcomes grow less than linearly in it), and the days present. On the synthetic
-    market this removed 13% of the variance of sold listings per user against 11% for the
-    counts alone (held-out market seeds; docs/experiments.md)."""
+    outcomes grow less than linearly in it), and the days present: more variance removed
+    than the counts alone (figures in docs/models.md)."""
     counts = units[list(PRE_PERIOD_COVARIATES)].to_numpy(float)
     days = units["pre_days"].to_numpy(float)
     rates = counts / np.maximum(days, 1.0)[:, None]

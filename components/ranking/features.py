@@ -209,8 +209,8 @@ class PointInTimeFeatures:
         cos_user = np.einsum("ij,ij->i", user_matrix[codes], item_matrix).astype(float)
         order = np.argsort(codes, kind="stable")
         bounds = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(unique_users)))]
-        # Every user's recent items looked up in one call (one call per user cost 0.25 ms:
-        # 7 s for 30k users), then each user's rows against their own.
+        # Every user's recent items looked up in one call (a call per user costs its fixed
+        # overhead once per user), then each user's rows against their own.
         recent = [self.recent.get(user) or [] for user in unique_users]
         lengths = np.array([len(items) for items in recent], dtype=np.int64)
         if not lengths.sum():

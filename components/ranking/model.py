@@ -119,8 +119,8 @@ class TwoStageModel:
         in order of recent popularity."""
         users = [str(u) for u in user_ids]
         ranked = self.rank(users)
-        # float32 from the start (the result's type): a batch of 1024 users x 41k items
-        # in float64 was 0.3 GB, then copied.
+        # float32 from the start (the result's type): a batch of users x catalogue in
+        # float64 would be twice the memory, then copied.
         scores = np.tile(self._fallback(item_ids).astype(np.float32), (len(users), 1))
         if len(ranked):
             rows = pd.Index(users).get_indexer(ranked["user_id"])

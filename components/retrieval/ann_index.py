@@ -15,33 +15,18 @@ Candidate sources and the served model call `AnnIndex.search`: the Annoy trees, 
 scan of the indexed vectors (one matrix product per block of queries) when that costs no
 more than the nodes Annoy would inspect (`scan_is_cheaper`: a node costs about five
 scanned items). Offline
-candidate generation asks for n plus each user's exclusions, about 230 neighbours: on a
-catalogue of 41k listings that is search_k ~ 46k nodes per query (7 ms each, 3.5 minutes
-for 30k users) against a scan of the whole batch in seconds. Shallow requests on a large
-catalogue stay on the trees. `query` is always Annoy (what `ann_recall` measures).
+candidate generation asks for n plus each user's exclusions, a few hundred neighbours: on
+a catalogue of tens of thousands of listings the trees then inspect about as many nodes
+per query, where a scan of the whole batch is one matrix product. Shallow requests on a
+large catalogue stay on the trees. `query` is always Annoy (what `ann_recall` measures).
 
 An index folder (written atomically) holds `index.ann` (memory-mapped on load),
 `item_ids.parquet` (row i is Annoy item i) and `index.json` (dimensions and settings).
 
-Defaults (AnnoyConfig: 50 trees, search_k = 4 * n_trees * k) were tuned on 64-dim vectors,
-one query at a time on a shared 2-core CPU, recall@100 against exact search (300 queries;
-no trained two-tower vectors yet, so random clustered vectors and iALS factors):
-
-======================================  ======  =======  ======  =======  ========  ========
-vectors                                  items  build s  recall  default  p50 ms/q  p99 ms/q
-======================================  ======  =======  ======  =======  ========  ========
-clustered random, tight (noise 1)       30,000     2.2    1.000    .997      3.3       4.0
-clustered random, loose (noise 2)       30,000     1.5    0.971    .710      3.1       6.5
-iALS factors, synthetic, cosine         26,134     1.4    0.998    .951      3.1       5.4
-iALS factors, ml-1m-lcfn, cosine         3,043     0.2    1.000    .986      1.7       4.9
-iALS factors, ml-1m-lcfn, inner product  3,043     0.4    1.000    .945      1.8       3.0
-iALS factors, synthetic, inner product  26,134     4.2    0.709    .214      3.1       4.1
-======================================  ======  =======  ======  =======  ========  ========
-
-`default` is recall with Annoy's own search_k (n_trees * k). The inner-product
-augmentation crowds items whose norm is far below the largest (synthetic iALS norms: median
-.08, max .21) onto the extra axis, where the trees barely separate them: that index needs
-search_k = 50,000 for .97, i.e. about exhaustive. Prefer normalised vectors (the two-tower's).
+Defaults (AnnoyConfig: 50 trees, search_k = 4 * n_trees * k) were tuned for recall@100
+against exact search on 64-dim vectors (docs/models.md, "Measurements behind the
+defaults"). An inner-product index over vectors of very unequal norms (iALS factors)
+needs an almost exhaustive search_k: prefer normalised vectors (the two-tower's).
 
 Example
 -------

@@ -171,11 +171,11 @@ class Covisitation(_UserItemScorer):
     Co-visit counts C = S^T S (diagonal zeroed) over the session x item matrix S, whose
     entries are the strongest event weight of the item in the session. C is cosine-normalised
     (C_ij / sqrt(n_i n_j), n_i = S^T S diagonal) so that very popular items do not
-    co-occur with everything: on ml-1m-lcfn valid it beats raw counts and C_ij / n_i by
-    40% (Recall@20 .183 vs .131 / .136); on the synthetic valid it is a little below them
-    (.0124 vs .0129). A user's scores sum C over their `recent_items` most recent distinct
-    items (from their whole history before `as_of`, not only the window), equally weighted:
-    1 / (1 + rank) weights scored lower on the synthetic valid (.0090).
+    co-occur with everything (well above raw counts and C_ij / n_i on ml-1m-lcfn valid,
+    a little below them on the synthetic valid). A user's scores sum C over their
+    `recent_items` most recent distinct items (from their whole history before `as_of`,
+    not only the window), equally weighted (1 / (1 + rank) weights scored lower). Figures:
+    docs/models.md, "Measurements behind the defaults".
 
     Without timestamps (fixed splits) each user's whole history is one session and all
     their items seed the scores: plain item-kNN by co-occurrence (cosine).
@@ -373,6 +373,27 @@ def _recent_item_seeds(
 # ------------------------------------------------------------------------- EASE
 
 
+#: Cells (items x block columns) of one sparse block product while building a Gram matrix.
+GRAM_BLOCK_CELLS = 16_000_000
+
+
+def dense_gram(matrix: sp.csr_matrix, l2: float) -> np.ndarray:
+    """X^T X + l2 I of a user x item matrix, dense float64 in Fortran order (so that LAPACK
+    inverts it in place), built a block of item columns at a time: the sparse product of
+    every column at once holds each co-occurring pair as a sparse entry, which on a dense
+    co-occurrence costs more memory than the dense result itself."""
+    n_items = matrix.shape[1]
+    gram = np.zeros((n_items, n_items), dtype=np.float64, order="F")
+    by_item = matrix.T.tocsr()
+    columns = matrix.tocsc()
+    step = max(1, GRAM_BLOCK_CELLS // max(n_items, 1))
+    for start in range(0, n_items, step):
+        stop = min(n_items, start + step)
+        gram[:, start:stop] = (by_item @ columns[:, start:stop]).toarray()
+    gram[np.diag_indices(n_items)] += l2
+    return gram
+
+
 @dataclass(frozen=True)
 class Ease(_UserItemScorer):
     """EASE (Steck 2019): B = I - P / diag(P), P = (X^T X + l2 I)^-1, diag(B) = 0.
@@ -406,10 +427,11 @@ class Ease(_UserItemScorer):
             )
         matrix, user_index, item_index = user_item_matrix(frame)
         matrix.data[:] = 1.0
-        gram = (matrix.T @ matrix).toarray().astype(np.float64)
-        gram[np.diag_indices_from(gram)] += config.l2
-        precision = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)
-        weights = precision / (-np.diag(precision))
+        gram = dense_gram(matrix, config.l2)
+        # In place (Fortran order): one items^2 float64 matrix instead of three.
+        weights = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)
+        del gram
+        weights /= -np.diag(weights).copy()
         np.fill_diagonal(weights, 0.0)
         popularity = interaction_popularity(frame, item_index)
         return cls(

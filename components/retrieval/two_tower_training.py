@@ -16,10 +16,11 @@ interaction, and each batch is drawn from one `batch_window` of time, so its neg
 listings live at about the same time and share_j is their popularity in that window. This
 matters on a marketplace: with batches drawn from the whole history, log-Q teaches each
 listing its lifetime popularity and stale listings that were once popular come back (valid
-recall@100 on the synthetic data fell from .083 after one epoch to .057 after three; with
-daily windows it holds at .09). The uniform negatives are what teaches freshness (listing
-age): the other targets are as fresh as the positive, live stock mostly is not (.047 ->
-.083 on the same data). Without timestamps (fixed splits) each training interaction is a
+recall fell epoch after epoch; with daily windows it holds). The uniform negatives are what
+teaches freshness (listing age): the other targets are as fresh as the positive, live stock
+mostly is not. Figures: docs/models.md, "Measurements behind the defaults".
+
+Without timestamps (fixed splits) each training interaction is a
 target whose history is a fresh sample of the user's other training items (leave-one-out),
 never a valid/test item, and batches are drawn from all interactions. With timestamps the
 targets are shuffled in runs of up to `user_run` consecutive targets of one user: their
@@ -634,7 +635,7 @@ def _batch_loss(
     )
     age = data.featurizer.age_buckets(data.catalogue.created_us[rows], query_times)
     # np.unique sorts the batch's keys: a lookup table over every (listing, age) key would
-    # cost the catalogue per step (4.7 ms at 679k listings against 0.5 ms).
+    # cost the whole catalogue per step.
     keys, inverse = np.unique(rows * data.featurizer.n_age_buckets + age, return_inverse=True)
     unique_rows = keys // data.featurizer.n_age_buckets
     arrays = data.catalogue.take(unique_rows)
@@ -697,8 +698,7 @@ def _epoch_batches(
     timed targets are shuffled in runs of up to `user_run` consecutive targets of one user
     (`_user_run_order`). Untimed (leave-one-out) targets are shuffled one by one: their bags
     are fresh samples rather than shared prefixes, and on gowalla (no content, so an
-    item-tower row is one id lookup) runs of 4 lowered tune recall@20 from .189 to .184
-    for no speed.
+    item-tower row is one id lookup) runs lowered tune recall for no speed.
     """
     targets = data.targets
     if not data.timed or config.batch_window is None:

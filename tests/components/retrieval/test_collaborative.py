@@ -19,6 +19,7 @@ from components.retrieval.collaborative import (
     Ease,
     Ials,
     covisitation_matrix,
+    dense_gram,
     fit_linear_baseline,
     session_ids,
 )
@@ -49,6 +50,20 @@ def test_ease_matches_the_closed_form_on_a_toy_matrix():
 
     np.testing.assert_allclose(model.weights, B, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.score(users, items), X @ B, rtol=1e-5, atol=1e-6)
+
+
+def test_the_gram_matrix_is_built_in_column_blocks_in_fortran_order(monkeypatch):
+    """Blocks of item columns give X^T X + l2 I exactly, laid out for an in-place inverse."""
+    from components.retrieval import collaborative
+
+    rng = np.random.default_rng(3)
+    matrix = sp.random(60, 23, density=0.2, format="csr", random_state=rng, dtype=np.float32)
+    matrix.data[:] = 1.0
+    expected = (matrix.T @ matrix).toarray().astype(np.float64) + 2.5 * np.eye(23)
+    monkeypatch.setattr(collaborative, "GRAM_BLOCK_CELLS", 23 * 4)  # blocks of 4 columns
+    gram = dense_gram(matrix, 2.5)
+    np.testing.assert_array_equal(gram, expected)
+    assert gram.flags.f_contiguous and gram.dtype == np.float64
 
 
 def test_ease_refuses_a_catalogue_above_max_items_and_names_the_setting():
