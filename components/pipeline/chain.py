@@ -43,6 +43,7 @@ from components.pipeline.results import (
     ValidationResult,
 )
 from components.pipeline.sharding import Shard, ShardedStep
+from components.processes import return_freed_memory
 
 T = TypeVar("T")
 
@@ -81,7 +82,10 @@ class Stages:
 
     def _call(self, stage: str, step: Callable[..., T], /, **arguments: Any) -> T:
         call = step if self.wrap is None else self.wrap(stage, step)
-        return call(**arguments)
+        try:
+            return call(**arguments)
+        finally:
+            return_freed_memory()  # the next stage's peak must not sit on this one's
 
     def map(
         self, stage: str, step: Callable[..., T], shards: Sequence[Shard], /, **arguments: Any

@@ -31,17 +31,14 @@ from components.retrieval.two_tower_network import (
     pooling_weights,
     sampled_softmax_loss,
 )
-from components.retrieval.two_tower_training import (
+from components.retrieval.two_tower_training import train_two_tower, train_two_tower_stages
+from components.retrieval.two_tower_training.batches import _epoch_batches, _user_run_order
+from components.retrieval.two_tower_training.data import _build_training_data, _training_bags
+from components.retrieval.two_tower_training.optimiser import (
     _adam,
-    _build_training_data,
-    _epoch_batches,
     _extended_featurizer,
     _load_warm_start,
-    _training_bags,
-    _user_run_order,
     _WarmStart,
-    train_two_tower,
-    train_two_tower_stages,
 )
 from tests.components.conftest import TOY_KINDS, TOY_START, TOY_TWO_TOWER
 

@@ -33,7 +33,8 @@ from components.evaluation.protocol import build_evaluation_task, evaluate_score
 from components.interfaces import Scorer
 from components.retrieval.data_parallel import DataParallelError, Ranks, run_in_processes
 from components.retrieval.two_tower import TwoTowerScorer
-from components.retrieval.two_tower_training import _with_environment, train_two_tower_stages
+from components.retrieval.two_tower_training import train_two_tower_stages
+from components.retrieval.two_tower_training.loop import _with_environment
 from tests.components.conftest import TOY_TWO_TOWER
 
 #: Small enough to train on the 400-user synthetic marketplace in ~4 s a run (one process).
