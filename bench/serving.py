@@ -5,6 +5,7 @@
     .venv/bin/python bench/serving.py --model-uri models:/rewear@champion   # an existing one
     .venv/bin/python bench/serving.py --set model.ranker.enabled=false  # fusion, no ranker
     .venv/bin/python bench/serving.py --bundle .rewear/bench/serving/runs/<run>/bundle
+    .venv/bin/python bench/serving.py --floor --workers 2   # a constant answer: the server's cost
 
 Without `--model-uri` it builds the served bundle with the retrain flow's own steps (ingest,
 validate, snapshot, split, fit, train_encoder and build_index for the two-tower source,
@@ -239,6 +240,53 @@ def http_asker(base_url: str) -> Callable[[], Callable[[dict[str, Any]], object]
     return lambda: http_ask(http_connection(base_url))
 
 
+class ConstantAnswer(mlflow.pyfunc.PythonModel):
+    """The same 20 rows for every request: what MLflow's server and the clients cost alone."""
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> Any:
+        rows = K * len(model_input)
+        return pd.DataFrame(
+            {
+                "user_id": ["u"] * rows,
+                "rank": list(range(1, K + 1)) * len(model_input),
+                "item_id": ["i"] * rows,
+                "score": [0.5] * rows,
+                "source": ["constant"] * rows,
+                "request": [0] * rows,
+            }
+        )
+
+
+def bench_server_floor(levels: list[int], requests: int, workers: int, warmup: int) -> None:
+    """Serve `ConstantAnswer` under the served model's signature and load it like the model:
+    the throughput and latency no model can beat on this machine."""
+    from components.serving.pyfunc import model_signature
+
+    settings = RewearSettings(home=RewearSettings().home / "bench" / "serving-floor").ensure()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    with mlflow.start_run():
+        logged = mlflow.pyfunc.log_model(
+            name="constant",
+            python_model=ConstantAnswer(),
+            signature=model_signature(),
+            registered_model_name="rewear-floor",
+        )
+    uri = f"models:/rewear-floor/{logged.registered_model_version}"
+    rows = [{"user_id": f"u{number}"} for number in range(requests + warmup)]
+    log = settings.home / "server.log"
+    with model_server(uri, settings.tracking_uri, log, workers=workers) as base:
+        print(f"{uri}: a constant 20-row answer, {workers} workers", flush=True)
+        for clients in levels:
+            row = bench_clients(http_asker(base), rows, clients, warmup)
+            print(
+                f"HTTP floor {clients:>3} clients: {row['requests_per_s']:.1f} req/s, p50 "
+                f"{row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, errors {row['errors']}",
+                flush=True,
+            )
+    print(f"load average at the end: {os.getloadavg()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "ml-1m-lcfn.yaml")
@@ -264,7 +312,16 @@ def main() -> None:
     parser.add_argument(
         "--level-requests", type=int, default=2000, help="requests per concurrency level"
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="bench a constant answer instead: what the server and clients cost alone",
+    )
     args = parser.parse_args()
+    levels = [int(n) for n in args.clients.split(",") if n]
+    if args.floor:
+        bench_server_floor(levels, args.level_requests, args.workers, args.warmup)
+        return
 
     settings = RewearSettings() if args.home is None else RewearSettings(home=args.home)
     model_uri = args.model_uri
@@ -296,7 +353,6 @@ def main() -> None:
         "in_process_user": bench_in_process(model, known, args.warmup),
         "in_process_session": bench_in_process(model, sessions, args.warmup),
     }
-    levels = [int(n) for n in args.clients.split(",") if n]
     results["in_process_clients"] = [
         bench_clients(
             lambda: lambda row: model.predict(pd.DataFrame([row]), params={"k": K}),
