@@ -156,6 +156,7 @@ def test_retrain_then_recommend_prints_a_ranked_table(rewear_home, tmp_path):
     assert "k must be between 1 and" in result.output
 
 
+@pytest.mark.slow
 def test_a_failed_run_prints_one_line_per_failure_and_keeps_the_traceback_in_the_log(
     rewear_home, tmp_path
 ):

@@ -448,7 +448,7 @@ def test_shards_on_the_thread_pool_run_in_the_flow_thread_where_their_timeout_ho
     @flow
     def sharded() -> list:
         shards = [{"number": n} for n in range(3)]
-        return map_shard_tasks("probe.shard", _thread_of_shard, shards, (), {})
+        return map_shard_tasks("probe.shard", _thread_of_shard, shards, {})
 
     with caplog.at_level("WARNING"):
         ran = sharded()
