@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from components.config import PipelineConfig, SplitConfig, SyntheticSourceConfig
 from components.data.split import DataSplit, split_tables
 from components.data.synthetic import generate_marketplace
+from components.pipeline.ranking_steps import build_features
+from components.pipeline.sharding import run_sharded
+
+
+def ranking_data(split_uri: str, config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    """The ranking data stage (`build_features`) run in this process, without an encoder."""
+    return run_sharded(
+        build_features,
+        split_uri=split_uri,
+        train_window_encoder_uri=None,
+        config=config,
+        run_dir=run_dir,
+    )
 
 
 @pytest.fixture(scope="session")

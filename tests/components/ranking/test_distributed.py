@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from components.config import PipelineConfig
-from components.pipeline.ranking_steps import build_features, feature_builder_categories
-from components.pipeline.sharding import run_sharded
+from components.pipeline.ranking_steps import feature_builder_categories
 from components.ranking.dataset import query_groups, split_users
 from components.ranking.features import feature_columns
 from components.ranking.ranker import train_ranker
+from tests.components.ranking.conftest import ranking_data
 
 pytestmark = pytest.mark.slow
 
@@ -42,13 +42,7 @@ def test_dask_ranker_matches_the_local_ranker(
     from components.ranking.distributed import train_ranker_on_dask
 
     write_split(small_split, tmp_path / "split")
-    data = run_sharded(
-        build_features,
-        split_uri=str(tmp_path / "split"),
-        train_window_encoder_uri=None,
-        config=small_config,
-        run_dir=tmp_path,
-    )
+    data = ranking_data(str(tmp_path / "split"), small_config, tmp_path)
     frame = pd.read_parquet(data["uri"])
     config = small_config.model.ranker
     fit_users, _ = split_users(frame["user_id"], config.early_stopping_user_share, config.seed)
@@ -88,13 +82,7 @@ def test_an_ensemble_trains_every_member_on_the_cluster_at_dask_address(
     from components.ranking.ranker import RankerEnsemble, load_ranker
 
     write_split(small_split, tmp_path / "split")
-    data = run_sharded(
-        build_features,
-        split_uri=str(tmp_path / "split"),
-        train_window_encoder_uri=None,
-        config=small_config,
-        run_dir=tmp_path,
-    )
+    data = ranking_data(str(tmp_path / "split"), small_config, tmp_path)
     seeds: list[int] = []
     real = dask_path.train_ranker_on_dask
 

@@ -17,10 +17,8 @@ from components.evaluation.suite import evaluate_models
 from components.pipeline import ranking_steps
 from components.pipeline.ranking_steps import (
     assemble_two_stage,
-    build_features,
     encoder_before,
 )
-from components.pipeline.sharding import run_sharded
 from components.ranking.dataset import QUERY_KEYS, QueryGroups, query_group_rows
 from components.ranking.label_stages import label_stage, label_stages
 from components.ranking.model import TwoStageModel, retrieval_only
@@ -36,17 +34,7 @@ from components.ranking.ranker import (
 )
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower_training import train_two_tower_stages
-
-
-def _features(split_uri: str, config: PipelineConfig, run_dir: Path) -> dict:
-    """The ranking data stage run in this process, without an encoder."""
-    return run_sharded(
-        build_features,
-        split_uri=split_uri,
-        train_window_encoder_uri=None,
-        config=config,
-        run_dir=run_dir,
-    )
+from tests.components.ranking.conftest import ranking_data
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +44,7 @@ def trained(
     run_dir = tmp_path_factory.mktemp("ranking-run")
     write_split(small_split, run_dir / "split")
     split_uri = str(run_dir / "split")
-    data = _features(split_uri, small_config, run_dir)
+    data = ranking_data(split_uri, small_config, run_dir)
     ranker = ranking_steps.train_ranker(data["uri"], small_config, run_dir)
     model = assemble_two_stage(split_uri, None, None, ranker["uri"], small_config, run_dir)
     return {
@@ -76,7 +64,7 @@ def test_label_features_built_in_user_chunks_are_the_same_file_content(
     chunked_config = small_config.model_copy(
         update={"model": small_config.model.model_copy(update={"candidates": candidates})}
     )
-    chunked = _features(trained["split_uri"], chunked_config, tmp_path)
+    chunked = ranking_data(trained["split_uri"], chunked_config, tmp_path)
     whole = trained["data"]
     pd.testing.assert_frame_equal(pd.read_parquet(chunked["uri"]), pd.read_parquet(whole["uri"]))
     assert pq.ParquetFile(chunked["uri"]).num_row_groups > 10
