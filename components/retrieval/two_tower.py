@@ -374,7 +374,7 @@ class TwoTowerScorer:
         """Catalogue vectors in the order of `item_ids` (reused while the same object is
         passed again, as `rank_items` does for every batch of users)."""
         if item_ids is not self._aligned_source:
-            rows = self.item_index.get_indexer(pd.Index(np.asarray(item_ids, dtype=object)))
+            rows = self._item_positions.positions(item_ids)
             known = rows >= 0
             aligned = np.zeros((len(rows), self._item_vectors.shape[1]), dtype=np.float32)
             aligned[known] = self._item_vectors[rows[known]]
