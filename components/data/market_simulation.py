@@ -14,6 +14,9 @@ first purchase of a listing sells it for everyone, so two arms compete for it.
 Random numbers come from streams keyed by (seed, day, purpose): two runs that differ only
 in the policy share their sessions and every draw up to where the lists differ (common
 random numbers), which is what makes the 100%-vs-100% global effect precise.
+
+The continued tastes and listings come from `market_continuation`, the users' response to a
+list (and its expected purchases) from `market_response`.
 """
 
 from __future__ import annotations
@@ -25,35 +28,28 @@ import numpy as np
 import pandas as pd
 
 from components.config import MarketSimulationConfig, SyntheticSourceConfig
-from components.data.schema import MARKETPLACE_EVENTS
-from components.data.synthetic import (
-    _AFFINITY_CENTRE,
-    _DAYS_PER_TASTE_STEP,
-    _EVENT_CODES,
-    _SLOT_HOURS,
-    _US_PER_DAY,
-    _US_PER_SECOND,
-    _WEEKDAY_SESSIONS,
-    ItemTraits,
-    SyntheticMarketplace,
-    UserTastes,
-    _draw_listings,
-    _escalate,
-    _items_table,
-    _simulate_slot,
-    _supply,
-    _time_of_day,
-    _to_us,
-    _user_item_affinity,
-    _utc,
-    generate_marketplace,
-    resolve_supply,
+from components.data.market_continuation import (
+    _ARRIVALS,
+    _FEED,
+    _ORGANIC,
+    _extend,
+    _Extended,
+    _us,
 )
+from components.data.market_response import (
+    _PURCHASE,
+    _expected_list_purchases,
+    _respond,
+    _slot_purchase_probabilities,
+)
+from components.data.schema import MARKETPLACE_EVENTS
+from components.data.synthetic import SyntheticMarketplace, generate_marketplace, resolve_supply
+from components.data.synthetic.clock import _US_PER_DAY, _US_PER_SECOND, _time_of_day, _to_us, _utc
+from components.data.synthetic.escalation import _EVENT_CODES
+from components.data.synthetic.sessions import _SLOT_HOURS, _WEEKDAY_SESSIONS, _simulate_slot
+from components.data.synthetic.users import _DAYS_PER_TASTE_STEP
 
-_PURCHASE = _EVENT_CODES["purchase"]
 _ENGAGING = (_EVENT_CODES["like"], _EVENT_CODES["save"], _EVENT_CODES["add_to_bag"])
-#: Stream purposes of the per-day generators (common random numbers across policies).
-_ARRIVALS, _ORGANIC, _FEED, _LISTINGS = range(4)
 
 
 #: A policy: for each user, the ranked item ids to show (at most k), given the moment and
@@ -141,63 +137,6 @@ class MarketSimulation:
         return _extend(self.marketplace, self.source, self.config)
 
 
-# --- The continued market ------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class _Extended:
-    """Tastes and listings covering the generated period and the simulated one."""
-
-    tastes: UserTastes
-    traits: ItemTraits
-    created_us: np.ndarray
-    new_items: pd.DataFrame
-    item_row: pd.Index
-
-
-def _extend(
-    marketplace: SyntheticMarketplace, source: SyntheticSourceConfig, config: MarketSimulationConfig
-) -> _Extended:
-    """More weeks of taste drift and more days of new listings, drawn from streams of the
-    simulation's own seed (the generated tables stay as they were)."""
-    tastes, traits = marketplace.tastes, marketplace.item_traits
-    end_us = _to_us(_utc(source.start)) + source.n_days * _US_PER_DAY
-    total_days = source.n_days + config.days
-    weeks = (total_days + _DAYS_PER_TASTE_STEP - 1) // _DAYS_PER_TASTE_STEP
-    rng = np.random.default_rng([config.seed, source.seed, 91])
-    weekly = list(tastes.category_log_pref)
-    while len(weekly) < weeks:
-        step = rng.normal(0.0, source.taste_drift, weekly[-1].shape).astype(np.float32)
-        drifted = weekly[-1] + step
-        weekly.append(np.maximum(drifted - drifted.max(axis=1, keepdims=True), -5.0))
-    tastes = UserTastes(**{**tastes.__dict__, "category_log_pref": np.stack(weekly)})
-
-    listing_rng = np.random.default_rng([config.seed, source.seed, _LISTINGS])
-    arrivals = source.model_copy(update={"n_days": config.days, "initial_listings": 0})
-    items, new_traits = _draw_listings(arrivals, _supply(arrivals), end_us, listing_rng)
-    n_old = len(traits.item_ids)
-    width = max(6, len(str(n_old + len(items))))
-    new_ids = np.array([f"i{n_old + i:0{width}d}" for i in range(len(items))], dtype=object)
-    items["item_id"] = new_ids
-    merged = ItemTraits(
-        **{
-            name: np.concatenate([getattr(traits, name), getattr(new_traits, name)])
-            for name in traits.__dict__
-            if name != "item_ids"
-        },
-        item_ids=np.concatenate([traits.item_ids, new_ids]),
-    )
-    old_created = _us(marketplace.tables.items["created_at"])
-    created = np.concatenate([old_created, items["created_us"].to_numpy(np.int64)])
-    new_table = _items_table(items, new_traits, np.full(len(items), -1))
-    return _Extended(tastes, merged, created, new_table, pd.Index(merged.item_ids))
-
-
-def _us(stamps: pd.Series) -> np.ndarray:
-    """int64 microseconds since the epoch of a UTC timestamp column."""
-    return stamps.dt.tz_convert("UTC").astype("datetime64[us, UTC]").astype("int64").to_numpy()
-
-
 @dataclass(eq=False)
 class _MarketState:
     """What moves while the simulation runs: sold listings, social proof, events."""
@@ -247,20 +186,9 @@ class _MarketState:
         tastes = self.extended.tastes
         day_start = self.start_us + day * _US_PER_DAY
         week = (source.n_days + day) // _DAYS_PER_TASTE_STEP
-        weekday = (day_start // _US_PER_DAY + 3) % 7
-        rate = source.sessions_per_user_day * tastes.activity * _WEEKDAY_SESSIONS[weekday]
-        rate = np.where(self.user_created_us < day_start + _US_PER_DAY, rate, 0.0)
-        session_user = np.repeat(np.arange(len(rate)), arrivals.poisson(rate))
-        session_ts = day_start + _time_of_day(len(session_user), arrivals)
-        joined = session_ts >= self.user_created_us[session_user]
-        session_user, session_ts = session_user[joined], session_ts[joined]
-        recommended = arrivals.random(len(session_user)) < config.recommended_share
-        if policy is None:
-            session_user, session_ts = session_user[~recommended], session_ts[~recommended]
-            recommended = recommended[~recommended]
-        order = np.argsort(session_ts, kind="stable")
-        session_user, session_ts = session_user[order], session_ts[order]
-        recommended = recommended[order]
+        session_user, session_ts, recommended = self._sessions_of_day(
+            day_start, policy is not None, arrivals
+        )
         slot_us = _SLOT_HOURS * 3_600 * _US_PER_SECOND
         session_slot = (session_ts - day_start) // slot_us
         served: list[dict[str, np.ndarray]] = []
@@ -297,6 +225,28 @@ class _MarketState:
             if parts:
                 self._resolve(parts)
         return served
+
+    def _sessions_of_day(
+        self, day_start: int, with_recommendations: bool, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The day's sessions, arriving at the generator's rates: user, time and whether
+        each opens on the recommendations, in time order (without recommendations, only
+        the organic ones)."""
+        source, config = self.simulation.source, self.simulation.config
+        tastes = self.extended.tastes
+        weekday = (day_start // _US_PER_DAY + 3) % 7
+        rate = source.sessions_per_user_day * tastes.activity * _WEEKDAY_SESSIONS[weekday]
+        rate = np.where(self.user_created_us < day_start + _US_PER_DAY, rate, 0.0)
+        session_user = np.repeat(np.arange(len(rate)), rng.poisson(rate))
+        session_ts = day_start + _time_of_day(len(session_user), rng)
+        joined = session_ts >= self.user_created_us[session_user]
+        session_user, session_ts = session_user[joined], session_ts[joined]
+        recommended = rng.random(len(session_user)) < config.recommended_share
+        if not with_recommendations:
+            session_user, session_ts = session_user[~recommended], session_ts[~recommended]
+            recommended = recommended[~recommended]
+        order = np.argsort(session_ts, kind="stable")
+        return session_user[order], session_ts[order], recommended[order]
 
     def _answer_slot(
         self,
@@ -395,135 +345,6 @@ class _MarketState:
             start=simulation.start,
             end=end,
         )
-
-
-# --- Examination and response -------------------------------------------------------
-
-
-def _examination(config: MarketSimulationConfig) -> np.ndarray:
-    """Probability that slot r (0-based here) is examined under the position-based model."""
-    return (np.arange(1, config.k + 1, dtype=np.float64)) ** -config.examination_decay
-
-
-def _click_probability(affinity: np.ndarray, config: MarketSimulationConfig) -> np.ndarray:
-    logit = config.click_intercept + config.click_slope * (affinity - _AFFINITY_CENTRE)
-    return 1.0 / (1.0 + np.exp(-logit))
-
-
-def _affinities(
-    tastes: UserTastes, traits: ItemTraits, week: int, users: np.ndarray, grid: np.ndarray
-) -> np.ndarray:
-    """True affinity of each session's user for each listing of its list (-inf: empty)."""
-    affinity = np.full(grid.shape, -np.inf)
-    for row, user in enumerate(users):
-        columns = grid[row]
-        present = columns >= 0
-        if present.any():
-            taste = _user_item_affinity(tastes, week, np.array([user]), traits, columns[present])
-            affinity[row, present] = taste[0] + traits.appeal[columns[present]]
-    return affinity
-
-
-def _respond(
-    tastes: UserTastes,
-    traits: ItemTraits,
-    config: MarketSimulationConfig,
-    week: int,
-    users: np.ndarray,
-    stamps: np.ndarray,
-    grid: np.ndarray,
-    shown: np.ndarray,
-    rng: np.random.Generator,
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Sessions go down their lists slot by slot: examined slots are clicked (a view) with
-    the click model's probability, and views escalate as in the generator. Returns the
-    events, and views and purchases per session."""
-    n_sessions, k = grid.shape
-    affinity = _affinities(tastes, traits, week, users, grid)
-    exam = _examination(config)
-    active = np.ones(n_sessions, dtype=bool)
-    clock = stamps.astype(np.int64).copy()
-    views = np.zeros(n_sessions, dtype=np.int64)
-    bought = np.zeros(n_sessions, dtype=np.int64)
-    parts = []
-    for slot in range(k):
-        draws = rng.random((3, n_sessions))
-        if config.position_model == "cascade":
-            examined = active & shown[:, slot]
-        else:
-            examined = shown[:, slot] & (draws[0] < exam[slot])
-        clock += (rng.exponential(8.0, n_sessions) * _US_PER_SECOND).astype(np.int64)
-        clicked = examined & (draws[1] < _click_probability(affinity[:, slot], config))
-        rows = np.flatnonzero(clicked)
-        if len(rows):
-            clock[rows] += (rng.exponential(40.0, len(rows)) * _US_PER_SECOND).astype(np.int64)
-            # Escalated by session row, then mapped back to the users.
-            part = _escalate(rows, grid[rows, slot], clock[rows], affinity[rows, slot], rng)
-            buyers = np.zeros(n_sessions, dtype=bool)
-            buyers[part["user"][part["event"] == _PURCHASE]] = True
-            part["user"] = users[part["user"]]
-            bought += buyers
-            views[rows] += 1
-            parts.append(part)
-            if config.position_model == "cascade":
-                active &= ~buyers
-        if config.position_model == "cascade":
-            active &= draws[2] < config.cascade_continue
-    if not parts:
-        empty = np.zeros(0, dtype=np.int64)
-        return (
-            {"user": empty, "item": empty, "ts": empty, "event": empty.astype(np.int8)},
-            views,
-            bought,
-        )
-    events = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-    events["user"] = events["user"].astype(np.int64)
-    events["item"] = events["item"].astype(np.int64)
-    return events, views, bought
-
-
-def _expected_list_purchases(
-    tastes: UserTastes,
-    traits: ItemTraits,
-    config: MarketSimulationConfig,
-    user_ids: Sequence[str],
-    lists: Sequence[Sequence[str]],
-    as_of: pd.Timestamp,
-) -> np.ndarray:
-    """Sum over slots of P(examined) x P(click) x P(purchase | view) (the cascade's
-    examination being the chance to reach the slot without a purchase before it)."""
-    per_slot = _slot_purchase_probabilities(tastes, traits, config, user_ids, lists, as_of)
-    if config.position_model == "cascade":
-        survive = np.cumprod(1.0 - per_slot, axis=1) / np.maximum(1.0 - per_slot, 1e-12)
-        reach = survive * config.cascade_continue ** np.arange(config.k)[None, :]
-        return (reach * per_slot).sum(axis=1)
-    return (per_slot * _examination(config)[None, :]).sum(axis=1)
-
-
-def _slot_purchase_probabilities(
-    tastes: UserTastes,
-    traits: ItemTraits,
-    config: MarketSimulationConfig,
-    user_ids: Sequence[str],
-    lists: Sequence[Sequence[str]],
-    as_of: pd.Timestamp,
-) -> np.ndarray:
-    """P(click) x P(purchase | view) of each of the first config.k slots of each list."""
-    from components.data.synthetic import _ESCALATION
-
-    users = pd.Index(tastes.user_ids).get_indexer(list(user_ids))
-    if (users < 0).any():
-        raise KeyError(f"unknown user ids {list(np.asarray(user_ids)[users < 0][:5])}")
-    week = tastes.week_at(as_of)
-    item_row = pd.Index(traits.item_ids)
-    grid = np.full((len(users), config.k), -1, dtype=np.int64)
-    for row, items in enumerate(lists):
-        found = item_row.get_indexer(list(items)[: config.k])
-        grid[row, : len(found)] = found
-    affinity = _affinities(tastes, traits, week, users, grid)
-    intercept, slope = _ESCALATION["buy"]
-    buy = 1.0 / (1.0 + np.exp(-(intercept + slope * (affinity - _AFFINITY_CENTRE))))
-    return np.where(grid >= 0, _click_probability(affinity, config) * buy, 0.0)
 
 
 def _sessions_table(sessions: list[dict[str, np.ndarray]], user_ids: np.ndarray) -> pd.DataFrame:

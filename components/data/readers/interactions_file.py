@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.config import InteractionsFileSourceConfig
+from components.config import ColumnMapping, InteractionsFileSourceConfig
 from components.data.readers.parsing import (
     SourceError,
     check_not_empty,
@@ -40,8 +40,22 @@ def load_interactions_file(config: InteractionsFileSourceConfig) -> CanonicalTab
     one that would clash with a canonical name mapped from elsewhere). Without an items or
     users file, those tables list the distinct ids with all attributes null.
     """
-    mapping = config.columns
     interactions_path = existing_file(config.interactions, "interactions file")
+    interactions = _read_interactions(interactions_path, config.columns)
+    items, items_path = _read_items(config, interactions)
+    users, users_path = _read_users(config, interactions)
+    source: dict[str, object] = {
+        "kind": "interactions_file",
+        "interactions": str(interactions_path),
+        "items": items_path,
+        "users": users_path,
+    }
+    return canonicalise(CanonicalTables(interactions, items, users, source=source))
+
+
+def _read_interactions(path: Path, mapping: ColumnMapping) -> pd.DataFrame:
+    """Read and map the interactions file: ids, timestamps, and the event and weight
+    (the configured default event and 1.0 where the file has none)."""
     wanted = {
         "user_id": mapping.user_id,
         "item_id": mapping.item_id,
@@ -50,7 +64,7 @@ def load_interactions_file(config: InteractionsFileSourceConfig) -> CanonicalTab
         "weight": mapping.weight,
     }
     raw = _read_table(
-        interactions_path,
+        path,
         "interactions file",
         text_columns=[wanted[c] or c for c in ("user_id", "item_id", "ts", "event")],
         literal_columns=[wanted[c] or c for c in ("user_id", "item_id", "event")],
@@ -60,14 +74,14 @@ def load_interactions_file(config: InteractionsFileSourceConfig) -> CanonicalTab
         wanted,
         canonical=INTERACTION_COLUMNS,
         required=("user_id", "item_id", "ts"),
-        path=interactions_path,
+        path=path,
         role="interactions file",
         config_key="source.columns",
     )
     interactions["ts"] = parse_timestamps(
         interactions["ts"],
         mapping.ts_unit,
-        path=interactions_path,
+        path=path,
         column=wanted["ts"] or "ts",
         required=True,
         unit_key="source.columns.ts_unit",
@@ -78,45 +92,49 @@ def load_interactions_file(config: InteractionsFileSourceConfig) -> CanonicalTab
         interactions["weight"] = 1.0
     for column in ("user_id", "item_id"):
         interactions[column] = _integral_floats_as_int(interactions[column])
-    interactions = tidy(interactions, INTERACTION_COLUMNS)
+    return tidy(interactions, INTERACTION_COLUMNS)
 
-    source: dict[str, object] = {
-        "kind": "interactions_file",
-        "interactions": str(interactions_path),
-        "items": None,
-        "users": None,
-    }
-    if config.items is not None:
-        items_path = existing_file(config.items, "items file", config_key="source.items")
-        source["items"] = str(items_path)
-        items = _read_side_table(
-            items_path,
-            "items file",
-            config.item_columns,
-            canonical=ITEM_COLUMNS,
-            text=("item_id", *ITEM_TEXT_COLUMNS),
-            timestamps=("created_at", "sold_at"),
-            config_key="source.item_columns",
-        )
-    else:
+
+def _read_items(
+    config: InteractionsFileSourceConfig, interactions: pd.DataFrame
+) -> tuple[pd.DataFrame, str | None]:
+    """The items table and the path it was read from; without an items file, the distinct
+    item ids of the interactions (and no path)."""
+    if config.items is None:
         _refuse_mapping_without_file(config.item_columns, "item_columns", "items")
-        items = _ids_table(interactions["item_id"], "item_id")
-    if config.users is not None:
-        users_path = existing_file(config.users, "users file", config_key="source.users")
-        source["users"] = str(users_path)
-        users = _read_side_table(
-            users_path,
-            "users file",
-            config.user_columns,
-            canonical=USER_COLUMNS,
-            text=("user_id", "country"),
-            timestamps=("created_at",),
-            config_key="source.user_columns",
-        )
-    else:
+        return _ids_table(interactions["item_id"], "item_id"), None
+    items_path = existing_file(config.items, "items file", config_key="source.items")
+    items = _read_side_table(
+        items_path,
+        "items file",
+        config.item_columns,
+        canonical=ITEM_COLUMNS,
+        text=("item_id", *ITEM_TEXT_COLUMNS),
+        timestamps=("created_at", "sold_at"),
+        config_key="source.item_columns",
+    )
+    return items, str(items_path)
+
+
+def _read_users(
+    config: InteractionsFileSourceConfig, interactions: pd.DataFrame
+) -> tuple[pd.DataFrame, str | None]:
+    """The users table and the path it was read from; without a users file, the distinct
+    user ids of the interactions (and no path)."""
+    if config.users is None:
         _refuse_mapping_without_file(config.user_columns, "user_columns", "users")
-        users = _ids_table(interactions["user_id"], "user_id")
-    return canonicalise(CanonicalTables(interactions, items, users, source=source))
+        return _ids_table(interactions["user_id"], "user_id"), None
+    users_path = existing_file(config.users, "users file", config_key="source.users")
+    users = _read_side_table(
+        users_path,
+        "users file",
+        config.user_columns,
+        canonical=USER_COLUMNS,
+        text=("user_id", "country"),
+        timestamps=("created_at",),
+        config_key="source.user_columns",
+    )
+    return users, str(users_path)
 
 
 def _read_side_table(

@@ -55,6 +55,17 @@ def load_movielens_100k(config: MovieLens100kSourceConfig) -> CanonicalTables:
     not ranking features.
     """
     folder = existing_folder(config.path, "MovieLens-100K folder", "source.path")
+    paths = _ml100k_paths(folder)
+    genres = _ml100k_genres(folder)
+    interactions = _ml100k_ratings(paths["u.data"])
+    items = _ml100k_items(paths["u.item"], genres)
+    users = _ml100k_users(paths["u.user"])
+    source = {"kind": "movielens_100k", "path": str(folder)}
+    return canonicalise(CanonicalTables(interactions, items, users, source=source))
+
+
+def _ml100k_paths(folder: Path) -> dict[str, Path]:
+    """u.data, u.item and u.user of the folder, each checked to exist and hold data."""
     paths = {name: folder / name for name in ("u.data", "u.item", "u.user")}
     for name, path in paths.items():
         if not path.is_file():
@@ -63,10 +74,13 @@ def load_movielens_100k(config: MovieLens100kSourceConfig) -> CanonicalTables:
                 "unpacked ml-100k folder (it holds u.data, u.item, u.user)"
             )
         check_not_empty(path, f"MovieLens-100K file {name}", "source.path")
+    return paths
 
-    genres = _ml100k_genres(folder)
+
+def _ml100k_ratings(path: Path) -> pd.DataFrame:
+    """u.data as interactions: `rating` events weighted by the star rating."""
     ratings = _read_ml100k(
-        paths["u.data"],
+        path,
         sep="\t",
         names=["user_id", "item_id", "rating", "ts"],
         layout="tab-separated user id, item id, rating, unix timestamp",
@@ -76,10 +90,10 @@ def load_movielens_100k(config: MovieLens100kSourceConfig) -> CanonicalTables:
         ts = pd.to_datetime(pd.to_numeric(ratings["ts"]), unit="s", utc=True)
     except (ValueError, TypeError) as error:
         raise SourceError(
-            f"MovieLens-100K file {paths['u.data']} has a non-numeric rating or timestamp "
+            f"MovieLens-100K file {path} has a non-numeric rating or timestamp "
             f"({error}); use the unmodified u.data from GroupLens"
         ) from error
-    interactions = pd.DataFrame(
+    return pd.DataFrame(
         {
             "user_id": ratings["user_id"],
             "item_id": ratings["item_id"],
@@ -89,9 +103,13 @@ def load_movielens_100k(config: MovieLens100kSourceConfig) -> CanonicalTables:
         }
     )
 
+
+def _ml100k_items(path: Path, genres: tuple[str, ...]) -> pd.DataFrame:
+    """u.item as items: the primary genre as `category`, all genres in `genres`, and the
+    release year."""
     item_names = ["item_id", "title", "release_date", "video_date", "url", *genres]
     raw_items = _read_ml100k(
-        paths["u.item"],
+        path,
         sep="|",
         names=item_names,
         layout=f"pipe-separated id, title, release date, video date, URL, {len(genres)} "
@@ -118,10 +136,13 @@ def load_movielens_100k(config: MovieLens100kSourceConfig) -> CanonicalTables:
             "year": release.dt.year.astype("Int64"),
         }
     )
-    items = tidy(items, ITEM_COLUMNS)
+    return tidy(items, ITEM_COLUMNS)
 
+
+def _ml100k_users(path: Path) -> pd.DataFrame:
+    """u.user as users: age, gender, occupation and zip kept as extra columns."""
     raw_users = _read_ml100k(
-        paths["u.user"],
+        path,
         sep="|",
         names=["user_id", "age", "gender", "occupation", "zip"],
         layout="pipe-separated id, age, gender, occupation, zip code",
@@ -135,9 +156,7 @@ def load_movielens_100k(config: MovieLens100kSourceConfig) -> CanonicalTables:
             "zip": raw_users["zip"],
         }
     )
-    users = tidy(users, USER_COLUMNS)
-    source = {"kind": "movielens_100k", "path": str(folder)}
-    return canonicalise(CanonicalTables(interactions, items, users, source=source))
+    return tidy(users, USER_COLUMNS)
 
 
 def _ml100k_genres(folder: Path) -> tuple[str, ...]:
