@@ -74,7 +74,9 @@ def main() -> None:
     ranks_cpu = _children_cpu()
     if profiler is not None:
         profiler.enable()
-    fitted, trained = train_label_stage_encoders(split, config.model, config.evaluation)
+    fitted, trained = train_label_stage_encoders(
+        split, config.model.two_tower, config.model.ranker.label_holdout, config.evaluation
+    )
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(args.profile)

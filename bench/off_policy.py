@@ -185,7 +185,7 @@ def ope_section(
 ) -> dict[str, Any]:
     """The challenger's value per session estimated from `sessions` explored sessions of
     champion, over `seeds` markets, against its on-policy value."""
-    from components.pipeline.experiments import SingleArm
+    from components.pipeline.experiment_simulation import SingleArm
 
     days = _days_for(config, arms[champion], champion, sessions)
     truths = []
@@ -317,7 +317,7 @@ def offline_online_section(
     relative difference (the gate's estimator, from champion's explored log), and the global online
     effect (100% vs 100%, relative); Spearman correlations with the online truth and the
     share of challenger pairs each orders as the truth does."""
-    from components.pipeline.experiments import SingleArm, per_unit_metric
+    from components.pipeline.experiment_simulation import SingleArm, per_unit_metric
 
     gate_estimator = config.registry.promotion.off_policy.estimator
     rows = {version: {"offline_ndcg10_difference": offline[version]} for version in challengers}

@@ -53,7 +53,6 @@ from components.config import ExperimentConfig, PipelineConfig, load_config  # n
 from components.data.market_simulation import MarketSimulation  # noqa: E402
 from components.experiments.assignment import assign_variants  # noqa: E402
 from components.experiments.attribution import attribute_outcomes  # noqa: E402
-from components.experiments.readout import cuped_covariates, unit_table  # noqa: E402
 from components.experiments.schema import CONTROL, TREATMENT  # noqa: E402
 from components.experiments.statistics import (  # noqa: E402
     cuped,
@@ -61,6 +60,7 @@ from components.experiments.statistics import (  # noqa: E402
     sequential_half_width,
     units_for_power,
 )
+from components.experiments.unit_table import cuped_covariates, unit_table  # noqa: E402
 from components.settings import RewearSettings  # noqa: E402
 
 SECTIONS = ("assignment", "srm", "aa", "power", "simulate", "explore", "ope", "offline_online")
@@ -260,7 +260,7 @@ def _looks(
 
 
 def aa_section(config: PipelineConfig, arm: Any, seeds: int, salts: int) -> dict[str, Any]:
-    from components.pipeline.experiments import SingleArm
+    from components.pipeline.experiment_simulation import SingleArm
 
     experiment = config.experiment
     days = experiment.simulation.days
@@ -345,7 +345,7 @@ class CollectedExposures:
 def power_section(
     config: PipelineConfig, arms: dict[str, Any], versions: dict, seeds: int
 ) -> dict[str, Any]:
-    from components.pipeline.experiments import SingleArm, per_unit_metric
+    from components.pipeline.experiment_simulation import SingleArm, per_unit_metric
     from components.serving.experiment import ExperimentRecommender, ExperimentSpec
 
     experiment = config.experiment
@@ -515,7 +515,8 @@ def _test_ndcg(config: PipelineConfig, version: int) -> float:
 
 
 def simulate_section(config: PipelineConfig, versions: dict) -> dict[str, Any]:
-    from components.pipeline.experiments import simulate_experiment, stop_live_experiment
+    from components.pipeline.experiment_simulation import simulate_experiment
+    from components.pipeline.experiments import stop_live_experiment
 
     stop_live_experiment(config)  # one left live in the copied registry
     started = time.time()

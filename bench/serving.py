@@ -275,7 +275,9 @@ def bench_server_floor(levels: list[int], requests: int, workers: int, warmup: i
     uri = f"models:/rewear-floor/{logged.registered_model_version}"
     rows = [{"user_id": f"u{number}"} for number in range(requests + warmup)]
     log = settings.home / "server.log"
-    with model_server(uri, settings.tracking_uri, log, workers=workers) as base:
+    with model_server(
+        uri, settings.tracking_uri, log, workers=workers, threads=settings.serving_threads
+    ) as base:
         print(f"{uri}: a constant 20-row answer, {workers} workers", flush=True)
         for clients in levels:
             row = bench_clients(http_asker(base), rows, clients, warmup)
@@ -363,11 +365,19 @@ def main() -> None:
         for clients in levels
     ]
     log = settings.home / "bench-serving-server.log"
-    with model_server(model_uri, settings.tracking_uri, log) as base:
+    with model_server(
+        model_uri, settings.tracking_uri, log, threads=settings.serving_threads
+    ) as base:
         results["http_user"] = bench_http(
             base, known[: args.http_requests + args.warmup], args.warmup
         )
-    with model_server(model_uri, settings.tracking_uri, log, workers=args.workers) as base:
+    with model_server(
+        model_uri,
+        settings.tracking_uri,
+        log,
+        workers=args.workers,
+        threads=settings.serving_threads,
+    ) as base:
         many = known * (1 + args.level_requests // max(len(known), 1))
         results["http_clients"] = [
             bench_clients(http_asker(base), many[: args.level_requests], clients, args.warmup)

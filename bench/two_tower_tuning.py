@@ -38,7 +38,7 @@ from components.evaluation.cold_start import cold_start_task  # noqa: E402
 from components.evaluation.encoder_validation import encoder_validation  # noqa: E402
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer  # noqa: E402
 from components.pipeline import chain  # noqa: E402
-from components.retrieval.collaborative import Covisitation  # noqa: E402
+from components.retrieval.covisitation import Covisitation  # noqa: E402
 from components.retrieval.popularity import RecentPopularity  # noqa: E402
 from components.retrieval.two_tower import TwoTowerScorer  # noqa: E402
 from components.retrieval.two_tower_training import train_two_tower  # noqa: E402

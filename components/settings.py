@@ -1,12 +1,15 @@
-"""Where rewear keeps its state: one home folder, `REWEAR_HOME` (default `./.rewear`)."""
+"""Every setting the environment gives (`REWEAR_*`), read here and nowhere below the pipeline:
+where rewear keeps its state (one home folder, `REWEAR_HOME`, default `./.rewear`), serving
+limits, the overrides `load_config` applies, and how flows run their tasks."""
 
 from __future__ import annotations
 
 import re
 import tempfile
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +33,9 @@ class RewearSettings(BaseSettings):
     #: `REWEAR_ENCODER_PROCESSES`: overrides `model.two_tower.processes` (data-parallel
     #: encoder training) without editing configs, e.g. on Dask workers with CPUs to spare.
     encoder_processes: int | None = Field(default=None, ge=1)
+    #: `REWEAR_EXPOSURE_LOG`: where a served experiment logs its slots, over the spec's
+    #: `experiment.exposure_log` (e.g. a PostgreSQL URL on a serving host).
+    exposure_log: str | None = None
 
     @field_validator("mlflow_tracking_uri")
     @classmethod
@@ -41,6 +47,15 @@ class RewearSettings(BaseSettings):
                 "REWEAR_HOME/mlflow.db)"
             )
         return uri
+
+    def config_overrides(self) -> dict[str, Any]:
+        """The pipeline settings the environment overrides, as dotted keys: `load_config`
+        applies them after the file's own and the caller's, so the loaded config (and every
+        cache key and model built from it) holds the values the run really used."""
+        overrides: dict[str, Any] = {}
+        if self.encoder_processes is not None:
+            overrides["model.two_tower.processes"] = self.encoder_processes
+        return overrides
 
     @property
     def root(self) -> Path:
@@ -70,6 +85,11 @@ class RewearSettings(BaseSettings):
     def runs(self) -> Path:
         return self.root / "runs"
 
+    @property
+    def locks(self) -> Path:
+        """Where runs of this home serialise what must not interleave (champion moves)."""
+        return self.root / "locks"
+
     def ensure(self) -> RewearSettings:
         """Create the home's folders and check that the home takes writes: a read-only or
         full home fails here, naming it and the fix (`StorageError`), not later as a
@@ -81,4 +101,33 @@ class RewearSettings(BaseSettings):
                 folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.root, prefix=".write-check-") as probe:
                 probe.write(b"ok")
+        return self
+
+
+class OrchestrationSettings(BaseSettings):
+    """How flows run their tasks (read without importing Prefect):
+    `REWEAR_TASK_RUNNER=thread_pool` (default) or `dask`; with dask,
+    `REWEAR_DASK_ADDRESS=tcp://scheduler:8786` uses an existing cluster, and without it a
+    local cluster of `REWEAR_DASK_WORKERS` processes is started per run."""
+
+    model_config = SettingsConfigDict(env_prefix="REWEAR_", frozen=True, extra="ignore")
+
+    task_runner: Literal["thread_pool", "dask"] = "thread_pool"
+    #: Thread-pool size (null: Prefect's default).
+    max_workers: int | None = Field(None, ge=1)
+    dask_address: str | None = None
+    dask_workers: int = Field(2, ge=1)
+    dask_threads_per_worker: int = Field(1, ge=1)
+    #: `REWEAR_DASK_RANKER` (default true): on a Dask task runner the ranker trains on its
+    #: cluster with DaskLGBMRanker; false: in the flow's process with LightGBM, as on the
+    #: thread pool (the same ranker, so the same metrics, as a thread-pool run).
+    dask_ranker: bool = True
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> OrchestrationSettings:
+        if self.dask_address and self.task_runner != "dask":
+            raise ValueError(
+                "REWEAR_DASK_ADDRESS is set but REWEAR_TASK_RUNNER is "
+                f"{self.task_runner!r}: set REWEAR_TASK_RUNNER=dask, or unset the address"
+            )
         return self

@@ -52,12 +52,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, from anywhere
 
-from components.processes import (
-    free_local_port,
-    owner_is_gone,
-    process_owner,
-    start_process_dying_with_parent,
-)
+from components.child_processes import free_local_port, start_process_dying_with_parent
+from components.process_ownership import owner_is_gone, process_owner
 
 BIN = Path(sys.executable).parent
 #: Prefect's, MLflow's tracking store and MLflow's user store (basic auth).

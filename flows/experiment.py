@@ -1,7 +1,8 @@
 """The online experiment flows: `experiment-start`, `experiment-readout` (the daily
 deployment while an experiment is live) and `experiment-simulate` (the whole loop against
 the simulated market: the demo, CI and bench/online.py). The work is in
-`components.pipeline.experiments`; these wrap it for Prefect (logs, artifacts)."""
+`components.pipeline.experiments` and `components.pipeline.experiment_simulation`; these
+wrap it for Prefect (logs, artifacts)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from components.config import load_config
 from components.experiments.report import readout_markdown
-from components.pipeline import experiments
-from flows.orchestration import show_component_progress
+from components.pipeline import experiment_simulation, experiments
+from flows.progress import show_component_progress
 
 
 @flow(name="experiment-start", log_prints=True)
@@ -77,7 +78,7 @@ def experiment_simulate(
     day by day with a readout each day, and apply the verdict."""
     show_component_progress()
     config = load_config(config_path, overrides)
-    summary = experiments.simulate_experiment(config, control_version, treatment_version)
+    summary = experiment_simulation.simulate_experiment(config, control_version, treatment_version)
     publish_readout(summary)
     return summary
 

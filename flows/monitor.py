@@ -39,16 +39,11 @@ from components.pipeline.monitoring import (
 from components.registry.registration import mlflow_key
 from components.serving.recommender import BundleRecommender
 from components.store import read_json
-from flows.orchestration import (
-    STAGE_CACHE,
-    STAGE_OPTIONS,
-    UNCACHED_OPTIONS,
-    finish_tracked_run,
-    prefect_stages,
-    start_tracked_run,
-    task_runner_from_settings,
-)
 from flows.refresh_index import fetch_champion_task
+from flows.stage_tasks import prefect_stages
+from flows.task_options import STAGE_CACHE, STAGE_OPTIONS, UNCACHED_OPTIONS
+from flows.task_runners import task_runner_from_settings
+from flows.tracked_run import finish_tracked_run, start_tracked_run
 
 ALERT_EVENT = "rewear.monitor.alert"
 OK_EVENT = "rewear.monitor.ok"
@@ -154,34 +149,8 @@ def monitor(
             summary=summary,
         )
         _log(client, run_id, drift, quality)
-        payload = {
-            "status": status,
-            "summary": summary,
-            "breaches": breaches,
-            "psi": drift["psi"],
-            "metrics": quality["metrics"],
-            "candidate_recall": quality["candidate_recall"],
-            "champion_version": champion["version"],
-            "mlflow_run_id": run_id,
-        }
-        event = emit_event(
-            event=EVENTS[status],
-            resource={"prefect.resource.id": f"rewear.model.{name}", "prefect.resource.name": name},
-            payload=payload,
-        )
-        report["event_id"] = None if event is None else str(event.id)
-        if breaches:
-            raise MonitoringAlertError(
-                f"monitoring of {name} v{champion['version']} crossed {len(breaches)} "
-                "threshold(s): " + "; ".join(breaches) + f". Event {ALERT_EVENT} emitted; "
-                "retrain (prefect deployment run 'retrain/daily') or adjust `thresholds`."
-            )
-        if status == "insufficient_data":
-            print(
-                f"monitoring of {name} v{champion['version']}: {summary}. Neither a pass nor "
-                "an alert; run the monitor again when more data has arrived, or lower "
-                "`thresholds` min_rows / min_users."
-            )
+        report["event_id"] = _emit_status_event(name, report, run_id)
+        _alert_on_breaches(name, champion["version"], status, summary, breaches)
         failed = False
     except BaseException as error:
         report.setdefault("error", f"{type(error).__name__}: {error}")
@@ -190,6 +159,46 @@ def monitor(
         report["duration_s"] = round(time.perf_counter() - started, 3)
         finish_tracked_run(run, report, failed)
     return report
+
+
+def _emit_status_event(name: str, report: dict[str, Any], run_id: str) -> str | None:
+    """Emit the run's Prefect event (`rewear.monitor.<status>`, on the model's resource)
+    with its figures; the event's id (None when no event was recorded)."""
+    drift, quality = report["drift"], report["quality"]
+    payload = {
+        "status": report["status"],
+        "summary": report["summary"],
+        "breaches": report["breaches"],
+        "psi": drift["psi"],
+        "metrics": quality["metrics"],
+        "candidate_recall": quality["candidate_recall"],
+        "champion_version": report["champion_version"],
+        "mlflow_run_id": run_id,
+    }
+    event = emit_event(
+        event=EVENTS[report["status"]],
+        resource={"prefect.resource.id": f"rewear.model.{name}", "prefect.resource.name": name},
+        payload=payload,
+    )
+    return None if event is None else str(event.id)
+
+
+def _alert_on_breaches(
+    name: str, version: int, status: str, summary: str, breaches: list[str]
+) -> None:
+    """Fail the run listing every breach; say what to do when there was too little data."""
+    if breaches:
+        raise MonitoringAlertError(
+            f"monitoring of {name} v{version} crossed {len(breaches)} "
+            "threshold(s): " + "; ".join(breaches) + f". Event {ALERT_EVENT} emitted; "
+            "retrain (prefect deployment run 'retrain/daily') or adjust `thresholds`."
+        )
+    if status == "insufficient_data":
+        print(
+            f"monitoring of {name} v{version}: {summary}. Neither a pass nor "
+            "an alert; run the monitor again when more data has arrived, or lower "
+            "`thresholds` min_rows / min_users."
+        )
 
 
 def _log(client: Any, run_id: str, drift: dict[str, Any], quality: dict[str, Any]) -> None:

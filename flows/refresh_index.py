@@ -30,7 +30,7 @@ from components.pipeline.refresh import (
     refresh_bundle,
     register_refreshed_version,
 )
-from components.registry import promotion
+from components.registry import champion_alias, promotion, promotion_smoke
 from components.registry.registration import (
     CHAMPION,
     current_alias_version,
@@ -41,13 +41,10 @@ from components.registry.registration import (
 from components.registry.tracking import configure_mlflow
 from components.settings import RewearSettings
 from components.store import read_json
-from flows.orchestration import (
-    UNCACHED_OPTIONS,
-    finish_tracked_run,
-    prefect_stages,
-    start_tracked_run,
-    task_runner_from_settings,
-)
+from flows.stage_tasks import prefect_stages
+from flows.task_options import UNCACHED_OPTIONS
+from flows.task_runners import task_runner_from_settings
+from flows.tracked_run import finish_tracked_run, start_tracked_run
 
 #: Version tags copied from the refreshed version: what made its model.
 LINEAGE_TAGS = ("snapshot_id", "git_commit", "config_hash", "dataset", "run_id")
@@ -148,7 +145,7 @@ def register_and_promote_task(
     mlflow.set_tracking_uri(settings.tracking_uri)
     model = mlflow.pyfunc.load_model(model_uri(name, version=version))
     problems = answer_problems(model, refreshed["smoke_users"], set(refreshed["unavailable_ids"]))
-    smoke = promotion.fresh_smoke(
+    smoke = promotion_smoke.fresh_smoke(
         settings.tracking_uri,
         name,
         version,
@@ -160,7 +157,9 @@ def register_and_promote_task(
     # The retrain's publish path with the refresh's own rule: tags, then `champion` moves
     # only if it is still the version that was refreshed.
     current = current_alias_version(client, name, CHAMPION)
-    decision = promotion.apply_decision(client, name, version, verdict, gate.metric)
+    decision = champion_alias.apply_decision(
+        client, name, version, verdict, gate.metric, locks=RewearSettings().locks
+    )
     failed = verdict.reasons
     client.set_model_version_tag(name, str(version), "smoke_test", "failed" if failed else "passed")
     if failed:

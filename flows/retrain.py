@@ -15,12 +15,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from components.evaluation.summary import summary_markdown, summary_rows
 from components.pipeline import chain
 from components.pipeline.report import RunReport, log_ranker_curves, log_report
-from flows.orchestration import (
-    finish_tracked_run,
-    prefect_stages,
-    start_tracked_run,
-    task_runner_from_settings,
-)
+from flows.stage_tasks import prefect_stages
+from flows.task_runners import task_runner_from_settings
+from flows.tracked_run import finish_tracked_run, start_tracked_run
 
 
 @flow(name="retrain", log_prints=True, task_runner=task_runner_from_settings())
@@ -64,7 +61,7 @@ def retrain(
         raise
     finally:
         # The run ends only once its report is logged: a kill before leaves it open, and
-        # the next run marks it FAILED (flows.orchestration.open_tracking).
+        # the next run marks it FAILED (flows.tracked_run.open_tracking).
         finish_tracked_run(run, report.model_dump(mode="json"), report.status != "completed")
     publish_artifacts(report)
     return {**report.model_dump(mode="json"), "report_path": str(run_dir / "report.json")}

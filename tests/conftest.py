@@ -34,7 +34,7 @@ def _environment_kept() -> Iterator[None]:
     """No test leaks environment variables into the next one (a Dask LocalCluster's nannies
     set OMP_NUM_THREADS=1 in this process: every subprocess started after would compute
     on one thread, with other float sums)."""
-    from components.processes import restore_environment
+    from components.environment_variables import restore_environment
 
     saved = dict(os.environ)
     yield

@@ -10,7 +10,8 @@ import pandas as pd
 
 from components.config import BaselinesConfig, CandidatesConfig
 from components.interfaces import Scorer
-from components.retrieval.collaborative import Covisitation, fit_linear_baseline
+from components.retrieval.covisitation import Covisitation
+from components.retrieval.linear_baseline import fit_linear_baseline
 from components.retrieval.popularity import RecentPopularity
 
 

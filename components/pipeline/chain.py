@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from components.config import PipelineConfig
+from components.config import PipelineConfig, RankerConfig
+from components.memory import return_freed_memory
 from components.pipeline import (
     data_steps,
     evaluation_steps,
@@ -43,7 +44,6 @@ from components.pipeline.results import (
     ValidationResult,
 )
 from components.pipeline.sharding import Shard, ShardedStep
-from components.processes import return_freed_memory
 
 T = TypeVar("T")
 
@@ -127,21 +127,22 @@ class Stages:
 Mapper = Callable[[str, Callable[..., Any], Sequence[Shard], dict[str, Any]], list[Any]]
 
 
-def ranker_config(config: PipelineConfig, run: Stages) -> PipelineConfig:
-    """`config` for the ranker's training: on the cluster the flow's tasks run on
+def ranker_config(config: PipelineConfig, run: Stages) -> RankerConfig:
+    """The ranker's settings for its training: on the cluster the flow's tasks run on
     (`run.dask_address`) unless `model.ranker.dask_address` names one already."""
     ranker = config.model.ranker
     if run.dask_address is None or ranker.dask_address is not None:
-        return config
-    ranker = ranker.model_copy(update={"dask_address": run.dask_address})
-    return config.model_copy(update={"model": config.model.model_copy(update={"ranker": ranker})})
+        return ranker
+    return ranker.model_copy(update={"dask_address": run.dask_address})
 
 
 def validated_source(config: PipelineConfig, run_dir: Path, run: Stages) -> ValidationResult:
     """The source read and checked, bad rows quarantined (what the index refresh and the
     monitor start from too)."""
-    raw = run(data_steps.ingest, config=config, run_dir=run_dir)
-    return run(data_steps.validate, raw_uri=raw["uri"], config=config, run_dir=run_dir)
+    raw = run(data_steps.ingest, source=config.source, run_dir=run_dir)
+    return run(
+        data_steps.validate, raw_uri=raw["uri"], validation=config.validation, run_dir=run_dir
+    )
 
 
 def data_phase(
@@ -158,7 +159,8 @@ def data_phase(
         snapshot_uri=snapshot["uri"],
         config=config.split,
         run_dir=run_dir,
-        evaluated_by=config,
+        evaluation=config.evaluation,
+        min_test_users=config.registry.promotion.min_users,
     )
     return DataPhase(validated, snapshot, split)
 
@@ -168,13 +170,20 @@ def retrieval_phase(
 ) -> RetrievalPhase:
     """The popularity fallback, the two-tower encoder and its indexes (when configured),
     and the test window's candidates from every source, with their recall."""
-    fitted = run(retrieval_steps.fit, split_uri=split_uri, config=config.model, run_dir=run_dir)
+    fitted = run(
+        retrieval_steps.fit,
+        split_uri=split_uri,
+        popularity=config.model.popularity,
+        refit_on_all_data=config.model.refit_on_all_data,
+        run_dir=run_dir,
+    )
     encoder = indexes = None
     if config.model.uses_two_tower:
         encoder = run(
             retrieval_steps.train_encoder,
             split_uri=split_uri,
-            config=config.model,
+            two_tower=config.model.two_tower,
+            label_holdout=config.model.ranker.label_holdout,
             evaluation=config.evaluation,
             run_dir=run_dir,
         )
@@ -182,7 +191,7 @@ def retrieval_phase(
             retrieval_steps.build_index,
             split_uri=split_uri,
             encoder_uri=encoder["uri"],
-            config=config,
+            annoy=config.model.annoy,
             run_dir=run_dir,
         )
     candidates = run.sharded(
@@ -190,7 +199,9 @@ def retrieval_phase(
         split_uri=split_uri,
         encoder_uri=None if encoder is None else encoder["uri"],
         evaluation_index_uri=None if indexes is None else indexes["evaluation_index_uri"],
-        config=config,
+        candidates=config.model.candidates,
+        evaluation=config.evaluation,
+        execution=config.execution,
         run_dir=run_dir,
     )
     return RetrievalPhase(fitted, encoder, indexes, candidates)
@@ -211,13 +222,15 @@ def ranking_phase(
             ranking_steps.build_features,
             split_uri=split_uri,
             train_window_encoder_uri=retrieval.train_window_encoder_uri,
-            config=config,
+            model=config.model,
+            exclude_events=config.evaluation.excluded_events,
+            execution=config.execution,
             run_dir=run_dir,
         )
         ranker = run(
             ranking_steps.train_ranker,
             features_uri=ranking_data["uri"],
-            config=ranker_config(config, run),
+            ranker=ranker_config(config, run),
             run_dir=run_dir,
         )
     ranker_uri = None if ranker is None else ranker["uri"]
@@ -228,7 +241,8 @@ def ranking_phase(
         encoder_uri=retrieval.encoder_uri,
         index_uri=retrieval.evaluation_index_uri,
         ranker_uri=ranker_uri,
-        config=config,
+        model=config.model,
+        exclude_events=config.evaluation.excluded_events,
         run_dir=run_dir,
         purpose="evaluation",
         stack_uri=retrieval.candidates["stack_uri"],
@@ -241,7 +255,8 @@ def ranking_phase(
             encoder_uri=retrieval.encoder_uri,
             index_uri=retrieval.serving_index_uri,
             ranker_uri=ranker_uri,
-            config=config,
+            model=config.model,
+            exclude_events=config.evaluation.excluded_events,
             run_dir=run_dir,
         )
     return RankingPhase(ranking_data, ranker, evaluated, served)

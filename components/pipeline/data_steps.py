@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.config import PipelineConfig, SplitConfig
+from components.config import EvaluationConfig, SourceConfig, SplitConfig, ValidationConfig
 from components.data.snapshot import read_tables, snapshot_id_of, write_snapshot, write_tables
 from components.data.sources import load_source
 from components.data.split import DataSplit, split_tables, write_split
@@ -23,9 +23,9 @@ from components.pipeline.results import (
 from components.store import atomic_directory, read_json, write_json
 
 
-def ingest(config: PipelineConfig, run_dir: Path) -> IngestResult:
+def ingest(source: SourceConfig, run_dir: Path) -> IngestResult:
     """Read the configured source into canonical tables under `run_dir/raw`."""
-    tables = load_source(config.source)
+    tables = load_source(source)
     target = Path(run_dir) / "raw"
     with atomic_directory(target, overwrite=True) as staging:
         described = write_tables(tables, staging)
@@ -37,11 +37,11 @@ def ingest(config: PipelineConfig, run_dir: Path) -> IngestResult:
     }
 
 
-def validate(raw_uri: str, config: PipelineConfig, run_dir: Path) -> ValidationResult:
+def validate(raw_uri: str, validation: ValidationConfig, run_dir: Path) -> ValidationResult:
     """Quarantine bad rows to `run_dir/quarantine/*.parquet`; fail above the threshold."""
     raw = Path(raw_uri)
     tables = read_tables(raw, source=read_json(raw / "source.json"))
-    result = validate_tables(tables, config.validation)
+    result = validate_tables(tables, validation)
     quarantine_dir = Path(run_dir) / "quarantine"
     quarantine_files = {}
     with atomic_directory(quarantine_dir, overwrite=True) as staging:
@@ -57,7 +57,7 @@ def validate(raw_uri: str, config: PipelineConfig, run_dir: Path) -> ValidationR
         "quarantine_files": quarantine_files,
     }
     write_json(Path(run_dir) / "validation.json", {k: v for k, v in summary.items() if k != "uri"})
-    enforce_bad_share(result, config.validation)
+    enforce_bad_share(result, validation)
     target = Path(run_dir) / "validated"
     with atomic_directory(target, overwrite=True) as staging:
         write_tables(result.tables, staging)
@@ -78,17 +78,18 @@ def split(
     config: SplitConfig,
     run_dir: Path,
     *,
-    evaluated_by: PipelineConfig | None = None,
+    evaluation: EvaluationConfig | None = None,
+    min_test_users: int = 1,
 ) -> SplitResult:
-    """Split the snapshot into `run_dir/split`. With `evaluated_by` (the pipeline that will
-    be registered from it), refuse a test window too thin to measure (see
-    `require_enough_test_users`) before any training."""
+    """Split the snapshot into `run_dir/split`. With `evaluation` (how the model registered
+    from it is evaluated), refuse a test window with fewer than `min_test_users` users to
+    measure (see `require_enough_test_users`) before any training."""
     tables = read_tables(Path(snapshot_uri))
     target = Path(run_dir) / "split"
     data = split_tables(tables, config)
     summary = write_split(data, target)
-    if evaluated_by is not None:
-        require_enough_test_users(data, evaluated_by)
+    if evaluation is not None:
+        require_enough_test_users(data, evaluation, min_test_users)
     return {"uri": str(target), **summary}
 
 
@@ -96,13 +97,12 @@ class ThinTestWindowError(ValueError):
     """The test window has too few users for its metrics to mean anything."""
 
 
-def require_enough_test_users(data: DataSplit, config: PipelineConfig) -> int:
+def require_enough_test_users(data: DataSplit, evaluation: EvaluationConfig, minimum: int) -> int:
     """The number of users the evaluation scores (a positive event in the test window);
-    fewer than `registry.promotion.min_users` raises: a model measured on a handful of
-    users (say, rows dated after the real data) must not be registered, let alone promoted
-    as a first version with no champion to compare with."""
-    users = int(positive_window(data.test, config.evaluation)["user_id"].nunique())
-    minimum = config.registry.promotion.min_users
+    fewer than `minimum` (`registry.promotion.min_users`) raises: a model measured on a
+    handful of users (say, rows dated after the real data) must not be registered, let alone
+    promoted as a first version with no champion to compare with."""
+    users = int(positive_window(data.test, evaluation)["user_id"].nunique())
     if users < minimum:
         where = "the fixed split's test file"
         if data.test_cutoff is not None:

@@ -39,7 +39,7 @@ from components.pipeline.sharding import (
     where_it_ran,
 )
 from components.ranking.model import TwoStageModel, retrieval_only
-from components.retrieval.candidates import CandidateTable
+from components.retrieval.candidate_table import CandidateTable
 from components.serving.recommender import BundleRecommender
 from components.store import atomic_directory
 
@@ -74,7 +74,7 @@ def evaluation_scorers(
             config.baselines,
             data.test_cutoff,
             fitted=stack.models if same_fit else None,
-            fitted_with=stack.config.model.candidates,
+            fitted_with=stack.settings,
         ),
     }
 

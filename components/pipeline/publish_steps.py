@@ -44,7 +44,7 @@ def bundle(
     users. Refuses a test window too thin to trust (`require_enough_test_users`), so that
     nothing measured on it is registered."""
     data = read_split(Path(split_uri))
-    require_enough_test_users(data, config)
+    require_enough_test_users(data, config.evaluation, config.registry.promotion.min_users)
     items = data.tables.items
     interactions = data.serving_history()
     exclusions = interactions[interactions["event"].isin(config.evaluation.mask_events)]
@@ -169,6 +169,7 @@ def promote(
         comparison,
         metrics,
         config.registry.promotion,
+        settings.locks,
         force,
     )
     return {**decision.to_dict(), "aliases": version_aliases(client, name, version)}

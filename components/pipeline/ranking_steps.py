@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from components.config import PipelineConfig, RankerConfig, TwoTowerConfig
+from components.config import ExecutionConfig, ModelConfig, RankerConfig, TwoTowerConfig
 from components.data.split import DataSplit, read_split
 from components.pipeline.results import ModelResult, RankerResult, RankingDataResult
 from components.pipeline.retrieval_steps import best_epoch
@@ -58,7 +58,7 @@ from components.ranking.ranker import (
     train_ranker as fit_ranker,
 )
 from components.retrieval.ann_index import build_annoy_index
-from components.retrieval.candidates import candidate_recall
+from components.retrieval.candidate_recall import candidate_recall
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import TrainedTwoTower
 from components.retrieval.two_tower_training import train_two_tower_stages
@@ -77,14 +77,19 @@ def _stage_users(stage: LabelStage, ranker: RankerConfig) -> tuple[pd.DataFrame,
 
 
 def plan_ranking_data(
-    split_uri: str, train_window_encoder_uri: str | None, config: PipelineConfig, run_dir: Path
+    split_uri: str,
+    train_window_encoder_uri: str | None,
+    model: ModelConfig,
+    exclude_events: tuple[str, ...] | None,
+    execution: ExecutionConfig,
+    run_dir: Path,
 ) -> dict[str, Any]:
     """Per label stage: its encoder (an earlier window's own, trained here), its Annoy index
     and its retrieval stack, saved for the shards; the stage's users cut into shards of
     whole chunks, numbered across stages (latest stage first: the rows' order)."""
     started = time.perf_counter()
     data = read_split(Path(split_uri))
-    stages = label_stages(data, config)
+    stages = label_stages(data, model.ranker)
     latest_encoder = None
     if train_window_encoder_uri is not None:
         latest_encoder = TrainedTwoTower.load(Path(train_window_encoder_uri))
@@ -94,7 +99,7 @@ def plan_ranking_data(
         encoder = latest_encoder
         if latest_encoder is not None and number > 0:
             encoder = encoder_before(
-                data, stage.history, stage.moment, config.model.two_tower, latest_encoder
+                data, stage.history, stage.moment, model.two_tower, latest_encoder
             )
         target = Path(run_dir) / "ranking_stacks" / f"{number:02d}"
         with atomic_directory(target, overwrite=True) as staging:
@@ -105,7 +110,7 @@ def plan_ranking_data(
                 build_annoy_index(
                     encoder.embed_items(listings, stage.moment),
                     listings["item_id"].astype(str).tolist(),
-                    config.model.annoy,
+                    model.annoy,
                     index_folder,
                 )
             stack = RetrievalStack.fit(
@@ -113,7 +118,8 @@ def plan_ranking_data(
                 data.tables.items,
                 stage.moment,
                 stage.available,
-                config,
+                model.candidates,
+                exclude_events,
                 encoder=encoder,
                 index_folder=index_folder,
             )
@@ -121,11 +127,11 @@ def plan_ranking_data(
             if index_folder is not None:
                 shutil.rmtree(index_folder)  # the stack keeps its own copy
         stacks.append(str(target / "stack"))
-        _, stage_users = _stage_users(stage, config.model.ranker)
+        _, stage_users = _stage_users(stage, model.ranker)
         for shard in shard_ranges(
             len(stage_users),
-            config.execution.shard_users,
-            config.model.candidates.chunk_users,
+            execution.shard_users,
+            model.candidates.chunk_users,
             label_stage=number,
         ):
             shards.append({**shard, "number": len(shards)})
@@ -141,7 +147,9 @@ def plan_ranking_data(
 def ranking_data_shard(
     split_uri: str,
     train_window_encoder_uri: str | None,
-    config: PipelineConfig,
+    model: ModelConfig,
+    exclude_events: tuple[str, ...] | None,
+    execution: ExecutionConfig,
     plan: dict[str, Any],
     shard: Shard,
     run_dir: Path,
@@ -152,14 +160,14 @@ def ranking_data_shard(
     stage, its chunks' candidate recall figures."""
     started = time.perf_counter()
     data = read_split(Path(split_uri))
-    ranker = config.model.ranker
+    ranker = model.ranker
     number = shard["label_stage"]
-    stage = label_stages(data, config)[number]
+    stage = label_stages(data, ranker)[number]
     stack = RetrievalStack.load(Path(plan["stacks"][number]))
     labels, stage_users = _stage_users(stage, ranker)
     builder = feature_builder(stack, ranker)
     window_users = stage.window["user_id"].astype(str)
-    chunk_users = config.model.candidates.chunk_users
+    chunk_users = model.candidates.chunk_users
     rows = with_positive = 0
     chunks: list[dict[str, Any]] = []
     with (
@@ -174,9 +182,7 @@ def ranking_data_shard(
                 chunks.append(
                     {
                         "users": int(positives["user_id"].nunique()),
-                        "recall": candidate_recall(
-                            candidates, positives, config.model.candidates.n
-                        ),
+                        "recall": candidate_recall(candidates, positives, model.candidates.n),
                     }
                 )
             features = attach_labels(builder.transform(candidates), labels)
@@ -200,7 +206,9 @@ def ranking_data_shard(
 def combine_ranking_data(
     split_uri: str,
     train_window_encoder_uri: str | None,
-    config: PipelineConfig,
+    model: ModelConfig,
+    exclude_events: tuple[str, ...] | None,
+    execution: ExecutionConfig,
     plan: dict[str, Any],
     parts: list[dict[str, Any]],
     run_dir: Path,
@@ -263,11 +271,11 @@ def feature_builder_categories(features: pd.DataFrame) -> dict[str, list[str]]:
     }
 
 
-def train_ranker(features_uri: str, config: PipelineConfig, run_dir: Path) -> RankerResult:
+def train_ranker(features_uri: str, ranker: RankerConfig, run_dir: Path) -> RankerResult:
     """Fit the LightGBM ranker on the label-stage users, early-stopped on a held-out part;
     with `ensemble_size` > 1, that many rankers with consecutive seeds, averaged. The rows
     each ranker trains on are chosen on the query keys alone, then only those are read."""
-    ranker_config = config.model.ranker
+    ranker_config = ranker
     parquet = pq.ParquetFile(features_uri)
     columns = parquet.schema_arrow.names
     keys = pd.read_parquet(features_uri, columns=[c for c in QUERY_KEYS if c in columns])
@@ -350,7 +358,8 @@ def assemble_two_stage(
     encoder_uri: str | None,
     index_uri: str | None,
     ranker_uri: str | None,
-    config: PipelineConfig,
+    model: ModelConfig,
+    exclude_events: tuple[str, ...] | None,
     run_dir: Path,
     purpose: Literal["evaluation", "serving"] = "evaluation",
     stack_uri: str | None = None,
@@ -362,35 +371,39 @@ def assemble_two_stage(
     ranker = None if ranker_uri is None else load_ranker(Path(ranker_uri))
     if stack_uri is not None:
         stack = RetrievalStack.load(Path(stack_uri))
-        model = TwoStageModel.assemble(stack, ranker, config.model.ranker)
+        two_stage = TwoStageModel.assemble(stack, ranker, model.ranker)
     else:
         data = read_split(Path(split_uri))
         items = data.tables.items
         encoder = None if encoder_uri is None else TrainedTwoTower.load(Path(encoder_uri))
         index_folder = Path(index_uri) if encoder is not None and index_uri else None
         if purpose == "evaluation":
-            model = two_stage_at(
+            two_stage = two_stage_at(
                 data.history("test"),
                 items,
                 data.test_cutoff,
                 data.available_items(data.test_cutoff).to_numpy(bool),
-                config,
-                ranker,
+                candidates=model.candidates,
+                exclude_events=exclude_events,
+                feature_settings=model.ranker,
+                ranker=ranker,
                 encoder=encoder,
                 index_folder=index_folder,
             )
         else:
-            model = serving_two_stage(
+            two_stage = serving_two_stage(
                 data.serving_history(),
                 items,
-                config,
-                ranker,
+                candidates=model.candidates,
+                exclude_events=exclude_events,
+                feature_settings=model.ranker,
+                ranker=ranker,
                 encoder=encoder,
                 index_folder=index_folder,
             )
     target = Path(run_dir) / "models" / f"two_stage_{purpose}"
     with atomic_directory(target, overwrite=True) as staging:
-        model.save(staging)
+        two_stage.save(staging)
     return {"uri": str(target)}
 
 
@@ -399,11 +412,19 @@ def assemble_serving(
     encoder_uri: str | None,
     index_uri: str | None,
     ranker_uri: str | None,
-    config: PipelineConfig,
+    model: ModelConfig,
+    exclude_events: tuple[str, ...] | None,
     run_dir: Path,
 ) -> ModelResult:
     """The two-stage model at the end of the data, over the listings available then: what
     gets registered (`assemble_two_stage` for serving)."""
     return assemble_two_stage(
-        split_uri, encoder_uri, index_uri, ranker_uri, config, run_dir, purpose="serving"
+        split_uri=split_uri,
+        encoder_uri=encoder_uri,
+        index_uri=index_uri,
+        ranker_uri=ranker_uri,
+        model=model,
+        exclude_events=exclude_events,
+        run_dir=run_dir,
+        purpose="serving",
     )

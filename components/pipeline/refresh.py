@@ -76,13 +76,7 @@ def refresh_bundle(
     """
     champion_dir = Path(champion_dir)
     metadata = read_json(champion_dir / "bundle.json")
-    built = metadata.get("data_until")
-    if built is None:
-        raise RefreshError(
-            f"the champion bundle at {champion_dir} records no data_until (its data had no "
-            "timestamps): an index refresh needs timestamped listings; retrain instead"
-        )
-    built_until = pd.Timestamp(str(built))
+    built_until = _built_until(champion_dir, metadata)
     items, interactions = tables.items, tables.interactions
     now = latest_moment(interactions, items)
     if now is None or now <= built_until:
@@ -98,42 +92,11 @@ def refresh_bundle(
     if not evaluation.mask_all_seen:
         exclusions = interactions[interactions["event"].isin(evaluation.mask_events)]
     two_tower = metadata.get("model_kind") == TWO_TOWER_SOURCE
-    rebuilt_keys = ("format", "model_kind", "files")
-    kept_metadata = {k: v for k, v in metadata.items() if k not in rebuilt_keys}
-    refreshed_metadata = {
-        **kept_metadata,
-        "data_until": now.isoformat(),
-        "refreshed_from_data_until": built_until.isoformat(),
-        # What the encoder and ranker were trained on ends here, through any chain of
-        # refreshes: the monitor's reference window ends at it.
-        "trained_until": str(metadata.get("trained_until", built_until.isoformat())),
-        **(extra_metadata or {}),
-    }
+    refreshed = _refreshed_metadata(metadata, built_until, now, extra_metadata)
     with atomic_directory(Path(target), overwrite=True) as staging:
-        index_dir = history = None
-        if two_tower:
-            index_dir = staging.parent / f".{staging.name}.index"
-            length = _rebuild_index(champion_dir, items, available, now, index_dir)
-            history = _recent_history(interactions, length)
-        try:
-            # Popularity is a statistic of the data, not a learned model: refit it with the
-            # champion's settings, or unknown users would get the retrain's bestsellers.
-            popularity = RecentPopularity.load(champion_dir / "model").config
-            build_bundle(
-                staging,
-                model=RecentPopularity.fit(interactions, popularity),
-                items=items,
-                available=available,
-                user_exclusions=exclusions,
-                metadata=refreshed_metadata,
-                encoder_dir=champion_dir / ENCODER if two_tower else None,
-                index_dir=index_dir,
-                history=history,
-                seal=False,  # sealed below, with the two-stage model and copied files
-            )
-        finally:
-            if index_dir is not None:
-                shutil.rmtree(index_dir, ignore_errors=True)
+        _write_refreshed_bundle(
+            staging, champion_dir, tables, available, now, exclusions, refreshed, two_tower
+        )
         two_stage = (champion_dir / TWO_STAGE_DIR).is_dir()
         if two_stage:
             _refresh_two_stage(champion_dir, staging, tables, available, now)
@@ -156,6 +119,77 @@ def refresh_bundle(
         "content_id": hash_json(sorted(available_ids)),
         "refresh_s": round(time.perf_counter() - started, 3),
     }
+
+
+def _built_until(champion_dir: Path, metadata: dict[str, Any]) -> pd.Timestamp:
+    """The end of the data the champion bundle was built from."""
+    built = metadata.get("data_until")
+    if built is None:
+        raise RefreshError(
+            f"the champion bundle at {champion_dir} records no data_until (its data had no "
+            "timestamps): an index refresh needs timestamped listings; retrain instead"
+        )
+    return pd.Timestamp(str(built))
+
+
+def _refreshed_metadata(
+    metadata: dict[str, Any],
+    built_until: pd.Timestamp,
+    now: pd.Timestamp,
+    extra_metadata: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The champion's bundle metadata moved to `now` (what the rebuild writes anew left out)."""
+    rebuilt_keys = ("format", "model_kind", "files")
+    kept_metadata = {k: v for k, v in metadata.items() if k not in rebuilt_keys}
+    return {
+        **kept_metadata,
+        "data_until": now.isoformat(),
+        "refreshed_from_data_until": built_until.isoformat(),
+        # What the encoder and ranker were trained on ends here, through any chain of
+        # refreshes: the monitor's reference window ends at it.
+        "trained_until": str(metadata.get("trained_until", built_until.isoformat())),
+        **(extra_metadata or {}),
+    }
+
+
+def _write_refreshed_bundle(
+    staging: Path,
+    champion_dir: Path,
+    tables: CanonicalTables,
+    available: pd.Series,
+    now: pd.Timestamp,
+    exclusions: pd.DataFrame,
+    metadata: dict[str, Any],
+    two_tower: bool,
+) -> None:
+    """The bundle's own files in `staging`: popularity refitted with the champion's
+    settings, the listings on sale at `now`, and (two-tower) the index re-embedded with
+    the champion's encoder and the recent history it pools."""
+    items, interactions = tables.items, tables.interactions
+    index_dir = history = None
+    if two_tower:
+        index_dir = staging.parent / f".{staging.name}.index"
+        length = _rebuild_index(champion_dir, items, available, now, index_dir)
+        history = _recent_history(interactions, length)
+    try:
+        # Popularity is a statistic of the data, not a learned model: refit it with the
+        # champion's settings, or unknown users would get the retrain's bestsellers.
+        popularity = RecentPopularity.load(champion_dir / "model").config
+        build_bundle(
+            staging,
+            model=RecentPopularity.fit(interactions, popularity),
+            items=items,
+            available=available,
+            user_exclusions=exclusions,
+            metadata=metadata,
+            encoder_dir=champion_dir / ENCODER if two_tower else None,
+            index_dir=index_dir,
+            history=history,
+            seal=False,  # sealed by the caller, with the two-stage model and copied files
+        )
+    finally:
+        if index_dir is not None:
+            shutil.rmtree(index_dir, ignore_errors=True)
 
 
 def _refresh_two_stage(
@@ -185,8 +219,10 @@ def _refresh_two_stage(
         model = serving_two_stage(
             tables.interactions,
             tables.items,
-            stack.config,
-            champion.ranker,
+            candidates=stack.settings,
+            exclude_events=stack.exclude_events,
+            feature_settings=champion.feature_settings,
+            ranker=champion.ranker,
             encoder=stack.encoder,
             index_folder=index_dir,
         )

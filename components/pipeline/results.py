@@ -1,7 +1,7 @@
 """What each pipeline step and phase returns: small typed records of URIs, ids and figures.
 
 A step's result is a `TypedDict`, so it is plain JSON (Prefect stores it as such and reads
-it back without running any code, see flows/orchestration.py) and still has named, typed
+it back without running any code, see flows/stage_records.py) and still has named, typed
 fields for the reader and the chain. A phase's result (`DataPhase` ...) bundles its steps'
 results for the next phases and the run report.
 """

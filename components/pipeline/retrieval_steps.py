@@ -14,7 +14,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.config import EvaluationConfig, ModelConfig, PipelineConfig
+from components.config import (
+    AnnoyConfig,
+    CandidatesConfig,
+    EvaluationConfig,
+    ExecutionConfig,
+    LabelHoldout,
+    PopularityConfig,
+    TwoTowerConfig,
+)
 from components.data.split import DataSplit, available_at, latest_moment, read_split
 from components.evaluation.encoder_validation import encoder_validation
 from components.evaluation.protocol import positive_window
@@ -31,7 +39,7 @@ from components.pipeline.sharding import (
 )
 from components.ranking.dataset import holdout_interactions
 from components.retrieval.ann_index import AnnIndex, ann_recall, build_annoy_index
-from components.retrieval.candidates import candidate_recall
+from components.retrieval.candidate_recall import candidate_recall
 from components.retrieval.popularity import RecentPopularity
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower import TrainedTwoTower, TwoTowerScorer
@@ -41,18 +49,20 @@ from components.store import ParquetAppender, atomic_directory
 logger = logging.getLogger(__name__)
 
 
-def fit(split_uri: str, config: ModelConfig, run_dir: Path) -> FitResult:
+def fit(
+    split_uri: str, popularity: PopularityConfig, refit_on_all_data: bool, run_dir: Path
+) -> FitResult:
     """Fit the popularity fallback twice: on the history before the test cut-off (what
     evaluation scores) and, when configured, on all the snapshot's data (what gets
     registered)."""
     data = read_split(Path(split_uri))
     models = Path(run_dir) / "models"
-    held_out = RecentPopularity.fit(data.history("test"), config.popularity, data.test_cutoff)
+    held_out = RecentPopularity.fit(data.history("test"), popularity, data.test_cutoff)
     with atomic_directory(models / "evaluation", overwrite=True) as staging:
         held_out.save(staging)
     final_uri = models / "evaluation"
-    if config.refit_on_all_data:
-        final = RecentPopularity.fit(data.serving_history(), config.popularity)
+    if refit_on_all_data:
+        final = RecentPopularity.fit(data.serving_history(), popularity)
         with atomic_directory(models / "final", overwrite=True) as staging:
             final.save(staging)
         final_uri = models / "final"
@@ -60,14 +70,18 @@ def fit(split_uri: str, config: ModelConfig, run_dir: Path) -> FitResult:
 
 
 def train_encoder(
-    split_uri: str, config: ModelConfig, evaluation: EvaluationConfig, run_dir: Path
+    split_uri: str,
+    two_tower: TwoTowerConfig,
+    label_holdout: LabelHoldout,
+    evaluation: EvaluationConfig,
+    run_dir: Path,
 ) -> EncoderResult:
     """Train the two-tower encoder twice and save both: one that never saw the ranker's
     labels (the label stage's ANN source and similarity features) and the one the test
     stage and serving use (see `train_label_stage_encoders`)."""
     data = read_split(Path(split_uri))
     started = time.perf_counter()
-    fitted, trained = train_label_stage_encoders(data, config, evaluation)
+    fitted, trained = train_label_stage_encoders(data, two_tower, label_holdout, evaluation)
     seconds = time.perf_counter() - started
     target = Path(run_dir) / "models" / "encoder"
     with atomic_directory(target, overwrite=True) as staging:
@@ -84,7 +98,10 @@ def train_encoder(
 
 
 def train_label_stage_encoders(
-    data: DataSplit, config: ModelConfig, evaluation: EvaluationConfig
+    data: DataSplit,
+    two_tower: TwoTowerConfig,
+    label_holdout: LabelHoldout,
+    evaluation: EvaluationConfig,
 ) -> tuple[TrainedTwoTower, TrainedTwoTower]:
     """(encoder for the ranker's label stage, encoder for the test stage and serving).
 
@@ -95,18 +112,16 @@ def train_label_stage_encoders(
     on the whole train file for the epochs chosen, so that both stages get the two-tower.
     """
     if data.protocol == "temporal":
-        validation = encoder_validation(data, config.two_tower, evaluation)
-        return train_two_tower_stages(data, config.two_tower, "test", validation=validation)
-    kept, held = holdout_interactions(data.train, config.ranker.holdout_share, config.ranker.seed)
+        validation = encoder_validation(data, two_tower, evaluation)
+        return train_two_tower_stages(data, two_tower, "test", validation=validation)
+    kept, held = holdout_interactions(data.train, label_holdout.share, label_holdout.seed)
     label_split = replace(data, train=kept, valid=held, test=held)
-    validation = encoder_validation(label_split, config.two_tower, evaluation)
-    fitted, _ = train_two_tower_stages(
-        label_split, config.two_tower, "valid", validation=validation
-    )
+    validation = encoder_validation(label_split, two_tower, evaluation)
+    fitted, _ = train_two_tower_stages(label_split, two_tower, "valid", validation=validation)
     epochs = best_epoch(fitted.epochs)
     logger.info("two-tower: refitting on the whole train file for %d epochs", epochs)
     whole = replace(data, valid=data.valid.iloc[:0])
-    refit = config.two_tower.model_copy(update={"max_epochs": epochs})
+    refit = two_tower.model_copy(update={"max_epochs": epochs})
     validation = encoder_validation(whole, refit, evaluation)  # None: no valid window
     trained = train_two_tower_stages(whole, refit, "test", validation=validation)[1]
     trained.epochs = [
@@ -140,14 +155,11 @@ def two_tower_scorer(encoder_uri: str, data: DataSplit) -> TwoTowerScorer:
     )
 
 
-def build_index(
-    split_uri: str, encoder_uri: str, config: PipelineConfig, run_dir: Path
-) -> IndexResult:
+def build_index(split_uri: str, encoder_uri: str, annoy: AnnoyConfig, run_dir: Path) -> IndexResult:
     """Two angular Annoy indexes over the listings available at a moment: at the test
     cut-off (offline candidates) and at the end of the data (serving). The ANN recall@K
     against exact search is measured on the evaluation index with real user vectors."""
     data = read_split(Path(split_uri))
-    annoy = config.model.annoy
     trained = TrainedTwoTower.load(Path(encoder_uri))
     items = data.tables.items
     moments = {
@@ -181,7 +193,7 @@ def _index_quality(
     trained: TrainedTwoTower,
     data: DataSplit,
     k: int,
-    annoy: Any,
+    annoy: AnnoyConfig,
 ) -> dict[str, Any]:
     users = data.test["user_id"].drop_duplicates().to_numpy(dtype=object)
     rng = np.random.default_rng(annoy.seed)
@@ -206,10 +218,10 @@ def _index_quality(
     }
 
 
-def _test_window(data: DataSplit, config: PipelineConfig) -> tuple[pd.DataFrame, pd.Series]:
+def _test_window(data: DataSplit, evaluation: EvaluationConfig) -> tuple[pd.DataFrame, pd.Series]:
     """The test window's positives and their users as strings (the candidates' users, in
     order of first appearance)."""
-    window = positive_window(data.test, config.evaluation)
+    window = positive_window(data.test, evaluation)
     return window, window["user_id"].astype(str)
 
 
@@ -217,7 +229,9 @@ def plan_candidates(
     split_uri: str,
     encoder_uri: str | None,
     evaluation_index_uri: str | None,
-    config: PipelineConfig,
+    candidates: CandidatesConfig,
+    evaluation: EvaluationConfig,
+    execution: ExecutionConfig,
     run_dir: Path,
 ) -> dict[str, Any]:
     """Fit the retrieval stack at the test cut-off, save it (every shard loads it; the
@@ -229,20 +243,20 @@ def plan_candidates(
         data.tables.items,
         data.test_cutoff,
         data.available_items(data.test_cutoff),
-        config,
+        candidates,
+        evaluation.excluded_events,
         encoder=None if encoder_uri is None else TrainedTwoTower.load(Path(encoder_uri)),
         index_folder=None if evaluation_index_uri is None else Path(evaluation_index_uri),
     )
     target = Path(run_dir) / "candidates_stack"
     with atomic_directory(target, overwrite=True) as staging:
         stack.save(staging)
-    _, window_users = _test_window(data, config)
+    _, window_users = _test_window(data, evaluation)
     users = int(window_users.nunique())
-    chunk = config.model.candidates.chunk_users
     return {
         "stack_uri": str(target),
         "users": users,
-        "shards": shard_ranges(users, config.execution.shard_users, chunk),
+        "shards": shard_ranges(users, execution.shard_users, candidates.chunk_users),
     }
 
 
@@ -250,7 +264,9 @@ def candidates_shard(
     split_uri: str,
     encoder_uri: str | None,
     evaluation_index_uri: str | None,
-    config: PipelineConfig,
+    candidates: CandidatesConfig,
+    evaluation: EvaluationConfig,
+    execution: ExecutionConfig,
     plan: dict[str, Any],
     shard: Shard,
     run_dir: Path,
@@ -258,9 +274,9 @@ def candidates_shard(
     """One shard's candidates, a chunk of users at a time, into its own parquet part; its
     chunks' candidate recall figures for the combine."""
     data = read_split(Path(split_uri))
-    settings = config.model.candidates
+    settings = candidates
     stack = RetrievalStack.load(Path(plan["stack_uri"]))
-    window, window_users = _test_window(data, config)
+    window, window_users = _test_window(data, evaluation)
     users = window_users.drop_duplicates().tolist()[shard["start"] : shard["stop"]]
     seconds = 0.0
     chunks: list[dict[str, Any]] = []
@@ -298,7 +314,9 @@ def combine_candidates(
     split_uri: str,
     encoder_uri: str | None,
     evaluation_index_uri: str | None,
-    config: PipelineConfig,
+    candidates: CandidatesConfig,
+    evaluation: EvaluationConfig,
+    execution: ExecutionConfig,
     plan: dict[str, Any],
     parts: list[dict[str, Any]],
     run_dir: Path,
@@ -314,7 +332,7 @@ def combine_candidates(
     return {
         "uri": str(target / "test.parquet"),
         "stack_uri": plan["stack_uri"],
-        "n": config.model.candidates.n,
+        "n": candidates.n,
         "candidate_recall": recall.result(),
         "users": sum(part["users"] for part in parts),
         "generation_s": round(sum(part["generation_s"] for part in parts), 2),

@@ -101,7 +101,7 @@ def where_it_ran() -> dict[str, Any]:
 
 class RecallSums:
     """`candidate_recall` figures of chunks of users, added up in order as
-    `components.retrieval.candidates.ChunkedRecall` does (each chunk's figure weighted by its
+    `components.retrieval.candidate_recall.ChunkedRecall` does (each chunk's figure weighted by its
     users with positives): a shard keeps its chunks' figures (`chunks`, JSON), the combine
     replays every shard's in order, so the sums are the same floats as one loop's."""
 

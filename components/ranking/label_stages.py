@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from components.config import PipelineConfig
+from components.config import RankerConfig
 from components.data.split import DataSplit
 from components.ranking.dataset import holdout_interactions
 
@@ -31,11 +31,10 @@ class LabelStage:
     available: np.ndarray
 
 
-def label_stages(data: DataSplit, config: PipelineConfig) -> list[LabelStage]:
+def label_stages(data: DataSplit, ranker: RankerConfig) -> list[LabelStage]:
     """The ranker's label stages, latest first (see the module docstring and
     `RankerConfig.label_windows`)."""
     items = data.tables.items
-    ranker = config.model.ranker
     if data.protocol != "temporal":
         kept, held = holdout_interactions(data.train, ranker.holdout_share, ranker.seed)
         return [
@@ -70,6 +69,6 @@ def label_stages(data: DataSplit, config: PipelineConfig) -> list[LabelStage]:
     return stages
 
 
-def label_stage(data: DataSplit, config: PipelineConfig) -> LabelStage:
+def label_stage(data: DataSplit, ranker: RankerConfig) -> LabelStage:
     """The latest label stage (the valid window, or the fixed split's holdout)."""
-    return label_stages(data, config)[0]
+    return label_stages(data, ranker)[0]

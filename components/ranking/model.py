@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.config import PipelineConfig, RankerConfig
+from components.config import CandidatesConfig, RankerConfig
 from components.data.split import available_at, latest_moment
 from components.ids import IdPositions
 from components.ranking.features import PointInTimeFeatures
 from components.ranking.ranker import RankerEnsemble, TrainedRanker, load_ranker
-from components.retrieval.candidates import ranks_within_groups
-from components.retrieval.stack import RetrievalStack
+from components.retrieval.candidate_merge import ranks_within_groups
+from components.retrieval.stack import RetrievalStack, legacy_ranker_config
 from components.retrieval.two_tower import TrainedTwoTower
+from components.store import read_json, write_json
 
 #: Items outside a user's candidates score below every candidate (then by popularity).
 NON_CANDIDATE_OFFSET = -1.0e6
@@ -52,6 +53,8 @@ class TwoStageModel:
     stack: RetrievalStack
     features: PointInTimeFeatures
     ranker: TrainedRanker | RankerEnsemble | None
+    #: The ranker settings the features were built with (an index refresh rebuilds them).
+    feature_settings: RankerConfig
     _popularity: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     #: Positions in the last catalogue list scored (evaluation passes the same one per batch).
     _columns: tuple[Sequence[str], IdPositions] | None = field(default=None, repr=False)
@@ -64,7 +67,8 @@ class TwoStageModel:
         config: RankerConfig,
     ) -> TwoStageModel:
         categories = None if ranker is None else ranker.categories
-        return cls(stack=stack, features=feature_builder(stack, config, categories), ranker=ranker)
+        features = feature_builder(stack, config, categories)
+        return cls(stack=stack, features=features, ranker=ranker, feature_settings=config)
 
     def candidate_features(self, user_ids: Sequence[str]) -> pd.DataFrame:
         """Merged candidates of `user_ids` with their feature columns."""
@@ -158,6 +162,10 @@ class TwoStageModel:
         self.features.save(folder / "features")
         if self.ranker is not None:
             self.ranker.save(folder / "ranker")
+        write_json(
+            folder / "two_stage.json",
+            {"feature_settings": self.feature_settings.model_dump(mode="json")},
+        )
 
     @classmethod
     def load(cls, folder: Path) -> TwoStageModel:
@@ -170,7 +178,15 @@ class TwoStageModel:
             item_vectors=None if vectors is None else vectors.item_vectors,
         )
         ranker = load_ranker(folder / "ranker") if (folder / "ranker").is_dir() else None
-        return cls(stack=stack, features=features, ranker=ranker)
+        if (folder / "two_stage.json").is_file():
+            saved = read_json(folder / "two_stage.json")["feature_settings"]
+            settings = RankerConfig.model_validate(saved)
+        else:  # registered before the model kept them: its stack's pipeline config has them
+            legacy = legacy_ranker_config(folder / "retrieval")
+            if legacy is None:
+                raise ValueError(f"{folder} lacks two_stage.json: retrain to rebuild the model")
+            settings = legacy
+        return cls(stack=stack, features=features, ranker=ranker, feature_settings=settings)
 
 
 @dataclass(frozen=True)
@@ -202,26 +218,37 @@ def two_stage_at(
     items: pd.DataFrame,
     moment: pd.Timestamp | None,
     available: np.ndarray,
-    config: PipelineConfig,
-    ranker: TrainedRanker | RankerEnsemble | None,
     *,
+    candidates: CandidatesConfig,
+    exclude_events: tuple[str, ...] | None,
+    feature_settings: RankerConfig,
+    ranker: TrainedRanker | RankerEnsemble | None,
     encoder: TrainedTwoTower | None = None,
     index_folder: Path | None = None,
 ) -> TwoStageModel:
     """The retrieval stack fitted on `history` before `moment` over the `available`
     listings, with `ranker` (None: fusion order) on features at that moment."""
     stack = RetrievalStack.fit(
-        history, items, moment, available, config, encoder=encoder, index_folder=index_folder
+        history,
+        items,
+        moment,
+        available,
+        candidates,
+        exclude_events,
+        encoder=encoder,
+        index_folder=index_folder,
     )
-    return TwoStageModel.assemble(stack, ranker, config.model.ranker)
+    return TwoStageModel.assemble(stack, ranker, feature_settings)
 
 
 def serving_two_stage(
     history: pd.DataFrame,
     items: pd.DataFrame,
-    config: PipelineConfig,
-    ranker: TrainedRanker | RankerEnsemble | None,
     *,
+    candidates: CandidatesConfig,
+    exclude_events: tuple[str, ...] | None,
+    feature_settings: RankerConfig,
+    ranker: TrainedRanker | RankerEnsemble | None,
     encoder: TrainedTwoTower | None = None,
     index_folder: Path | None = None,
 ) -> TwoStageModel:
@@ -234,8 +261,10 @@ def serving_two_stage(
         items,
         None if latest is None else latest + AFTER_LAST_EVENT,
         available_at(items, latest).to_numpy(bool),
-        config,
-        ranker,
+        candidates=candidates,
+        exclude_events=exclude_events,
+        feature_settings=feature_settings,
+        ranker=ranker,
         encoder=encoder,
         index_folder=index_folder,
     )
@@ -243,4 +272,9 @@ def serving_two_stage(
 
 def retrieval_only(model: TwoStageModel) -> TwoStageModel:
     """The same candidates ranked by their fusion score: what the ranker must beat."""
-    return TwoStageModel(stack=model.stack, features=model.features, ranker=None)
+    return TwoStageModel(
+        stack=model.stack,
+        features=model.features,
+        ranker=None,
+        feature_settings=model.feature_settings,
+    )

@@ -11,7 +11,7 @@ verdict is `continue` until the evidence is enough, `promoted` as soon as every 
 passes, `rejected` on a failed health check or an always-valid interval wholly below the
 margin (at any look), on a guardrail (once the evidence is enough: its interval is a
 fixed-horizon one), or at `max_days` without a pass. A promotion goes through
-`promotion.apply_decision` (tags `promotion.online.*`), which refuses it if `champion`
+`champion_alias.apply_decision` (tags `promotion.online.*`), which refuses it if `champion`
 moved away from the control version meanwhile.
 """
 
@@ -22,7 +22,8 @@ from typing import Literal
 
 from components.config import ExperimentConfig, PromotionConfig
 from components.experiments.readout import Readout
-from components.registry.promotion import Check, PromotionDecision, SmokeResult
+from components.registry.promotion_decision import Check, PromotionDecision
+from components.registry.promotion_smoke import SmokeResult
 
 Verdict = Literal["promoted", "rejected", "continue"]
 

@@ -12,7 +12,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from components.processes import owner_is_gone, process_owner
+from components.process_ownership import owner_is_gone, process_owner
 from components.settings import RewearSettings
 
 

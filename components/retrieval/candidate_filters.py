@@ -4,7 +4,7 @@
 they bought; every item of their history for rating / fixed-split data), the items
 available at the cut-off (sold and not-yet-listed ones are not) and the blocked ones.
 Every source in `components.retrieval.candidate_sources` applies it, and the merge in
-`components.retrieval.candidates` applies it again, so a source built on stale data (an
+`components.retrieval.candidate_merge` applies it again, so a source built on stale data (an
 Annoy index from the last refresh) cannot leak a listing sold since.
 """
 

@@ -8,7 +8,7 @@ one its `CandidateFilter` forbids (`components.retrieval.candidate_filters`).
 - `CategoryPopularitySource`: recent popularity inside each user's favourite categories.
 
 Sources also answer `candidate_arrays` (the same rows as `CandidateArrays`, what the merge
-in `components.retrieval.candidates` works on without building frames).
+in `components.retrieval.candidate_merge` works on without building frames).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from components.config import CandidatesConfig
 from components.ids import IdPositions
 from components.interfaces import Scorer
 from components.retrieval.ann_index import AnnIndex
+from components.retrieval.candidate_arrays import CandidateArrays
 from components.retrieval.candidate_filters import CandidateFilter, isin_sorted
-from components.retrieval.candidates import CandidateArrays
-from components.retrieval.collaborative import history_before
 from components.retrieval.popularity import RecentPopularity
 from components.retrieval.selection import top_n
+from components.retrieval.user_item_scorer import history_before
 
 #: Users scored at once by a source (memory: batch x catalogue float32 scores).
 USER_BATCH = 512

@@ -44,7 +44,7 @@ import torch.distributed as dist
 import torch.multiprocessing as torch_mp
 from torch import nn
 
-from components.processes import _die_with_parent, free_local_port
+from components.child_processes import _die_with_parent, free_local_port
 
 logger = logging.getLogger(__name__)
 

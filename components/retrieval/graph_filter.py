@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
 from components.config import GraphFilterConfig
-from components.retrieval.collaborative import (
+from components.retrieval.user_item_scorer import (
     _UserItemScorer,
     history_before,
     interaction_popularity,

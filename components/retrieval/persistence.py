@@ -20,8 +20,10 @@ import pandas as pd
 import scipy.sparse as sp
 from pydantic import BaseModel
 
-from components.retrieval.collaborative import Covisitation, Ease, Ials
+from components.retrieval.covisitation import Covisitation
+from components.retrieval.ease import Ease
 from components.retrieval.graph_filter import GraphFilter
+from components.retrieval.ials import Ials
 from components.retrieval.popularity import RecentPopularity
 from components.retrieval.rp3beta import Rp3Beta
 from components.store import read_json, write_json

@@ -71,7 +71,7 @@ class RecentPopularity:
         return np.broadcast_to(aligned, (len(user_ids), len(aligned)))
 
     def item_scores(self, item_ids: Sequence[str]) -> np.ndarray:
-        from components.retrieval.collaborative import item_positions
+        from components.retrieval.user_item_scorer import item_positions
 
         positions = item_positions(self._positions, self.item_ids, item_ids)
         scores = np.zeros(len(positions), dtype=np.float32)

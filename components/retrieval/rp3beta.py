@@ -26,7 +26,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from components.config import Rp3BetaConfig
-from components.retrieval.collaborative import (
+from components.retrieval.user_item_scorer import (
     _UserItemScorer,
     history_before,
     interaction_popularity,

@@ -1,7 +1,7 @@
 """Every candidate source fitted at one moment, with its filter: the retrieval stage as one
 object that offline steps and the served bundle build, save and load the same way.
 
-`RetrievalStack.fit` fits the candidate models named in `model.candidates.sources` (recent
+`RetrievalStack.fit` fits the candidate models named in `candidates.sources` (recent
 popularity, co-visitation, EASE or iALS) from their settings there, on the history strictly
 before `moment`, takes the trained two-tower encoder and Annoy index for the `two_tower`
 source, and answers `candidates(user_ids)` with the merged set
@@ -21,28 +21,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.config import CandidatesConfig, PipelineConfig
+from components.config import CandidatesConfig, PipelineConfig, RankerConfig
 from components.interfaces import CandidateSource, Scorer
 from components.retrieval.ann_index import AnnIndex
+from components.retrieval.candidate_arrays import CandidateArrays, MergedCandidates
 from components.retrieval.candidate_filters import CandidateFilter
+from components.retrieval.candidate_merge import merge_candidate_arrays, run_source_arrays
 from components.retrieval.candidate_sources import AnnSource, CategoryPopularitySource, ScorerSource
-from components.retrieval.candidates import (
-    CandidateArrays,
-    CandidateTable,
-    MergedCandidates,
-    merge_candidate_arrays,
-    run_source_arrays,
-)
-from components.retrieval.collaborative import Covisitation, Ials, fit_linear_baseline
+from components.retrieval.candidate_table import CandidateTable
+from components.retrieval.covisitation import Covisitation
 from components.retrieval.graph_filter import GraphFilter
+from components.retrieval.ials import Ials
+from components.retrieval.linear_baseline import fit_linear_baseline
 from components.retrieval.persistence import load_model, save_model
 from components.retrieval.popularity import RecentPopularity
 from components.retrieval.rp3beta import Rp3Beta
 from components.retrieval.two_tower import TrainedTwoTower, TwoTowerScorer
 from components.store import read_json, write_json
 
-#: 2: candidate models saved by source name under models/ (1: baselines/).
-STACK_FORMAT = 2
+#: 3: the stack's own settings (candidates, exclusions); 2: a whole pipeline config (read
+#: still: registered champions hold it); 1: candidate models under baselines/.
+STACK_FORMAT = 3
+READABLE_FORMATS = (2, 3)
 
 
 POPULARITY = "popularity"
@@ -83,7 +83,10 @@ class RetrievalStack:
     #: The fitted candidate models by source name (popularity, covisitation, linear,
     #: factors); the two-tower source is `encoder` + `index`.
     models: dict[str, Scorer]
-    config: PipelineConfig
+    #: The settings the stack was fitted with (sources, per-source depth, merge, filters).
+    settings: CandidatesConfig
+    #: History events whose items a user's list leaves out (None: every item they saw).
+    exclude_events: tuple[str, ...] | None
     encoder: TrainedTwoTower | None = None
     index: AnnIndex | None = None
     _index_folder: Path | None = field(default=None, repr=False)
@@ -116,7 +119,8 @@ class RetrievalStack:
         items: pd.DataFrame,
         moment: pd.Timestamp | None,
         available: pd.Series | np.ndarray,
-        config: PipelineConfig,
+        candidates: CandidatesConfig,
+        exclude_events: tuple[str, ...] | None,
         *,
         encoder: TrainedTwoTower | None = None,
         index_folder: Path | None = None,
@@ -129,17 +133,13 @@ class RetrievalStack:
             items=items.reset_index(drop=True),
             moment=moment,
             available=np.asarray(available, dtype=bool),
-            models=fit_candidate_models(history, config.model.candidates, moment),
-            config=config,
+            models=fit_candidate_models(history, candidates, moment),
+            settings=candidates,
+            exclude_events=exclude_events,
             encoder=encoder,
             index=None if index_folder is None else AnnIndex.load(Path(index_folder)),
             _index_folder=None if index_folder is None else Path(index_folder),
         )
-
-    @property
-    def exclude_events(self) -> tuple[str, ...] | None:
-        evaluation = self.config.evaluation
-        return None if evaluation.mask_all_seen else tuple(evaluation.mask_events)
 
     @cached_property
     def filters(self) -> CandidateFilter:
@@ -147,7 +147,7 @@ class RetrievalStack:
             self.history,
             self.items,
             self.available,
-            self.config.model.candidates,
+            self.settings,
             self.exclude_events,
         )
 
@@ -160,7 +160,7 @@ class RetrievalStack:
 
     @cached_property
     def sources(self) -> list[CandidateSource]:
-        settings = self.config.model.candidates
+        settings = self.settings
         item_ids = self.items["item_id"].astype(str).tolist()
         sources: list[CandidateSource] = []
         for name in settings.sources:
@@ -184,12 +184,12 @@ class RetrievalStack:
 
     @property
     def _has_categories(self) -> bool:
-        column = self.config.model.candidates.category_column
+        column = self.settings.category_column
         return POPULARITY in self.models and bool(self.items[column].notna().any())
 
     def source_arrays(self, user_ids: Sequence[str]) -> dict[str, CandidateArrays]:
         """Each source's own top `per_source` for `user_ids`, by source name."""
-        per_source = self.config.model.candidates.per_source
+        per_source = self.settings.per_source
         return run_source_arrays(self.sources, user_ids, per_source)
 
     def candidates(self, user_ids: Sequence[str]) -> pd.DataFrame:
@@ -212,7 +212,7 @@ class RetrievalStack:
                 return self._memo[key]
         if hits is None:
             hits = self.source_arrays(user_ids)
-        settings = self.config.model.candidates
+        settings = self.settings
         merged = merge_candidate_arrays(
             hits,
             settings.n,
@@ -250,7 +250,8 @@ class RetrievalStack:
                 "format": STACK_FORMAT,
                 "moment": None if self.moment is None else self.moment.isoformat(),
                 "models": list(self.models),
-                "config": self.config.model_dump(mode="json"),
+                "candidates": self.settings.model_dump(mode="json"),
+                "exclude_events": self.exclude_events,
             },
         )
 
@@ -258,11 +259,12 @@ class RetrievalStack:
     def load(cls, folder: Path) -> RetrievalStack:
         folder = Path(folder)
         meta: dict[str, Any] = read_json(folder / "stack.json")
-        if meta.get("format") != STACK_FORMAT:
+        if meta.get("format") not in READABLE_FORMATS:
             raise ValueError(
                 f"{folder} holds a retrieval stack in format {meta.get('format')}, this code "
-                f"reads {STACK_FORMAT}: retrain to rebuild it"
+                f"reads {READABLE_FORMATS}: retrain to rebuild it"
             )
+        candidates, exclude_events = _stack_settings(meta)
         items = pd.read_parquet(folder / "items.parquet")
         index_folder = folder / "index" if (folder / "index").is_dir() else None
         return cls(
@@ -271,10 +273,32 @@ class RetrievalStack:
             moment=None if meta["moment"] is None else pd.Timestamp(meta["moment"]),
             available=items["_available"].to_numpy(dtype=bool),
             models={name: load_model(folder / "models" / name) for name in meta["models"]},
-            config=PipelineConfig.model_validate(meta["config"]),
+            settings=candidates,
+            exclude_events=exclude_events,
             encoder=(
                 TrainedTwoTower.load(folder / "encoder") if (folder / "encoder").is_dir() else None
             ),
             index=None if index_folder is None else AnnIndex.load(index_folder),
             _index_folder=index_folder,
         )
+
+
+def _stack_settings(meta: dict[str, Any]) -> tuple[CandidatesConfig, tuple[str, ...] | None]:
+    """(candidate settings, excluded events) of a saved stack, either format."""
+    if meta["format"] == 2:
+        legacy = PipelineConfig.model_validate(meta["config"])
+        return legacy.model.candidates, legacy.evaluation.excluded_events
+    excluded = meta["exclude_events"]
+    return (
+        CandidatesConfig.model_validate(meta["candidates"]),
+        None if excluded is None else tuple(excluded),
+    )
+
+
+def legacy_ranker_config(folder: Path) -> RankerConfig | None:
+    """The ranker settings a format-2 stack saved with its whole pipeline config (a model
+    registered before the two-stage model kept its own); None for a newer stack."""
+    meta: dict[str, Any] = read_json(Path(folder) / "stack.json")
+    if meta.get("format") != 2:
+        return None
+    return PipelineConfig.model_validate(meta["config"]).model.ranker

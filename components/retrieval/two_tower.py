@@ -37,7 +37,6 @@ import torch
 
 from components.config import TwoTowerConfig
 from components.ids import IdPositions
-from components.retrieval.collaborative import history_before
 from components.retrieval.item_features import (
     ATTRIBUTE_COLUMNS,
     ItemArrays,
@@ -55,6 +54,7 @@ from components.retrieval.two_tower_network import (
     half_life_seconds,
     pooling_weights,
 )
+from components.retrieval.user_item_scorer import history_before
 from components.store import read_json, write_json
 
 #: Score of an item the scorer has no attributes for: below every cosine.

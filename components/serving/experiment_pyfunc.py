@@ -11,7 +11,6 @@ instead of now: replays and simulations). Answers carry `request_id`, `variant` 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,6 @@ from components.settings import RewearSettings
 
 EXPERIMENT_ARTIFACT = "experiment"
 SESSION_ID_COLUMN = "session_id"
-EXPOSURE_LOG_VARIABLE = "REWEAR_EXPOSURE_LOG"
 
 
 class ExperimentPyfunc(mlflow.pyfunc.PythonModel):
@@ -50,7 +48,7 @@ class ExperimentPyfunc(mlflow.pyfunc.PythonModel):
         settings = RewearSettings()
         folder = Path(context.artifacts[EXPERIMENT_ARTIFACT])
         spec = ExperimentSpec.read(folder)
-        sink = open_exposure_sink(os.environ.get(EXPOSURE_LOG_VARIABLE) or spec.exposure_log)
+        sink = open_exposure_sink(settings.exposure_log or spec.exposure_log)
         exposures = ExposureLogger(sink)
         call_at_server_shutdown(exposures.close)
         self.experiment = ExperimentRecommender.load(folder, exposures)

@@ -268,18 +268,16 @@ def serve_command(
     ]
 
 
-def server_environment(tracking_uri: str) -> dict[str, str]:
+def server_environment(tracking_uri: str, threads: int = 1) -> dict[str, str]:
     """The environment the model server needs: the registry's tracking URI, and this
     interpreter's bin folder first on PATH, since MLflow starts `uvicorn` by name (without
     it, `.venv/bin/mlflow models serve` from a shell that has not activated the venv dies
-    with exit code 127), and `REWEAR_SERVING_THREADS` compute threads per worker."""
-    from components.settings import RewearSettings
-
-    threads = str(RewearSettings().serving_threads)
+    with exit code 127), and `threads` compute threads per worker (the caller's
+    `REWEAR_SERVING_THREADS`)."""
     return {
         # Compute threads per worker (torch and OpenMP read these when they start; set
         # per call, OpenMP's limit would hold only for the thread that set it).
-        **dict.fromkeys(THREAD_VARIABLES, threads),
+        **dict.fromkeys(THREAD_VARIABLES, str(threads)),
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking_uri,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -297,10 +295,11 @@ def model_server(
     log_path: Path,
     start_timeout_s: float = START_TIMEOUT_S,
     workers: int = 1,
+    threads: int = 1,
 ) -> Iterator[str]:
     """Serve `model_uri` until the block ends; yields the base URL (`http://127.0.0.1:PORT`)."""
     port = free_port()
-    env = server_environment(tracking_uri)
+    env = server_environment(tracking_uri, threads)
     with Path(log_path).open("w") as log:
         server = subprocess.Popen(
             serve_command(model_uri, port, workers),

@@ -1,6 +1,6 @@
 """Load a registered model in this (fresh) process and time smoke requests against it.
 
-Run as a script by `components.registry.promotion.smoke_in_fresh_process` (with `python -P`,
+Run as a script by `components.registry.promotion_smoke.smoke_in_fresh_process` (with `python -P`,
 so this folder's modules do not shadow anything): a new interpreter with nothing loaded,
 which fetches the version from the registry and loads it as `mlflow models serve` would.
 Reads a JSON job on stdin, prints one JSON line. Imports only MLflow and pandas itself.

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from components.config import ConfigError, config_hash, load_config
+from components.config import ConfigError, TwoTowerConfig, config_hash, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -190,3 +190,18 @@ def test_errors_are_one_line_per_value_without_pydantic_links():
         "write e.g. '7D', '12h' or '30min'",
     ]
     assert "errors.pydantic.dev" not in str(raised.value)
+
+
+def test_the_environment_overrides_apply_once_where_the_config_is_loaded(monkeypatch):
+    """REWEAR_ENCODER_PROCESSES lands in the loaded config (after the caller's overrides),
+    so the step that trains the encoder, its cache key and the saved model all see it."""
+    with pytest.raises(ValueError):
+        TwoTowerConfig(processes=0)
+    monkeypatch.delenv("REWEAR_ENCODER_PROCESSES", raising=False)
+    path = REPO / "configs" / "synthetic.yaml"
+    assert load_config(path).model.two_tower.processes == 1
+    monkeypatch.setenv("REWEAR_ENCODER_PROCESSES", "3")
+    assert load_config(path, {"model.two_tower.processes": 2}).model.two_tower.processes == 3
+    monkeypatch.setenv("REWEAR_ENCODER_PROCESSES", "0")
+    with pytest.raises(ConfigError, match="encoder_processes: Input should be greater than"):
+        load_config(path)

@@ -8,8 +8,20 @@ import ast
 from pathlib import Path
 
 COMPONENTS = Path(__file__).resolve().parents[2] / "components"
-#: Top-level modules every layer may import.
-FOUNDATIONS = {"config", "settings", "store", "ids", "interfaces", "processes"}
+#: Top-level modules (and the `config` package, a module per layer's settings) every
+#: layer may import.
+FOUNDATIONS = {
+    "config",
+    "settings",
+    "store",
+    "ids",
+    "interfaces",
+    "fingerprints",
+    "child_processes",
+    "process_ownership",
+    "environment_variables",
+    "memory",
+}
 #: What each package may import besides the foundations.
 ALLOWED = {
     "data": set(),
@@ -51,7 +63,7 @@ def test_only_foundations_sit_outside_a_package() -> None:
     loose = {p.stem for p in COMPONENTS.glob("*.py")} - {"__init__"}
     assert loose <= FOUNDATIONS, loose - FOUNDATIONS
     packages = {p.name for p in COMPONENTS.iterdir() if (p / "__init__.py").is_file()}
-    assert packages == set(ALLOWED)
+    assert packages == set(ALLOWED) | {"config"}
 
 
 def test_each_layer_imports_only_the_layers_below_it() -> None:
@@ -65,11 +77,15 @@ def test_each_layer_imports_only_the_layers_below_it() -> None:
 
 def test_foundations_import_no_layer() -> None:
     for name in FOUNDATIONS:
-        assert _imported_components(COMPONENTS / f"{name}.py") <= FOUNDATIONS, name
+        module = COMPONENTS / f"{name}.py"
+        paths = [module] if module.is_file() else sorted((COMPONENTS / name).rglob("*.py"))
+        assert paths, name
+        for path in paths:
+            assert _imported_components(path) <= FOUNDATIONS, path
 
 
 def test_the_config_vocabulary_is_what_the_evaluation_computes() -> None:
-    """config.py holds the metric names (a config is checked against them at load, and a
+    """The config holds the metric names (a config is checked against them at load, and a
     foundation imports no layer); they must be the ones the evaluation computes."""
     from components import config
     from components.evaluation.metrics import ACCURACY_METRICS, per_user_metrics
@@ -97,3 +113,35 @@ def test_the_config_vocabulary_is_what_the_evaluation_computes() -> None:
         recommendable=np.ones(3, dtype=bool),
     )
     assert set(report) == {f"{name}@2" for name in config.FAIRNESS_METRICS}
+
+
+#: Where code below `components/pipeline/` may touch the environment, and why. Settings come
+#: from `settings.py` (the one place `REWEAR_*` variables are declared and read) and reach
+#: the code as arguments or as part of the loaded config.
+ENVIRONMENT_ENTRY_POINTS = {
+    # `load_config`: the environment's overrides apply once, where the config is loaded.
+    "config/pipeline.py": {"RewearSettings("},
+    # MLflow calls `load_context` in the model server's own process: no caller hands it the
+    # serving limits.
+    "serving/pyfunc.py": {"RewearSettings("},
+    "serving/experiment_pyfunc.py": {"RewearSettings("},
+    # Hands its own environment to the model server it starts; asks MLflow's variable
+    # whether this process is that server.
+    "serving/server.py": {"os.environ"},
+    # Puts the environment back after a task runner or a test changed it.
+    "environment_variables.py": {"os.environ"},
+}
+ENVIRONMENT_READS = ("os.environ", "os.getenv", "RewearSettings(", "BaseSettings")
+
+
+def test_nothing_below_the_pipeline_reads_the_environment_but_its_entry_points() -> None:
+    found: dict[str, set[str]] = {}
+    for path in sorted(COMPONENTS.rglob("*.py")):
+        name = str(path.relative_to(COMPONENTS))
+        if name.startswith("pipeline/") or name == "settings.py":
+            continue
+        text = path.read_text()
+        reads = {read for read in ENVIRONMENT_READS if read in text}
+        if reads:
+            found[name] = reads
+    assert found == ENVIRONMENT_ENTRY_POINTS

@@ -11,11 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from components.config import InteractionsFileSourceConfig, SyntheticSourceConfig
-from components.processes import (
-    OrchestrationSettings,
-    code_fingerprint,
-    source_fingerprint,
-)
+from components.fingerprints import code_fingerprint, source_fingerprint
+from components.settings import OrchestrationSettings
 from components.store import atomic_directory
 
 

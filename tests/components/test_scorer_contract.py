@@ -47,8 +47,10 @@ from components.ranking.features import feature_columns
 from components.ranking.model import NON_CANDIDATE_OFFSET, TwoStageModel, feature_builder
 from components.ranking.ranker import TrainedRanker, train_ranker
 from components.retrieval.ann_index import build_annoy_index
-from components.retrieval.collaborative import Covisitation, Ease, Ials
+from components.retrieval.covisitation import Covisitation
+from components.retrieval.ease import Ease
 from components.retrieval.graph_filter import GraphFilter
+from components.retrieval.ials import Ials
 from components.retrieval.popularity import RecentPopularity
 from components.retrieval.rp3beta import Rp3Beta
 from components.retrieval.stack import RetrievalStack
@@ -214,10 +216,14 @@ def _two_tower(frame: pd.DataFrame, as_of: pd.Timestamp | None) -> TwoTowerScore
         return TwoTowerScorer(trained, CATALOGUE, frame, as_of)
 
 
+#: The retrieval stack's own settings from the two-stage pipeline config.
+_STACK_SETTINGS = (TWO_STAGE.model.candidates, TWO_STAGE.evaluation.excluded_events)
+
+
 def _two_stage(
     frame: pd.DataFrame, as_of: pd.Timestamp | None, ranker: TrainedRanker | None = None
 ) -> TwoStageModel:
-    stack = RetrievalStack.fit(frame, CATALOGUE, as_of, EVERY_ITEM, TWO_STAGE)
+    stack = RetrievalStack.fit(frame, CATALOGUE, as_of, EVERY_ITEM, *_STACK_SETTINGS)
     return TwoStageModel.assemble(stack, ranker, TWO_STAGE.model.ranker)
 
 
@@ -232,7 +238,7 @@ def _ranker(frame: pd.DataFrame, as_of: pd.Timestamp | None) -> TrainedRanker:
     else:
         moment = as_of - LABEL_WINDOW
         history, window = known[known["ts"] < moment], known[known["ts"] >= moment]
-    stack = RetrievalStack.fit(history, CATALOGUE, moment, EVERY_ITEM, TWO_STAGE)
+    stack = RetrievalStack.fit(history, CATALOGUE, moment, EVERY_ITEM, *_STACK_SETTINGS)
     labels = graded_labels(window, config)
     candidates = stack.candidates(labels["user_id"].unique().tolist())
     features = attach_labels(feature_builder(stack, config).transform(candidates), labels)

@@ -126,7 +126,7 @@ def test_a_read_only_home_fails_at_start_naming_it(tmp_path, monkeypatch):
 
 
 def test_the_flows_do_not_retry_a_storage_error():
-    from flows.orchestration import retry_on_io_error
+    from flows.task_options import retry_on_io_error
 
     class Failed:
         def __init__(self, error):

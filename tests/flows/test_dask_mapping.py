@@ -79,7 +79,7 @@ def test_shards_run_as_tasks_on_the_dask_workers_with_the_thread_pool_s_metrics(
     distributed = pytest.importorskip("distributed")
     from prefect_dask import DaskTaskRunner
 
-    from flows.orchestration import task_runner_from_settings
+    from flows.task_runners import task_runner_from_settings
 
     other_home = tmp_path / "thread-pool-home"
     other_home.mkdir()

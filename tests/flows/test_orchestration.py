@@ -220,8 +220,8 @@ def test_two_retrains_at_once_register_two_intact_versions(rewear_home, tmp_path
 def test_a_local_dask_runner_leaves_the_process_environment_as_it_found_it():
     """Its workers compute on one BLAS / OpenMP thread each; this process, and every
     process it starts later, keeps its own thread settings."""
-    from components.processes import OrchestrationSettings
-    from flows.orchestration import task_runner_from_settings
+    from components.settings import OrchestrationSettings
+    from flows.task_runners import task_runner_from_settings
 
     before = dict(os.environ)
     settings = OrchestrationSettings(task_runner="dask", dask_workers=1)
@@ -238,8 +238,8 @@ def test_monitor_runs_its_tasks_on_a_dask_cluster(rewear_home, tmp_path, monkeyp
     from prefect_dask import DaskTaskRunner
 
     from flows.monitor import monitor
-    from flows.orchestration import task_runner_from_settings
     from flows.retrain import retrain
+    from flows.task_runners import task_runner_from_settings
 
     tables = small_market()
     config = write_market(tables, tmp_path / "market", last_moment(tables) - pd.Timedelta("4D"))
@@ -302,7 +302,7 @@ def test_stage_records_hand_prefect_only_plain_json_whose_outputs_exist(rewear_h
     from prefect.results import ResultStore
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-    from flows.orchestration import RESULT_SERIALIZER, STAGE_RECORDS_FOLDER, StageRecords
+    from flows.stage_records import RESULT_SERIALIZER, STAGE_RECORDS_FOLDER, StageRecords
 
     storage = tmp_path / "storage"
     records = storage / STAGE_RECORDS_FOLDER
@@ -344,7 +344,7 @@ def test_stage_records_hand_prefect_only_plain_json_whose_outputs_exist(rewear_h
 def _own_records(home: Path) -> dict[str, Path]:
     """The stage records whose results name folders of `home` (the storage is shared by the
     test session): key -> record file."""
-    from flows.orchestration import STAGE_RECORDS_FOLDER, StageRecords
+    from flows.stage_records import STAGE_RECORDS_FOLDER, StageRecords
 
     found = {}
     for record in (StageRecords.storage() / STAGE_RECORDS_FOLDER).iterdir():
@@ -356,8 +356,8 @@ def _own_records(home: Path) -> dict[str, Path]:
 
 @pytest.mark.slow
 def test_deleted_run_folders_are_recomputed_and_planted_pickles_never_run(rewear_home, tmp_path):
-    from flows.orchestration import StageRecords
     from flows.retrain import retrain
+    from flows.stage_records import StageRecords
     from tests.flows.conftest import TWO_TOWER_OVERRIDES
 
     config = write_market(small_market(), tmp_path / "market")
@@ -395,7 +395,7 @@ def test_runs_left_open_by_a_dead_process_are_marked_failed_at_the_next_start(re
         configure_mlflow,
         owned_run_tags,
     )
-    from flows.orchestration import open_tracking
+    from flows.tracked_run import open_tracking
 
     settings = RewearSettings()
     client, experiment = configure_mlflow(settings, "rewear")
@@ -403,7 +403,7 @@ def test_runs_left_open_by_a_dead_process_are_marked_failed_at_the_next_start(re
         [
             sys.executable,
             "-c",
-            "from components.processes import process_owner as p; print(p())",
+            "from components.process_ownership import process_owner as p; print(p())",
         ],
         cwd=REPO,
         capture_output=True,
@@ -443,7 +443,7 @@ def test_shards_on_the_thread_pool_run_in_the_flow_thread_where_their_timeout_ho
     timeout cannot interrupt it, and Prefect printed a warning for each one."""
     from prefect import flow
 
-    from flows.orchestration import map_shard_tasks
+    from flows.stage_tasks import map_shard_tasks
 
     @flow
     def sharded() -> list:
@@ -459,7 +459,7 @@ def test_shards_on_the_thread_pool_run_in_the_flow_thread_where_their_timeout_ho
 SERVER_START = """
 import sys
 from prefect.client.orchestration import get_client
-from flows.orchestration import local_prefect_server
+from flows.prefect_server import local_prefect_server
 
 with local_prefect_server():
     with get_client(sync_client=True) as client:

@@ -18,7 +18,7 @@ from components.retrieval.ann_index import AnnIndex
 from components.retrieval.popularity import RecentPopularity
 from components.serving.recommender import FALLBACK_SOURCE
 from components.settings import RewearSettings
-from flows.cli import refresh_summary
+from flows.cli_output import refresh_summary
 from tests.flows.conftest import TWO_TOWER_OVERRIDES, last_moment, small_market, write_market
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

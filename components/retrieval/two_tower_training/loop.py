@@ -9,7 +9,7 @@ import copy
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,6 @@ import torch
 
 from components.config import TwoTowerConfig
 from components.interfaces import Validation
-from components.retrieval.collaborative import history_before
 from components.retrieval.data_parallel import Ranks, run_in_processes
 from components.retrieval.item_features import (
     ItemFeaturizer,
@@ -28,14 +27,15 @@ from components.retrieval.two_tower_network import (
     TwoTowerModel,
 )
 from components.retrieval.two_tower_training.batches import _train_epoch
-from components.retrieval.two_tower_training.data import _build_training_data
+from components.retrieval.two_tower_training.data import _build_training_data, _TrainingData
 from components.retrieval.two_tower_training.optimiser import (
+    _Adam,
     _adam,
     _extended_featurizer,
     _load_warm_start,
     _WarmStart,
 )
-from components.settings import RewearSettings
+from components.retrieval.user_item_scorer import history_before
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,75 @@ def _fit(
             phase=phase,
             warm=warm,
         )
+    fitting = _start_fit(history, items, as_of, config, phase=phase, warm=warm, ranks=ranks)
+    best = _BestEpoch()
+    epochs_done = 0
+    for epoch in range(1, max_epochs + 1):
+        record, finished = _run_epoch(fitting, epoch, deadline=deadline, monitor=monitor, best=best)
+        epochs_done = epoch
+        patience_spent = monitor is not None and best.stale >= config.patience
+        if _stop_after_epoch(fitting, record, finished, deadline, patience_spent):
+            break
+    if best.state is not None:
+        fitting.model.load_state_dict(best.state)
+        return fitting.trained, best.epoch, best.optimiser
+    return fitting.trained, epochs_done, fitting.optimiser.state_dict()
+
+
+@dataclass(frozen=True)
+class _Fitting:
+    """One fit's working parts: its model and optimiser, the data and random generator the
+    epochs draw from, and the result (`trained`, sharing the model) they are recorded in."""
+
+    phase: str
+    config: TwoTowerConfig
+    model: TwoTowerModel
+    optimiser: _Adam
+    data: _TrainingData
+    trained: TrainedTwoTower
+    rng: np.random.Generator
+    id_dropout: float
+    ranks: Ranks | None
+
+    @property
+    def leader(self) -> bool:
+        """Whether this process validates, logs and decides (one process, or rank 0)."""
+        return self.ranks is None or self.ranks.leader
+
+
+@dataclass
+class _BestEpoch:
+    """Early-stopping bookkeeping: the best validation value so far, its epoch, the model
+    and optimiser state at that epoch, and the epochs since then without a better one."""
+
+    value: float = float("-inf")
+    epoch: int = 0
+    state: dict[str, Any] | None = None
+    optimiser: dict[str, Any] = field(default_factory=dict)
+    stale: int = 0
+
+    def update(self, value: float, epoch: int, model: TwoTowerModel, optimiser: _Adam) -> None:
+        """Keep `epoch`'s weights and optimiser state when `value` beats the best so far."""
+        if value > self.value:
+            self.value, self.epoch, self.stale = value, epoch, 0
+            self.state = copy.deepcopy(model.state_dict())
+            self.optimiser = copy.deepcopy(optimiser.state_dict())
+        else:
+            self.stale += 1
+
+
+def _start_fit(
+    history: pd.DataFrame,
+    items: pd.DataFrame,
+    as_of: pd.Timestamp | None,
+    config: TwoTowerConfig,
+    *,
+    phase: str,
+    warm: _WarmStart | None,
+    ranks: Ranks | None,
+) -> _Fitting:
+    """The training data of `history` strictly before `as_of` and the model to train on it
+    (`warm`'s weights and moments when given; rank 0's on every rank)."""
     leader = ranks is None or ranks.leader
     frame, as_of = history_before(history, as_of)
     if frame.empty:
@@ -81,20 +150,7 @@ def _fit(
             f"two-tower {phase}: no interaction before {as_of} to learn from; "
             "check the split's cut-offs"
         )
-    catalogue_items = _catalogue_items(items, frame)
-    seen = catalogue_items[catalogue_items["item_id"].isin(frame["item_id"].unique())]
-    featurizer = ItemFeaturizer.fit(
-        seen,
-        price_buckets=config.price_buckets,
-        age_buckets=config.age_buckets,
-        text_buckets=config.text_buckets,
-    )
-    if warm is not None:
-        featurizer = _extended_featurizer(warm.trained.featurizer, featurizer)
-    data = _build_training_data(frame, catalogue_items, featurizer, config)
-    if warm is not None and warm.since_us is not None and data.timed:
-        targets = data.targets[data.index.ts_us[data.targets] >= warm.since_us]
-        data = replace(data, targets=targets)
+    seen, featurizer, data = _training_data(frame, items, config, warm)
     user_ids = tuple(data.index.users.astype(str)) if config.use_user_id else ()
     rng = np.random.default_rng(config.seed)
     id_dropout = config.item_id_dropout if data.has_content else 0.0
@@ -115,61 +171,109 @@ def _fit(
         config=config,
         as_of=as_of,
     )
-    best_value, best_epoch, best_state, stale = float("-inf"), 0, None, 0
-    best_optimiser: dict[str, Any] = {}
-    epochs_done = 0
-    for epoch in range(1, max_epochs + 1):
-        started = time.monotonic()
-        loss, finished, rank_examples = _train_epoch(
-            model, optimiser, data, config, id_dropout, rng, deadline, ranks=ranks
-        )
-        epochs_done = epoch
-        record: dict[str, Any] = {
-            "phase": phase,
-            "epoch": epoch,
-            "loss": loss,
-            "complete": finished,
-            "examples": len(data.targets),
-        }
-        if ranks is not None:
-            record.update(processes=ranks.size, rank_examples=rank_examples)
-        record["train_s"] = round(time.monotonic() - started, 2)
-        if monitor is not None and leader:
-            with ranks.all_threads() if ranks is not None else contextlib.nullcontext():
-                metrics = monitor.validation(monitor.scorers.scorer(trained))
-            record.update({f"valid_{name}": value for name, value in metrics.items()})
-            value = metrics[monitor.validation.metric]
-            if value > best_value:
-                best_value, best_epoch, stale = value, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-                best_optimiser = copy.deepcopy(optimiser.state_dict())
-            else:
-                stale += 1
-        record["total_s"] = round(time.monotonic() - started, 2)
-        trained.epochs.append(record)
-        if leader:
-            logger.info("two-tower %s epoch %d: %s", phase, epoch, record)
-        out_of_time = not finished or time.monotonic() > deadline
-        stop = out_of_time or (monitor is not None and stale >= config.patience)
-        if ranks is not None:
-            stop = ranks.decide(stop)  # rank 0's clock and monitor decide for all
-        if out_of_time:
-            record["safety_net_reached"] = True
-            if leader:
-                logger.warning(
-                    "two-tower %s: stopped by the safety net max_training_seconds (%.0f s) at "
-                    "epoch %d: this model depends on the machine's speed; raise "
-                    "model.two_tower.max_training_seconds",
-                    phase,
-                    config.max_training_seconds,
-                    epoch,
-                )
-        if stop:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-        return trained, best_epoch, best_optimiser
-    return trained, epochs_done, optimiser.state_dict()
+    return _Fitting(phase, config, model, optimiser, data, trained, rng, id_dropout, ranks)
+
+
+def _training_data(
+    frame: pd.DataFrame,
+    items: pd.DataFrame,
+    config: TwoTowerConfig,
+    warm: _WarmStart | None,
+) -> tuple[pd.DataFrame, ItemFeaturizer, _TrainingData]:
+    """The listings `frame` interacted with, their featurizer (`warm`'s, extended with the
+    new values) and the training data; a warm start's targets are those at or after
+    `warm.since_us` only."""
+    catalogue_items = _catalogue_items(items, frame)
+    seen = catalogue_items[catalogue_items["item_id"].isin(frame["item_id"].unique())]
+    featurizer = ItemFeaturizer.fit(
+        seen,
+        price_buckets=config.price_buckets,
+        age_buckets=config.age_buckets,
+        text_buckets=config.text_buckets,
+    )
+    if warm is not None:
+        featurizer = _extended_featurizer(warm.trained.featurizer, featurizer)
+    data = _build_training_data(frame, catalogue_items, featurizer, config)
+    if warm is not None and warm.since_us is not None and data.timed:
+        targets = data.targets[data.index.ts_us[data.targets] >= warm.since_us]
+        data = replace(data, targets=targets)
+    return seen, featurizer, data
+
+
+def _run_epoch(
+    fitting: _Fitting,
+    epoch: int,
+    *,
+    deadline: float,
+    monitor: _Monitor | None,
+    best: _BestEpoch,
+) -> tuple[dict[str, Any], bool]:
+    """Train one epoch, validate it (rank 0 of a monitored fit, into `best`) and record it
+    in `fitting.trained.epochs`; returns the record and whether the epoch ran to its end."""
+    started = time.monotonic()
+    loss, finished, rank_examples = _train_epoch(
+        fitting.model,
+        fitting.optimiser,
+        fitting.data,
+        fitting.config,
+        fitting.id_dropout,
+        fitting.rng,
+        deadline,
+        ranks=fitting.ranks,
+    )
+    record: dict[str, Any] = {
+        "phase": fitting.phase,
+        "epoch": epoch,
+        "loss": loss,
+        "complete": finished,
+        "examples": len(fitting.data.targets),
+    }
+    if fitting.ranks is not None:
+        record.update(processes=fitting.ranks.size, rank_examples=rank_examples)
+    record["train_s"] = round(time.monotonic() - started, 2)
+    if monitor is not None and fitting.leader:
+        metrics = _validate(fitting, monitor)
+        record.update({f"valid_{name}": value for name, value in metrics.items()})
+        best.update(metrics[monitor.validation.metric], epoch, fitting.model, fitting.optimiser)
+    record["total_s"] = round(time.monotonic() - started, 2)
+    fitting.trained.epochs.append(record)
+    if fitting.leader:
+        logger.info("two-tower %s epoch %d: %s", fitting.phase, epoch, record)
+    return record, finished
+
+
+def _validate(fitting: _Fitting, monitor: _Monitor) -> dict[str, float]:
+    """The monitor's metrics of the model as trained so far (a rank lends it all threads)."""
+    ranks = fitting.ranks
+    with ranks.all_threads() if ranks is not None else contextlib.nullcontext():
+        return monitor.validation(monitor.scorers.scorer(fitting.trained))
+
+
+def _stop_after_epoch(
+    fitting: _Fitting,
+    record: dict[str, Any],
+    finished: bool,
+    deadline: float,
+    patience_spent: bool,
+) -> bool:
+    """Whether the fit stops after `record`'s epoch: out of patience, or out of time (the
+    safety net, flagged in `record` and warned about); rank 0 decides for all ranks."""
+    out_of_time = not finished or time.monotonic() > deadline
+    stop = out_of_time or patience_spent
+    if fitting.ranks is not None:
+        stop = fitting.ranks.decide(stop)  # rank 0's clock and monitor decide for all
+    if out_of_time:
+        record["safety_net_reached"] = True
+        if fitting.leader:
+            logger.warning(
+                "two-tower %s: stopped by the safety net max_training_seconds (%.0f s) at "
+                "epoch %d: this model depends on the machine's speed; raise "
+                "model.two_tower.max_training_seconds",
+                fitting.phase,
+                fitting.config.max_training_seconds,
+                record["epoch"],
+            )
+    return stop
 
 
 @dataclass(frozen=True)
@@ -185,16 +289,6 @@ class _Monitor:
 #: them: start-up (imports, the same data built in every rank), the validation checks and
 #: the result's transfer.
 _RANKS_OVERHEAD_S = 900.0
-
-
-def _with_environment(config: TwoTowerConfig) -> TwoTowerConfig:
-    """`config` with `REWEAR_ENCODER_PROCESSES` applied when set: a deployment (e.g. on
-    Dask workers with CPUs to spare) sets the process count without editing configs, and
-    the trained model's config records the count it was trained with."""
-    processes = RewearSettings().encoder_processes
-    if processes is None or processes == config.processes:
-        return config
-    return config.model_copy(update={"processes": processes})
 
 
 def _fit_in_processes(

@@ -19,7 +19,6 @@ from components.retrieval.two_tower_training.loop import (
     _deterministic,
     _fit,
     _Monitor,
-    _with_environment,
 )
 from components.retrieval.two_tower_training.optimiser import _WarmStart
 
@@ -57,10 +56,9 @@ def train_two_tower_stages(
     `max_training_seconds` (a safety net over both phases; an epoch that reaches it is
     recorded with `safety_net_reached`).
 
-    `config.processes` > 1 (or `REWEAR_ENCODER_PROCESSES`): each phase trains
+    `config.processes` > 1 (`REWEAR_ENCODER_PROCESSES` sets it at config load): each phase trains
     data-parallel in that many processes (`_fit_in_processes`).
     """
-    config = _with_environment(config)
     deadline = time.monotonic() + config.max_training_seconds
     monitor = None
     if validation is not None:

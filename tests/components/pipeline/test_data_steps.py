@@ -48,14 +48,14 @@ def test_ingesting_the_same_files_twice_gives_the_same_snapshot_id(tmp_path):
     ids = []
     for attempt in range(2):
         run_dir = tmp_path / f"run{attempt}"
-        raw = data_steps.ingest(_config(csv), run_dir)
-        validated = data_steps.validate(raw["uri"], _config(csv), run_dir)
+        raw = data_steps.ingest(_config(csv).source, run_dir)
+        validated = data_steps.validate(raw["uri"], _config(csv).validation, run_dir)
         ids.append(data_steps.snapshot(validated["uri"], tmp_path / "snapshots")["snapshot_id"])
     assert ids[0] == ids[1]
     assert len(list((tmp_path / "snapshots").iterdir())) == 1
     _write_events(csv, n=201)
-    raw = data_steps.ingest(_config(csv), tmp_path / "run2")
-    validated = data_steps.validate(raw["uri"], _config(csv), tmp_path / "run2")
+    raw = data_steps.ingest(_config(csv).source, tmp_path / "run2")
+    validated = data_steps.validate(raw["uri"], _config(csv).validation, tmp_path / "run2")
     assert data_steps.snapshot(validated["uri"], tmp_path / "snapshots")["snapshot_id"] != ids[0]
 
 
@@ -63,9 +63,9 @@ def test_garbage_rows_are_quarantined_to_a_file_and_fail_above_the_threshold(tmp
     csv = tmp_path / "events.csv"
     _write_events(csv, garbage_every=10)  # 10% unparseable timestamps
     run_dir = tmp_path / "run"
-    raw = data_steps.ingest(_config(csv), run_dir)
+    raw = data_steps.ingest(_config(csv).source, run_dir)
     with pytest.raises(DataValidationError, match=r"interactions: 20 of 200 rows \(10.0%\)"):
-        data_steps.validate(raw["uri"], _config(csv), run_dir)
+        data_steps.validate(raw["uri"], _config(csv).validation, run_dir)
     quarantined = pd.read_parquet(run_dir / "quarantine" / "interactions.parquet")
     assert len(quarantined) == 20
     assert quarantined["_reasons"].str.contains("ts: must not be null").all()
@@ -74,7 +74,7 @@ def test_garbage_rows_are_quarantined_to_a_file_and_fail_above_the_threshold(tmp
     assert summary["exact_duplicate_events"] == {"rule": "drop", "rows": 0}
     assert not (run_dir / "validated").exists()
     # Above-threshold data with a looser threshold goes on with the 180 clean rows.
-    validated = data_steps.validate(raw["uri"], _config(csv, max_bad_share=0.2), run_dir)
+    validated = data_steps.validate(raw["uri"], _config(csv, max_bad_share=0.2).validation, run_dir)
     assert validated["counts"]["interactions"]["quarantined"] == 20
 
 
@@ -103,8 +103,8 @@ def _config_with(path, **sections):
 
 
 def _split(config, run_dir):
-    raw = data_steps.ingest(config, run_dir)
-    validated = data_steps.validate(raw["uri"], config, run_dir)
+    raw = data_steps.ingest(config.source, run_dir)
+    validated = data_steps.validate(raw["uri"], config.validation, run_dir)
     snap = data_steps.snapshot(validated["uri"], run_dir / "snapshots")
     return validated, data_steps.split(snap["uri"], config.split, run_dir)
 
@@ -153,7 +153,7 @@ def test_mixed_units_read_as_declared_quarantine_the_minority_within_the_bad_sha
     columns = {"user_id": "uid", "item_id": "iid", "ts": "time", "event": "action"}
     auto = _config(csv)
     with pytest.raises(SourceError, match=r"mixes epoch units: .* in milliseconds"):
-        data_steps.ingest(auto, tmp_path / "auto")
+        data_steps.ingest(auto.source, tmp_path / "auto")
     declared = _config_with(csv, source={"columns": {**columns, "ts_unit": "s"}})
     if quarantined is None:  # half the column: far above the bound
         with pytest.raises(DataValidationError, match=r"1000 of 2000 rows \(50.0%\)"):
@@ -174,7 +174,9 @@ def test_a_test_window_thinner_than_min_users_is_refused_before_anything_is_bund
     run_dir = tmp_path / "run"
     _, split = _split(config, run_dir)
     assert split["rows"]["test"] == split["users"]["test"] == 4
-    fitted = retrieval_steps.fit(split["uri"], config.model, run_dir)
+    fitted = retrieval_steps.fit(
+        split["uri"], config.model.popularity, config.model.refit_on_all_data, run_dir
+    )
     with pytest.raises(data_steps.ThinTestWindowError) as error:
         publish_steps.bundle(split["uri"], fitted["final_model_uri"], config, run_dir)
     message = str(error.value)
@@ -198,11 +200,11 @@ def test_the_evaluated_users_are_those_with_a_positive_event(tmp_path):
     _, split = _split(one_day, tmp_path / "run")
     data = read_split(split["uri"])
     assert len(data.test) == 25
-    assert data_steps.require_enough_test_users(data, one_day) == 20
+    assert data_steps.require_enough_test_users(data, one_day.evaluation, 20) == 20
     only_purchases = _config_with(
         csv, split={"test_duration": "1D"}, evaluation={"positive_events": ["purchase"]}
     )
     buyers = data.test.loc[data.test["event"] == "purchase", "user_id"].nunique()
     assert 0 < buyers < 20
     with pytest.raises(data_steps.ThinTestWindowError, match=f"holds {buyers} user"):
-        data_steps.require_enough_test_users(data, only_purchases)
+        data_steps.require_enough_test_users(data, only_purchases.evaluation, 20)

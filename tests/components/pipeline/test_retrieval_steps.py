@@ -43,10 +43,12 @@ def test_chunks_of_users_give_the_same_candidates_and_recall(
             split_uri=split_uri,
             encoder_uri=None,
             evaluation_index_uri=None,
-            config=_config(chunk_users),
+            candidates=config.model.candidates,
+            evaluation=config.evaluation,
+            execution=config.execution,
             run_dir=tmp_path / name,
         )
-        for chunk_users, name in ((4096, "whole"), (9, "chunked"))
+        for config, name in ((_config(4096), "whole"), (_config(9), "chunked"))
     )
     assert chunked["users"] == whole["users"] > 9
     assert chunked["candidate_recall"] == pytest.approx(whole["candidate_recall"], abs=1e-4)

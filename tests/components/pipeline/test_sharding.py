@@ -17,7 +17,7 @@ from components.data.synthetic import generate_marketplace
 from components.pipeline import evaluation_steps, ranking_steps, retrieval_steps
 from components.pipeline.chain import Stages
 from components.pipeline.sharding import RecallSums, chunk_starts, run_sharded, shard_ranges
-from components.retrieval.candidates import ChunkedRecall
+from components.retrieval.candidate_recall import ChunkedRecall
 
 
 def _config(shard_users: int, chunk_users: int = 2048, label_windows: int = 1) -> PipelineConfig:
@@ -84,7 +84,9 @@ def _candidates(split_uri: str, config: PipelineConfig, run_dir: Path) -> dict[s
         split_uri=split_uri,
         encoder_uri=None,
         evaluation_index_uri=None,
-        config=config,
+        candidates=config.model.candidates,
+        evaluation=config.evaluation,
+        execution=config.execution,
         run_dir=run_dir,
     )
 
@@ -114,7 +116,9 @@ def test_label_stage_rows_and_figures_in_shards_are_one_loop_s(tmp_path: Path) -
             ranking_steps.build_features,
             split_uri=split_uri,
             train_window_encoder_uri=None,
-            config=config,
+            model=config.model,
+            exclude_events=config.evaluation.excluded_events,
+            execution=config.execution,
             run_dir=tmp_path / name,
         )
         for config, name in ((_config(10**6, 16, 2), "a"), (_config(32, 16, 2), "b"))
@@ -134,7 +138,14 @@ def test_evaluation_in_shards_gives_one_pass_s_metrics_and_intervals(
     config = _config(25)
     candidates = _candidates(split_uri, config, tmp_path)
     model = ranking_steps.assemble_two_stage(
-        split_uri, None, None, None, config, tmp_path, "evaluation", candidates["stack_uri"]
+        split_uri=split_uri,
+        encoder_uri=None,
+        index_uri=None,
+        ranker_uri=None,
+        model=config.model,
+        exclude_events=config.evaluation.excluded_events,
+        run_dir=tmp_path,
+        stack_uri=candidates["stack_uri"],
     )
     results = []
     for shard_users in (10**6, 25):

@@ -10,7 +10,7 @@ import pytest
 from components.config import PipelineConfig, SplitConfig, SyntheticSourceConfig
 from components.data.split import DataSplit, split_tables
 from components.data.synthetic import generate_marketplace
-from components.pipeline.ranking_steps import build_features
+from components.pipeline.ranking_steps import assemble_two_stage, build_features
 from components.pipeline.sharding import run_sharded
 
 
@@ -20,7 +20,24 @@ def ranking_data(split_uri: str, config: PipelineConfig, run_dir: Path) -> dict[
         build_features,
         split_uri=split_uri,
         train_window_encoder_uri=None,
-        config=config,
+        model=config.model,
+        exclude_events=config.evaluation.excluded_events,
+        execution=config.execution,
+        run_dir=run_dir,
+    )
+
+
+def assembled(
+    split_uri: str, ranker_uri: str | None, config: PipelineConfig, run_dir: Path
+) -> dict[str, Any]:
+    """The evaluation two-stage model (`assemble_two_stage`) without an encoder."""
+    return assemble_two_stage(
+        split_uri=split_uri,
+        encoder_uri=None,
+        index_uri=None,
+        ranker_uri=ranker_uri,
+        model=config.model,
+        exclude_events=config.evaluation.excluded_events,
         run_dir=run_dir,
     )
 

@@ -97,10 +97,7 @@ def test_an_ensemble_trains_every_member_on_the_cluster_at_dask_address(
         ranker = small_config.model.ranker.model_copy(
             update={"dask_address": cluster.scheduler_address, "ensemble_size": 2}
         )
-        config = small_config.model_copy(
-            update={"model": small_config.model.model_copy(update={"ranker": ranker})}
-        )
-        result = train_ranker(data["uri"], config, tmp_path)
+        result = train_ranker(data["uri"], ranker, tmp_path)
     assert seeds == [ranker.seed, ranker.seed + 1]
     figures = result["figures"]
     assert figures["ensemble_size"] == 2 and len(figures["member_best_iterations"]) == 2

@@ -15,10 +15,7 @@ from components.data.split import DataSplit, write_split
 from components.evaluation.encoder_validation import encoder_validation
 from components.evaluation.suite import evaluate_models
 from components.pipeline import ranking_steps
-from components.pipeline.ranking_steps import (
-    assemble_two_stage,
-    encoder_before,
-)
+from components.pipeline.ranking_steps import encoder_before
 from components.ranking.dataset import QUERY_KEYS, QueryGroups, query_group_rows
 from components.ranking.label_stages import label_stage, label_stages
 from components.ranking.model import TwoStageModel, retrieval_only
@@ -34,7 +31,7 @@ from components.ranking.ranker import (
 )
 from components.retrieval.stack import RetrievalStack
 from components.retrieval.two_tower_training import train_two_tower_stages
-from tests.components.ranking.conftest import ranking_data
+from tests.components.ranking.conftest import assembled, ranking_data
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +42,8 @@ def trained(
     write_split(small_split, run_dir / "split")
     split_uri = str(run_dir / "split")
     data = ranking_data(split_uri, small_config, run_dir)
-    ranker = ranking_steps.train_ranker(data["uri"], small_config, run_dir)
-    model = assemble_two_stage(split_uri, None, None, ranker["uri"], small_config, run_dir)
+    ranker = ranking_steps.train_ranker(data["uri"], small_config.model.ranker, run_dir)
+    model = assembled(split_uri, ranker["uri"], small_config, run_dir)
     return {
         "run_dir": run_dir,
         "split_uri": split_uri,
@@ -107,9 +104,14 @@ def test_served_features_equal_the_training_features(
 ) -> None:
     """Parity: the same (user, item, moment) through the training path (label-stage parquet)
     and through a saved-then-loaded two-stage model, as the served bundle loads it."""
-    stage = label_stage(small_split, small_config)
+    stage = label_stage(small_split, small_config.model.ranker)
     stack = RetrievalStack.fit(
-        stage.history, small_split.tables.items, stage.moment, stage.available, small_config
+        stage.history,
+        small_split.tables.items,
+        stage.moment,
+        stage.available,
+        small_config.model.candidates,
+        small_config.evaluation.excluded_events,
     )
     ranker = TrainedRanker.load(Path(trained["ranker"]["uri"]))
     TwoStageModel.assemble(stack, ranker, small_config.model.ranker).save(tmp_path / "served")
@@ -203,7 +205,7 @@ def test_category_codes_are_vocabulary_positions_and_unknown_values_are_nan() ->
 def test_training_is_deterministic(
     trained: dict, small_config: PipelineConfig, tmp_path: Path
 ) -> None:
-    again = ranking_steps.train_ranker(trained["data"]["uri"], small_config, tmp_path)
+    again = ranking_steps.train_ranker(trained["data"]["uri"], small_config.model.ranker, tmp_path)
     frame = pd.read_parquet(trained["data"]["uri"]).head(500)
     first = TrainedRanker.load(Path(trained["ranker"]["uri"])).predict(frame)
     second = TrainedRanker.load(Path(again["uri"])).predict(frame)
@@ -217,7 +219,7 @@ def test_an_ensemble_averages_rankers_trained_with_consecutive_seeds(
     config = small_config.model_copy(
         update={"model": small_config.model.model_copy(update={"ranker": ranker_config})}
     )
-    step = ranking_steps.train_ranker(trained["data"]["uri"], config, tmp_path)
+    step = ranking_steps.train_ranker(trained["data"]["uri"], config.model.ranker, tmp_path)
     figures = step["figures"]
     assert figures["ensemble_size"] == 3 and len(figures["member_best_iterations"]) == 3
     ensemble = load_ranker(Path(step["uri"]))
@@ -231,7 +233,7 @@ def test_an_ensemble_averages_rankers_trained_with_consecutive_seeds(
     np.testing.assert_allclose(ensemble.predict(frame), each.mean(axis=0))
     assert figures["training_s"] == pytest.approx(sum(m.training_s for m in ensemble.members))
     # The two-stage model saves and loads it, and ranks with it.
-    model = assemble_two_stage(trained["split_uri"], None, None, step["uri"], config, tmp_path)
+    model = assembled(trained["split_uri"], step["uri"], config, tmp_path)
     loaded = TwoStageModel.load(Path(model["uri"]))
     assert isinstance(loaded.ranker, RankerEnsemble)
     users = small_split.history("test")["user_id"].astype(str).unique()[:5].tolist()
@@ -263,7 +265,7 @@ def test_label_windows_tile_the_time_before_the_test_cut_off(
             )
         }
     )
-    stages = label_stages(small_split, config)
+    stages = label_stages(small_split, config.model.ranker)
     assert len(stages) == 3
     assert stages[0].moment == small_split.valid_cutoff
     length = small_split.test_cutoff - small_split.valid_cutoff

@@ -14,7 +14,10 @@ from mlflow.exceptions import MlflowException
 
 from components.config import PromotionConfig
 from components.registry import promotion
-from components.registry.promotion import SmokeResult, decide, decision_tags
+from components.registry.champion_alias import decision_tags
+from components.registry.promotion import decide
+from components.registry.promotion_checks import EXPOSURE_RULES
+from components.registry.promotion_smoke import SmokeResult
 from components.registry.registration import (
     CHALLENGER,
     CHAMPION,
@@ -133,7 +136,7 @@ def test_the_exposure_guard_holds_back_clearly_more_concentrated_challengers(
     assert verdict.exposure["gini_sellers@20"]["bound"] == config.max_seller_gini_increase
     report = json.loads(json.dumps(verdict.to_dict()))
     assert report["exposure"]["gini_sellers@20"]["challenger"] == pytest.approx(0.5 + sum(gini) / 2)
-    tags = promotion.decision_tags(verdict, config.metric)
+    tags = decision_tags(verdict, config.metric)
     assert tags["promotion.gini_sellers_at_20.low"] == f"{gini[0]:.6f}"
     assert tags["promotion.new_item_exposure_at_20.high"] == f"{new[1]:.6f}"
     sellers_held_back = gini[0] > config.max_seller_gini_increase and config.exposure_guard
@@ -160,7 +163,7 @@ def test_without_seller_ids_or_a_champion_the_exposure_guard_passes_and_says_why
 def test_the_guard_reads_every_exposure_figure_the_evaluation_compares():
     from components.evaluation.suite import COMPARED_EXPOSURE
 
-    assert set(promotion.EXPOSURE_RULES) == set(COMPARED_EXPOSURE)
+    assert set(EXPOSURE_RULES) == set(COMPARED_EXPOSURE)
 
 
 class BiggestSellersOnly:
@@ -260,6 +263,7 @@ def _gate(client, settings, registered, bundle, compared, force=False):
         compared,
         METRICS,
         PromotionConfig(latency_requests=10, max_p99_latency_ms=10_000),
+        settings.locks,
         force,
     )
 
@@ -335,7 +339,8 @@ def test_two_runs_that_compared_with_the_same_champion_cannot_both_move_it(
     import threading
     import time
 
-    from components.registry.promotion import PromotionDecision, SmokeResult, apply_decision
+    from components.registry.champion_alias import apply_decision
+    from components.registry.promotion_decision import PromotionDecision
 
     client, settings, first, bundle = _register(rewear_home, tmp_path, "v1")
     _gate(client, settings, first, bundle, None)
@@ -351,7 +356,9 @@ def test_two_runs_that_compared_with_the_same_champion_cannot_both_move_it(
 
     def promote(version: int) -> None:
         won = PromotionDecision("promoted", 1, [], SmokeResult(ok=True))
-        decisions[version] = apply_decision(MlflowClient(), "rewear", version, won, "ndcg@10")
+        decisions[version] = apply_decision(
+            MlflowClient(), "rewear", version, won, "ndcg@10", locks=rewear_home / "locks"
+        )
 
     threads = [threading.Thread(target=promote, args=(v,)) for v in versions]
     for thread in threads:
@@ -388,7 +395,7 @@ def test_pyfunc_answers_users_and_sessions_and_refuses_bad_requests(rewear_home,
 
 def test_a_refresh_is_promoted_only_when_it_answers_on_sale_loads_and_is_fast():
     from components.config import PromotionConfig
-    from components.registry.promotion import SmokeResult, decide_refresh
+    from components.registry.promotion import decide_refresh
 
     config = PromotionConfig()
     fast = SmokeResult(ok=True, requests=50, p50_ms=2.0, p99_ms=5.0)

@@ -10,7 +10,8 @@ import pytest
 
 from components.config import PipelineConfig
 from components.data.split import DataSplit
-from components.retrieval.candidates import CandidateTable, MergedCandidates
+from components.retrieval.candidate_arrays import MergedCandidates
+from components.retrieval.candidate_table import CandidateTable
 from components.retrieval.stack import RetrievalStack
 from components.store import ParquetAppender
 
@@ -34,7 +35,8 @@ def _stack(split: DataSplit) -> RetrievalStack:
         split.tables.items,
         split.test_cutoff,
         split.available_items(split.test_cutoff),
-        config,
+        config.model.candidates,
+        config.evaluation.excluded_events,
     )
 
 

@@ -25,23 +25,24 @@ from components.config import (
 from components.data.split import available_at
 from components.interfaces import CandidateSource
 from components.retrieval.ann_index import AnnIndex
+from components.retrieval.candidate_arrays import CANDIDATE_COLUMNS
 from components.retrieval.candidate_filters import CandidateFilter, build_exclusions
-from components.retrieval.candidate_sources import (
-    AnnSource,
-    CategoryPopularitySource,
-    ScorerSource,
-    top_n,
-)
-from components.retrieval.candidates import (
-    CANDIDATE_COLUMNS,
-    candidate_recall,
+from components.retrieval.candidate_merge import (
     generate_candidates,
     merge_candidate_arrays,
     merge_candidates,
     run_source_arrays,
     run_sources,
 )
-from components.retrieval.collaborative import Covisitation, Ease
+from components.retrieval.candidate_recall import candidate_recall
+from components.retrieval.candidate_sources import (
+    AnnSource,
+    CategoryPopularitySource,
+    ScorerSource,
+    top_n,
+)
+from components.retrieval.covisitation import Covisitation
+from components.retrieval.ease import Ease
 from components.retrieval.popularity import RecentPopularity
 from tests.conftest import make_tables
 

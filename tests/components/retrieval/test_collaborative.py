@@ -14,15 +14,10 @@ from components.data.sources import load_source
 from components.data.split import split_tables
 from components.evaluation.baselines import fit_baselines
 from components.evaluation.protocol import build_evaluation_task, evaluate_scorer
-from components.retrieval.collaborative import (
-    Covisitation,
-    Ease,
-    Ials,
-    covisitation_matrix,
-    dense_gram,
-    fit_linear_baseline,
-    session_ids,
-)
+from components.retrieval.covisitation import Covisitation, covisitation_matrix, session_ids
+from components.retrieval.ease import Ease, dense_gram
+from components.retrieval.ials import Ials
+from components.retrieval.linear_baseline import fit_linear_baseline
 from components.retrieval.popularity import RecentPopularity
 from tests.conftest import REPO_ROOT, make_tables, needs_ml1m_lcfn
 
@@ -54,13 +49,13 @@ def test_ease_matches_the_closed_form_on_a_toy_matrix():
 
 def test_the_gram_matrix_is_built_in_column_blocks_in_fortran_order(monkeypatch):
     """Blocks of item columns give X^T X + l2 I exactly, laid out for an in-place inverse."""
-    from components.retrieval import collaborative
+    from components.retrieval import ease
 
     rng = np.random.default_rng(3)
     matrix = sp.random(60, 23, density=0.2, format="csr", random_state=rng, dtype=np.float32)
     matrix.data[:] = 1.0
     expected = (matrix.T @ matrix).toarray().astype(np.float64) + 2.5 * np.eye(23)
-    monkeypatch.setattr(collaborative, "GRAM_BLOCK_CELLS", 23 * 4)  # blocks of 4 columns
+    monkeypatch.setattr(ease, "GRAM_BLOCK_CELLS", 23 * 4)  # blocks of 4 columns
     gram = dense_gram(matrix, 2.5)
     np.testing.assert_array_equal(gram, expected)
     assert gram.flags.f_contiguous and gram.dtype == np.float64

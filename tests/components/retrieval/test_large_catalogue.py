@@ -12,8 +12,10 @@ import pytest
 from components.config import CandidatesConfig, PipelineConfig, SourceName, SyntheticSourceConfig
 from components.data.synthetic import generate_marketplace
 from components.retrieval.candidate_sources import CategoryPopularitySource
-from components.retrieval.collaborative import Covisitation, Ease, Ials
+from components.retrieval.covisitation import Covisitation
+from components.retrieval.ease import Ease
 from components.retrieval.graph_filter import GraphFilter
+from components.retrieval.ials import Ials
 from components.retrieval.popularity import RecentPopularity
 from components.retrieval.rp3beta import Rp3Beta
 from components.retrieval.stack import RetrievalStack
@@ -68,7 +70,12 @@ def test_every_source_on_a_large_catalogue_fits_each_model_once(tables, monkeypa
     assert items["item_id"].nunique() > candidates.ease.max_items
     moment = tables.interactions["ts"].max()
     stack = RetrievalStack.fit(
-        tables.interactions, items, moment, np.ones(len(items), dtype=bool), config
+        tables.interactions,
+        items,
+        moment,
+        np.ones(len(items), dtype=bool),
+        config.model.candidates,
+        config.evaluation.excluded_events,
     )
     users = tables.interactions["user_id"].astype(str).unique()[:5].tolist()
     names = {source.name for source in stack.sources}

@@ -15,8 +15,10 @@ from components.config import (
 )
 from components.data.split import split_tables
 from components.data.synthetic import generate_marketplace
-from components.retrieval.collaborative import Covisitation, Ease, Ials
+from components.retrieval.covisitation import Covisitation
+from components.retrieval.ease import Ease
 from components.retrieval.graph_filter import GraphFilter
+from components.retrieval.ials import Ials
 from components.retrieval.persistence import load_model, save_model
 from components.retrieval.popularity import RecentPopularity
 

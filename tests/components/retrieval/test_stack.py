@@ -7,8 +7,10 @@ import pytest
 from components.config import CandidatesConfig, SyntheticSourceConfig
 from components.data.synthetic import generate_marketplace
 from components.retrieval import stack as stack_module
-from components.retrieval.collaborative import Covisitation, Ease, Ials
+from components.retrieval.covisitation import Covisitation
+from components.retrieval.ease import Ease
 from components.retrieval.graph_filter import GraphFilter
+from components.retrieval.ials import Ials
 from components.retrieval.popularity import RecentPopularity
 from components.retrieval.stack import fit_candidate_models
 

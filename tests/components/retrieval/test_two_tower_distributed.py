@@ -34,7 +34,6 @@ from components.interfaces import Scorer
 from components.retrieval.data_parallel import DataParallelError, Ranks, run_in_processes
 from components.retrieval.two_tower import TwoTowerScorer
 from components.retrieval.two_tower_training import train_two_tower_stages
-from components.retrieval.two_tower_training.loop import _with_environment
 from tests.components.conftest import TOY_TWO_TOWER
 
 #: Small enough to train on the 400-user synthetic marketplace in ~4 s a run (one process).
@@ -238,15 +237,3 @@ def test_a_dask_worker_started_non_daemonic_runs_the_ranks():
     ):
         rank, size, _ = client.submit(_ranks_on_a_dask_worker, pure=False).result()
     assert (rank, size) == (0, 2)
-
-
-def test_processes_come_from_the_config_or_the_environment(monkeypatch):
-    with pytest.raises(ValueError):
-        TwoTowerConfig(processes=0)
-    monkeypatch.delenv("REWEAR_ENCODER_PROCESSES", raising=False)
-    assert _with_environment(SMALL) is SMALL
-    monkeypatch.setenv("REWEAR_ENCODER_PROCESSES", "3")
-    assert _with_environment(SMALL).processes == 3
-    monkeypatch.setenv("REWEAR_ENCODER_PROCESSES", "0")
-    with pytest.raises(ValueError):
-        _with_environment(SMALL)
