@@ -12,6 +12,10 @@ arguments, to a `Stages` runner: called directly (benchmarks, notebooks, tests) 
 `flows.retrain`, wrapped as a Prefect task with the stage's cache and retry options.
 The flow and the bench scripts therefore run the same chain, branches included.
 
+Each step is handed only the config sections it reads (`source=config.source`,
+`annoy=config.model.annoy`, ...), never the whole `PipelineConfig` (the registry stages,
+never cached, excepted): a stage's cache key then moves only with its own settings.
+
 The per-user stages (*) are sharded (`components.pipeline.sharding`): a plan, one shard
 step per shard of at most `execution.shard_users` users, an exact combine. `Stages` runs
 the shards one after the other; the flow maps them as Prefect tasks over its task runner.

@@ -489,3 +489,45 @@ def test_two_runs_started_at_once_on_a_new_home_both_get_a_server(tmp_path):
     for start in starts:
         output, _ = start.communicate(timeout=300)
         assert start.returncode == 0 and "SERVED" in output, output[-3000:]
+
+
+#: The stages of the data and retrieval phases (the per-user one as its plan, shards and
+#: combine), whatever a ranker setting says.
+DATA_AND_RETRIEVAL = (
+    "ingest",
+    "validate",
+    "snapshot",
+    "split",
+    "fit",
+    "train_encoder",
+    "build_index",
+    "generate_candidates.",
+)
+
+
+@pytest.mark.slow
+def test_a_changed_setting_reruns_only_the_stages_that_read_it(rewear_home, tmp_path):
+    """Each step gets only the config sections it reads, so its cache key moves only with
+    them: a new promotion margin reruns the publish phase alone; a new ranker setting reuses
+    the data and retrieval phases."""
+    from flows.retrain import retrain
+
+    tables = small_market()
+    config = str(write_market(tables, tmp_path / "market"))
+    first = retrain(config_path=config, overrides=FAST, return_state=True)
+    assert set(_task_states(first.state_details.flow_run_id).values()) == {"Completed"}
+
+    margin = {**FAST, "registry.promotion.margin": 0.5}
+    again = retrain(config_path=config, overrides=margin, return_state=True)
+    assert again.result()["status"] == "completed"
+    states = _task_states(again.state_details.flow_run_id)
+    assert {name for name, state in states.items() if state != "Cached"} == UNCACHED_STAGES
+    assert "train_encoder" in states and "train_ranker" in states  # the whole chain ran
+
+    ranker = {**FAST, "model.ranker.learning_rate": 0.1}
+    retuned = retrain(config_path=config, overrides=ranker, return_state=True)
+    assert retuned.result()["status"] == "completed"
+    states = _task_states(retuned.state_details.flow_run_id)
+    reused = {name: state for name, state in states.items() if name.startswith(DATA_AND_RETRIEVAL)}
+    assert len(reused) >= len(DATA_AND_RETRIEVAL) and set(reused.values()) == {"Cached"}, states
+    assert states["train_ranker"] == "Completed", states
