@@ -115,17 +115,17 @@ class TwoTowerConfig(StrictModel):
     batch_window: Duration | None = "1D"
     #: Timestamped data: targets are shuffled in runs of up to this many consecutive
     #: targets of one user, so a batch embeds the listings of their shared history once (1:
-    #: each target on its own; fixed splits always are). 4 trains the 20k-user synthetic
-    #: marketplace 1.6x faster, at the same valid recall within seed noise (synthetic 4k
-    #: and 20k users, MovieLens-100K); a user's other targets in a batch are not negatives.
+    #: each target on its own; fixed splits always are): faster for the same valid recall
+    #: (docs/models.md, "Measurements behind the defaults"); a user's other targets in a
+    #: batch are not negatives.
     user_run: int = Field(4, ge=1)
 
 
 class AnnoyConfig(StrictModel):
     """Annoy index over normalised item vectors (angular metric).
 
-    Defaults tuned for recall@100 >= 0.95 against exact search on 64-dim vectors, 3k to 30k
-    items (components.retrieval.ann_index; figures in its module docstring).
+    Defaults tuned for the recall of exact search on 64-dim vectors (docs/models.md,
+    "Measurements behind the defaults").
     """
 
     n_trees: int = Field(50, ge=1)

@@ -47,8 +47,7 @@ class CandidateTable:
     def read(cls, path: Path) -> CandidateTable:
         """From the parquet file `MergedCandidates.frame()` chunks were written to, one
         column at a time and without a frame: ids point into one string per distinct id
-        (30k users x 200 candidates: 0.1 GB of ids, not 0.7 GB of strings per row), so the
-        table costs its numbers and little more."""
+        instead of a string per row, so the table costs its numbers and little more."""
         parquet = pq.ParquetFile(path)
         columns = parquet.schema_arrow.names
         names = tuple(c[len("rank_") :] for c in columns if c.startswith("rank_"))

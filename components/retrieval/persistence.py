@@ -54,8 +54,8 @@ def save_model(model: Any, folder: Path) -> None:
             pd.DataFrame({"id": value.astype(str)}).to_parquet(folder / f"{spec.name}.parquet")
             fields[spec.name] = {"kind": "index"}
         elif sp.issparse(value):
-            # Uncompressed: zlib costs ~18 s per 40M-link item graph, on every stack save
-            # (a retrain saves three), for a third less disk.
+            # Uncompressed: zlib on a large item graph costs seconds on every stack save (a
+            # retrain saves three) for a third less disk (docs/models.md).
             sp.save_npz(folder / f"{spec.name}.npz", sp.csr_matrix(value), compressed=False)
             fields[spec.name] = {"kind": "sparse"}
         elif isinstance(value, np.ndarray):

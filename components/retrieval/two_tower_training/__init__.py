@@ -39,11 +39,10 @@ also have seen the most recent week (`refit_on_test_history`): by default
 continued for one pass over the valid window's targets (their histories reach back into
 the train window; listings, sellers and brands first seen in the valid window get rows of
 their own, bucket edges stay the fit's). That is what a from-scratch refit on train + valid
-for the chosen epochs would teach it about the new week, at a fraction of the cost (on the
-synthetic marketplace the served model's test recall@100 is as good or better; more passes
-over one week overfit it); with `refit_warm_start: false` the refit is from scratch. A
-fixed split's test-stage history is the train file, so the early-stopped model is the
-result.
+for the chosen epochs would teach it about the new week, at a fraction of the cost (and
+no worse: docs/models.md; more passes over one week overfit it); with
+`refit_warm_start: false` the refit is from scratch. A fixed split's test-stage history is
+the train file, so the early-stopped model is the result.
 
 Speed (CPU, 2 threads): the optimiser is Adam's fused kernel, and lazy Adam for id tables
 above `sparse_id_rows` (`_Adam`: a step then costs its batch, not the catalogue); the
