@@ -138,9 +138,11 @@ class TwoStageModel:
     def _column_positions(self, item_ids: Sequence[str]) -> IdPositions:
         """Positions of the catalogue list asked, built once per list object (rebuilding
         an index of 340k listings for every batch of 24 users cost more than scoring)."""
-        if self._columns is None or self._columns[0] is not item_ids:
-            self._columns = (item_ids, IdPositions(np.asarray(item_ids, dtype=object)))
-        return self._columns[1]
+        columns = self._columns  # one read: another serving thread may swap it
+        if columns is None or columns[0] is not item_ids:
+            columns = (item_ids, IdPositions(np.asarray(item_ids, dtype=object)))
+            self._columns = columns
+        return columns[1]
 
     def _fallback(self, item_ids: Sequence[str]) -> np.ndarray:
         key = id(item_ids)

@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -292,8 +293,11 @@ class TwoTowerScorer:
         self._encoder = model.user_encoder(history, as_of, items)
         self._user_rows: dict[str, int] = {}
         self._user_vectors = np.zeros((0, model.config.embedding_dim), dtype=np.float32)
-        self._aligned_source: Sequence[str] | None = None
-        self._aligned: tuple[np.ndarray, np.ndarray] = (
+        #: Held while the user cache grows: a model server answers on several threads.
+        self._user_lock = threading.Lock()
+        #: (catalogue list, its vectors, known mask) of the last list scored, swapped whole.
+        self._aligned: tuple[Sequence[str] | None, np.ndarray, np.ndarray] = (
+            None,
             np.zeros((0, 0), np.float32),
             np.zeros(0, bool),
         )
@@ -316,8 +320,8 @@ class TwoTowerScorer:
         scorer._encoder = encoder
         scorer._user_rows = {}
         scorer._user_vectors = np.zeros((0, model.config.embedding_dim), dtype=np.float32)
-        scorer._aligned_source = None
-        scorer._aligned = (np.zeros((0, 0), np.float32), np.zeros(0, bool))
+        scorer._user_lock = threading.Lock()
+        scorer._aligned = (None, np.zeros((0, 0), np.float32), np.zeros(0, bool))
         return scorer
 
     @cached_property
@@ -334,8 +338,13 @@ class TwoTowerScorer:
 
     def user_vectors(self, user_ids: Sequence[str]) -> np.ndarray:
         """(n, d) float32 unit vectors (users with no history: the cold-user vector),
-        encoded on first request and kept (a served model asks for one user at a time)."""
+        encoded on first request and kept (a served model asks for one user at a time, on
+        several threads: the cache is read and grown under a lock)."""
         wanted = [str(user) for user in user_ids]
+        with self._user_lock:
+            return self._cached_user_vectors(wanted)
+
+    def _cached_user_vectors(self, wanted: list[str]) -> np.ndarray:
         new = list(dict.fromkeys(user for user in wanted if user not in self._user_rows))
         if new:
             encoded = self._encoder.encode(new)
@@ -373,14 +382,14 @@ class TwoTowerScorer:
     def _aligned_items(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Catalogue vectors in the order of `item_ids` (reused while the same object is
         passed again, as `rank_items` does for every batch of users)."""
-        if item_ids is not self._aligned_source:
+        source, aligned, known = self._aligned  # one read: another thread may swap it
+        if item_ids is not source:
             rows = self._item_positions.positions(item_ids)
             known = rows >= 0
             aligned = np.zeros((len(rows), self._item_vectors.shape[1]), dtype=np.float32)
             aligned[known] = self._item_vectors[rows[known]]
-            self._aligned = (aligned, known)
-            self._aligned_source = item_ids
-        return self._aligned
+            self._aligned = (item_ids, aligned, known)
+        return aligned, known
 
 
 # =========================================================================== early stopping

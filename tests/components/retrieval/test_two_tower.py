@@ -441,6 +441,70 @@ def test_users_asked_one_at_a_time_get_the_vectors_of_one_batch(trained, toy_spl
     np.testing.assert_allclose(warmed.user_vectors(users), batch[:-1], rtol=1e-5, atol=1e-6)
 
 
+def test_concurrent_requests_get_their_own_users_vectors(trained, toy_split, monkeypatch):
+    """MLflow's server answers a worker's requests on several threads: users first asked
+    at the same time (the cache growing under them) still get their own vectors, and
+    catalogue lists asked at once their own alignments (a 500 was seen at 4 clients)."""
+    import contextlib
+    import sys
+    import threading
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        as_of = toy_split.test_cutoff
+        items = toy_split.tables.items
+        history = toy_split.history("test")
+        users = sorted(history["user_id"].astype(str).unique())
+        wanted = [*users, *(f"new-{n}" for n in range(200))]
+        expected = TwoTowerScorer(trained, items, history, as_of).user_vectors(wanted)
+        catalogues = [items["item_id"].astype(str).tolist()[offset:] for offset in range(4)]
+        for _ in range(5):
+            shared = TwoTowerScorer(trained, items, history, as_of)
+            encode, together = shared._encoder.encode, threading.Barrier(8, timeout=0.5)
+            waited = threading.local()
+
+            def encode_together(users, encode=encode, together=together, waited=waited):
+                """Each thread's first users encoded, then all eight go on at once: the
+                race the cache must survive. A scorer that encodes under its lock lets one
+                thread in at a time, so the meeting times out and they go on in turn."""
+                encoded = encode(users)
+                if not getattr(waited, "done", False):
+                    waited.done = True
+                    with contextlib.suppress(threading.BrokenBarrierError):
+                        together.wait()
+                return encoded
+
+            monkeypatch.setattr(shared._encoder, "encode", encode_together)
+            got: dict[int, np.ndarray] = {}
+            aligned: dict[int, np.ndarray] = {}
+            failures: list[BaseException] = []
+
+            def ask(start: int, shared=shared, got=got, aligned=aligned, failures=failures):
+                try:
+                    for row in range(start, len(wanted), 8):
+                        got[row] = shared.user_vectors([wanted[row]])[0]
+                        catalogue = catalogues[row % len(catalogues)]
+                        aligned[row] = shared.score([wanted[row]], catalogue)[0]
+                except BaseException as error:
+                    failures.append(error)
+
+            threads = [threading.Thread(target=ask, args=(n,)) for n in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert not failures, failures[:1]
+            single = np.vstack([got[row] for row in range(len(wanted))])
+            np.testing.assert_allclose(single, expected, rtol=1e-5, atol=1e-6)
+            for row, scores in aligned.items():
+                catalogue = catalogues[row % len(catalogues)]
+                want = expected[row] @ shared.item_vectors(catalogue).T
+                np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-5)
+    finally:
+        sys.setswitchinterval(interval)
+
+
 # ------------------------------------------------------------------------- speed paths
 
 
