@@ -2,6 +2,8 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,27 @@ def test_columns_with_values_reads_null_counts_and_falls_back_to_the_data(tmp_pa
 
     for name in ("with.parquet", "without.parquet"):
         assert columns_with_values(tmp_path / name, ["c", "b", "a"]) == ["c", "a"]
+
+
+def test_concurrent_writers_of_one_content_addressed_folder_keep_one_intact_copy(tmp_path):
+    target = tmp_path / "snapshots" / "abc"
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            with atomic_directory(target) as staging:
+                (staging / "part.txt").write_text("same content\n")
+                barrier.wait()  # all four rename at about the same time
+                time.sleep(0.01 * n)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(p.name for p in target.iterdir()) == ["part.txt"]
+    assert sorted(p.name for p in Path(tmp_path / "snapshots").iterdir()) == ["abc"]
