@@ -68,10 +68,7 @@ def build_evaluation_task(
         )
     user_index = pd.Index(user_ids)
     relevant = _pairs_matrix(window, user_index, item_index)
-    history = split.history(stage)
-    if not config.mask_all_seen:
-        history = history[history["event"].isin(config.mask_events)]
-    excluded = _pairs_matrix(history, user_index, item_index)
+    excluded = _pairs_matrix(masked_history(split.history(stage), config), user_index, item_index)
     recommendable = split.available_items(split.cutoff(stage)).to_numpy(bool)
     return EvaluationTask(
         stage=stage,
@@ -155,6 +152,14 @@ def _pairs_matrix(frame: pd.DataFrame, user_index: pd.Index, item_index: pd.Inde
     matrix.data[:] = 1.0  # duplicates summed above; keep it binary
     matrix.sort_indices()
     return matrix
+
+
+def masked_history(history: pd.DataFrame, evaluation: EvaluationConfig) -> pd.DataFrame:
+    """The history rows whose items a user's list leaves out: those with an event of
+    `evaluation.excluded_events` (every row with `mask_all_seen`). Evaluation, the bundle
+    and the index refresh mask with it."""
+    events = evaluation.excluded_events
+    return history if events is None else history[history["event"].isin(events)]
 
 
 def positive_window(window: pd.DataFrame, evaluation: EvaluationConfig) -> pd.DataFrame:

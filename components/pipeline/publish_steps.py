@@ -10,6 +10,7 @@ from typing import Any
 
 from components.config import PipelineConfig
 from components.data.split import available_at, latest_moment, read_split
+from components.evaluation.protocol import masked_history
 from components.pipeline.data_steps import require_enough_test_users
 from components.pipeline.evaluation_steps import compare_with_champion_bundle
 from components.pipeline.results import BundleResult, RegisteredModel
@@ -47,9 +48,7 @@ def bundle(
     require_enough_test_users(data, config.evaluation, config.registry.promotion.min_users)
     items = data.tables.items
     interactions = data.serving_history()
-    exclusions = interactions[interactions["event"].isin(config.evaluation.mask_events)]
-    if config.evaluation.mask_all_seen:
-        exclusions = interactions
+    exclusions = masked_history(interactions, config.evaluation)
     latest = latest_moment(interactions, items)
     history = None
     if encoder_uri is not None:

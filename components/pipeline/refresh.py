@@ -33,6 +33,7 @@ import pandas as pd
 from components.config import EvaluationConfig
 from components.data.schema import CanonicalTables
 from components.data.split import available_at, latest_moment
+from components.evaluation.protocol import masked_history
 from components.retrieval.popularity import RecentPopularity
 from components.serving.bundle import (
     TWO_STAGE_DIR,
@@ -88,9 +89,7 @@ def refresh_bundle(
     available_ids = set(items.loc[available.to_numpy(bool), "item_id"].astype(str))
     created = items["created_at"]
     new_ids = set(items.loc[(created > built_until).fillna(False).to_numpy(bool), "item_id"])
-    exclusions = interactions
-    if not evaluation.mask_all_seen:
-        exclusions = interactions[interactions["event"].isin(evaluation.mask_events)]
+    exclusions = masked_history(interactions, evaluation)
     two_tower = metadata.get("model_kind") == TWO_TOWER_SOURCE
     refreshed = _refreshed_metadata(metadata, built_until, now, extra_metadata)
     with atomic_directory(Path(target), overwrite=True) as staging:
