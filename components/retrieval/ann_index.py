@@ -49,6 +49,7 @@ from annoy import AnnoyIndex
 
 from components.config import AnnoyConfig
 from components.retrieval.selection import top_n
+from components.retrieval.user_item_scorer import batch_invariant_product
 from components.store import atomic_directory, read_json, write_json
 
 INDEX_FILE = "index.ann"
@@ -255,7 +256,7 @@ class AnnIndex:
             rows = rows[:0]
         for start in range(0, len(rows), block):
             chosen = rows[start : start + block]
-            found, found_scores = top_n(queries[chosen] @ items.T, depth)
+            found, found_scores = top_n(batch_invariant_product(queries[chosen], items.T), depth)
             positions[chosen, :depth], scores[chosen, :depth] = found, found_scores
         beyond = np.arange(width)[None, :] >= depths[:, None]
         positions[beyond], scores[beyond] = -1, -np.inf
@@ -280,15 +281,17 @@ class AnnIndex:
     @cached_property
     def _scan_matrix(self) -> np.ndarray:
         """The indexed vectors read back from Annoy (unit rows for an angular index; the
-        given vectors, without the augmented coordinate, for an inner-product one)."""
+        given vectors, without the augmented coordinate, for an inner-product one), in
+        float64 for `batch_invariant_product`, converted once (a scan runs only up to a few
+        hundred thousand items, see `scan_is_cheaper`)."""
         matrix = np.array(
             [self.annoy.get_item_vector(position) for position in range(self.count)],
             dtype=np.float32,
         ).reshape(self.count, self.index_dim)
         if self.inner_product:
-            return np.ascontiguousarray(matrix[:, : self.dim])
+            return np.ascontiguousarray(matrix[:, : self.dim], dtype=np.float64)
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        return matrix / np.where(norms > 0, norms, 1.0)
+        return (matrix / np.where(norms > 0, norms, 1.0)).astype(np.float64)
 
     def ids_at(self, positions: np.ndarray) -> np.ndarray:
         """Item ids at index positions (object array; None where the position is -1)."""

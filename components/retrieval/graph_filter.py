@@ -16,6 +16,7 @@ Example
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
@@ -26,6 +27,7 @@ from scipy.sparse.linalg import svds
 from components.config import GraphFilterConfig
 from components.retrieval.user_item_scorer import (
     _UserItemScorer,
+    batch_invariant_product,
     history_before,
     interaction_popularity,
     user_item_matrix,
@@ -89,11 +91,18 @@ class GraphFilter(_UserItemScorer):
             config=config,
         )
 
+    @cached_property
+    def _low_pass_out_64(self) -> np.ndarray:
+        """`low_pass_out` in float64, converted once rather than per batch of users."""
+        return self.low_pass_out.astype(np.float64)
+
     def _warm_scores(self, rows: np.ndarray) -> np.ndarray:
         history = self.history[rows]
         scores = np.asarray((history @ self.item_graph).toarray(), dtype=np.float32)
         if self.config.alpha and len(self.low_pass_in):
-            scores += self.config.alpha * ((history @ self.low_pass_in) @ self.low_pass_out)
+            scores += self.config.alpha * batch_invariant_product(
+                history @ self.low_pass_in, self._low_pass_out_64
+            )
         return scores
 
 

@@ -16,6 +16,7 @@ from components.config import IalsConfig
 from components.retrieval.user_item_scorer import (
     _UserItemScorer,
     aligned_scores,
+    batch_invariant_product,
     history_before,
     interaction_popularity,
     item_positions,
@@ -92,7 +93,7 @@ class Ials(_UserItemScorer):
             positions = item_positions(self._positions, self.item_index, item_ids)
             scores[~warm] = aligned_scores(self.popularity[None, :], positions)
         if warm.any():
-            scores[warm] = self.user_factors[rows[warm]] @ factors.T
+            scores[warm] = batch_invariant_product(self.user_factors[rows[warm]], factors.T)
         return scores
 
     def _factors_of(self, item_ids: Sequence[str]) -> np.ndarray:
@@ -100,7 +101,7 @@ class Ials(_UserItemScorer):
         if hit is not None and hit[0] is item_ids:
             return hit[1]
         positions = item_positions(self._positions, self.item_index, item_ids)
-        factors = np.zeros((len(positions), self.item_factors.shape[1]), dtype=np.float32)
+        factors = np.zeros((len(positions), self.item_factors.shape[1]), dtype=np.float64)
         known = positions >= 0
         factors[known] = self.item_factors[positions[known]]
         self._factor_columns.clear()

@@ -55,7 +55,7 @@ from components.retrieval.two_tower_network import (
     half_life_seconds,
     pooling_weights,
 )
-from components.retrieval.user_item_scorer import history_before
+from components.retrieval.user_item_scorer import batch_invariant_product, history_before
 from components.store import read_json, write_json
 
 #: Score of an item the scorer has no attributes for: below every cosine.
@@ -374,7 +374,7 @@ class TwoTowerScorer:
         """(len(user_ids), len(item_ids)) float32 cosines."""
         users = self.user_vectors(user_ids)
         items, known = self._aligned_items(item_ids)
-        scores = users @ items.T
+        scores = batch_invariant_product(users, items.T)
         if not known.all():
             scores[:, ~known] = UNKNOWN_ITEM_SCORE
         return scores.astype(np.float32, copy=False)
@@ -386,7 +386,8 @@ class TwoTowerScorer:
         if item_ids is not source:
             rows = self._item_positions.positions(item_ids)
             known = rows >= 0
-            aligned = np.zeros((len(rows), self._item_vectors.shape[1]), dtype=np.float32)
+            # float64: see batch_invariant_product.
+            aligned = np.zeros((len(rows), self._item_vectors.shape[1]), dtype=np.float64)
             aligned[known] = self._item_vectors[rows[known]]
             self._aligned = (item_ids, aligned, known)
         return aligned, known

@@ -98,6 +98,17 @@ def item_positions(
     return positions
 
 
+def batch_invariant_product(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """`left @ right` as float32, the same for a row whether it is multiplied alone or in a
+    batch. BLAS picks another kernel, and so another summation order, for one row than for
+    many: float32 products of the same user then differ in the last bit between a served
+    request and an evaluation batch, enough to flip a LightGBM split. Summed in float64
+    (errors near 1e-16) and rounded once to float32, the rows agree. `right` in float64
+    already saves a conversion per call."""
+    product = np.asarray(left, dtype=np.float64) @ np.asarray(right, dtype=np.float64)
+    return product.astype(np.float32)
+
+
 def aligned_scores(model_scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Columns of `model_scores` (model item order) at `positions`; unknown (-1) -> 0."""
     known = positions >= 0

@@ -285,6 +285,20 @@ def test_scan_is_exact_search_under_the_index_metric(
     np.testing.assert_allclose(annoy.scores[same, 0], found.scores[same, 0], atol=1e-3)
 
 
+def test_a_query_scanned_alone_gets_exactly_what_it_gets_in_a_batch(
+    items: np.ndarray, queries: np.ndarray
+) -> None:
+    """A served request scans one user, an evaluation batch hundreds: the scores must be
+    the same bits, or a ranker split on them answers differently online and offline."""
+    index = AnnIndex.build(items, ids(len(items)), AnnoyConfig(n_trees=5))
+
+    batch = index.scan(queries, k=50)
+    for row in range(len(queries)):
+        alone = index.scan(queries[row : row + 1], k=50)
+        np.testing.assert_array_equal(alone.positions[0], batch.positions[row])
+        np.testing.assert_array_equal(alone.scores[0], batch.scores[row])
+
+
 def test_search_scans_only_when_the_scan_costs_no_more_than_annoys_nodes(
     items: np.ndarray, queries: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
