@@ -159,7 +159,7 @@ def write_tiny_bundle(folder: Path, *, unknown_attributes: bool = False) -> Path
     return folder
 
 
-def register_tiny_champion(home: Path, folder: Path) -> str:
+def register_tiny_champion(home: Path, folder: Path, *, unknown_attributes: bool = False) -> str:
     """Register the tiny bundle (written into `folder`) as `models:/rewear@champion` in
     `home`'s registry; returns the tracking URI."""
     from components.registry.registration import CHAMPION, log_and_register
@@ -171,7 +171,7 @@ def register_tiny_champion(home: Path, folder: Path) -> str:
     registered = log_and_register(
         client,
         client.create_run(experiment_id).info.run_id,
-        write_tiny_bundle(folder),
+        write_tiny_bundle(folder, unknown_attributes=unknown_attributes),
         "rewear",
         {"snapshot_id": "s", "git_commit": "c", "config_hash": "h", "dataset": "tiny"},
         example_user_id="u1",

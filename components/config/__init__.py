@@ -71,6 +71,7 @@ from components.config.retrieval import (
     SourceName,
     TwoTowerConfig,
 )
+from components.config.serving import RankedListsConfig, ServingConfig
 
 __all__ = [
     "ACCURACY_METRICS",
@@ -105,9 +106,11 @@ __all__ = [
     "PipelineConfig",
     "PopularityConfig",
     "PromotionConfig",
+    "RankedListsConfig",
     "RankerConfig",
     "RegistryConfig",
     "Rp3BetaConfig",
+    "ServingConfig",
     "SourceConfig",
     "SourceName",
     "SplitConfig",

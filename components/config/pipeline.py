@@ -29,6 +29,7 @@ from components.config.evaluation import (
 from components.config.experiments import ExperimentConfig
 from components.config.ranking import ModelConfig
 from components.config.registry import RegistryConfig
+from components.config.serving import ServingConfig
 from components.settings import RewearSettings
 
 
@@ -58,6 +59,7 @@ class PipelineConfig(StrictModel):
     registry: RegistryConfig = RegistryConfig()
     execution: ExecutionConfig = ExecutionConfig()
     experiment: ExperimentConfig = ExperimentConfig()
+    serving: ServingConfig = ServingConfig()
 
     @model_validator(mode="after")
     def _promotion_metrics_are_evaluated(self) -> PipelineConfig:

@@ -23,7 +23,8 @@ from components.registry.registration import (
 )
 from components.registry.tracking import configure_mlflow
 from components.retrieval.popularity import RecentPopularity
-from components.serving.bundle import build_bundle
+from components.serving.bundle import build_bundle, seal_bundle
+from components.serving.list_writer import write_ranked_lists
 from components.settings import RewearSettings
 from components.store import atomic_directory
 
@@ -42,8 +43,9 @@ def bundle(
     each user's masked items (never re-recommend what they bought); for the two-tower
     kind also the encoder, the serving index and each user's recent history; with a ranker
     the two-stage model (retrieval stack, features, LightGBM booster) that ranks known
-    users. Refuses a test window too thin to trust (`require_enough_test_users`), so that
-    nothing measured on it is registered."""
+    users, and the known users' ranked lists (`config.serving.ranked_lists`). Refuses a
+    test window too thin to trust (`require_enough_test_users`), so that nothing measured
+    on it is registered."""
     data = read_split(Path(split_uri))
     require_enough_test_users(data, config.evaluation, config.registry.promotion.min_users)
     items = data.tables.items
@@ -72,7 +74,10 @@ def bundle(
             index_dir=None if serving_index_uri is None else Path(serving_index_uri),
             history=history,
             two_stage_dir=None if two_stage_uri is None else Path(two_stage_uri),
+            seal=False,  # sealed with the ranked lists computed from the rest
         )
+        write_ranked_lists(staging, config.serving.ranked_lists)
+        seal_bundle(staging)
     return {"uri": str(target), "example_user_id": str(interactions["user_id"].iloc[-1])}
 
 

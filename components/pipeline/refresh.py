@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.config import EvaluationConfig
+from components.config import EvaluationConfig, RankedListsConfig
 from components.data.schema import CanonicalTables
 from components.data.split import available_at, latest_moment
 from components.evaluation.protocol import masked_history
@@ -41,6 +41,8 @@ from components.serving.bundle import (
     build_bundle,
     seal_bundle,
 )
+from components.serving.list_writer import write_ranked_lists
+from components.serving.ranked_lists import RANKED_LISTS_DIR
 from components.store import atomic_directory, hash_json, read_json
 
 #: Files and folders `build_bundle` writes; everything else in a bundle is copied as is.
@@ -100,10 +102,12 @@ def refresh_bundle(
         if two_stage:
             _refresh_two_stage(champion_dir, staging, tables, available, now)
         for entry in champion_dir.iterdir():
-            if entry.name in (*REBUILT, ENCODER, INDEX) or (staging / entry.name).exists():
+            skipped = (*REBUILT, ENCODER, INDEX, RANKED_LISTS_DIR)
+            if entry.name in skipped or (staging / entry.name).exists():
                 continue
             copy = shutil.copytree if entry.is_dir() else shutil.copy2
             copy(entry, staging / entry.name)
+        _refresh_ranked_lists(champion_dir, staging)
         seal_bundle(staging)
     return {
         "changed": True,
@@ -118,6 +122,19 @@ def refresh_bundle(
         "content_id": hash_json(sorted(available_ids)),
         "refresh_s": round(time.perf_counter() - started, 3),
     }
+
+
+def _refresh_ranked_lists(champion_dir: Path, staging: Path) -> None:
+    """Recompute the users' ranked lists for the refreshed listings, with the champion's
+    settings (a champion without lists gets none)."""
+    described = champion_dir / RANKED_LISTS_DIR / "lists.json"
+    if not described.is_file():
+        return
+    saved = read_json(described)
+    settings = RankedListsConfig(
+        depth=saved["depth"], max_users=saved["max_users"], batch_users=saved["batch_users"]
+    )
+    write_ranked_lists(staging, settings)
 
 
 def _built_until(champion_dir: Path, metadata: dict[str, Any]) -> pd.Timestamp:

@@ -12,9 +12,11 @@ error answers carry no stack trace or echoed input.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
@@ -55,6 +57,74 @@ class RewearPyfunc(mlflow.pyfunc.PythonModel):
             )
         except RequestError as error:
             raise MlflowException.invalid_parameter_value(str(error)) from error
+
+    def answer_json(self, payload: dict[str, Any]) -> str | None:
+        """The scoring server's JSON answer to a request the guard has checked, written from
+        the recommender's columns: MLflow's own path builds a DataFrame from the records,
+        enforces the schema cell by cell and converts the answer frame back, about 2 ms of
+        a request that the bundle's ranked lists answer in under 1. None for anything but
+        the plain request shapes, and for a request the recommender refuses: MLflow's path
+        then answers it, with its own status and message. The same answers either way,
+        but missing values are `null` here (`predictions_json`)."""
+        request = direct_request(payload)
+        if request is None:
+            return None
+        user_ids, sessions, k, excluded = request
+        try:
+            columns = self.recommender.recommend_columns(user_ids, k, excluded, sessions)
+        except RequestError:
+            return None
+        return predictions_json(columns)
+
+
+def direct_request(
+    payload: dict[str, Any],
+) -> tuple[list[str | None] | None, list[list[str] | None] | None, int, list[str]] | None:
+    """(user ids, sessions, k, excluded ids) of a `dataframe_records` request whose rows all
+    name the same columns with plain values (strings, lists of strings, nulls) and whose
+    params are an integer `k` and a list of strings; None otherwise."""
+    records = payload.get("dataframe_records")
+    params = payload.get("params") or {}
+    if not isinstance(records, list) or not records or not isinstance(params, dict):
+        return None
+    k = params.get("k", DEFAULT_K)
+    excluded = params.get("exclude_item_ids", [])
+    if type(k) is not int or not _strings(excluded):
+        return None
+    names = set(records[0]) if isinstance(records[0], dict) else None
+    if not names or not names <= {USER_COLUMN, SESSION_COLUMN}:
+        return None
+    for record in records:
+        if not isinstance(record, dict) or set(record) != names:
+            return None
+        user, session = record.get(USER_COLUMN), record.get(SESSION_COLUMN)
+        if (user is not None and type(user) is not str) or (
+            session is not None and not _strings(session)
+        ):
+            return None
+    users = [record[USER_COLUMN] for record in records] if USER_COLUMN in names else None
+    sessions = [record[SESSION_COLUMN] for record in records] if SESSION_COLUMN in names else None
+    return users, sessions, k, excluded
+
+
+def _strings(value: object) -> bool:
+    return type(value) is list and all(type(item) is str for item in value)
+
+
+def predictions_json(columns: dict[str, Any]) -> str:
+    """`{"predictions": [row, ...]}`, the rows MLflow's scoring server writes for an answer
+    frame, as standard JSON: a missing title, category, price or (anonymous row) user id
+    is `null`, where MLflow's writer puts `NaN`, which is not JSON (RFC 8259; JavaScript's
+    `JSON.parse` refuses it)."""
+    values = [_json_values(column) for column in columns.values()]
+    names = list(columns)
+    rows = zip(*values, strict=True)
+    return json.dumps({"predictions": [dict(zip(names, row, strict=True)) for row in rows]})
+
+
+def _json_values(column: Any) -> list[object]:
+    values = column.tolist() if isinstance(column, np.ndarray) else list(column)
+    return [None if isinstance(value, float) and value != value else value for value in values]
 
 
 def check_request_columns(model_input: object) -> None:

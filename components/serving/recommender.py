@@ -31,11 +31,13 @@ import pandas as pd
 from components.ids import IdPositions
 from components.retrieval.popularity import RecentPopularity
 from components.serving.bundle import (
+    MANIFEST,
     POPULARITY_SOURCE,
-    TWO_STAGE_DIR,
     TWO_TOWER_SOURCE,
     verify_bundle,
 )
+from components.serving.loaded_parts import ServedRetrieval, load_retrieval, load_two_stage
+from components.serving.ranked_lists import RANKED_LISTS_DIR, RankedLists
 from components.serving.request_parsing import (
     MAX_ANSWER_ROWS,
     MAX_EXCLUDED_ITEMS,
@@ -45,6 +47,7 @@ from components.serving.request_parsing import (
     validate_item_ids,
     validate_k,
 )
+from components.store import read_json
 
 #: Answer `source`s besides the model kinds (POPULARITY_SOURCE, TWO_TOWER_SOURCE, from the
 #: bundle's format). This one: popular listings filling in for the two-tower or the ranker.
@@ -77,29 +80,8 @@ def request_runs(request: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.r_[starts[1:], len(request)]
 
 
-#: Up to this many known users, the load encodes them all once (64-dim: 256 MB at 1M).
-MAX_PRECOMPUTED_USERS = 1_000_000
 #: Extra neighbours asked of the index beyond k and the user's masked items.
 ANN_MARGIN = 20
-
-
-@dataclass
-class _Retrieval:
-    """The two-tower path: user encoder over the bundled histories, and the Annoy index."""
-
-    trained: object
-    encoder: object
-    index: object
-    known_users: frozenset[str]
-    as_of: pd.Timestamp | None
-    item_vector_cache: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
-    #: Every known user's vector, encoded once at load (row per user in `user_rows`); the
-    #: bundled histories are fixed, so a request needs only a lookup. None above
-    #: MAX_PRECOMPUTED_USERS users (then each request encodes its users).
-    user_matrix: np.ndarray | None = None
-    user_rows: dict[str, int] = field(default_factory=dict)
-    #: Catalogue row of each index position (-1: not in the catalogue), set at load.
-    index_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
 
 @dataclass
@@ -113,11 +95,14 @@ class BundleRecommender:
     available: np.ndarray
     exclusions: dict[str, np.ndarray]
     metadata: dict[str, object]
-    retrieval: _Retrieval | None = None
+    retrieval: ServedRetrieval | None = None
     #: The two-stage model (components.ranking.model.TwoStageModel) when the bundle has one.
     two_stage: Any = None
     #: Most answer rows (request rows x k) one `recommend` call may ask for.
     max_answer_rows: int = MAX_ANSWER_ROWS
+    #: Known users' two-stage answers computed when the bundle was written (None: every
+    #: request is ranked live); `components.serving.ranked_lists`.
+    ranked_lists: RankedLists | None = None
     #: Request-side lookups built once at load: catalogue position of each item id,
     #: popularity per catalogue row, category code per row (-1: none).
     item_rows: IdPositions = field(init=False, repr=False)
@@ -147,12 +132,14 @@ class BundleRecommender:
             self.category_codes = pd.factorize(categories.astype("object"))[0]
 
     @classmethod
-    def load(cls, folder: Path) -> BundleRecommender:
+    def load(cls, folder: Path, *, checked: bool = True) -> BundleRecommender:
         """Verify every file against the manifest (`BundleError` naming the first bad one),
         then read them, all in native formats (parquet, JSON, npy/npz without pickles,
-        torch weights only, Annoy, LightGBM text)."""
+        torch weights only, Annoy, LightGBM text). `checked=False` is for the writer of a
+        bundle not sealed yet (it adds the ranked lists computed from the rest)."""
         folder = Path(folder)
-        metadata = {k: v for k, v in verify_bundle(folder).items() if k != "files"}
+        manifest = verify_bundle(folder) if checked else read_json(folder / MANIFEST)
+        metadata = {k: v for k, v in manifest.items() if k != "files"}
         catalogue = pd.read_parquet(folder / "items.parquet")
         item_ids = catalogue["item_id"].astype(str).to_numpy(dtype=object)
         exclusions_table = pd.read_parquet(folder / "user_exclusions.parquet")
@@ -163,7 +150,7 @@ class BundleRecommender:
         }
         retrieval = None
         if metadata.get("model_kind") == TWO_TOWER_SOURCE:
-            retrieval = _load_retrieval(folder, catalogue, metadata)
+            retrieval = load_retrieval(folder, catalogue, metadata)
         return cls(
             model=RecentPopularity.load(folder / "model"),
             item_ids=item_ids,
@@ -173,7 +160,10 @@ class BundleRecommender:
             exclusions=exclusions,
             metadata=metadata,
             retrieval=retrieval,
-            two_stage=_load_two_stage(folder),
+            two_stage=load_two_stage(folder),
+            ranked_lists=RankedLists.load(folder / RANKED_LISTS_DIR)
+            if checked and (folder / RANKED_LISTS_DIR).is_dir()
+            else None,
         )
 
     @property
@@ -223,6 +213,17 @@ class BundleRecommender:
         (None or empty: none). `exclude_item_ids` are never returned to any row. Raises
         `RequestError` naming the field and the fix when the request is malformed.
         """
+        return pd.DataFrame(self.recommend_columns(user_ids, k, exclude_item_ids, recent_item_ids))
+
+    def recommend_columns(
+        self,
+        user_ids: Sequence[object] | None,
+        k: object = 20,
+        exclude_item_ids: object = (),
+        recent_item_ids: Sequence[object] | None = None,
+    ) -> dict[str, Any]:
+        """`recommend`'s answer as columns (OUTPUT_COLUMNS, arrays and lists): what the
+        scoring server's direct JSON answer is written from, without a DataFrame."""
         k = validate_k(k)
         requests = parse_requests(user_ids, recent_item_ids)
         if len(requests) * k > self.max_answer_rows:
@@ -238,10 +239,7 @@ class BundleRecommender:
         vectors = self._request_vectors(requests)
         answers = []
         for row, request in enumerate(requests):
-            user_blocked = blocked.copy()
-            masked = None if request.user_id is None else self.exclusions.get(request.user_id)
-            if masked is not None:
-                user_blocked[masked[masked >= 0]] = True
+            user_blocked = self._user_blocked(request.user_id, blocked)
             session = self._session_rows(request)
             user_blocked[session] = True
             vector = vectors.get(row)
@@ -252,13 +250,13 @@ class BundleRecommender:
             else:
                 order, scores, sources = self._rank_one(vector, k, user_blocked, self.popularity)
             answers.append((request.user_id, order, scores, sources))
-        return self._answer_frame(answers)
+        return self._answer_columns(answers)
 
-    def _answer_frame(
+    def _answer_columns(
         self, answers: list[tuple[str | None, np.ndarray, np.ndarray, list[str]]]
-    ) -> pd.DataFrame:
-        """All rows' answers as one DataFrame, built once from arrays (a frame per row
-        costs milliseconds per request)."""
+    ) -> dict[str, Any]:
+        """All rows' answers as columns, built once from arrays (a frame per row costs
+        milliseconds per request)."""
         lengths = [len(order) for _, order, _, _ in answers]
         order = np.concatenate([order for _, order, _, _ in answers]).astype(np.int64)
         columns: dict[str, object] = {
@@ -271,7 +269,7 @@ class BundleRecommender:
         for name in ITEM_DISPLAY_COLUMNS:
             columns[name] = self.display_columns[name][order]
         columns["request"] = np.repeat(np.arange(len(answers)), lengths)
-        return pd.DataFrame(columns)
+        return columns
 
     # -- path 1: the two-stage ranker, for known users without a session
 
@@ -285,16 +283,63 @@ class BundleRecommender:
             and request.user_id in self.two_stage.features.users.index
         )
 
+    def _user_blocked(self, user_id: str | None, blocked: np.ndarray) -> np.ndarray:
+        """`blocked` (a copy) with what the user must not get again (their masked items)."""
+        user_blocked = blocked.copy()
+        masked = None if user_id is None else self.exclusions.get(user_id)
+        if masked is not None:
+            user_blocked[masked[masked >= 0]] = True
+        return user_blocked
+
     def _rank_two_stage(
         self, user_id: str, k: int, blocked: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """The ranker's order of the user's candidates; popularity fills what is left."""
+        """The ranker's order of the user's candidates, popularity filling what is left:
+        from the bundle's ranked lists when they can say, ranked live otherwise."""
+        if self.ranked_lists is not None:
+            stored = self.ranked_lists.answer(user_id, k, blocked)
+            if stored is not None:
+                return stored
         ranked = self.two_stage.ranked([user_id])
-        rows = self.item_rows.positions(ranked.item_ids)
+        return self._ranked_answer(ranked.item_ids, ranked.scores, ranked.sources, k, blocked)
+
+    def two_stage_answers(
+        self, user_ids: Sequence[str], k: int
+    ) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
+        """`_rank_two_stage` for many users without request exclusions, ranked in one
+        `TwoStageModel.ranked` call (what the bundle's ranked lists are computed with)."""
+        ranked = self.two_stage.ranked(user_ids)
+        starts, ends = request_runs(IdPositions(user_ids).positions(ranked.user_ids))
+        runs = {
+            str(ranked.user_ids[start]): slice(start, end)
+            for start, end in zip(starts, ends, strict=True)
+        }
+        answers = {}
+        for user in user_ids:
+            own = runs.get(user, slice(0, 0))
+            answers[user] = self._ranked_answer(
+                ranked.item_ids[own],
+                ranked.scores[own],
+                ranked.sources[own],
+                k,
+                self._user_blocked(user, ~self.available),
+            )
+        return answers
+
+    def _ranked_answer(
+        self,
+        item_ids: np.ndarray,
+        ranked_scores: np.ndarray,
+        ranked_sources: np.ndarray,
+        k: int,
+        blocked: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The first `k` ranked items not `blocked`; popularity fills a short answer."""
+        rows = self.item_rows.positions(item_ids)
         usable = (rows >= 0) & ~blocked[np.maximum(rows, 0)]
         order = rows[usable][:k]
-        scores = ranked.scores[usable][:k]
-        sources = [str(source) for source in ranked.sources[usable][:k]]
+        scores = ranked_scores[usable][:k]
+        sources = [str(source) for source in ranked_sources[usable][:k]]
         if len(order) < k:
             rest = blocked.copy()
             rest[order] = True
@@ -438,41 +483,3 @@ class BundleRecommender:
             retrieval.item_vector_cache.clear()
             retrieval.item_vector_cache[key] = cached
         return cached
-
-
-def _load_retrieval(
-    folder: Path, catalogue: pd.DataFrame, metadata: dict[str, object]
-) -> _Retrieval:
-    from components.retrieval.ann_index import AnnIndex
-    from components.retrieval.two_tower import TrainedTwoTower
-
-    trained = TrainedTwoTower.load(folder / "encoder")
-    history = pd.read_parquet(folder / "history.parquet")
-    until = metadata.get("data_until")
-    as_of = None if until is None else pd.Timestamp(str(until)) + pd.Timedelta(microseconds=1)
-    items = catalogue.drop(columns=["available"])
-    encoder = trained.user_encoder(history, as_of, items)
-    users = sorted(set(history["user_id"].astype(str)))
-    user_matrix = None
-    if len(users) <= MAX_PRECOMPUTED_USERS:
-        user_matrix = encoder.encode(users)
-    return _Retrieval(
-        trained=trained,
-        encoder=encoder,
-        index=AnnIndex.load(folder / "index"),
-        known_users=frozenset(users),
-        as_of=as_of,
-        user_matrix=user_matrix,
-        user_rows={user: row for row, user in enumerate(users)} if user_matrix is not None else {},
-    )
-
-
-def _load_two_stage(folder: Path) -> Any:
-    if not (folder / TWO_STAGE_DIR).is_dir():
-        return None
-    from components.ranking.model import TwoStageModel
-
-    model = TwoStageModel.load(folder / TWO_STAGE_DIR)
-    if model.stack.vectors is not None:
-        model.stack.vectors.encode_history_users(MAX_PRECOMPUTED_USERS)
-    return model

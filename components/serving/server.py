@@ -12,6 +12,8 @@ a misleading message. `install_request_guard` wraps the server's `invocations` f
 it: a request must be JSON (415), at most `REWEAR_MAX_REQUEST_BYTES` (413), valid UTF-8
 JSON of at most `MAX_JSON_DEPTH` nested levels holding `dataframe_records` or
 `dataframe_split` (400 naming `dataframe_records`); error answers keep the message only.
+A request the model can answer directly (`RewearPyfunc.answer_json`) is answered from the
+payload the guard has parsed, without MLflow's DataFrame round trip.
 """
 
 from __future__ import annotations
@@ -209,11 +211,14 @@ def _guarded(
     def guarded(data: bytes, content_type: str | None, model: Any, input_schema: Any) -> Any:
         _attach_shutdown_callbacks()
         try:
-            check_request(data, content_type, max_request_bytes, params_read)
+            payload = check_request(data, content_type, max_request_bytes, params_read)
         except RefusedRequestError as refused:
             body = {"error_code": "BAD_REQUEST", "message": str(refused)}
             return InvocationsResponse(json.dumps(body), refused.status, "application/json")
         try:
+            answer = direct_answer(model, payload) if plain_json(content_type) else None
+            if answer is not None:
+                return InvocationsResponse(answer, 200, "application/json")
             return invocations(data, content_type, model, input_schema)
         except MlflowException as error:
             if error.get_http_status_code() >= 500 or "stack_trace" in error.json_kwargs:
@@ -226,6 +231,25 @@ def _guarded(
             raise _internal_error(MlflowException, INTERNAL_ERROR) from None
 
     return guarded
+
+
+def plain_json(content_type: str | None) -> bool:
+    """`application/json`, at most with `charset=utf-8` (what MLflow's own checks pass)."""
+    mime, *parameters = (part.strip().lower() for part in (content_type or "").split(";"))
+    return mime == "application/json" and all(p == "charset=utf-8" for p in parameters)
+
+
+def direct_answer(model: Any, payload: dict[str, Any]) -> str | None:
+    """The served model's own JSON answer (`answer_json`) when it writes one, skipping
+    MLflow's DataFrame round trip; None: MLflow's path answers."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        python_model = model.unwrap_python_model()
+    except (AttributeError, MlflowException):  # not a python-model pyfunc
+        return None
+    answer_json = getattr(python_model, "answer_json", None)
+    return None if answer_json is None else answer_json(payload)
 
 
 def _internal_error(exception: type, code: int) -> Any:

@@ -24,4 +24,3 @@ def test_a_row_multiplied_alone_equals_the_same_row_in_a_batch() -> None:
             batch_invariant_product(users[row : row + 1], items)[0], batch[row]
         )
     np.testing.assert_allclose(batch, users @ items, rtol=1e-5, atol=1e-5)
-
