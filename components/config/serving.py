@@ -17,7 +17,7 @@ class RankedListsConfig(StrictModel):
     #: Answers kept per user: any k up to it, with exclusions, is answered from the list.
     depth: int = Field(50, ge=1, le=1000)
     #: Users with lists, the most recently active first (each costs ~3 ms at bundle time
-    #: and 13 bytes x depth on disk); the others are ranked per request.
+    #: and 14 bytes x depth on disk); the others are ranked per request.
     max_users: int = Field(100_000, ge=1)
     #: Users ranked per batch while computing the lists (memory: ~200 candidates each).
     batch_users: int = Field(512, ge=1)

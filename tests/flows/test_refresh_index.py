@@ -16,6 +16,7 @@ from components.ranking.model import TwoStageModel
 from components.registry.lineage import walk_lineage
 from components.retrieval.ann_index import AnnIndex
 from components.retrieval.popularity import RecentPopularity
+from components.serving.ranked_lists import RANKED_LISTS_DIR, RankedLists
 from components.serving.recommender import FALLBACK_SOURCE
 from components.settings import RewearSettings
 from flows.cli_output import refresh_summary
@@ -173,6 +174,11 @@ def test_refresh_rebuilds_the_two_stage_model_around_the_champions_ranker(rewear
     candidates = new_model.stack.candidates(users)
     from_index = set(candidates.loc[candidates["rank_two_tower"].notna(), "item_id"])
     assert from_index & new_since, "a listing created after the retrain is retrieved by ANN"
+    # The users' ranked lists are recomputed for the refreshed listings, not copied.
+    lists = RankedLists.load(new.parent / RANKED_LISTS_DIR)
+    catalogue = pd.read_parquet(new.parent / "items.parquet")["item_id"].to_numpy()
+    listed = set(catalogue[lists.rows[lists.rows >= 0]])
+    assert listed & new_since and not listed & sold_since
     # The unknown users' popularity is refitted with the champion's settings.
     old_popularity = RecentPopularity.load(old.parent / "model")
     new_popularity = RecentPopularity.load(new.parent / "model")
