@@ -98,15 +98,26 @@ def item_positions(
     return positions
 
 
+#: Rows of the float64 product computed at a time (`batch_invariant_product`).
+PRODUCT_ROWS = 128
+
+
 def batch_invariant_product(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """`left @ right` as float32, the same for a row whether it is multiplied alone or in a
     batch. BLAS picks another kernel, and so another summation order, for one row than for
     many: float32 products of the same user then differ in the last bit between a served
     request and an evaluation batch, enough to flip a LightGBM split. Summed in float64
     (errors near 1e-16) and rounded once to float32, the rows agree. `right` in float64
-    already saves a conversion per call."""
-    product = np.asarray(left, dtype=np.float64) @ np.asarray(right, dtype=np.float64)
-    return product.astype(np.float32)
+    already saves a conversion per call. Rows go `PRODUCT_ROWS` at a time, so the float64
+    block beside the float32 result stays small (an evaluation batch of 1,024 users x 41k
+    listings would otherwise hold 0.3 GB more)."""
+    right = np.asarray(right, dtype=np.float64)
+    left = np.asarray(left)
+    product = np.empty((left.shape[0], right.shape[1]), dtype=np.float32)
+    for start in range(0, left.shape[0], PRODUCT_ROWS):
+        block = left[start : start + PRODUCT_ROWS].astype(np.float64)
+        product[start : start + PRODUCT_ROWS] = block @ right
+    return product
 
 
 def aligned_scores(model_scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
