@@ -128,3 +128,10 @@ def test_direct_requests_read_columns_in_row_order():
     }
     assert direct_request(request) == (["a", None], [None, ["i"]], 7, ["x"])
     assert direct_request({"dataframe_records": [{"user_id": "a"}]}) == (["a"], None, 20, [])
+
+
+def test_the_experiment_model_keeps_mlflows_path():
+    """Its answers log exposures: it must never be answered around its own `predict`."""
+    from components.serving.experiment_pyfunc import ExperimentPyfunc
+
+    assert not hasattr(ExperimentPyfunc(), "answer_json")
