@@ -39,15 +39,16 @@ def write_ranked_lists(folder: Path, settings: RankedListsConfig) -> dict[str, o
             log.info("ranked lists: %d of %d users", len(answers), len(users))
             next_report += PROGRESS_STEP
     seconds = round(time.perf_counter() - started, 3)
-    summary: dict[str, object] = {
+    # What the lists are, in the bundle; not how long they took: the same inputs must
+    # write the same bytes (a resumed run's bundle is the uninterrupted run's).
+    described: dict[str, object] = {
         "users": len(users),
         "known_users": len(known),
         "depth": settings.depth,
         "max_users": settings.max_users,
         "batch_users": settings.batch_users,
-        "seconds": seconds,
     }
-    lists_from_answers(answers, settings.depth, summary).save(Path(folder) / RANKED_LISTS_DIR)
+    lists_from_answers(answers, settings.depth, described).save(Path(folder) / RANKED_LISTS_DIR)
     log.info(
         "ranked lists: %d users (of %d the ranker knows) x %d answers in %.1f s",
         len(users),
@@ -55,7 +56,7 @@ def write_ranked_lists(folder: Path, settings: RankedListsConfig) -> dict[str, o
         settings.depth,
         seconds,
     )
-    return summary
+    return {**described, "seconds": seconds}
 
 
 def most_recent_first(recommender: BundleRecommender) -> list[str]:

@@ -44,7 +44,7 @@ class RankedLists:
     #: Codes into `source_names`.
     sources: np.ndarray
     source_names: np.ndarray
-    #: How many users the settings would have covered and how long the lists took.
+    #: How many users the settings would have covered, and the settings.
     metadata: dict[str, object]
 
     @property

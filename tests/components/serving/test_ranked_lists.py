@@ -177,3 +177,15 @@ def test_lists_can_be_turned_off(bundle: Path, tmp_path: Path) -> None:
 
     assert write_ranked_lists(copy, RankedListsConfig(enabled=False)) is None
     assert not (copy / RANKED_LISTS_DIR).exists()
+
+
+def test_the_same_bundle_writes_the_same_list_bytes(bundle: Path, tmp_path: Path) -> None:
+    """A resumed run's bundle must be the uninterrupted run's, byte for byte."""
+    written = []
+    for name in ("first", "second"):
+        copy = without_lists(bundle, tmp_path / name)
+        write_ranked_lists(copy, RankedListsConfig(depth=10, max_users=60))
+        folder = copy / RANKED_LISTS_DIR
+        written.append({path.name: path.read_bytes() for path in sorted(folder.iterdir())})
+
+    assert written[0] == written[1]
