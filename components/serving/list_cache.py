@@ -1,12 +1,13 @@
 """A recommender's answers computed once per known user, then served past exclusions.
 
-A bundle is immutable, so a known user's ranked list only changes by what a request
-excludes (listings sold since, items excluded by the caller): the first `depth` slots of
-the answer without exclusions, filtered, are the answer with them as long as at least `k`
-survive. Simulations and replays ask the same users again and again while listings sell;
-this answers them in microseconds instead of a ranker pass each. Rows that are not a
-known user alone (sessions, anonymous rows) and users whose cached slots run short are
-passed to the recommender itself, so every answer is the recommender's own.
+A bundle is immutable, so a known user's ranked list only changes by what a request excludes
+(listings sold since, items excluded by the caller): the first `depth` slots of the answer
+without exclusions, filtered, are the answer with them as long as at least `k` survive
+(`ranked_lists.first_unblocked`, the rule the bundle's stored lists follow too). Simulations
+and replays ask the same users again and again while listings sell; this answers them in
+microseconds instead of a ranker pass each. Rows that are not a known user alone (sessions,
+anonymous rows) and users whose cached slots run short are passed to the recommender itself,
+so every answer is the recommender's own.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from components.serving.ranked_lists import first_unblocked
 from components.serving.recommender import (
     ITEM_DISPLAY_COLUMNS,
     OUTPUT_COLUMNS,
@@ -89,21 +91,15 @@ class CachedLists:
             user = None if user_ids is None else user_ids[row]
             session = None if recent_item_ids is None else recent_item_ids[row]
             cached = self._lists.get(str(user)) if user is not None and not session else None
-            if cached is not None and size <= self.depth:
-                keep = ~blocked[cached.rows]
-                if keep.sum() >= size or len(cached.rows) < self.depth:
-                    chosen = np.flatnonzero(keep)[:size]
-                    answered.append(
-                        (
-                            row,
-                            user,
-                            cached.rows[chosen],
-                            cached.scores[chosen],
-                            cached.sources[chosen],
-                        )
-                    )
-                    continue
-            passed.append(row)
+            chosen = None
+            if cached is not None:
+                chosen = first_unblocked(cached.rows, size, blocked, self.depth)
+            if chosen is None:
+                passed.append(row)
+                continue
+            answered.append(
+                (row, user, cached.rows[chosen], cached.scores[chosen], cached.sources[chosen])
+            )
         self.hits += len(answered)
         parts = [self._frame(answered)] if answered else []
         if passed:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from components.config import RankedListsConfig
+from components.serving.bundle import TWO_STAGE_DIR
 from components.serving.ranked_lists import RANKED_LISTS_DIR, lists_from_answers
 from components.serving.recommender import BundleRecommender
 
@@ -22,11 +23,9 @@ PROGRESS_STEP = 0.25
 def write_ranked_lists(folder: Path, settings: RankedListsConfig) -> dict[str, object] | None:
     """Compute and save the lists into the (not yet sealed) bundle at `folder`; None when
     the bundle has no ranker or the lists are disabled. Returns what was written."""
-    if not settings.enabled:
-        return None
+    if not settings.enabled or not (Path(folder) / TWO_STAGE_DIR).is_dir():
+        return None  # lists are the ranker's answers: without one there is nothing to store
     recommender = BundleRecommender.load(Path(folder), checked=False)
-    if recommender.two_stage is None:
-        return None
     started = time.perf_counter()
     known = most_recent_first(recommender)
     users = known[: settings.max_users]
@@ -42,9 +41,7 @@ def write_ranked_lists(folder: Path, settings: RankedListsConfig) -> dict[str, o
     # What the lists are, in the bundle; not how long they took: the same inputs must
     # write the same bytes (a resumed run's bundle is the uninterrupted run's).
     described: dict[str, object] = {
-        "users": len(users),
         "known_users": len(known),
-        "depth": settings.depth,
         "max_users": settings.max_users,
         "batch_users": settings.batch_users,
     }
@@ -56,7 +53,7 @@ def write_ranked_lists(folder: Path, settings: RankedListsConfig) -> dict[str, o
         settings.depth,
         seconds,
     )
-    return {**described, "seconds": seconds}
+    return {**described, "users": len(users), "depth": settings.depth, "seconds": seconds}
 
 
 def most_recent_first(recommender: BundleRecommender) -> list[str]:
@@ -68,5 +65,5 @@ def most_recent_first(recommender: BundleRecommender) -> list[str]:
         idle = users["u_days_since_last"].to_numpy(dtype=np.float64, na_value=np.inf)
     else:
         idle = np.zeros(len(ids))
-    order = np.lexsort((ids, np.nan_to_num(idle, nan=np.inf)))
+    order = np.lexsort((ids, idle))
     return [str(user) for user in ids[order]]

@@ -60,16 +60,18 @@ class RankedLists:
         """The user's first `k` catalogue rows not `blocked`, their scores and sources, or
         None when the list cannot say (unknown user, k > depth, a full list left short)."""
         at = self.user_rows.get(user_id)
-        if at is None or k > self.depth:
+        if at is None:
             return None
         rows = self.rows[at]
-        length = int(np.count_nonzero(rows >= 0))
-        rows = rows[:length]
-        keep = np.flatnonzero(~blocked[rows])[:k]
-        if len(keep) < k and length == self.depth:
-            return None  # exclusions reached past the stored depth: rank live
+        rows = rows[: int(np.count_nonzero(rows >= 0))]
+        keep = first_unblocked(rows, k, blocked, self.depth)
+        if keep is None:
+            return None
         names = self.source_names[self.sources[at, keep]]
         return rows[keep].astype(np.int64), self.scores[at, keep], names.tolist()
+
+    #: What `lists.json` holds besides `metadata`, derived from the arrays.
+    DERIVED = ("format", "depth", "users", "sources")
 
     def save(self, folder: Path) -> None:
         folder = Path(folder)
@@ -107,7 +109,7 @@ class RankedLists:
             name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
             for name in ("rows", "scores", "sources")
         }
-        kept = {key: value for key, value in described.items() if key not in ("format",)}
+        kept = {key: value for key, value in described.items() if key not in cls.DERIVED}
         return cls(
             user_rows={user: row for row, user in enumerate(users)},
             rows=arrays["rows"],
@@ -116,6 +118,19 @@ class RankedLists:
             source_names=np.asarray(described["sources"], dtype=object),
             metadata=kept,
         )
+
+
+def first_unblocked(rows: np.ndarray, k: int, blocked: np.ndarray, depth: int) -> np.ndarray | None:
+    """Positions of the first `k` of `rows` (an answer cut at `depth`, best first) that are
+    not `blocked`, or None when the cut list cannot tell: k above the depth, or fewer than
+    k left of a full list (what followed the cut is unknown). A list shorter than the
+    depth was the whole answer, so what it leaves is all there is."""
+    if k > depth:
+        return None
+    keep = np.flatnonzero(~blocked[rows])[:k]
+    if len(keep) < k and len(rows) >= depth:
+        return None
+    return keep
 
 
 def lists_from_answers(

@@ -314,6 +314,7 @@ class BundleRecommender:
             str(ranked.user_ids[start]): slice(start, end)
             for start, end in zip(starts, ends, strict=True)
         }
+        unavailable = ~self.available
         answers = {}
         for user in user_ids:
             own = runs.get(user, slice(0, 0))
@@ -322,7 +323,7 @@ class BundleRecommender:
                 ranked.scores[own],
                 ranked.sources[own],
                 k,
-                self._user_blocked(user, ~self.available),
+                self._user_blocked(user, unavailable),
             )
         return answers
 
